@@ -1,0 +1,133 @@
+//! Plain identifiers and the rules that derive one from another.
+//!
+//! These are shared by the sans-IO core, the store and the I/O shell. They are
+//! deliberately tiny `u64` newtype-free aliases so they cross thread and shard
+//! boundaries for free and map 1:1 onto the wire schema's `ulong` fields.
+
+/// A user's id, assigned by the store on registration (1, 2, 3, ...).
+pub type UserId = u64;
+/// A group's id, assigned by the store on creation (1, 2, 3, ...).
+pub type GroupId = u64;
+/// A conversation: either a group or an unordered pair of users.
+pub type ConvId = u64;
+/// Position of a message inside its conversation: 1, 2, 3, ... without gaps.
+pub type Seq = u64;
+
+/// Top bit marks one-to-one conversations; group conversations use the group id.
+const DIRECT_TAG: u64 = 1 << 63;
+/// User ids must fit in 31 bits so a pair fits in one `ConvId`.
+pub const MAX_USER_ID: UserId = (1 << 31) - 1;
+
+/// The conversation between two users, independent of argument order.
+///
+/// Deterministic, so no lookup is needed to route a one-to-one message and both
+/// users compute the same id.
+pub fn direct_conv(a: UserId, b: UserId) -> ConvId {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    DIRECT_TAG | (lo << 31) | hi
+}
+
+/// The conversation of a group.
+pub fn group_conv(g: GroupId) -> ConvId {
+    g & !DIRECT_TAG
+}
+
+/// What a conversation id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKind {
+    /// One-to-one between `lo < hi`.
+    Direct { lo: UserId, hi: UserId },
+    Group(GroupId),
+}
+
+pub fn conv_kind(c: ConvId) -> ConvKind {
+    if c & DIRECT_TAG != 0 {
+        let v = c & !DIRECT_TAG;
+        ConvKind::Direct {
+            lo: v >> 31,
+            hi: v & MAX_USER_ID,
+        }
+    } else {
+        ConvKind::Group(c)
+    }
+}
+
+/// The other participant of a direct conversation, if `me` is in it.
+pub fn direct_peer(c: ConvId, me: UserId) -> Option<UserId> {
+    match conv_kind(c) {
+        ConvKind::Direct { lo, hi } if lo == me => Some(hi),
+        ConvKind::Direct { lo, hi } if hi == me => Some(lo),
+        _ => None,
+    }
+}
+
+/// Fixed-seed hashing: every shard (and every node) must agree on owners, so
+/// `ahash::RandomState::new()` (random per instance) must never be used here.
+fn stable_hash(x: u64) -> u64 {
+    const SEEDS: (u64, u64, u64, u64) = (
+        0x243f_6a88_85a3_08d3,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    );
+    ahash::RandomState::with_seeds(SEEDS.0, SEEDS.1, SEEDS.2, SEEDS.3).hash_one(x)
+}
+
+/// The shard that owns a user's sessions, presence and cursors.
+pub fn home_shard(user: UserId, shards: usize) -> usize {
+    (stable_hash(user) % shards as u64) as usize
+}
+
+/// The shard that sequences a conversation (and owns its membership/friendship state).
+pub fn owner_shard(conv: ConvId, shards: usize) -> usize {
+    (stable_hash(conv ^ 0x5bd1_e995) % shards as u64) as usize
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_conv_is_symmetric_and_decodes() {
+        let c = direct_conv(42, 7);
+        assert_eq!(c, direct_conv(7, 42));
+        assert_eq!(conv_kind(c), ConvKind::Direct { lo: 7, hi: 42 });
+        assert_eq!(direct_peer(c, 7), Some(42));
+        assert_eq!(direct_peer(c, 42), Some(7));
+        assert_eq!(direct_peer(c, 8), None);
+        let big = direct_conv(MAX_USER_ID, MAX_USER_ID - 1);
+        assert_eq!(
+            conv_kind(big),
+            ConvKind::Direct {
+                lo: MAX_USER_ID - 1,
+                hi: MAX_USER_ID
+            }
+        );
+    }
+
+    #[test]
+    fn group_conv_never_collides_with_direct() {
+        assert_eq!(conv_kind(group_conv(5)), ConvKind::Group(5));
+        assert_ne!(group_conv(5), direct_conv(0, 5));
+    }
+
+    #[test]
+    fn shard_hashing_is_stable_and_spreads() {
+        assert_eq!(home_shard(12345, 8), home_shard(12345, 8));
+        let mut counts = [0usize; 4];
+        for u in 1..=4000u64 {
+            counts[home_shard(u, 4)] += 1;
+        }
+        for c in counts {
+            assert!(c > 800, "uneven spread {counts:?}");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Persistence behind one interface, two backends (embedded SQLite, MySQL).
+//!
+//! Every method is *blocking*: the I/O shell calls them only from glommio's
+//! blocking thread pool (`spawn_blocking`), never on an executor thread. The
+//! hot-path writes (messages and delivery cursors) go through
+//! [`Store::write_batch`] so a whole batch costs one transaction / one fsync
+//! (group commit). Rare writes (users, friendships, groups) have their own
+//! methods. Both backends must pass the same conformance suite
+//! (`store::conformance`).
+
+use crate::model::{ConvId, GroupId, Seq, UserId};
+
+pub mod sqlite;
+
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated (username or group name taken).
+    #[error("already exists")]
+    Conflict,
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub username: String,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+}
+
+/// Relationship between two users `lo < hi`, as stored. The transitions are
+/// decided by the sans-IO core (`core::pair`); the store only keeps the bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PairState {
+    pub friends: bool,
+    pub request_lo_to_hi: bool,
+    pub request_hi_to_lo: bool,
+    pub lo_blocks_hi: bool,
+    pub hi_blocks_lo: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PairRecord {
+    pub state: PairState,
+    /// Note of the pending friend request, if any (empty otherwise).
+    pub note: String,
+}
+
+/// How `friends_of(user)` sees another user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendKind {
+    Friend,
+    /// They asked `user` to be friends.
+    Incoming,
+    /// `user` asked them.
+    Outgoing,
+    /// `user` blocks them.
+    Blocked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FriendRow {
+    pub user_id: UserId,
+    pub username: String,
+    pub kind: FriendKind,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Role {
+    Member = 0,
+    Admin = 1,
+    Owner = 2,
+}
+
+impl Role {
+    pub fn from_u8(v: u8) -> Role {
+        match v {
+            2 => Role::Owner,
+            1 => Role::Admin,
+            _ => Role::Member,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub id: GroupId,
+    pub name: String,
+    pub owner: UserId,
+    pub dissolved: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub user_id: UserId,
+    pub username: String,
+    pub role: Role,
+}
+
+/// One message. `sender_name` is filled on reads (joined from users) and
+/// ignored on writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub conv: ConvId,
+    pub seq: Seq,
+    pub sender: UserId,
+    pub timestamp_ms: u64,
+    pub client_msg_id: u64,
+    pub body: String,
+    pub sender_name: String,
+}
+
+/// A hot-path write, applied with others in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Append a message; `(conv, seq)` is unique and assigned by the owner shard.
+    Message(StoredMessage),
+    /// Advance `user`'s delivered cursor in `conv` to `seq`, never backwards,
+    /// and only where the user is a member of that conversation (a row exists).
+    Cursor { user: UserId, conv: ConvId, seq: Seq },
+}
+
+/// State needed to resume sequencing a conversation after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvTail {
+    /// Highest stored seq, 0 when empty.
+    pub last_seq: Seq,
+    /// Up to `window` most recent messages as `(sender, client_msg_id, seq, timestamp_ms)`,
+    /// newest first, to rebuild the resend-dedup window.
+    pub recent: Vec<(UserId, u64, Seq, u64)>,
+}
+
+/// A conversation the user belongs to, with their delivered cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvCursor {
+    pub conv: ConvId,
+    pub delivered: Seq,
+    /// Highest stored seq in the conversation (0 when empty).
+    pub last_seq: Seq,
+}
+
+pub trait Store: Send + Sync + 'static {
+    // ---- users and sessions
+    /// Creates a user; `Conflict` if the name is taken (names compare exactly).
+    fn create_user(&self, username: &str, password_hash: &str) -> Result<UserId>;
+    fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>>;
+    fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>>;
+    /// Users whose name starts with `prefix` (literal: `%` and `_` match
+    /// themselves), with `id > after_id`, ordered by id, at most `limit`.
+    fn search_users(&self, prefix: &str, after_id: UserId, limit: u32) -> Result<Vec<(UserId, String)>>;
+    fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()>;
+    fn session_user(&self, token_hash: &[u8]) -> Result<Option<UserId>>;
+    fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
+
+    // ---- relationships (owned by the pair's conversation shard)
+    /// The stored pair, or the default (all false, empty note) if none.
+    fn get_pair(&self, lo: UserId, hi: UserId) -> Result<PairRecord>;
+    /// Upserts the pair. When `rec.state.friends` is true it also makes both
+    /// users members of `direct_conv(lo, hi)` (cursor rows starting at 0 if
+    /// absent; existing rows keep their cursor). Rows are kept when the
+    /// friendship ends so undelivered messages still reach them.
+    fn set_pair(&self, lo: UserId, hi: UserId, rec: &PairRecord) -> Result<()>;
+    /// Everyone `user` has a relationship with: friends, pending requests
+    /// both ways, and users `user` blocks. Ordered by user id.
+    fn friends_of(&self, user: UserId) -> Result<Vec<FriendRow>>;
+
+    // ---- groups (owned by the group's conversation shard)
+    /// Creates a group with `owner` as its `Owner` member (cursor 0);
+    /// `Conflict` if a live group has that name.
+    fn create_group(&self, name: &str, owner: UserId) -> Result<GroupId>;
+    fn get_group(&self, id: GroupId) -> Result<Option<GroupRecord>>;
+    /// Members ordered by user id.
+    fn group_members(&self, id: GroupId) -> Result<Vec<MemberRow>>;
+    /// Adds a member whose delivered cursor starts at `delivered` (so they do
+    /// not receive history from before they joined). Idempotent.
+    fn add_member(&self, id: GroupId, user: UserId, role: Role, delivered: Seq) -> Result<()>;
+    fn set_role(&self, id: GroupId, user: UserId, role: Role) -> Result<()>;
+    /// Removes membership and the user's cursor row for the group conversation.
+    fn remove_member(&self, id: GroupId, user: UserId) -> Result<()>;
+    /// Marks the group dissolved and removes all members; its name becomes free.
+    fn dissolve_group(&self, id: GroupId) -> Result<()>;
+    /// Live groups the user belongs to, with their role, ordered by group id.
+    fn groups_of(&self, user: UserId) -> Result<Vec<(GroupRecord, Role)>>;
+
+    // ---- messages and cursors
+    /// Applies all ops in one transaction: all or nothing.
+    fn write_batch(&self, ops: &[WriteOp]) -> Result<()>;
+    fn conv_tail(&self, conv: ConvId, window: usize) -> Result<ConvTail>;
+    /// Up to `limit` messages with `seq > after`, ascending.
+    fn messages_after(&self, conv: ConvId, after: Seq, limit: u32) -> Result<Vec<StoredMessage>>;
+    /// The `limit` messages just before `before` (all if `before == 0`),
+    /// returned ascending.
+    fn history(&self, conv: ConvId, before: Seq, limit: u32) -> Result<Vec<StoredMessage>>;
+    /// Every conversation the user is a member of (cursor rows), ordered by conv.
+    fn conversations_of(&self, user: UserId) -> Result<Vec<ConvCursor>>;
+}
+
+/// Opens the store named by `--store` (`sqlite:PATH` or a data dir, or
+/// `mysql://...`). Runs migrations.
+pub fn open(spec: &str, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>> {
+    if spec.starts_with("mysql://") {
+        return Err(StoreError::Backend(
+            "the MySQL backend is not built yet".into(),
+        ));
+    }
+    let path = match spec.strip_prefix("sqlite:") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", data_dir.display())))?;
+            data_dir.join("ringchat.db")
+        }
+    };
+    sqlite::open_store(&path)
+}
