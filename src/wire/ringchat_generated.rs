@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 29;
+pub const ENUM_MAX_ERROR_CODE: u16 = 30;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 30] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
   ErrorCode::Unknown,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedVersion,
@@ -47,6 +47,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 30] = [
   ErrorCode::IdleTimeout,
   ErrorCode::SelfTarget,
   ErrorCode::InvalidName,
+  ErrorCode::NameTaken,
 ];
 
 /// Error codes carried by `ErrorReply` replies. Stable numbers: clients switch on them.
@@ -85,9 +86,10 @@ impl ErrorCode {
   pub const IdleTimeout: Self = Self(27);
   pub const SelfTarget: Self = Self(28);
   pub const InvalidName: Self = Self(29);
+  pub const NameTaken: Self = Self(30);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 29;
+  pub const ENUM_MAX: u16 = 30;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::BadRequest,
@@ -119,6 +121,7 @@ impl ErrorCode {
     Self::IdleTimeout,
     Self::SelfTarget,
     Self::InvalidName,
+    Self::NameTaken,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -153,6 +156,7 @@ impl ErrorCode {
       Self::IdleTimeout => Some("IdleTimeout"),
       Self::SelfTarget => Some("SelfTarget"),
       Self::InvalidName => Some("InvalidName"),
+      Self::NameTaken => Some("NameTaken"),
       _ => None,
     }
   }

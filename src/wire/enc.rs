@@ -1,0 +1,572 @@
+//! Building frames. One [`Enc`] per connection or shard is reused for every
+//! frame (`reset` keeps the builder's allocation), so encoding allocates
+//! nothing in steady state. Each method returns the finished, size-prefixed
+//! frame as a slice of the builder; copy it where it must go (the outbound
+//! buffer, or an `Arc<[u8]>` shared by all recipients of a push).
+
+use super::fb;
+use crate::model::{ConvId, GroupId, Seq, UserId};
+use crate::store::{FriendKind, FriendRow, GroupRecord, MemberRow, Role, StoredMessage};
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+
+/// Protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub struct Enc {
+    b: FlatBufferBuilder<'static>,
+}
+
+impl Default for Enc {
+    fn default() -> Self {
+        Enc::new()
+    }
+}
+
+/// One user for `UserList`: (id, name, online).
+pub type UserItem<'a> = (UserId, &'a str, bool);
+
+fn role_fb(r: Role) -> fb::Role {
+    match r {
+        Role::Member => fb::Role::Member,
+        Role::Admin => fb::Role::Admin,
+        Role::Owner => fb::Role::Owner,
+    }
+}
+
+pub fn role_from_fb(r: fb::Role) -> Role {
+    match r {
+        fb::Role::Owner => Role::Owner,
+        fb::Role::Admin => Role::Admin,
+        _ => Role::Member,
+    }
+}
+
+impl Enc {
+    pub fn new() -> Enc {
+        Enc {
+            b: FlatBufferBuilder::with_capacity(1024),
+        }
+    }
+
+    fn finish(&mut self, req_id: u64, ty: fb::Body, body: WIPOffset<UnionWIPOffset>) -> &[u8] {
+        let env = fb::Envelope::create(
+            &mut self.b,
+            &fb::EnvelopeArgs {
+                req_id,
+                body_type: ty,
+                body: Some(body),
+            },
+        );
+        self.b.finish_size_prefixed(env, None);
+        self.b.finished_data()
+    }
+
+    fn start(&mut self) -> &mut FlatBufferBuilder<'static> {
+        self.b.reset();
+        &mut self.b
+    }
+
+    // ------------------------------------------------------------ replies
+
+    pub fn ok(&mut self, req_id: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::OkReply::create(b, &fb::OkReplyArgs {});
+        self.finish(req_id, fb::Body::OkReply, o.as_union_value())
+    }
+
+    pub fn error(&mut self, req_id: u64, code: fb::ErrorCode, message: &str) -> &[u8] {
+        let b = self.start();
+        let m = b.create_string(message);
+        let o = fb::ErrorReply::create(
+            b,
+            &fb::ErrorReplyArgs {
+                code,
+                message: Some(m),
+            },
+        );
+        self.finish(req_id, fb::Body::ErrorReply, o.as_union_value())
+    }
+
+    pub fn hello_ok(&mut self, req_id: u64, max_frame: u32, idle_timeout_ms: u32) -> &[u8] {
+        let b = self.start();
+        let s = b.create_string(concat!("ringchat/", env!("CARGO_PKG_VERSION")));
+        let o = fb::HelloOk::create(
+            b,
+            &fb::HelloOkArgs {
+                protocol_version: PROTOCOL_VERSION,
+                server: Some(s),
+                max_frame,
+                idle_timeout_ms,
+            },
+        );
+        self.finish(req_id, fb::Body::HelloOk, o.as_union_value())
+    }
+
+    pub fn register_ok(&mut self, req_id: u64, user_id: UserId) -> &[u8] {
+        let b = self.start();
+        let o = fb::RegisterOk::create(b, &fb::RegisterOkArgs { user_id });
+        self.finish(req_id, fb::Body::RegisterOk, o.as_union_value())
+    }
+
+    pub fn login_ok(&mut self, req_id: u64, user_id: UserId, username: &str, token: &str) -> &[u8] {
+        let b = self.start();
+        let u = b.create_string(username);
+        let t = b.create_string(token);
+        let o = fb::LoginOk::create(
+            b,
+            &fb::LoginOkArgs {
+                user_id,
+                username: Some(u),
+                token: Some(t),
+            },
+        );
+        self.finish(req_id, fb::Body::LoginOk, o.as_union_value())
+    }
+
+    pub fn pong(&mut self, req_id: u64, nonce: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::Pong::create(b, &fb::PongArgs { nonce });
+        self.finish(req_id, fb::Body::Pong, o.as_union_value())
+    }
+
+    pub fn user_list(&mut self, req_id: u64, users: &[UserItem<'_>], next_after_id: UserId) -> &[u8] {
+        let b = self.start();
+        let mut items = Vec::with_capacity(users.len());
+        for &(user_id, name, online) in users {
+            let n = b.create_string(name);
+            items.push(fb::UserInfo::create(
+                b,
+                &fb::UserInfoArgs {
+                    user_id,
+                    username: Some(n),
+                    online,
+                },
+            ));
+        }
+        let v = b.create_vector(&items);
+        let o = fb::UserList::create(
+            b,
+            &fb::UserListArgs {
+                users: Some(v),
+                next_after_id,
+            },
+        );
+        self.finish(req_id, fb::Body::UserList, o.as_union_value())
+    }
+
+    /// `online(user)` tells each row's presence.
+    pub fn friend_list(&mut self, req_id: u64, rows: &[FriendRow], online: impl Fn(UserId) -> bool) -> &[u8] {
+        let b = self.start();
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            let n = b.create_string(&r.username);
+            let note = b.create_string(&r.note);
+            let state = match r.kind {
+                FriendKind::Friend => fb::FriendState::Friend,
+                FriendKind::Incoming => fb::FriendState::IncomingRequest,
+                FriendKind::Outgoing => fb::FriendState::OutgoingRequest,
+                FriendKind::Blocked => fb::FriendState::Blocked,
+            };
+            // Presence is only shown between friends.
+            let on = r.kind == FriendKind::Friend && online(r.user_id);
+            items.push(fb::FriendEntry::create(
+                b,
+                &fb::FriendEntryArgs {
+                    user_id: r.user_id,
+                    username: Some(n),
+                    online: on,
+                    state,
+                    note: Some(note),
+                },
+            ));
+        }
+        let v = b.create_vector(&items);
+        let o = fb::FriendList::create(b, &fb::FriendListArgs { friends: Some(v) });
+        self.finish(req_id, fb::Body::FriendList, o.as_union_value())
+    }
+
+    pub fn group_created(&mut self, req_id: u64, group_id: GroupId, conversation: ConvId) -> &[u8] {
+        let b = self.start();
+        let o = fb::GroupCreated::create(
+            b,
+            &fb::GroupCreatedArgs {
+                group_id,
+                conversation,
+            },
+        );
+        self.finish(req_id, fb::Body::GroupCreated, o.as_union_value())
+    }
+
+    pub fn member_list(
+        &mut self,
+        req_id: u64,
+        group_id: GroupId,
+        members: &[MemberRow],
+        online: impl Fn(UserId) -> bool,
+    ) -> &[u8] {
+        let b = self.start();
+        let mut items = Vec::with_capacity(members.len());
+        for m in members {
+            let n = b.create_string(&m.username);
+            items.push(fb::Member::create(
+                b,
+                &fb::MemberArgs {
+                    user_id: m.user_id,
+                    username: Some(n),
+                    role: role_fb(m.role),
+                    online: online(m.user_id),
+                },
+            ));
+        }
+        let v = b.create_vector(&items);
+        let o = fb::MemberList::create(
+            b,
+            &fb::MemberListArgs {
+                group_id,
+                members: Some(v),
+            },
+        );
+        self.finish(req_id, fb::Body::MemberList, o.as_union_value())
+    }
+
+    pub fn group_list(&mut self, req_id: u64, groups: &[(GroupRecord, Role)]) -> &[u8] {
+        let b = self.start();
+        let mut items = Vec::with_capacity(groups.len());
+        for (g, role) in groups {
+            let n = b.create_string(&g.name);
+            items.push(fb::GroupInfo::create(
+                b,
+                &fb::GroupInfoArgs {
+                    group_id: g.id,
+                    name: Some(n),
+                    role: role_fb(*role),
+                    conversation: crate::model::group_conv(g.id),
+                },
+            ));
+        }
+        let v = b.create_vector(&items);
+        let o = fb::GroupList::create(b, &fb::GroupListArgs { groups: Some(v) });
+        self.finish(req_id, fb::Body::GroupList, o.as_union_value())
+    }
+
+    pub fn send_ok(&mut self, req_id: u64, conversation: ConvId, seq: Seq, timestamp_ms: u64, duplicate: bool) -> &[u8] {
+        let b = self.start();
+        let o = fb::SendOk::create(
+            b,
+            &fb::SendOkArgs {
+                conversation,
+                seq,
+                timestamp_ms,
+                duplicate,
+            },
+        );
+        self.finish(req_id, fb::Body::SendOk, o.as_union_value())
+    }
+
+    // ------------------------------------------------------------ pushes
+
+    /// `Messages` frame: a live push (req_id 0), a catch-up page, or a History reply.
+    pub fn messages<'m>(&mut self, req_id: u64, msgs: impl IntoIterator<Item = &'m StoredMessage>) -> &[u8] {
+        let b = self.start();
+        let mut items = Vec::new();
+        for m in msgs {
+            let body = b.create_string(&m.body);
+            let name = b.create_string(&m.sender_name);
+            let group_id = match crate::model::conv_kind(m.conv) {
+                crate::model::ConvKind::Group(g) => g,
+                _ => 0,
+            };
+            items.push(fb::ChatMessage::create(
+                b,
+                &fb::ChatMessageArgs {
+                    conversation: m.conv,
+                    seq: m.seq,
+                    sender: m.sender,
+                    group_id,
+                    timestamp_ms: m.timestamp_ms,
+                    client_msg_id: m.client_msg_id,
+                    body: Some(body),
+                    sender_name: Some(name),
+                },
+            ));
+        }
+        let v = b.create_vector(&items);
+        let o = fb::Messages::create(b, &fb::MessagesArgs { messages: Some(v) });
+        self.finish(req_id, fb::Body::Messages, o.as_union_value())
+    }
+
+    pub fn sync_done(&mut self, messages: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::SyncDone::create(b, &fb::SyncDoneArgs { messages });
+        self.finish(0, fb::Body::SyncDone, o.as_union_value())
+    }
+
+    pub fn presence(&mut self, user_id: UserId, online: bool) -> &[u8] {
+        let b = self.start();
+        let o = fb::Presence::create(b, &fb::PresenceArgs { user_id, online });
+        self.finish(0, fb::Body::Presence, o.as_union_value())
+    }
+
+    pub fn friend_event(&mut self, kind: fb::FriendEventKind, user_id: UserId, username: &str, note: &str) -> &[u8] {
+        let b = self.start();
+        let u = b.create_string(username);
+        let n = b.create_string(note);
+        let o = fb::FriendEvent::create(
+            b,
+            &fb::FriendEventArgs {
+                kind,
+                user_id,
+                username: Some(u),
+                note: Some(n),
+            },
+        );
+        self.finish(0, fb::Body::FriendEvent, o.as_union_value())
+    }
+
+    pub fn group_event(&mut self, kind: fb::GroupEventKind, group_id: GroupId, user_id: UserId, actor: UserId) -> &[u8] {
+        let b = self.start();
+        let o = fb::GroupEvent::create(
+            b,
+            &fb::GroupEventArgs {
+                kind,
+                group_id,
+                user_id,
+                actor,
+            },
+        );
+        self.finish(0, fb::Body::GroupEvent, o.as_union_value())
+    }
+
+    pub fn goodbye(&mut self, code: fb::ErrorCode, message: &str) -> &[u8] {
+        let b = self.start();
+        let m = b.create_string(message);
+        let o = fb::Goodbye::create(
+            b,
+            &fb::GoodbyeArgs {
+                code,
+                message: Some(m),
+            },
+        );
+        self.finish(0, fb::Body::Goodbye, o.as_union_value())
+    }
+
+    // ------------------------------------------------------------ requests (client side)
+
+    pub fn hello(&mut self, req_id: u64, client_name: &str) -> &[u8] {
+        self.hello_version(req_id, PROTOCOL_VERSION, client_name)
+    }
+
+    pub fn hello_version(&mut self, req_id: u64, protocol_version: u32, client_name: &str) -> &[u8] {
+        let b = self.start();
+        let n = b.create_string(client_name);
+        let o = fb::Hello::create(
+            b,
+            &fb::HelloArgs {
+                protocol_version,
+                client_name: Some(n),
+            },
+        );
+        self.finish(req_id, fb::Body::Hello, o.as_union_value())
+    }
+
+    pub fn register(&mut self, req_id: u64, username: &str, password: &str) -> &[u8] {
+        let b = self.start();
+        let u = b.create_string(username);
+        let p = b.create_string(password);
+        let o = fb::Register::create(
+            b,
+            &fb::RegisterArgs {
+                username: Some(u),
+                password: Some(p),
+            },
+        );
+        self.finish(req_id, fb::Body::Register, o.as_union_value())
+    }
+
+    pub fn login(&mut self, req_id: u64, username: &str, password: &str) -> &[u8] {
+        let b = self.start();
+        let u = b.create_string(username);
+        let p = b.create_string(password);
+        let o = fb::Login::create(
+            b,
+            &fb::LoginArgs {
+                username: Some(u),
+                password: Some(p),
+            },
+        );
+        self.finish(req_id, fb::Body::Login, o.as_union_value())
+    }
+
+    /// `since`: (conversation, last seq held) per conversation the device knows.
+    pub fn resume(&mut self, req_id: u64, token: &str, since: &[(ConvId, Seq)]) -> &[u8] {
+        let b = self.start();
+        let t = b.create_string(token);
+        let items: Vec<fb::ConvSeq> = since.iter().map(|&(c, s)| fb::ConvSeq::new(c, s)).collect();
+        let v = b.create_vector(&items);
+        let o = fb::Resume::create(
+            b,
+            &fb::ResumeArgs {
+                token: Some(t),
+                since: Some(v),
+            },
+        );
+        self.finish(req_id, fb::Body::Resume, o.as_union_value())
+    }
+
+    pub fn logout(&mut self, req_id: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::Logout::create(b, &fb::LogoutArgs {});
+        self.finish(req_id, fb::Body::Logout, o.as_union_value())
+    }
+
+    pub fn ping(&mut self, req_id: u64, nonce: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::Ping::create(b, &fb::PingArgs { nonce });
+        self.finish(req_id, fb::Body::Ping, o.as_union_value())
+    }
+
+    pub fn search_users(&mut self, req_id: u64, prefix: &str, after_id: UserId, limit: u32) -> &[u8] {
+        let b = self.start();
+        let p = b.create_string(prefix);
+        let o = fb::SearchUsers::create(
+            b,
+            &fb::SearchUsersArgs {
+                prefix: Some(p),
+                after_id,
+                limit,
+            },
+        );
+        self.finish(req_id, fb::Body::SearchUsers, o.as_union_value())
+    }
+
+    pub fn friend_request(&mut self, req_id: u64, user_id: UserId, note: &str) -> &[u8] {
+        let b = self.start();
+        let n = b.create_string(note);
+        let o = fb::FriendRequest::create(
+            b,
+            &fb::FriendRequestArgs {
+                user_id,
+                note: Some(n),
+            },
+        );
+        self.finish(req_id, fb::Body::FriendRequest, o.as_union_value())
+    }
+
+    pub fn friend_respond(&mut self, req_id: u64, user_id: UserId, accept: bool) -> &[u8] {
+        let b = self.start();
+        let o = fb::FriendRespond::create(b, &fb::FriendRespondArgs { user_id, accept });
+        self.finish(req_id, fb::Body::FriendRespond, o.as_union_value())
+    }
+
+    pub fn friend_remove(&mut self, req_id: u64, user_id: UserId) -> &[u8] {
+        let b = self.start();
+        let o = fb::FriendRemove::create(b, &fb::FriendRemoveArgs { user_id });
+        self.finish(req_id, fb::Body::FriendRemove, o.as_union_value())
+    }
+
+    pub fn friend_block(&mut self, req_id: u64, user_id: UserId, block: bool) -> &[u8] {
+        let b = self.start();
+        let o = fb::FriendBlock::create(b, &fb::FriendBlockArgs { user_id, block });
+        self.finish(req_id, fb::Body::FriendBlock, o.as_union_value())
+    }
+
+    pub fn list_friends(&mut self, req_id: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::ListFriends::create(b, &fb::ListFriendsArgs {});
+        self.finish(req_id, fb::Body::ListFriends, o.as_union_value())
+    }
+
+    pub fn create_group(&mut self, req_id: u64, name: &str) -> &[u8] {
+        let b = self.start();
+        let n = b.create_string(name);
+        let o = fb::CreateGroup::create(b, &fb::CreateGroupArgs { name: Some(n) });
+        self.finish(req_id, fb::Body::CreateGroup, o.as_union_value())
+    }
+
+    pub fn join_group(&mut self, req_id: u64, group_id: GroupId) -> &[u8] {
+        let b = self.start();
+        let o = fb::JoinGroup::create(b, &fb::JoinGroupArgs { group_id });
+        self.finish(req_id, fb::Body::JoinGroup, o.as_union_value())
+    }
+
+    pub fn leave_group(&mut self, req_id: u64, group_id: GroupId) -> &[u8] {
+        let b = self.start();
+        let o = fb::LeaveGroup::create(b, &fb::LeaveGroupArgs { group_id });
+        self.finish(req_id, fb::Body::LeaveGroup, o.as_union_value())
+    }
+
+    pub fn group_members(&mut self, req_id: u64, group_id: GroupId) -> &[u8] {
+        let b = self.start();
+        let o = fb::GroupMembers::create(b, &fb::GroupMembersArgs { group_id });
+        self.finish(req_id, fb::Body::GroupMembers, o.as_union_value())
+    }
+
+    pub fn remove_member(&mut self, req_id: u64, group_id: GroupId, user_id: UserId) -> &[u8] {
+        let b = self.start();
+        let o = fb::RemoveMember::create(b, &fb::RemoveMemberArgs { group_id, user_id });
+        self.finish(req_id, fb::Body::RemoveMember, o.as_union_value())
+    }
+
+    pub fn dissolve_group(&mut self, req_id: u64, group_id: GroupId) -> &[u8] {
+        let b = self.start();
+        let o = fb::DissolveGroup::create(b, &fb::DissolveGroupArgs { group_id });
+        self.finish(req_id, fb::Body::DissolveGroup, o.as_union_value())
+    }
+
+    pub fn set_admin(&mut self, req_id: u64, group_id: GroupId, user_id: UserId, admin: bool) -> &[u8] {
+        let b = self.start();
+        let o = fb::SetAdmin::create(
+            b,
+            &fb::SetAdminArgs {
+                group_id,
+                user_id,
+                admin,
+            },
+        );
+        self.finish(req_id, fb::Body::SetAdmin, o.as_union_value())
+    }
+
+    pub fn list_groups(&mut self, req_id: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::ListGroups::create(b, &fb::ListGroupsArgs {});
+        self.finish(req_id, fb::Body::ListGroups, o.as_union_value())
+    }
+
+    /// Exactly one of `to_user` / `group_id` is non-zero.
+    pub fn send_message(&mut self, req_id: u64, to_user: UserId, group_id: GroupId, client_msg_id: u64, body: &str) -> &[u8] {
+        let b = self.start();
+        let t = b.create_string(body);
+        let o = fb::SendMessage::create(
+            b,
+            &fb::SendMessageArgs {
+                to_user,
+                group_id,
+                client_msg_id,
+                body: Some(t),
+            },
+        );
+        self.finish(req_id, fb::Body::SendMessage, o.as_union_value())
+    }
+
+    /// Delivered cursors; sent with req_id 0, no reply.
+    pub fn ack(&mut self, items: &[(ConvId, Seq)]) -> &[u8] {
+        let b = self.start();
+        let items: Vec<fb::ConvSeq> = items.iter().map(|&(c, s)| fb::ConvSeq::new(c, s)).collect();
+        let v = b.create_vector(&items);
+        let o = fb::Ack::create(b, &fb::AckArgs { items: Some(v) });
+        self.finish(0, fb::Body::Ack, o.as_union_value())
+    }
+
+    pub fn history(&mut self, req_id: u64, conversation: ConvId, before_seq: Seq, limit: u32) -> &[u8] {
+        let b = self.start();
+        let o = fb::History::create(
+            b,
+            &fb::HistoryArgs {
+                conversation,
+                before_seq,
+                limit,
+            },
+        );
+        self.finish(req_id, fb::Body::History, o.as_union_value())
+    }
+}
