@@ -12,7 +12,6 @@ use crate::model::{ConvId, GroupId, Seq, UserId};
 
 pub mod sqlite;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness rule was violated (username or group name taken).
@@ -123,7 +122,11 @@ pub enum WriteOp {
     Message(StoredMessage),
     /// Advance `user`'s delivered cursor in `conv` to `seq`, never backwards,
     /// and only where the user is a member of that conversation (a row exists).
-    Cursor { user: UserId, conv: ConvId, seq: Seq },
+    Cursor {
+        user: UserId,
+        conv: ConvId,
+        seq: Seq,
+    },
 }
 
 /// State needed to resume sequencing a conversation after a restart.
@@ -153,7 +156,12 @@ pub trait Store: Send + Sync + 'static {
     fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>>;
     /// Users whose name starts with `prefix` (literal: `%` and `_` match
     /// themselves), with `id > after_id`, ordered by id, at most `limit`.
-    fn search_users(&self, prefix: &str, after_id: UserId, limit: u32) -> Result<Vec<(UserId, String)>>;
+    fn search_users(
+        &self,
+        prefix: &str,
+        after_id: UserId,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>>;
     fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()>;
     fn session_user(&self, token_hash: &[u8]) -> Result<Option<UserId>>;
     fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
@@ -212,8 +220,9 @@ pub fn open(spec: &str, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn
     let path = match spec.strip_prefix("sqlite:") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", data_dir.display())))?;
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                StoreError::Backend(format!("creating {}: {e}", data_dir.display()))
+            })?;
             data_dir.join("ringchat.db")
         }
     };

@@ -57,7 +57,10 @@ impl FrameBuf {
         let want = self.pending_frame_len().map(|n| n + PREFIX).unwrap_or(0);
         let need = (self.end + min).max(want);
         if need > self.buf.len() {
-            let new_len = need.next_power_of_two().min(self.max_frame + PREFIX).max(need);
+            let new_len = need
+                .next_power_of_two()
+                .min(self.max_frame + PREFIX)
+                .max(need);
             self.buf.resize(new_len, 0);
         }
         &mut self.buf[self.end..]
