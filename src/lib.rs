@@ -11,5 +11,6 @@
 
 pub mod core;
 pub mod model;
+pub mod server;
 pub mod store;
 pub mod wire;
