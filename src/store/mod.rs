@@ -10,6 +10,8 @@
 
 use crate::model::{ConvId, GroupId, Seq, UserId};
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,7 @@ pub trait Store: Send + Sync + 'static {
     fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>>;
     /// Users whose name starts with `prefix` (literal: `%` and `_` match
     /// themselves), with `id > after_id`, ordered by id, at most `limit`.
+    /// Matching ignores ASCII case ("ali" finds "Alice"), as users expect.
     fn search_users(
         &self,
         prefix: &str,
@@ -186,7 +189,8 @@ pub trait Store: Send + Sync + 'static {
     /// Members ordered by user id.
     fn group_members(&self, id: GroupId) -> Result<Vec<MemberRow>>;
     /// Adds a member whose delivered cursor starts at `delivered` (so they do
-    /// not receive history from before they joined). Idempotent.
+    /// not receive history from before they joined). Idempotent: for an
+    /// existing member nothing changes (role changes go through `set_role`).
     fn add_member(&self, id: GroupId, user: UserId, role: Role, delivered: Seq) -> Result<()>;
     fn set_role(&self, id: GroupId, user: UserId, role: Role) -> Result<()>;
     /// Removes membership and the user's cursor row for the group conversation.
