@@ -142,10 +142,10 @@ impl GroupState {
     /// one who left or was removed (so their client updates too).
     pub fn audience(&self, change: GroupChange) -> Vec<UserId> {
         let mut v: Vec<UserId> = self.members.keys().copied().collect();
-        if let GroupChange::Left(u) | GroupChange::Removed(u) = change {
-            if !v.contains(&u) {
-                v.push(u);
-            }
+        if let GroupChange::Left(u) | GroupChange::Removed(u) = change
+            && !v.contains(&u)
+        {
+            v.push(u);
         }
         v
     }

@@ -95,10 +95,10 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                     Ok(env) => anonymous_request(&shard, &mut phase, env).await,
                 }
             };
-            if let Some(f) = reply {
-                if stream.write_all(&f).await.is_err() {
-                    return;
-                }
+            if let Some(f) = reply
+                && stream.write_all(&f).await.is_err()
+            {
+                return;
             }
             if close {
                 return;

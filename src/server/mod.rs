@@ -252,10 +252,10 @@ async fn shard_main(
             while !STOP.load(Ordering::SeqCst) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 ticks += 1;
-                if ticks % 4 == 0 {
+                if ticks.is_multiple_of(4) {
                     shard.flush_cursors();
                 }
-                if ticks % 20 == 0 {
+                if ticks.is_multiple_of(20) {
                     shard
                         .metrics
                         .task_panics

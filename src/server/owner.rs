@@ -508,19 +508,13 @@ async fn group_op(
         );
     }
     let audience = with_conv(shard, conv, |st| {
-        if let ConvData::Group(g) = &mut st.data {
-            if let Some(gs) = g.as_mut() {
-                let alive = gs.apply(change);
-                let aud = if alive {
-                    gs.audience(change)
-                } else {
-                    before_audience.clone()
-                };
-                if !alive {
-                    *g = None;
-                }
-                return aud;
+        if let ConvData::Group(g) = &mut st.data
+            && let Some(gs) = g.as_mut()
+        {
+            if gs.apply(change) {
+                return gs.audience(change);
             }
+            *g = None;
         }
         before_audience.clone()
     })
