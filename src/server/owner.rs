@@ -39,6 +39,18 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
             spawn_load(shard.clone(), conv);
         }
         Some(ConvEntry::Loading(waiting)) => waiting.push((origin, op)),
+        Some(ConvEntry::Ready(st)) if !st.busy && matches!(op, OwnerOp::Send { .. }) => {
+            // The hot path: nothing queued ahead, decide inline (no task spawn).
+            drop(convs);
+            if let OwnerOp::Send {
+                conv,
+                client_msg_id,
+                body,
+            } = op
+            {
+                send(shard, &origin, conv, client_msg_id, body);
+            }
+        }
         Some(ConvEntry::Ready(st)) => {
             st.queue.push_back((origin, op));
             if !st.busy {
