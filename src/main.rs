@@ -50,6 +50,16 @@ struct ServeArgs {
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Join a cluster through this Redis (bus and presence registry),
+    /// e.g. redis://127.0.0.1:6379. Needs --node-id and a shared --store.
+    #[arg(long)]
+    redis: Option<String>,
+    /// This node's unique name in the cluster.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Prefix of every Redis key and channel, so clusters can share a Redis.
+    #[arg(long, default_value = "ringchat:")]
+    redis_prefix: String,
 }
 
 fn main() {
@@ -62,22 +72,46 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Serve(a) => ringchat::server::serve(ringchat::server::Config {
-            listen: a.listen,
-            shards: a.shards,
-            data_dir: a.data_dir,
-            store: a.store,
-            max_frame: a.max_frame,
-            idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
-            ring_depth: a.ring_depth,
-            io_memory: a.io_memory_kib << 10,
-            blocking_threads: a.blocking_threads.max(1),
-            metrics: a.metrics,
-            ..Default::default()
+        Cmd::Serve(a) => cluster_config(&a).and_then(|cluster| {
+            ringchat::server::serve(ringchat::server::Config {
+                listen: a.listen,
+                shards: a.shards,
+                data_dir: a.data_dir,
+                store: a.store,
+                max_frame: a.max_frame,
+                idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+                ring_depth: a.ring_depth,
+                io_memory: a.io_memory_kib << 10,
+                blocking_threads: a.blocking_threads.max(1),
+                metrics: a.metrics,
+                cluster,
+                ..Default::default()
+            })
         }),
     };
     if let Err(e) = res {
         eprintln!("ringchat: {e}");
         std::process::exit(1);
+    }
+}
+
+fn cluster_config(
+    a: &ServeArgs,
+) -> Result<Option<std::sync::Arc<ringchat::cluster::ClusterConfig>>, String> {
+    match (&a.redis, &a.node_id) {
+        (None, None) => Ok(None),
+        (Some(url), Some(node)) => {
+            if node.is_empty() || node.contains(':') {
+                return Err("--node-id must be non-empty and must not contain ':'".into());
+            }
+            Ok(Some(std::sync::Arc::new(
+                ringchat::cluster::ClusterConfig {
+                    redis: ringchat::cluster::redis::parse_url(url)?,
+                    node: node.clone(),
+                    prefix: a.redis_prefix.clone(),
+                },
+            )))
+        }
+        _ => Err("--redis and --node-id go together".into()),
     }
 }

@@ -366,6 +366,10 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
     conn.out.push(Frame::Own(ok));
     let writer = glommio::spawn_local(io::writer_loop(conn.out.clone(), stream.clone()));
     if shard.register(conn.clone()) {
+        if let Some(c) = &shard.cluster {
+            // Before the catch-up query: see ClusterShard::register_user.
+            c.register_user(login.user).await;
+        }
         let (s2, user) = (shard.clone(), login.user);
         glommio::spawn_local(async move {
             if let Ok(rows) = s2.blocking(move |s| s.friends_of(user)).await {
@@ -392,6 +396,7 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
     let user = conn.user;
     let mut replayed: AHashMap<ConvId, Seq> = AHashMap::new();
     let mut count = 0u64;
+    shard.sync_point().await;
     loop {
         let convs = match shard.blocking(move |s| s.conversations_of(user)).await {
             Ok(c) => c,
@@ -542,6 +547,7 @@ async fn session_request(
     }
     let me = login.user;
     let origin = || Origin {
+        node: None,
         shard: shard.id,
         conn: conn.id,
         req_id,
@@ -549,7 +555,9 @@ async fn session_request(
         name: login.name.clone(),
     };
     let to_owner = |conv: ConvId, op: OwnerOp| {
-        shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(origin(), op));
+        if let Some((o, op)) = crate::cluster::node::route_owner(shard, conv, origin(), op) {
+            shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(o, op));
+        }
     };
     let pair = |other: UserId, action: PairAction| {
         if other == 0 || other > MAX_USER_ID {
@@ -833,6 +841,11 @@ async fn session_request(
                     },
                 ),
             }
+        }
+        Body::Register => {
+            let r = env.body_as_register().expect("type checked");
+            let f = register(shard, req_id, r.username().unwrap_or(""), r.password().unwrap_or("")).await;
+            reply(&f);
         }
         _ => {
             // Hello/Login/Resume are gated above; nothing else reaches here.

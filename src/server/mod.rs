@@ -37,6 +37,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Capacity of each cross-shard channel.
     pub mesh_capacity: usize,
+    /// Cluster mode (Redis bus and presence); `None` for a single node.
+    pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
 }
 
 impl Default for Config {
@@ -53,6 +55,7 @@ impl Default for Config {
             blocking_threads: 4,
             metrics: None,
             mesh_capacity: 4096,
+            cluster: None,
         }
     }
 }
@@ -234,6 +237,7 @@ async fn shard_main(
             return;
         }
     };
+    tracing::debug!(shard = id, "mesh joined");
     let shard = Rc::new(Shard::new(id, n, cfg.clone(), store, senders));
     shard.spawn_receivers(receivers);
     for to in 0..n {
@@ -243,6 +247,12 @@ async fn shard_main(
     }
     glommio::spawn_local(shard.clone().local_loop()).detach();
     glommio::spawn_local(shard.clone().writer_loop()).detach();
+    if shard.cluster.is_some()
+        && let Err(e) = crate::cluster::node::ClusterShard::start(shard.clone()).await
+    {
+        let _ = ready.send(Err(format!("joining the cluster: {e}")));
+        return;
+    }
     // Cursor flush + metrics publication + stop check.
     let ticker = {
         let shard = shard.clone();

@@ -32,6 +32,14 @@ fn conv_of(origin: &Origin, op: &OwnerOp) -> ConvId {
 pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
     let conv = conv_of(&origin, &op);
     let mut convs = shard.convs.borrow_mut();
+    let view_gen = shard.view_gen();
+    if let Some(ConvEntry::Ready(st)) = convs.get(&conv)
+        && st.view_gen != view_gen
+        && !st.busy
+    {
+        // Ownership may have moved away and back since this was loaded.
+        convs.remove(&conv);
+    }
     match convs.get_mut(&conv) {
         None => {
             convs.insert(conv, ConvEntry::Loading(vec![(origin, op)]));
@@ -64,6 +72,7 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
 
 fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
     glommio::spawn_local(async move {
+        let view_gen = shard.view_gen();
         let loaded = shard
             .blocking(move |s| {
                 let tail = s.conv_tail(conv, DEDUP_WINDOW)?;
@@ -106,6 +115,7 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
         match loaded {
             Ok((tail, data)) => {
                 let st = ConvState {
+                    view_gen,
                     seq: Sequencer::from_tail(&tail, DEDUP_WINDOW),
                     data,
                     queue: waiting.into(),
@@ -459,6 +469,10 @@ async fn pair_op(
 
 fn friend_set(shard: &Shard, a: UserId, b: UserId, friends: bool) {
     use super::shard::ShardMsg;
+    if let Some(c) = &shard.cluster {
+        c.friend_set_remote(a, b, friends);
+        c.friend_set_remote(b, a, friends);
+    }
     shard.send(
         shard.home(a),
         ShardMsg::FriendSet {
@@ -545,7 +559,9 @@ async fn group_op(
         .borrow_mut()
         .group_event(kind, group, user, origin.user)
         .into();
-    shard.push_users(&audience, f, origin.conn, None);
+    // Every session hears it, the acting connection included: its client
+    // updates its view from events, not from the OkReply.
+    shard.push_users(&audience, f, 0, None);
 }
 
 fn require_member(shard: &Shard, origin: &Origin, conv: ConvId) -> Result<(), Reject> {
