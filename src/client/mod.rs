@@ -53,6 +53,10 @@ pub struct ClientOptions {
     /// Ping at a third of the server's idle timeout so a quiet but healthy
     /// connection is not closed. Off lets tests observe the idle timeout.
     pub keepalive: bool,
+    /// Drop messages already surfaced (by `(conversation, seq)`). Off shows
+    /// exactly what the server delivers, which is how tests prove the server
+    /// itself sends each message once.
+    pub dedup: bool,
     /// Sent in `Hello` for the server's logs.
     pub client_name: String,
 }
@@ -63,6 +67,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             auto_ack: true,
             keepalive: true,
+            dedup: true,
             client_name: concat!("ringchat-client/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
@@ -81,6 +86,7 @@ struct Shared {
     /// Highest seq surfaced per conversation (the dedup and resume cursor).
     seen: Mutex<HashMap<ConvId, Seq>>,
     auto_ack: AtomicBool,
+    dedup: bool,
     closed: AtomicBool,
 }
 
@@ -106,21 +112,23 @@ impl Shared {
 }
 
 /// Keeps the messages not surfaced before, advancing `seen`, and returns
-/// them with the per-conversation maxima to acknowledge.
+/// them with the per-conversation maxima to acknowledge. With `drop_seen`
+/// false every message is kept (and `seen` still tracks the maximum).
 fn dedup(
     seen: &mut HashMap<ConvId, Seq>,
     msgs: Vec<ChatMsg>,
+    drop_seen: bool,
 ) -> (Vec<ChatMsg>, Vec<(ConvId, Seq)>) {
     let mut fresh = Vec::with_capacity(msgs.len());
     let mut acks: Vec<(ConvId, Seq)> = Vec::new();
     for m in msgs {
         let last = seen.entry(m.conversation).or_insert(0);
-        if m.seq <= *last {
+        if m.seq <= *last && drop_seen {
             continue;
         }
-        *last = m.seq;
+        *last = (*last).max(m.seq);
         match acks.iter_mut().find(|(c, _)| *c == m.conversation) {
-            Some(a) => a.1 = m.seq,
+            Some(a) => a.1 = a.1.max(m.seq),
             None => acks.push((m.conversation, m.seq)),
         }
         fresh.push(m);
@@ -170,6 +178,7 @@ impl Client {
             next_req: AtomicU64::new(1),
             seen: Mutex::new(HashMap::new()),
             auto_ack: AtomicBool::new(options.auto_ack),
+            dedup: options.dedup,
             closed: AtomicBool::new(false),
         });
         let (ev_tx, ev_rx) = mpsc::channel();
@@ -710,7 +719,7 @@ fn reader_loop(mut stream: TcpStream, shared: Arc<Shared>, events: Sender<Event>
                     }
                 }
                 Incoming::Messages(msgs) => {
-                    let (fresh, acks) = dedup(&mut lock(&shared.seen), msgs);
+                    let (fresh, acks) = dedup(&mut lock(&shared.seen), msgs, shared.dedup);
                     for m in fresh {
                         let _ = events.send(Event::Message(m));
                     }
@@ -784,13 +793,17 @@ mod tests {
                 msg(7, 4),
                 msg(7, 4),
             ],
+            true,
         );
         let got: Vec<(ConvId, Seq)> = fresh.iter().map(|m| (m.conversation, m.seq)).collect();
         assert_eq!(got, vec![(7, 3), (9, 1), (7, 4)]);
         assert_eq!(acks, vec![(7, 4), (9, 1)]);
         assert_eq!(seen, HashMap::from([(7, 4), (9, 1)]));
-        let (fresh, acks) = dedup(&mut seen, vec![msg(9, 1)]);
+        let (fresh, acks) = dedup(&mut seen, vec![msg(9, 1)], true);
         assert!(fresh.is_empty() && acks.is_empty());
+        let (fresh, _) = dedup(&mut seen, vec![msg(9, 1)], false);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(seen[&9], 1);
     }
 
     #[test]
