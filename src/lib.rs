@@ -10,6 +10,8 @@
 //! - [`client`]: a Rust client used by the tests, `ringchat chat` and loadgen.
 
 pub mod client;
+pub mod core;
 pub mod model;
+pub mod server;
 pub mod store;
 pub mod wire;

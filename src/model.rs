@@ -36,7 +36,10 @@ pub fn group_conv(g: GroupId) -> ConvId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvKind {
     /// One-to-one between `lo < hi`.
-    Direct { lo: UserId, hi: UserId },
+    Direct {
+        lo: UserId,
+        hi: UserId,
+    },
     Group(GroupId),
 }
 

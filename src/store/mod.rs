@@ -10,8 +10,9 @@
 
 use crate::model::{ConvId, GroupId, Seq, UserId};
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod sqlite;
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -123,7 +124,11 @@ pub enum WriteOp {
     Message(StoredMessage),
     /// Advance `user`'s delivered cursor in `conv` to `seq`, never backwards,
     /// and only where the user is a member of that conversation (a row exists).
-    Cursor { user: UserId, conv: ConvId, seq: Seq },
+    Cursor {
+        user: UserId,
+        conv: ConvId,
+        seq: Seq,
+    },
 }
 
 /// State needed to resume sequencing a conversation after a restart.
@@ -153,7 +158,13 @@ pub trait Store: Send + Sync + 'static {
     fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>>;
     /// Users whose name starts with `prefix` (literal: `%` and `_` match
     /// themselves), with `id > after_id`, ordered by id, at most `limit`.
-    fn search_users(&self, prefix: &str, after_id: UserId, limit: u32) -> Result<Vec<(UserId, String)>>;
+    /// Matching ignores ASCII case ("ali" finds "Alice"), as users expect.
+    fn search_users(
+        &self,
+        prefix: &str,
+        after_id: UserId,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>>;
     fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()>;
     fn session_user(&self, token_hash: &[u8]) -> Result<Option<UserId>>;
     fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
@@ -178,7 +189,8 @@ pub trait Store: Send + Sync + 'static {
     /// Members ordered by user id.
     fn group_members(&self, id: GroupId) -> Result<Vec<MemberRow>>;
     /// Adds a member whose delivered cursor starts at `delivered` (so they do
-    /// not receive history from before they joined). Idempotent.
+    /// not receive history from before they joined). Idempotent: for an
+    /// existing member nothing changes (role changes go through `set_role`).
     fn add_member(&self, id: GroupId, user: UserId, role: Role, delivered: Seq) -> Result<()>;
     fn set_role(&self, id: GroupId, user: UserId, role: Role) -> Result<()>;
     /// Removes membership and the user's cursor row for the group conversation.
@@ -212,8 +224,9 @@ pub fn open(spec: &str, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn
     let path = match spec.strip_prefix("sqlite:") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", data_dir.display())))?;
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                StoreError::Backend(format!("creating {}: {e}", data_dir.display()))
+            })?;
             data_dir.join("ringchat.db")
         }
     };

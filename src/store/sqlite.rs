@@ -1,6 +1,866 @@
-//! Embedded backend (stub, being written).
+//! Embedded backend: one SQLite file in WAL mode.
+//!
+//! Concurrency model: the trait's methods are called from several blocking
+//! threads at once. SQLite allows one writer and many readers in WAL mode, so
+//! the store keeps exactly one read-write connection behind a [`Mutex`] (writes
+//! are serialized here instead of bouncing on `SQLITE_BUSY`) plus a small pool
+//! of read-only connections, each behind its own `Mutex`. A read picks any free
+//! reader, so reads never queue behind a write transaction (WAL readers see the
+//! last committed snapshot and are not blocked by the writer).
+//!
+//! Durability: `synchronous=FULL` on the writer, because the server acks a
+//! message once `write_batch` returns; with `NORMAL` a power loss could drop
+//! the last acked transactions. Batching (group commit) is what keeps this
+//! affordable: one fsync per `write_batch`, not per message.
+//!
+//! Id encoding: SQLite integers are `i64`. Every `u64` (ids, seqs, timestamps,
+//! client message ids, and especially `ConvId`, whose top bit tags direct
+//! conversations) is stored with a bit-preserving `as i64` cast and read back
+//! with `as u64`. Consequence: SQL `ORDER BY conv` would put direct
+//! conversations (negative as `i64`) first, so ordering by conv is done in Rust.
+//!
+//! Only file-backed databases are supported: `:memory:` would give every
+//! pooled connection its own private database.
+
 use super::*;
+use crate::model::{direct_conv, group_conv};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Read-only connections in the pool. Reads are short indexed lookups, so a
+/// handful covers the blocking pool's parallelism without many open files.
+const READERS: usize = 4;
+/// How long a connection waits on a lock held by another *process* (or a
+/// checkpoint) before failing; in-process writers are serialized by the mutex.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection; the store uses ~30 distinct ones.
+const STATEMENT_CACHE: usize = 64;
+
+/// Schema steps; step `i` upgrades `user_version` from `i` to `i + 1`. Never
+/// edit a released step: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+    CREATE TABLE users(
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        username      TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL
+    );
+    CREATE TABLE sessions(
+        token_hash BLOB PRIMARY KEY,
+        user_id    INTEGER NOT NULL REFERENCES users(id),
+        created_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE TABLE pairs(
+        lo          INTEGER NOT NULL REFERENCES users(id),
+        hi          INTEGER NOT NULL REFERENCES users(id),
+        friends     INTEGER NOT NULL DEFAULT 0,
+        req_lo_hi   INTEGER NOT NULL DEFAULT 0,
+        req_hi_lo   INTEGER NOT NULL DEFAULT 0,
+        block_lo_hi INTEGER NOT NULL DEFAULT 0,
+        block_hi_lo INTEGER NOT NULL DEFAULT 0,
+        note        TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY(lo, hi)
+    ) WITHOUT ROWID;
+    CREATE INDEX pairs_hi ON pairs(hi);
+    CREATE TABLE chat_groups(
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        name       TEXT NOT NULL,
+        owner      INTEGER NOT NULL REFERENCES users(id),
+        dissolved  INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL
+    );
+    -- Names are unique among live groups only, so a dissolved group's name
+    -- can be taken again.
+    CREATE UNIQUE INDEX chat_groups_live_name ON chat_groups(name) WHERE dissolved = 0;
+    CREATE TABLE group_members(
+        group_id INTEGER NOT NULL REFERENCES chat_groups(id),
+        user_id  INTEGER NOT NULL REFERENCES users(id),
+        role     INTEGER NOT NULL,
+        PRIMARY KEY(group_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_user ON group_members(user_id);
+    -- Delivery cursors; a row means "user is a member of conv".
+    CREATE TABLE conv_members(
+        user_id   INTEGER NOT NULL REFERENCES users(id),
+        conv      INTEGER NOT NULL,
+        delivered INTEGER NOT NULL,
+        PRIMARY KEY(user_id, conv)
+    ) WITHOUT ROWID;
+    CREATE INDEX conv_members_conv ON conv_members(conv);
+    -- Clustered on (conv, seq): appends are sequential per conversation and
+    -- MAX(seq), tails and ranges are single b-tree seeks. No foreign key on
+    -- sender: it would cost a lookup per message on the hot path.
+    CREATE TABLE messages(
+        conv          INTEGER NOT NULL,
+        seq           INTEGER NOT NULL,
+        sender        INTEGER NOT NULL,
+        ts            INTEGER NOT NULL,
+        client_msg_id INTEGER NOT NULL,
+        body          TEXT NOT NULL,
+        PRIMARY KEY(conv, seq)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == ErrorCode::ConstraintViolation
+                    && (f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) =>
+            {
+                StoreError::Conflict
+            }
+            _ => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// Locks a connection even if a previous holder panicked: rusqlite rolls back
+/// an open `Transaction` on drop, so the connection is still consistent.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    /// Round-robin start for picking a reader, so load spreads evenly.
+    next_reader: AtomicUsize,
+}
+
 /// Opens (creating and migrating) the SQLite database at `path`.
-pub fn open_store(_path: &std::path::Path) -> Result<std::sync::Arc<dyn Store>> {
-    Err(StoreError::Backend("todo".into()))
+pub fn open_store(path: &Path) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(SqliteStore::open(path)?))
+}
+
+impl SqliteStore {
+    /// Opens the writer first (it creates the file, switches to WAL and runs
+    /// migrations), then the read-only pool, which needs the WAL files to exist.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let mut writer = Connection::open(path)?;
+        writer.busy_timeout(BUSY_TIMEOUT)?;
+        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let mode: String = writer.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "{}: could not enable WAL (journal_mode={mode})",
+                path.display()
+            )));
+        }
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.pragma_update(None, "foreign_keys", true)?;
+        migrate(&mut writer)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            r.busy_timeout(BUSY_TIMEOUT)?;
+            r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            readers.push(Mutex::new(r));
+        }
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// A free reader if there is one, else waits for the round-robin pick.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            let m = &self.readers[(start + i) % self.readers.len()];
+            match m.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        lock(&self.readers[start % self.readers.len()])
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer: the write
+    /// lock is taken up front so the transaction cannot fail half-way with
+    /// `SQLITE_BUSY` on lock upgrade. Dropping the transaction on error rolls
+    /// back.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version)
+        .map_err(|_| StoreError::Backend(format!("bad schema version {version}")))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {version} is newer than this binary ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+        // Each step and its version bump commit together, so a crash leaves
+        // the schema at a well-defined version.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        id: r.get::<_, i64>(0)? as u64,
+        username: r.get(1)?,
+        password_hash: r.get(2)?,
+    })
+}
+
+/// Columns: conv, seq, sender, ts, client_msg_id, body, sender name.
+const MESSAGE_COLUMNS: &str = "m.conv, m.seq, m.sender, m.ts, m.client_msg_id, m.body, \
+     COALESCE(u.username, '') FROM messages m LEFT JOIN users u ON u.id = m.sender";
+
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        conv: r.get::<_, i64>(0)? as u64,
+        seq: r.get::<_, i64>(1)? as u64,
+        sender: r.get::<_, i64>(2)? as u64,
+        timestamp_ms: r.get::<_, i64>(3)? as u64,
+        client_msg_id: r.get::<_, i64>(4)? as u64,
+        body: r.get(5)?,
+        sender_name: r.get(6)?,
+    })
+}
+
+/// Escapes `LIKE` wildcards so `prefix` matches literally (with `ESCAPE '\'`).
+fn like_prefix(prefix: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 2);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
+}
+
+/// How `user` sees the other side of a pair, from the stored bits viewed from
+/// `user`'s side. Blocking wins (the UI must offer "unblock"), then
+/// friendship, then requests. A block by the *other* side alone yields `None`:
+/// `user` must not learn that they are blocked.
+fn friend_kind(
+    friends: bool,
+    i_requested: bool,
+    they_requested: bool,
+    i_block: bool,
+) -> Option<FriendKind> {
+    if i_block {
+        Some(FriendKind::Blocked)
+    } else if friends {
+        Some(FriendKind::Friend)
+    } else if they_requested {
+        Some(FriendKind::Incoming)
+    } else if i_requested {
+        Some(FriendKind::Outgoing)
+    } else {
+        None
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_user(&self, username: &str, password_hash: &str) -> Result<UserId> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO users(username, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                username,
+                password_hash,
+                crate::model::now_ms() as i64
+            ])?;
+            Ok(tx.last_insert_rowid() as u64)
+        })
+    }
+
+    fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
+        let conn = self.reader();
+        let mut st = conn
+            .prepare_cached("SELECT id, username, password_hash FROM users WHERE username = ?1")?;
+        Ok(st.query_row([username], user_from_row).optional()?)
+    }
+
+    fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>> {
+        let conn = self.reader();
+        let mut st =
+            conn.prepare_cached("SELECT id, username, password_hash FROM users WHERE id = ?1")?;
+        Ok(st.query_row([id as i64], user_from_row).optional()?)
+    }
+
+    /// Case-insensitive for ASCII (SQLite's `LIKE`): people typing "ali" expect
+    /// to find "Alice". Wildcards in `prefix` are escaped, so it is literal.
+    fn search_users(
+        &self,
+        prefix: &str,
+        after_id: UserId,
+        limit: u32,
+    ) -> Result<Vec<(UserId, String)>> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT id, username FROM users WHERE username LIKE ?1 ESCAPE '\\' AND id > ?2 \
+             ORDER BY id LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![like_prefix(prefix), after_id as i64, limit as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO sessions(token_hash, user_id, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![token_hash, user as i64, created_ms as i64])?;
+            Ok(())
+        })
+    }
+
+    fn session_user(&self, token_hash: &[u8]) -> Result<Option<UserId>> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached("SELECT user_id FROM sessions WHERE token_hash = ?1")?;
+        Ok(st
+            .query_row([token_hash], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                .execute([token_hash])?;
+            Ok(())
+        })
+    }
+
+    fn get_pair(&self, lo: UserId, hi: UserId) -> Result<PairRecord> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT friends, req_lo_hi, req_hi_lo, block_lo_hi, block_hi_lo, note \
+             FROM pairs WHERE lo = ?1 AND hi = ?2",
+        )?;
+        let rec = st
+            .query_row([lo as i64, hi as i64], |r| {
+                Ok(PairRecord {
+                    state: PairState {
+                        friends: r.get(0)?,
+                        request_lo_to_hi: r.get(1)?,
+                        request_hi_to_lo: r.get(2)?,
+                        lo_blocks_hi: r.get(3)?,
+                        hi_blocks_lo: r.get(4)?,
+                    },
+                    note: r.get(5)?,
+                })
+            })
+            .optional()?;
+        Ok(rec.unwrap_or_default())
+    }
+
+    fn set_pair(&self, lo: UserId, hi: UserId, rec: &PairRecord) -> Result<()> {
+        self.write(|tx| {
+            let s = &rec.state;
+            tx.prepare_cached(
+                "INSERT INTO pairs(lo, hi, friends, req_lo_hi, req_hi_lo, block_lo_hi, block_hi_lo, note) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT(lo, hi) DO UPDATE SET friends = excluded.friends, \
+                 req_lo_hi = excluded.req_lo_hi, req_hi_lo = excluded.req_hi_lo, \
+                 block_lo_hi = excluded.block_lo_hi, block_hi_lo = excluded.block_hi_lo, \
+                 note = excluded.note",
+            )?
+            .execute(params![
+                lo as i64,
+                hi as i64,
+                s.friends,
+                s.request_lo_to_hi,
+                s.request_hi_to_lo,
+                s.lo_blocks_hi,
+                s.hi_blocks_lo,
+                rec.note
+            ])?;
+            if s.friends {
+                let conv = direct_conv(lo, hi) as i64;
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO conv_members(user_id, conv, delivered) VALUES (?1, ?2, 0)",
+                )?;
+                st.execute([lo as i64, conv])?;
+                st.execute([hi as i64, conv])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The pending-request note is only reported for `Incoming`/`Outgoing`
+    /// rows; for friends and blocks it is empty even if a stale one is stored.
+    fn friends_of(&self, user: UserId) -> Result<Vec<FriendRow>> {
+        let conn = self.reader();
+        // Two index seeks (PK prefix on lo, pairs_hi on hi) rather than an OR
+        // that the planner may turn into a scan. Columns are normalized to
+        // "me"/"them" so the Rust side needs no case split.
+        let mut st = conn.prepare_cached(
+            "SELECT p.hi, u.username, p.friends, p.req_lo_hi, p.req_hi_lo, p.block_lo_hi, p.note \
+             FROM pairs p JOIN users u ON u.id = p.hi WHERE p.lo = ?1 \
+             UNION ALL \
+             SELECT p.lo, u.username, p.friends, p.req_hi_lo, p.req_lo_hi, p.block_hi_lo, p.note \
+             FROM pairs p JOIN users u ON u.id = p.lo WHERE p.hi = ?1",
+        )?;
+        let rows = st.query_map([user as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, String>(1)?,
+                friend_kind(r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (user_id, username, kind, note) = row?;
+            let Some(kind) = kind else { continue };
+            let note = match kind {
+                FriendKind::Incoming | FriendKind::Outgoing => note,
+                FriendKind::Friend | FriendKind::Blocked => String::new(),
+            };
+            out.push(FriendRow {
+                user_id,
+                username,
+                kind,
+                note,
+            });
+        }
+        out.sort_by_key(|r| r.user_id);
+        Ok(out)
+    }
+
+    fn create_group(&self, name: &str, owner: UserId) -> Result<GroupId> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO chat_groups(name, owner, dissolved, created_ms) VALUES (?1, ?2, 0, ?3)",
+            )?
+            .execute(params![name, owner as i64, crate::model::now_ms() as i64])?;
+            let id = tx.last_insert_rowid() as u64;
+            tx.prepare_cached(
+                "INSERT INTO group_members(group_id, user_id, role) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id as i64, owner as i64, Role::Owner as u8])?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO conv_members(user_id, conv, delivered) VALUES (?1, ?2, 0)",
+            )?
+            .execute([owner as i64, group_conv(id) as i64])?;
+            Ok(id)
+        })
+    }
+
+    fn get_group(&self, id: GroupId) -> Result<Option<GroupRecord>> {
+        let conn = self.reader();
+        let mut st = conn
+            .prepare_cached("SELECT id, name, owner, dissolved FROM chat_groups WHERE id = ?1")?;
+        Ok(st
+            .query_row([id as i64], |r| {
+                Ok(GroupRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    owner: r.get::<_, i64>(2)? as u64,
+                    dissolved: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn group_members(&self, id: GroupId) -> Result<Vec<MemberRow>> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT gm.user_id, u.username, gm.role FROM group_members gm \
+             JOIN users u ON u.id = gm.user_id WHERE gm.group_id = ?1 ORDER BY gm.user_id",
+        )?;
+        let rows = st.query_map([id as i64], |r| {
+            Ok(MemberRow {
+                user_id: r.get::<_, i64>(0)? as u64,
+                username: r.get(1)?,
+                role: Role::from_u8(r.get(2)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Idempotent in the strong sense: re-adding an existing member changes
+    /// nothing — neither the role (a retried "add" must not demote an admin
+    /// or the owner; roles change through `set_role`) nor the cursor.
+    fn add_member(&self, id: GroupId, user: UserId, role: Role, delivered: Seq) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO group_members(group_id, user_id, role) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id as i64, user as i64, role as u8])?;
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO conv_members(user_id, conv, delivered) VALUES (?1, ?2, ?3)",
+            )?
+            .execute([user as i64, group_conv(id) as i64, delivered as i64])?;
+            Ok(())
+        })
+    }
+
+    /// A no-op for a non-member.
+    fn set_role(&self, id: GroupId, user: UserId, role: Role) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE group_members SET role = ?3 WHERE group_id = ?1 AND user_id = ?2",
+            )?
+            .execute(params![id as i64, user as i64, role as u8])?;
+            Ok(())
+        })
+    }
+
+    fn remove_member(&self, id: GroupId, user: UserId) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
+                .execute([id as i64, user as i64])?;
+            tx.prepare_cached("DELETE FROM conv_members WHERE user_id = ?1 AND conv = ?2")?
+                .execute([user as i64, group_conv(id) as i64])?;
+            Ok(())
+        })
+    }
+
+    fn dissolve_group(&self, id: GroupId) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("UPDATE chat_groups SET dissolved = 1 WHERE id = ?1")?
+                .execute([id as i64])?;
+            tx.prepare_cached("DELETE FROM group_members WHERE group_id = ?1")?
+                .execute([id as i64])?;
+            tx.prepare_cached("DELETE FROM conv_members WHERE conv = ?1")?
+                .execute([group_conv(id) as i64])?;
+            Ok(())
+        })
+    }
+
+    fn groups_of(&self, user: UserId) -> Result<Vec<(GroupRecord, Role)>> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT g.id, g.name, g.owner, g.dissolved, gm.role FROM group_members gm \
+             JOIN chat_groups g ON g.id = gm.group_id \
+             WHERE gm.user_id = ?1 AND g.dissolved = 0 ORDER BY g.id",
+        )?;
+        let rows = st.query_map([user as i64], |r| {
+            Ok((
+                GroupRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    owner: r.get::<_, i64>(2)? as u64,
+                    dissolved: r.get(3)?,
+                },
+                Role::from_u8(r.get(4)?),
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A duplicate `(conv, seq)` fails the whole batch with `Conflict`.
+    fn write_batch(&self, ops: &[WriteOp]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages(conv, seq, sender, ts, client_msg_id, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut cursor = tx.prepare_cached(
+                "UPDATE conv_members SET delivered = MAX(delivered, ?1) \
+                 WHERE user_id = ?2 AND conv = ?3",
+            )?;
+            for op in ops {
+                match op {
+                    WriteOp::Message(m) => {
+                        insert.execute(params![
+                            m.conv as i64,
+                            m.seq as i64,
+                            m.sender as i64,
+                            m.timestamp_ms as i64,
+                            m.client_msg_id as i64,
+                            m.body
+                        ])?;
+                    }
+                    WriteOp::Cursor { user, conv, seq } => {
+                        cursor.execute([*seq as i64, *user as i64, *conv as i64])?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn conv_tail(&self, conv: ConvId, window: usize) -> Result<ConvTail> {
+        let mut conn = self.reader();
+        // One read transaction so `last_seq` and `recent` come from the same
+        // snapshot.
+        let tx = conn.transaction()?;
+        let last_seq: i64 = tx
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conv = ?1")?
+            .query_row([conv as i64], |r| r.get(0))?;
+        let recent = {
+            let mut st = tx.prepare_cached(
+                "SELECT sender, client_msg_id, seq, ts FROM messages WHERE conv = ?1 \
+                 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let window = i64::try_from(window).unwrap_or(i64::MAX);
+            let rows = st.query_map([conv as i64, window], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        tx.commit()?;
+        Ok(ConvTail {
+            last_seq: last_seq as u64,
+            recent,
+        })
+    }
+
+    fn messages_after(&self, conv: ConvId, after: Seq, limit: u32) -> Result<Vec<StoredMessage>> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} WHERE m.conv = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3"
+        ))?;
+        let rows = st.query_map([conv as i64, after as i64, limit as i64], message_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn history(&self, conv: ConvId, before: Seq, limit: u32) -> Result<Vec<StoredMessage>> {
+        // `before == 0` means "from the newest": an upper bound no seq reaches
+        // keeps the query a plain range seek on the primary key.
+        let before = if before == 0 { i64::MAX } else { before as i64 };
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} WHERE m.conv = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3"
+        ))?;
+        let rows = st.query_map([conv as i64, before, limit as i64], message_from_row)?;
+        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Ordered by conv as `u64` (group conversations, then direct ones).
+    fn conversations_of(&self, user: UserId) -> Result<Vec<ConvCursor>> {
+        let conn = self.reader();
+        // The correlated MAX(seq) is one seek to the end of the conv's range
+        // in the messages primary key.
+        let mut st = conn.prepare_cached(
+            "SELECT c.conv, c.delivered, \
+             COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conv = c.conv), 0) \
+             FROM conv_members c WHERE c.user_id = ?1",
+        )?;
+        let rows = st.query_map([user as i64], |r| {
+            Ok(ConvCursor {
+                conv: r.get::<_, i64>(0)? as u64,
+                delivered: r.get::<_, i64>(1)? as u64,
+                last_seq: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
+        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        out.sort_by_key(|c| c.conv);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance;
+    use std::path::PathBuf;
+
+    /// A unique database path in the temp dir, removed (with its WAL/SHM
+    /// files) on drop.
+    struct TempDb(PathBuf);
+
+    impl TempDb {
+        fn new(tag: &str) -> TempDb {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            TempDb(std::env::temp_dir().join(format!(
+                "ringchat-test-{tag}-{}-{n}-{nanos}.db",
+                std::process::id()
+            )))
+        }
+        fn open(&self) -> Arc<dyn Store> {
+            open_store(&self.0).expect("open sqlite store")
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = self.0.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    /// One `#[test]` per conformance check, each on a fresh database, so a
+    /// failure names the check.
+    macro_rules! conformance_tests {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    let db = TempDb::new(stringify!($name));
+                    conformance::$name(&*db.open());
+                }
+            )*
+        };
+    }
+
+    conformance_tests!(
+        check_users,
+        check_search_users,
+        check_sessions,
+        check_pairs,
+        check_friends_of,
+        check_groups,
+        check_group_members,
+        check_write_batch_atomic,
+        check_cursors,
+        check_conv_tail,
+        check_messages_after_and_history,
+        check_conversations_of,
+        check_body_roundtrip,
+        check_concurrent_access,
+    );
+
+    #[test]
+    fn all_checks_listed_here() {
+        // Keeps the macro list above in step with the suite.
+        assert_eq!(conformance::CHECKS.len(), 14);
+    }
+
+    #[test]
+    fn run_all_on_one_store() {
+        // The checks must also pass when they share one database.
+        let db = TempDb::new("run_all");
+        conformance::run_all(&*db.open());
+    }
+
+    #[test]
+    fn check_survives_reopen() {
+        let db = TempDb::new("reopen");
+        conformance::check_survives_reopen(&|| db.open());
+    }
+
+    #[test]
+    fn migrations_set_version_and_reopen_is_noop() {
+        let db = TempDb::new("migrate");
+        drop(db.open());
+        let c = Connection::open(&db.0).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(c);
+        // Reopening must not re-run step 1 (it would fail on existing tables).
+        drop(db.open());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let db = TempDb::new("newer");
+        drop(db.open());
+        let c = Connection::open(&db.0).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(
+            SqliteStore::open(&db.0),
+            Err(StoreError::Backend(_))
+        ));
+    }
+
+    #[test]
+    fn like_prefix_escapes_wildcards() {
+        assert_eq!(like_prefix("a_b%c\\"), "a\\_b\\%c\\\\%");
+        assert_eq!(like_prefix(""), "%");
+    }
+
+    /// Throughput of `write_batch` by batch size; run with
+    /// `cargo test --release --lib store::sqlite -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_write_batch_sizes() {
+        let db = TempDb::new("bench");
+        let store = db.open();
+        let u = store.create_user("bench", "x").unwrap();
+        let g = store.create_group("bench", u).unwrap();
+        let conv = group_conv(g);
+        let body = "x".repeat(100);
+        let mut seq = 0u64;
+        for batch in [1usize, 64, 256] {
+            let total = if batch == 1 { 500 } else { 20_000 };
+            let start = std::time::Instant::now();
+            let mut written = 0;
+            while written < total {
+                let ops: Vec<WriteOp> = (0..batch)
+                    .map(|_| {
+                        seq += 1;
+                        WriteOp::Message(StoredMessage {
+                            conv,
+                            seq,
+                            sender: u,
+                            timestamp_ms: seq,
+                            client_msg_id: seq,
+                            body: body.clone(),
+                            sender_name: String::new(),
+                        })
+                    })
+                    .collect();
+                store.write_batch(&ops).unwrap();
+                written += batch;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "batch {batch:>3}: {written} msgs in {secs:.3}s = {:.0} msgs/s ({:.2} ms/commit)",
+                written as f64 / secs,
+                secs * 1000.0 / (written / batch) as f64
+            );
+        }
+        assert_eq!(store.conv_tail(conv, 1).unwrap().last_seq, seq);
+    }
 }

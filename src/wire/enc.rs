@@ -129,7 +129,12 @@ impl Enc {
         self.finish(req_id, fb::Body::Pong, o.as_union_value())
     }
 
-    pub fn user_list(&mut self, req_id: u64, users: &[UserItem<'_>], next_after_id: UserId) -> &[u8] {
+    pub fn user_list(
+        &mut self,
+        req_id: u64,
+        users: &[UserItem<'_>],
+        next_after_id: UserId,
+    ) -> &[u8] {
         let b = self.start();
         let mut items = Vec::with_capacity(users.len());
         for &(user_id, name, online) in users {
@@ -155,7 +160,12 @@ impl Enc {
     }
 
     /// `online(user)` tells each row's presence.
-    pub fn friend_list(&mut self, req_id: u64, rows: &[FriendRow], online: impl Fn(UserId) -> bool) -> &[u8] {
+    pub fn friend_list(
+        &mut self,
+        req_id: u64,
+        rows: &[FriendRow],
+        online: impl Fn(UserId) -> bool,
+    ) -> &[u8] {
         let b = self.start();
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
@@ -249,7 +259,14 @@ impl Enc {
         self.finish(req_id, fb::Body::GroupList, o.as_union_value())
     }
 
-    pub fn send_ok(&mut self, req_id: u64, conversation: ConvId, seq: Seq, timestamp_ms: u64, duplicate: bool) -> &[u8] {
+    pub fn send_ok(
+        &mut self,
+        req_id: u64,
+        conversation: ConvId,
+        seq: Seq,
+        timestamp_ms: u64,
+        duplicate: bool,
+    ) -> &[u8] {
         let b = self.start();
         let o = fb::SendOk::create(
             b,
@@ -266,7 +283,11 @@ impl Enc {
     // ------------------------------------------------------------ pushes
 
     /// `Messages` frame: a live push (req_id 0), a catch-up page, or a History reply.
-    pub fn messages<'m>(&mut self, req_id: u64, msgs: impl IntoIterator<Item = &'m StoredMessage>) -> &[u8] {
+    pub fn messages<'m>(
+        &mut self,
+        req_id: u64,
+        msgs: impl IntoIterator<Item = &'m StoredMessage>,
+    ) -> &[u8] {
         let b = self.start();
         let mut items = Vec::new();
         for m in msgs {
@@ -307,7 +328,13 @@ impl Enc {
         self.finish(0, fb::Body::Presence, o.as_union_value())
     }
 
-    pub fn friend_event(&mut self, kind: fb::FriendEventKind, user_id: UserId, username: &str, note: &str) -> &[u8] {
+    pub fn friend_event(
+        &mut self,
+        kind: fb::FriendEventKind,
+        user_id: UserId,
+        username: &str,
+        note: &str,
+    ) -> &[u8] {
         let b = self.start();
         let u = b.create_string(username);
         let n = b.create_string(note);
@@ -323,7 +350,13 @@ impl Enc {
         self.finish(0, fb::Body::FriendEvent, o.as_union_value())
     }
 
-    pub fn group_event(&mut self, kind: fb::GroupEventKind, group_id: GroupId, user_id: UserId, actor: UserId) -> &[u8] {
+    pub fn group_event(
+        &mut self,
+        kind: fb::GroupEventKind,
+        group_id: GroupId,
+        user_id: UserId,
+        actor: UserId,
+    ) -> &[u8] {
         let b = self.start();
         let o = fb::GroupEvent::create(
             b,
@@ -356,7 +389,12 @@ impl Enc {
         self.hello_version(req_id, PROTOCOL_VERSION, client_name)
     }
 
-    pub fn hello_version(&mut self, req_id: u64, protocol_version: u32, client_name: &str) -> &[u8] {
+    pub fn hello_version(
+        &mut self,
+        req_id: u64,
+        protocol_version: u32,
+        client_name: &str,
+    ) -> &[u8] {
         let b = self.start();
         let n = b.create_string(client_name);
         let o = fb::Hello::create(
@@ -425,7 +463,13 @@ impl Enc {
         self.finish(req_id, fb::Body::Ping, o.as_union_value())
     }
 
-    pub fn search_users(&mut self, req_id: u64, prefix: &str, after_id: UserId, limit: u32) -> &[u8] {
+    pub fn search_users(
+        &mut self,
+        req_id: u64,
+        prefix: &str,
+        after_id: UserId,
+        limit: u32,
+    ) -> &[u8] {
         let b = self.start();
         let p = b.create_string(prefix);
         let o = fb::SearchUsers::create(
@@ -513,7 +557,13 @@ impl Enc {
         self.finish(req_id, fb::Body::DissolveGroup, o.as_union_value())
     }
 
-    pub fn set_admin(&mut self, req_id: u64, group_id: GroupId, user_id: UserId, admin: bool) -> &[u8] {
+    pub fn set_admin(
+        &mut self,
+        req_id: u64,
+        group_id: GroupId,
+        user_id: UserId,
+        admin: bool,
+    ) -> &[u8] {
         let b = self.start();
         let o = fb::SetAdmin::create(
             b,
@@ -533,7 +583,14 @@ impl Enc {
     }
 
     /// Exactly one of `to_user` / `group_id` is non-zero.
-    pub fn send_message(&mut self, req_id: u64, to_user: UserId, group_id: GroupId, client_msg_id: u64, body: &str) -> &[u8] {
+    pub fn send_message(
+        &mut self,
+        req_id: u64,
+        to_user: UserId,
+        group_id: GroupId,
+        client_msg_id: u64,
+        body: &str,
+    ) -> &[u8] {
         let b = self.start();
         let t = b.create_string(body);
         let o = fb::SendMessage::create(
@@ -557,7 +614,13 @@ impl Enc {
         self.finish(0, fb::Body::Ack, o.as_union_value())
     }
 
-    pub fn history(&mut self, req_id: u64, conversation: ConvId, before_seq: Seq, limit: u32) -> &[u8] {
+    pub fn history(
+        &mut self,
+        req_id: u64,
+        conversation: ConvId,
+        before_seq: Seq,
+        limit: u32,
+    ) -> &[u8] {
         let b = self.start();
         let o = fb::History::create(
             b,

@@ -57,7 +57,10 @@ impl FrameBuf {
         let want = self.pending_frame_len().map(|n| n + PREFIX).unwrap_or(0);
         let need = (self.end + min).max(want);
         if need > self.buf.len() {
-            let new_len = need.next_power_of_two().min(self.max_frame + PREFIX).max(need);
+            let new_len = need
+                .next_power_of_two()
+                .min(self.max_frame + PREFIX)
+                .max(need);
             self.buf.resize(new_len, 0);
         }
         &mut self.buf[self.end..]
@@ -82,7 +85,9 @@ impl FrameBuf {
         Some(u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize)
     }
 
-    /// The next complete frame's payload range, `None` if incomplete.
+    /// The next complete frame's range (length prefix included: FlatBuffers
+    /// alignment is relative to the start of the size-prefixed buffer, so
+    /// the verifier must see the prefix too), `None` if incomplete.
     /// An oversized or empty length is an error: the stream cannot be
     /// resynchronised, so the caller replies and closes.
     pub fn next_frame(&mut self) -> Result<Option<Range<usize>>, FrameError> {
@@ -101,9 +106,9 @@ impl FrameBuf {
         if self.end - self.start < PREFIX + len {
             return Ok(None);
         }
-        let from = self.start + PREFIX;
-        self.start = from + len;
-        Ok(Some(from..from + len))
+        let from = self.start;
+        self.start = from + PREFIX + len;
+        Ok(Some(from..self.start))
     }
 
     pub fn get(&self, r: Range<usize>) -> &[u8] {
@@ -136,7 +141,7 @@ mod tests {
     fn drain(fb: &mut FrameBuf) -> Vec<Vec<u8>> {
         let mut out = vec![];
         while let Some(r) = fb.next_frame().unwrap() {
-            out.push(fb.get(r).to_vec());
+            out.push(fb.get(r)[PREFIX..].to_vec());
         }
         out
     }

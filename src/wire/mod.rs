@@ -35,9 +35,10 @@ pub fn verify_opts() -> flatbuffers::VerifierOptions {
     }
 }
 
-/// Verifies `payload` (without length prefix) and returns the envelope view.
-pub fn decode(payload: &[u8]) -> Result<fb::Envelope<'_>, flatbuffers::InvalidFlatbuffer> {
-    fb::root_as_envelope_with_opts(&verify_opts(), payload)
+/// Verifies one whole frame (length prefix included, as returned by
+/// [`FrameBuf::next_frame`]) and returns the envelope view over it.
+pub fn decode(frame: &[u8]) -> Result<fb::Envelope<'_>, flatbuffers::InvalidFlatbuffer> {
+    fb::size_prefixed_root_as_envelope_with_opts(&verify_opts(), frame)
 }
 
 /// Human-readable name of an error code, for clients and logs.

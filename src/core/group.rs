@@ -1,0 +1,240 @@
+//! Group membership and permissions.
+//!
+//! A group's state is owned by the shard of its conversation, which decides
+//! every change here before writing it, so membership and the messages of
+//! the group are ordered with respect to each other: a member removed
+//! before message N never receives N, a member who joined before N does.
+
+use super::{Decision, ErrorCode, Reject};
+use crate::model::{GroupId, UserId};
+use crate::store::Role;
+use ahash::AHashMap;
+
+#[derive(Debug, Clone)]
+pub struct GroupState {
+    pub id: GroupId,
+    pub name: String,
+    pub owner: UserId,
+    pub members: AHashMap<UserId, Role>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupAction {
+    Join,
+    Leave,
+    Remove(UserId),
+    SetAdmin(UserId, bool),
+    Dissolve,
+}
+
+/// A decided change, to be written to the store and then applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupChange {
+    Joined(UserId),
+    Left(UserId),
+    Removed(UserId),
+    RoleSet(UserId, Role),
+    Dissolved,
+}
+
+impl GroupState {
+    pub fn role(&self, user: UserId) -> Option<Role> {
+        self.members.get(&user).copied()
+    }
+
+    pub fn require_member(&self, user: UserId) -> Decision<Role> {
+        self.role(user).ok_or(Reject(
+            ErrorCode::NotMember,
+            "you are not a member of this group",
+        ))
+    }
+
+    pub fn decide(&self, actor: UserId, action: GroupAction) -> Decision<GroupChange> {
+        match action {
+            GroupAction::Join => {
+                if self.members.contains_key(&actor) {
+                    Err(Reject(ErrorCode::AlreadyMember, "already a member"))
+                } else {
+                    Ok(GroupChange::Joined(actor))
+                }
+            }
+            GroupAction::Leave => {
+                let role = self.require_member(actor)?;
+                if role == Role::Owner {
+                    Err(Reject(
+                        ErrorCode::NotAllowed,
+                        "the owner cannot leave; dissolve the group instead",
+                    ))
+                } else {
+                    Ok(GroupChange::Left(actor))
+                }
+            }
+            GroupAction::Remove(target) => {
+                let mine = self.require_member(actor)?;
+                if target == actor {
+                    return Err(Reject(ErrorCode::NotAllowed, "use leave to leave a group"));
+                }
+                let theirs = self
+                    .role(target)
+                    .ok_or(Reject(ErrorCode::NotMember, "that user is not a member"))?;
+                if mine > theirs && mine >= Role::Admin {
+                    Ok(GroupChange::Removed(target))
+                } else {
+                    Err(Reject(
+                        ErrorCode::NotAllowed,
+                        "only the owner, or an admin for plain members, may remove",
+                    ))
+                }
+            }
+            GroupAction::SetAdmin(target, admin) => {
+                if self.require_member(actor)? != Role::Owner {
+                    return Err(Reject(
+                        ErrorCode::NotAllowed,
+                        "only the owner may change roles",
+                    ));
+                }
+                match self.role(target) {
+                    None => Err(Reject(ErrorCode::NotMember, "that user is not a member")),
+                    Some(Role::Owner) => {
+                        Err(Reject(ErrorCode::NotAllowed, "the owner's role is fixed"))
+                    }
+                    Some(_) => Ok(GroupChange::RoleSet(
+                        target,
+                        if admin { Role::Admin } else { Role::Member },
+                    )),
+                }
+            }
+            GroupAction::Dissolve => {
+                if self.require_member(actor)? != Role::Owner {
+                    Err(Reject(
+                        ErrorCode::NotAllowed,
+                        "only the owner may dissolve the group",
+                    ))
+                } else {
+                    Ok(GroupChange::Dissolved)
+                }
+            }
+        }
+    }
+
+    /// Applies a change the store has accepted. Returns false for `Dissolved`
+    /// (the caller forgets the group).
+    pub fn apply(&mut self, change: GroupChange) -> bool {
+        match change {
+            GroupChange::Joined(u) => {
+                self.members.insert(u, Role::Member);
+            }
+            GroupChange::Left(u) | GroupChange::Removed(u) => {
+                self.members.remove(&u);
+            }
+            GroupChange::RoleSet(u, r) => {
+                self.members.insert(u, r);
+            }
+            GroupChange::Dissolved => {
+                self.members.clear();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Everyone who hears about `change`: the members after it, plus the
+    /// one who left or was removed (so their client updates too).
+    pub fn audience(&self, change: GroupChange) -> Vec<UserId> {
+        let mut v: Vec<UserId> = self.members.keys().copied().collect();
+        if let GroupChange::Left(u) | GroupChange::Removed(u) = change
+            && !v.contains(&u)
+        {
+            v.push(u);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> GroupState {
+        let mut members = AHashMap::new();
+        members.insert(1, Role::Owner);
+        members.insert(2, Role::Admin);
+        members.insert(3, Role::Member);
+        members.insert(4, Role::Member);
+        GroupState {
+            id: 9,
+            name: "g".into(),
+            owner: 1,
+            members,
+        }
+    }
+
+    #[test]
+    fn join_leave() {
+        let mut g = group();
+        assert_eq!(g.decide(5, GroupAction::Join), Ok(GroupChange::Joined(5)));
+        assert_eq!(
+            g.decide(3, GroupAction::Join).unwrap_err().0,
+            ErrorCode::AlreadyMember
+        );
+        assert_eq!(
+            g.decide(1, GroupAction::Leave).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        assert_eq!(
+            g.decide(5, GroupAction::Leave).unwrap_err().0,
+            ErrorCode::NotMember
+        );
+        let c = g.decide(3, GroupAction::Leave).unwrap();
+        assert!(g.apply(c));
+        assert_eq!(g.role(3), None);
+        assert!(g.audience(c).contains(&3));
+    }
+
+    #[test]
+    fn removal_follows_rank() {
+        let g = group();
+        assert_eq!(
+            g.decide(1, GroupAction::Remove(2)),
+            Ok(GroupChange::Removed(2))
+        );
+        assert_eq!(
+            g.decide(2, GroupAction::Remove(3)),
+            Ok(GroupChange::Removed(3))
+        );
+        assert_eq!(
+            g.decide(2, GroupAction::Remove(1)).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        assert_eq!(
+            g.decide(3, GroupAction::Remove(4)).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        assert_eq!(
+            g.decide(1, GroupAction::Remove(7)).unwrap_err().0,
+            ErrorCode::NotMember
+        );
+        assert_eq!(
+            g.decide(7, GroupAction::Remove(3)).unwrap_err().0,
+            ErrorCode::NotMember
+        );
+    }
+
+    #[test]
+    fn roles_and_dissolve_are_owner_only() {
+        let mut g = group();
+        assert_eq!(
+            g.decide(2, GroupAction::SetAdmin(3, true)).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        let c = g.decide(1, GroupAction::SetAdmin(3, true)).unwrap();
+        g.apply(c);
+        assert_eq!(g.role(3), Some(Role::Admin));
+        assert_eq!(
+            g.decide(2, GroupAction::Dissolve).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        let c = g.decide(1, GroupAction::Dissolve).unwrap();
+        assert!(!g.apply(c));
+    }
+}

@@ -1,0 +1,96 @@
+//! Input rules for names and passwords, shared by every entry point.
+
+use super::{Decision, ErrorCode, Reject};
+
+pub const MAX_USERNAME: usize = 32;
+pub const MIN_PASSWORD: usize = 8;
+pub const MAX_PASSWORD: usize = 128;
+pub const MAX_GROUP_NAME: usize = 64;
+
+/// 1–32 characters of `[A-Za-z0-9_.-]`: unambiguous to type and to display.
+pub fn username(name: &str) -> Decision<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_USERNAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Reject(
+            ErrorCode::InvalidUsername,
+            "username must be 1-32 characters of A-Z a-z 0-9 _ . -",
+        ))
+    }
+}
+
+pub fn password(pw: &str) -> Decision<()> {
+    if (MIN_PASSWORD..=MAX_PASSWORD).contains(&pw.len()) {
+        Ok(())
+    } else {
+        Err(Reject(
+            ErrorCode::InvalidPassword,
+            "password must be 8-128 bytes",
+        ))
+    }
+}
+
+pub fn group_name(name: &str) -> Decision<()> {
+    if !name.trim().is_empty()
+        && name.len() <= MAX_GROUP_NAME
+        && !name.chars().any(char::is_control)
+    {
+        Ok(())
+    } else {
+        Err(Reject(
+            ErrorCode::InvalidName,
+            "group name must be 1-64 bytes of printable text",
+        ))
+    }
+}
+
+/// Largest message body for a given frame limit: the envelope and message
+/// fields around the body need some room.
+pub fn max_body(max_frame: usize) -> usize {
+    max_frame.saturating_sub(1024)
+}
+
+pub fn body(text: &str, max_frame: usize) -> Decision<()> {
+    if text.is_empty() {
+        return Err(Reject(ErrorCode::BadRequest, "message body is empty"));
+    }
+    if text.len() > max_body(max_frame) {
+        return Err(Reject(ErrorCode::MessageTooLarge, "message body too large"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        assert!(username("alice_01.x-y").is_ok());
+        assert!(username("").is_err());
+        assert!(username(&"a".repeat(33)).is_err());
+        assert!(username("al ice").is_err());
+        assert!(username("ålice").is_err());
+        assert!(username("a%b").is_err());
+    }
+
+    #[test]
+    fn passwords_and_bodies() {
+        assert!(password("1234567").is_err());
+        assert!(password("12345678").is_ok());
+        assert!(password(&"x".repeat(129)).is_err());
+        assert_eq!(body("", 65536).unwrap_err().0, ErrorCode::BadRequest);
+        assert!(body(&"x".repeat(60_000), 65536).is_ok());
+        assert_eq!(
+            body(&"x".repeat(65_000), 65536).unwrap_err().0,
+            ErrorCode::MessageTooLarge
+        );
+        assert!(group_name("  ").is_err());
+        assert!(group_name("rust 🦀").is_ok());
+    }
+}

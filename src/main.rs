@@ -1,0 +1,83 @@
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// ringchat: a shard-per-core instant-messaging server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (embedded store by default).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address every shard listens on (SO_REUSEPORT).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Number of shards (executors); default: one per allowed CPU.
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Store to use: empty for the embedded store in --data-dir,
+    /// `sqlite:PATH`, or `mysql://user:pass@host:port/db`.
+    #[arg(long, default_value = "")]
+    store: String,
+    /// Largest accepted frame in bytes.
+    #[arg(long, default_value_t = 65536)]
+    max_frame: usize,
+    /// Close connections silent for this long (clients ping at a third of it).
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// io_uring ring depth per shard.
+    #[arg(long, default_value_t = 2048)]
+    ring_depth: usize,
+    /// Locked I/O memory per shard, KiB.
+    #[arg(long, default_value_t = 256)]
+    io_memory_kib: usize,
+    /// Blocking threads per shard for store calls and password hashing.
+    #[arg(long, default_value_t = 4)]
+    blocking_threads: usize,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Serve(a) => ringchat::server::serve(ringchat::server::Config {
+            listen: a.listen,
+            shards: a.shards,
+            data_dir: a.data_dir,
+            store: a.store,
+            max_frame: a.max_frame,
+            idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+            ring_depth: a.ring_depth,
+            io_memory: a.io_memory_kib << 10,
+            blocking_threads: a.blocking_threads.max(1),
+            metrics: a.metrics,
+            ..Default::default()
+        }),
+    };
+    if let Err(e) = res {
+        eprintln!("ringchat: {e}");
+        std::process::exit(1);
+    }
+}

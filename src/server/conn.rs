@@ -1,0 +1,871 @@
+//! Connections: the anonymous phase on the accepting shard, then the
+//! logged-in session on the user's home shard.
+//!
+//! After authentication the socket moves to the user's home shard (the fd
+//! is duplicated, the remainder of the read buffer travels with it), so all
+//! of a user's connections, presence and cursors live on one shard and
+//! delivering to a user is one hop from the conversation owner.
+
+use super::auth;
+use super::io::{self, Frame, Outbound, ReadHalf, SharedStream};
+use super::shard::{Conn, HandOff, Origin, OwnerOp, Shard, ShardMsg};
+use crate::core::group::GroupAction;
+use crate::core::pair::PairAction;
+use crate::core::session::{Gate, Phase, gate};
+use crate::core::sync::{self, Hold};
+use crate::core::{Reject, validate};
+use crate::model::{ConvId, ConvKind, MAX_USER_ID, Seq, UserId, direct_peer, owner_shard};
+use crate::store::{FriendKind, StoreError};
+use crate::wire::{self, FrameBuf, FrameError, PROTOCOL_VERSION, fb};
+use ahash::AHashMap;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Live pushes held per session while it replays (then it replays again).
+const HOLD_CAP: usize = 4096;
+/// Messages per catch-up page.
+const PAGE: u32 = 256;
+/// Catch-up pauses while this many bytes wait for the socket.
+const REPLAY_HIGH_WATER: usize = 1 << 20;
+/// A connection whose unwritten output exceeds this is cut off (slow consumer).
+const OUT_LIMIT: usize = 16 << 20;
+
+/// Who a connection authenticated as.
+struct Login {
+    user: UserId,
+    name: Arc<str>,
+    token: String,
+    req_id: u64,
+    since: Vec<(ConvId, Seq)>,
+}
+
+enum Next {
+    Continue,
+    Close,
+}
+
+fn frame_error_reply(shard: &Shard, e: FrameError) -> Vec<u8> {
+    let mut enc = shard.enc.borrow_mut();
+    match e {
+        FrameError::TooLarge { .. } => enc
+            .error(0, fb::ErrorCode::FrameTooLarge, &e.to_string())
+            .to_vec(),
+        FrameError::Empty => enc
+            .error(0, fb::ErrorCode::Malformed, "empty frame")
+            .to_vec(),
+    }
+}
+
+/// Serves a freshly accepted connection until it logs in (then hands it to
+/// the session) or goes away.
+pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(shard.cfg.idle_timeout));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let mut fbuf = FrameBuf::new(shard.cfg.max_frame);
+    let mut phase = Phase::AwaitHello;
+    loop {
+        // Every complete frame already buffered, in order.
+        loop {
+            let range = match fbuf.next_frame() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    let f = frame_error_reply(&shard, e);
+                    let _ = stream.write_all(&f).await;
+                    return;
+                }
+            };
+            let (reply, login, close) = {
+                let payload = fbuf.get(range);
+                match wire::decode(payload) {
+                    Err(_) => {
+                        let f = shard
+                            .enc
+                            .borrow_mut()
+                            .error(0, fb::ErrorCode::Malformed, "frame failed verification")
+                            .to_vec();
+                        (Some(f), None, true)
+                    }
+                    Ok(env) => anonymous_request(&shard, &mut phase, env).await,
+                }
+            };
+            if let Some(f) = reply
+                && stream.write_all(&f).await.is_err()
+            {
+                return;
+            }
+            if close {
+                return;
+            }
+            if let Some(login) = login {
+                let pending = fbuf.pending().to_vec();
+                let home = shard.home(login.user);
+                if home == shard.id {
+                    let mut fb2 = FrameBuf::new(shard.cfg.max_frame);
+                    fb2.push(&pending);
+                    run_session(shard, stream, fb2, login).await;
+                } else {
+                    // SAFETY: dup returns a new descriptor we own; the glommio
+                    // stream closes only its own one when dropped.
+                    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+                    drop(stream);
+                    if dup < 0 {
+                        return;
+                    }
+                    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+                    shard.send(
+                        home,
+                        ShardMsg::HandOff(Box::new(HandOff {
+                            fd,
+                            pending,
+                            req_id: login.req_id,
+                            user: login.user,
+                            name: login.name,
+                            token: login.token,
+                            since: login.since,
+                        })),
+                    );
+                }
+                return;
+            }
+        }
+        let buf = fbuf.spare(4096);
+        match stream.read(buf).await {
+            Ok(0) => return,
+            Ok(n) => fbuf.filled(n),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let f = shard
+                    .enc
+                    .borrow_mut()
+                    .goodbye(fb::ErrorCode::IdleTimeout, "idle timeout")
+                    .to_vec();
+                let _ = stream.write_all(&f).await;
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// One request before login: (reply, authenticated-as, close-after-reply).
+async fn anonymous_request(
+    shard: &Rc<Shard>,
+    phase: &mut Phase,
+    env: fb::Envelope<'_>,
+) -> (Option<Vec<u8>>, Option<Login>, bool) {
+    let req_id = env.req_id();
+    let body = env.body_type();
+    let err = |code, text: &str| Some(shard.enc.borrow_mut().error(req_id, code, text).to_vec());
+    match gate(*phase, body, req_id) {
+        Gate::Close(Reject(code, text)) => return (err(code, text), None, true),
+        Gate::Reject(Reject(code, text)) => return (err(code, text), None, false),
+        Gate::Handle => {}
+    }
+    if let Some(h) = env.body_as_hello() {
+        if h.protocol_version() != PROTOCOL_VERSION {
+            return (
+                err(
+                    fb::ErrorCode::UnsupportedVersion,
+                    &format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+                ),
+                None,
+                true,
+            );
+        }
+        *phase = Phase::Anonymous;
+        let f = shard
+            .enc
+            .borrow_mut()
+            .hello_ok(
+                req_id,
+                shard.cfg.max_frame as u32,
+                shard.cfg.idle_timeout.as_millis() as u32,
+            )
+            .to_vec();
+        return (Some(f), None, false);
+    }
+    if let Some(p) = env.body_as_ping() {
+        return (
+            Some(shard.enc.borrow_mut().pong(req_id, p.nonce()).to_vec()),
+            None,
+            false,
+        );
+    }
+    if let Some(r) = env.body_as_register() {
+        return (
+            Some(
+                register(
+                    shard,
+                    req_id,
+                    r.username().unwrap_or(""),
+                    r.password().unwrap_or(""),
+                )
+                .await,
+            ),
+            None,
+            false,
+        );
+    }
+    if let Some(l) = env.body_as_login() {
+        let (user, pass) = (
+            l.username().unwrap_or("").to_string(),
+            l.password().unwrap_or("").to_string(),
+        );
+        let res = shard
+            .blocking(move |s| {
+                let rec = s.user_by_name(&user)?;
+                let ok = match &rec {
+                    Some(r) => auth::verify_password(&pass, &r.password_hash),
+                    None => {
+                        auth::verify_password(&pass, auth::dummy_hash());
+                        false
+                    }
+                };
+                match rec {
+                    Some(r) if ok => {
+                        let token = auth::new_token();
+                        s.create_session(&auth::token_hash(&token), r.id, crate::model::now_ms())?;
+                        Ok(Some((r.id, r.username, token)))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .await;
+        return match res {
+            Ok(Some((user, name, token))) => (
+                None,
+                Some(Login {
+                    user,
+                    name: name.into(),
+                    token,
+                    req_id,
+                    since: Vec::new(),
+                }),
+                false,
+            ),
+            Ok(None) => (
+                err(fb::ErrorCode::BadCredentials, "wrong username or password"),
+                None,
+                false,
+            ),
+            Err(_) => (
+                err(fb::ErrorCode::Internal, "storage unavailable, retry"),
+                None,
+                false,
+            ),
+        };
+    }
+    if let Some(r) = env.body_as_resume() {
+        let token = r.token().unwrap_or("").to_string();
+        let since: Vec<(ConvId, Seq)> = r
+            .since()
+            .map(|v| v.iter().map(|c| (c.conversation(), c.seq())).collect())
+            .unwrap_or_default();
+        let t2 = token.clone();
+        let res = shard
+            .blocking(move |s| match s.session_user(&auth::token_hash(&t2))? {
+                Some(uid) => Ok(s.user_by_id(uid)?.map(|u| (u.id, u.username))),
+                None => Ok(None),
+            })
+            .await;
+        return match res {
+            Ok(Some((user, name))) => (
+                None,
+                Some(Login {
+                    user,
+                    name: name.into(),
+                    token,
+                    req_id,
+                    since,
+                }),
+                false,
+            ),
+            Ok(None) => (
+                err(fb::ErrorCode::BadToken, "unknown or expired session token"),
+                None,
+                false,
+            ),
+            Err(_) => (
+                err(fb::ErrorCode::Internal, "storage unavailable, retry"),
+                None,
+                false,
+            ),
+        };
+    }
+    // Ack before login: nothing to do (gate allowed it; it carries no reply).
+    (None, None, false)
+}
+
+async fn register(shard: &Rc<Shard>, req_id: u64, user: &str, pass: &str) -> Vec<u8> {
+    if let Err(Reject(code, text)) = validate::username(user).and_then(|_| validate::password(pass))
+    {
+        return shard.enc.borrow_mut().error(req_id, code, text).to_vec();
+    }
+    let (user, pass) = (user.to_string(), pass.to_string());
+    let res = shard
+        .blocking(move |s| {
+            let hash = auth::hash_password(&pass).map_err(StoreError::Backend)?;
+            s.create_user(&user, &hash)
+        })
+        .await;
+    let mut enc = shard.enc.borrow_mut();
+    match res {
+        Ok(id) => enc.register_ok(req_id, id).to_vec(),
+        Err(StoreError::Conflict) => enc
+            .error(req_id, fb::ErrorCode::UsernameTaken, "username is taken")
+            .to_vec(),
+        Err(_) => enc
+            .error(
+                req_id,
+                fb::ErrorCode::Internal,
+                "storage unavailable, retry",
+            )
+            .to_vec(),
+    }
+}
+
+/// A connection arriving from another shard after login.
+pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the OwnedFd is a valid socket descriptor we own.
+    let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+    let _ = stream.set_read_timeout(Some(shard.cfg.idle_timeout));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let mut fbuf = FrameBuf::new(shard.cfg.max_frame);
+    fbuf.push(&h.pending);
+    let login = Login {
+        user: h.user,
+        name: h.name,
+        token: h.token,
+        req_id: h.req_id,
+        since: h.since,
+    };
+    super::spawn_guarded(run_session(shard, stream, fbuf, login));
+}
+
+/// The logged-in life of a connection on its user's home shard.
+async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login: Login) {
+    let stream: SharedStream = Rc::new(RefCell::new(stream));
+    let conn = Rc::new(Conn {
+        id: shard.new_conn_id(),
+        user: login.user,
+        out: Rc::new(Outbound::new(OUT_LIMIT)),
+        hold: RefCell::new(Some(Hold::new(HOLD_CAP))),
+    });
+    let ok = shard
+        .enc
+        .borrow_mut()
+        .login_ok(login.req_id, login.user, &login.name, &login.token)
+        .to_vec();
+    conn.out.push(Frame::Own(ok));
+    let writer = glommio::spawn_local(io::writer_loop(conn.out.clone(), stream.clone()));
+    if shard.register(conn.clone()) {
+        let (s2, user) = (shard.clone(), login.user);
+        glommio::spawn_local(async move {
+            if let Ok(rows) = s2.blocking(move |s| s.friends_of(user)).await {
+                let set = rows
+                    .into_iter()
+                    .filter(|r| r.kind == FriendKind::Friend)
+                    .map(|r| r.user_id)
+                    .collect();
+                s2.announce_online(user, set);
+            }
+        })
+        .detach();
+    }
+    glommio::spawn_local(replay(shard.clone(), conn.clone(), login.since.clone())).detach();
+    read_loop(&shard, &conn, &stream, fbuf, &login).await;
+    conn.out.close();
+    writer.await;
+    shard.unregister(&conn);
+}
+
+/// Sends every stored message after the session's cursors, then switches
+/// the session to live delivery (see `core::sync`).
+async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
+    let user = conn.user;
+    let mut replayed: AHashMap<ConvId, Seq> = AHashMap::new();
+    let mut count = 0u64;
+    loop {
+        let convs = match shard.blocking(move |s| s.conversations_of(user)).await {
+            Ok(c) => c,
+            Err(_) => {
+                let f = shard
+                    .enc
+                    .borrow_mut()
+                    .goodbye(fb::ErrorCode::Internal, "storage unavailable, reconnect")
+                    .to_vec();
+                conn.out.push(Frame::Own(f));
+                conn.out.close();
+                return;
+            }
+        };
+        let mut overrides: AHashMap<ConvId, Seq> = since.iter().copied().collect();
+        overrides.extend(replayed.iter().map(|(c, s)| (*c, *s)));
+        let overrides: Vec<(ConvId, Seq)> = overrides.into_iter().collect();
+        for r in sync::plan(&convs, &overrides) {
+            let mut after = r.after;
+            loop {
+                let conv = r.conv;
+                let page = match shard
+                    .blocking(move |s| s.messages_after(conv, after, PAGE))
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(_) => {
+                        conn.out.close();
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                count += page.len() as u64;
+                replayed.insert(conv, after);
+                let f = shard.enc.borrow_mut().messages(0, page.iter()).to_vec();
+                conn.out.push(Frame::Own(f));
+                conn.out.wait_below(REPLAY_HIGH_WATER).await;
+                if conn.out.is_closing() {
+                    return;
+                }
+                if page.len() < PAGE as usize {
+                    break;
+                }
+            }
+        }
+        let mut hold = conn.hold.borrow_mut();
+        let released = match hold.as_mut() {
+            Some(h) => h.release(&replayed),
+            None => Ok(Vec::new()),
+        };
+        if let Ok(frames) = released {
+            *hold = None;
+            drop(hold);
+            for f in frames {
+                conn.out.push(Frame::Shared(f));
+            }
+            break;
+        }
+    }
+    let f = shard.enc.borrow_mut().sync_done(count).to_vec();
+    conn.out.push(Frame::Own(f));
+}
+
+async fn read_loop(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    stream: &SharedStream,
+    mut fbuf: FrameBuf,
+    login: &Login,
+) {
+    let mut rd = ReadHalf(stream.clone());
+    loop {
+        loop {
+            let range = match fbuf.next_frame() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    conn.out.push(Frame::Own(frame_error_reply(shard, e)));
+                    return;
+                }
+            };
+            let next = match wire::decode(fbuf.get(range)) {
+                Err(_) => {
+                    let f = shard
+                        .enc
+                        .borrow_mut()
+                        .error(0, fb::ErrorCode::Malformed, "frame failed verification")
+                        .to_vec();
+                    conn.out.push(Frame::Own(f));
+                    Next::Close
+                }
+                Ok(env) => session_request(shard, conn, login, env).await,
+            };
+            if let Next::Close = next {
+                return;
+            }
+            if conn.out.is_closing() {
+                return;
+            }
+        }
+        // Backpressure: stop reading while this shard's outbox is saturated.
+        while shard.outbox_full() {
+            shard.outbox_room.wait().await;
+        }
+        let buf = fbuf.spare(4096);
+        match rd.read(buf).await {
+            Ok(0) => return,
+            Ok(n) => fbuf.filled(n),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let f = shard
+                    .enc
+                    .borrow_mut()
+                    .goodbye(fb::ErrorCode::IdleTimeout, "idle timeout")
+                    .to_vec();
+                conn.out.push(Frame::Own(f));
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn session_request(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    login: &Login,
+    env: fb::Envelope<'_>,
+) -> Next {
+    let req_id = env.req_id();
+    let reply = |f: &[u8]| {
+        conn.out.push_own(f);
+    };
+    let error = |code, text: &str| {
+        let f = shard.enc.borrow_mut().error(req_id, code, text).to_vec();
+        conn.out.push(Frame::Own(f));
+    };
+    match gate(Phase::LoggedIn, env.body_type(), req_id) {
+        Gate::Close(Reject(code, text)) => {
+            error(code, text);
+            return Next::Close;
+        }
+        Gate::Reject(Reject(code, text)) => {
+            error(code, text);
+            return Next::Continue;
+        }
+        Gate::Handle => {}
+    }
+    let me = login.user;
+    let origin = || Origin {
+        shard: shard.id,
+        conn: conn.id,
+        req_id,
+        user: me,
+        name: login.name.clone(),
+    };
+    let to_owner = |conv: ConvId, op: OwnerOp| {
+        shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(origin(), op));
+    };
+    let pair = |other: UserId, action: PairAction| {
+        if other == 0 || other > MAX_USER_ID {
+            return error(fb::ErrorCode::NoSuchUser, "no such user");
+        }
+        if other == me {
+            return error(fb::ErrorCode::SelfTarget, "that is you");
+        }
+        to_owner(
+            crate::model::direct_conv(me, other),
+            OwnerOp::Pair { other, action },
+        );
+    };
+    let group = |g: u64, op: OwnerOp| {
+        if g == 0 || crate::model::group_conv(g) != g {
+            return error(fb::ErrorCode::NoSuchGroup, "no such group");
+        }
+        to_owner(g, op);
+    };
+    use fb::Body;
+    match env.body_type() {
+        Body::SendMessage => {
+            let m = env.body_as_send_message().expect("type checked");
+            let body = m.body().unwrap_or("");
+            if let Err(Reject(code, text)) = validate::body(body, shard.cfg.max_frame) {
+                return {
+                    error(code, text);
+                    Next::Continue
+                };
+            }
+            if m.client_msg_id() == 0 {
+                error(fb::ErrorCode::BadRequest, "client_msg_id must be non-zero");
+                return Next::Continue;
+            }
+            let conv = match (m.to_user(), m.group_id()) {
+                (0, 0) | (1.., 1..) => {
+                    error(
+                        fb::ErrorCode::BadRequest,
+                        "set exactly one of to_user and group_id",
+                    );
+                    return Next::Continue;
+                }
+                (to, 0) if to == me => {
+                    error(fb::ErrorCode::SelfTarget, "you cannot message yourself");
+                    return Next::Continue;
+                }
+                (to, 0) if to > MAX_USER_ID => {
+                    error(fb::ErrorCode::NotFriends, "you can only message friends");
+                    return Next::Continue;
+                }
+                (to, 0) => crate::model::direct_conv(me, to),
+                (_, g) if crate::model::group_conv(g) != g => {
+                    error(fb::ErrorCode::NoSuchGroup, "no such group");
+                    return Next::Continue;
+                }
+                (_, g) => g,
+            };
+            to_owner(
+                conv,
+                OwnerOp::Send {
+                    conv,
+                    client_msg_id: m.client_msg_id(),
+                    body: body.to_string(),
+                },
+            );
+        }
+        Body::Ack => {
+            if let Some(items) = env.body_as_ack().and_then(|a| a.items()) {
+                let mut cursors = shard.cursors.borrow_mut();
+                for it in items.iter() {
+                    let e = cursors.entry((me, it.conversation())).or_insert(0);
+                    *e = (*e).max(it.seq());
+                }
+            }
+        }
+        Body::Ping => {
+            let n = env.body_as_ping().map(|p| p.nonce()).unwrap_or(0);
+            let f = shard.enc.borrow_mut().pong(req_id, n).to_vec();
+            reply(&f);
+        }
+        Body::Logout => {
+            let th = auth::token_hash(&login.token);
+            match shard.blocking(move |s| s.delete_session(&th)).await {
+                Ok(()) => {
+                    let f = shard.enc.borrow_mut().ok(req_id).to_vec();
+                    reply(&f);
+                    return Next::Close;
+                }
+                Err(_) => error(fb::ErrorCode::Internal, "storage unavailable, retry"),
+            }
+        }
+        Body::SearchUsers => {
+            let q = env.body_as_search_users().expect("type checked");
+            let prefix = q.prefix().unwrap_or("").to_string();
+            let after = q.after_id();
+            let limit = match q.limit() {
+                0 => 20,
+                n => n.min(100),
+            };
+            match shard
+                .blocking(move |s| s.search_users(&prefix, after, limit + 1))
+                .await
+            {
+                Ok(mut rows) => {
+                    let more = rows.len() > limit as usize;
+                    rows.truncate(limit as usize);
+                    let next = if more {
+                        rows.last().map(|r| r.0).unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    let friends = shard.friends_of_local(me);
+                    let items: Vec<(UserId, &str, bool)> = rows
+                        .iter()
+                        .map(|(id, n)| {
+                            (
+                                *id,
+                                n.as_str(),
+                                friends.contains(id) && shard.is_online(*id),
+                            )
+                        })
+                        .collect();
+                    let f = shard
+                        .enc
+                        .borrow_mut()
+                        .user_list(req_id, &items, next)
+                        .to_vec();
+                    reply(&f);
+                }
+                Err(_) => error(fb::ErrorCode::Internal, "storage unavailable, retry"),
+            }
+        }
+        Body::FriendRequest => {
+            let r = env.body_as_friend_request().expect("type checked");
+            let note: String = r.note().unwrap_or("").chars().take(256).collect();
+            pair(r.user_id(), PairAction::Request { note });
+        }
+        Body::FriendRespond => {
+            let r = env.body_as_friend_respond().expect("type checked");
+            pair(r.user_id(), PairAction::Respond { accept: r.accept() });
+        }
+        Body::FriendRemove => {
+            let r = env.body_as_friend_remove().expect("type checked");
+            pair(r.user_id(), PairAction::Remove);
+        }
+        Body::FriendBlock => {
+            let r = env.body_as_friend_block().expect("type checked");
+            let action = if r.block() {
+                PairAction::Block
+            } else {
+                PairAction::Unblock
+            };
+            pair(r.user_id(), action);
+        }
+        Body::ListFriends => match shard.blocking(move |s| s.friends_of(me)).await {
+            Ok(rows) => {
+                let f = shard
+                    .enc
+                    .borrow_mut()
+                    .friend_list(req_id, &rows, |u| shard.is_online(u))
+                    .to_vec();
+                reply(&f);
+            }
+            Err(_) => error(fb::ErrorCode::Internal, "storage unavailable, retry"),
+        },
+        Body::CreateGroup => {
+            let name = env
+                .body_as_create_group()
+                .and_then(|g| g.name())
+                .unwrap_or("")
+                .to_string();
+            if let Err(Reject(code, text)) = validate::group_name(&name) {
+                error(code, text);
+                return Next::Continue;
+            }
+            match shard.blocking(move |s| s.create_group(&name, me)).await {
+                Ok(g) => {
+                    let f = shard
+                        .enc
+                        .borrow_mut()
+                        .group_created(req_id, g, crate::model::group_conv(g))
+                        .to_vec();
+                    reply(&f);
+                }
+                Err(StoreError::Conflict) => {
+                    error(fb::ErrorCode::NameTaken, "a group with that name exists")
+                }
+                Err(_) => error(fb::ErrorCode::Internal, "storage unavailable, retry"),
+            }
+        }
+        Body::JoinGroup => {
+            let g = env.body_as_join_group().map(|x| x.group_id()).unwrap_or(0);
+            group(
+                g,
+                OwnerOp::Group {
+                    group: g,
+                    action: GroupAction::Join,
+                },
+            );
+        }
+        Body::LeaveGroup => {
+            let g = env.body_as_leave_group().map(|x| x.group_id()).unwrap_or(0);
+            group(
+                g,
+                OwnerOp::Group {
+                    group: g,
+                    action: GroupAction::Leave,
+                },
+            );
+        }
+        Body::RemoveMember => {
+            let r = env.body_as_remove_member().expect("type checked");
+            let g = r.group_id();
+            group(
+                g,
+                OwnerOp::Group {
+                    group: g,
+                    action: GroupAction::Remove(r.user_id()),
+                },
+            );
+        }
+        Body::SetAdmin => {
+            let r = env.body_as_set_admin().expect("type checked");
+            let g = r.group_id();
+            group(
+                g,
+                OwnerOp::Group {
+                    group: g,
+                    action: GroupAction::SetAdmin(r.user_id(), r.admin()),
+                },
+            );
+        }
+        Body::DissolveGroup => {
+            let g = env
+                .body_as_dissolve_group()
+                .map(|x| x.group_id())
+                .unwrap_or(0);
+            group(
+                g,
+                OwnerOp::Group {
+                    group: g,
+                    action: GroupAction::Dissolve,
+                },
+            );
+        }
+        Body::GroupMembers => {
+            let g = env
+                .body_as_group_members()
+                .map(|x| x.group_id())
+                .unwrap_or(0);
+            group(g, OwnerOp::Members { group: g });
+        }
+        Body::ListGroups => match shard.blocking(move |s| s.groups_of(me)).await {
+            Ok(gs) => {
+                let f = shard.enc.borrow_mut().group_list(req_id, &gs).to_vec();
+                reply(&f);
+            }
+            Err(_) => error(fb::ErrorCode::Internal, "storage unavailable, retry"),
+        },
+        Body::History => {
+            let h = env.body_as_history().expect("type checked");
+            let limit = match h.limit() {
+                0 => 50,
+                n => n.min(200),
+            };
+            let conv = h.conversation();
+            match crate::model::conv_kind(conv) {
+                ConvKind::Direct { .. } => {
+                    if direct_peer(conv, me).is_none() {
+                        error(fb::ErrorCode::NotMember, "not your conversation");
+                    } else {
+                        reply_history(shard, &origin(), conv, h.before_seq(), limit).await;
+                    }
+                }
+                ConvKind::Group(g) => group(
+                    g,
+                    OwnerOp::History {
+                        group: g,
+                        before: h.before_seq(),
+                        limit,
+                    },
+                ),
+            }
+        }
+        _ => {
+            // Hello/Login/Resume are gated above; nothing else reaches here.
+            error(fb::ErrorCode::BadRequest, "unexpected request");
+        }
+    }
+    Next::Continue
+}
+
+/// Reads a page of history and replies with it.
+pub async fn reply_history(
+    shard: &Rc<Shard>,
+    origin: &Origin,
+    conv: ConvId,
+    before: Seq,
+    limit: u32,
+) {
+    match shard
+        .blocking(move |s| s.history(conv, before, limit))
+        .await
+    {
+        Ok(msgs) => {
+            let f = shard
+                .enc
+                .borrow_mut()
+                .messages(origin.req_id, msgs.iter())
+                .to_vec();
+            shard.reply(origin, &f);
+        }
+        Err(_) => shard.reply_error(
+            origin,
+            fb::ErrorCode::Internal,
+            "storage unavailable, retry",
+        ),
+    }
+}

@@ -1,0 +1,226 @@
+//! Small I/O building blocks for one executor: a single-waiter signal, the
+//! per-connection outbound queue, and read/write halves of one socket.
+
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// Wakes one waiting task. Notifications before the wait are not lost.
+#[derive(Default)]
+pub struct Signal {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        self.flag.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.flag.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// An outbound frame: owned by this connection, or shared by every
+/// recipient of one push (encoded once, never per recipient).
+pub enum Frame {
+    Own(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Frame {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Frame::Own(v) => v,
+            Frame::Shared(a) => a,
+        }
+    }
+}
+
+/// Frames waiting to be written to one connection.
+///
+/// Bounded by bytes: a consumer that falls `limit` bytes behind is cut off
+/// (it catches up from the store when it comes back) instead of growing the
+/// server's memory or silently dropping messages.
+pub struct Outbound {
+    q: RefCell<VecDeque<Frame>>,
+    bytes: Cell<usize>,
+    limit: usize,
+    closing: Cell<bool>,
+    pub overflowed: Cell<bool>,
+    pub ready: Signal,
+    pub drained: Signal,
+}
+
+impl Outbound {
+    pub fn new(limit: usize) -> Outbound {
+        Outbound {
+            q: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            limit,
+            closing: Cell::new(false),
+            overflowed: Cell::new(false),
+            ready: Signal::default(),
+            drained: Signal::default(),
+        }
+    }
+
+    /// Queues a frame; false if the connection is closing or just overflowed.
+    pub fn push(&self, f: Frame) -> bool {
+        if self.closing.get() {
+            return false;
+        }
+        let n = self.bytes.get() + f.bytes().len();
+        if n > self.limit {
+            self.overflowed.set(true);
+            self.close();
+            return false;
+        }
+        self.bytes.set(n);
+        self.q.borrow_mut().push_back(f);
+        self.ready.notify();
+        true
+    }
+
+    pub fn push_own(&self, bytes: &[u8]) -> bool {
+        self.push(Frame::Own(bytes.to_vec()))
+    }
+
+    /// Stop accepting frames; the writer flushes what is queued, then shuts the socket.
+    pub fn close(&self) {
+        self.closing.set(true);
+        self.ready.notify();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.get()
+    }
+
+    /// Moves queued frames into `buf` (coalescing into one write) up to `max` bytes.
+    fn drain_into(&self, buf: &mut Vec<u8>, max: usize) {
+        let mut q = self.q.borrow_mut();
+        while let Some(f) = q.front() {
+            let b = f.bytes();
+            if !buf.is_empty() && buf.len() + b.len() > max {
+                break;
+            }
+            buf.extend_from_slice(b);
+            self.bytes.set(self.bytes.get() - b.len());
+            q.pop_front();
+        }
+    }
+
+    /// Waits until fewer than `mark` bytes are queued (backpressure for
+    /// producers such as the catch-up replay).
+    pub async fn wait_below(&self, mark: usize) {
+        while self.bytes.get() >= mark && !self.closing.get() {
+            self.drained.wait().await;
+        }
+    }
+}
+
+/// Shared socket: the reader task and the writer task each borrow it only
+/// inside a single poll, so the borrows never overlap (one thread, and
+/// glommio keeps separate read and write sources per stream).
+pub type SharedStream = Rc<RefCell<TcpStream>>;
+
+pub struct ReadHalf(pub SharedStream);
+pub struct WriteHalf(pub SharedStream);
+
+impl futures_lite::AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_read(cx, buf)
+    }
+}
+
+impl futures_lite::AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_close(cx)
+    }
+}
+
+/// Largest single coalesced write.
+const MAX_WRITE: usize = 256 << 10;
+
+/// Drains `out` into the socket until the queue is closed and empty or the
+/// peer goes away. Many queued frames become one `write` call.
+pub async fn writer_loop(out: Rc<Outbound>, stream: SharedStream) {
+    use futures_lite::AsyncWriteExt;
+    let mut w = WriteHalf(stream.clone());
+    let mut buf = Vec::with_capacity(16 << 10);
+    loop {
+        buf.clear();
+        out.drain_into(&mut buf, MAX_WRITE);
+        if buf.is_empty() {
+            out.drained.notify();
+            if out.is_closing() {
+                break;
+            }
+            out.ready.wait().await;
+            continue;
+        }
+        if w.write_all(&buf).await.is_err() {
+            out.close();
+            break;
+        }
+        out.drained.notify();
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(16 << 10);
+        }
+    }
+    // Drop anything still queued and wake the reader out of its read.
+    out.q.borrow_mut().clear();
+    out.bytes.set(0);
+    out.drained.notify();
+    shutdown_now(&stream);
+}
+
+/// Shuts both directions at once (a plain non-blocking syscall, so no
+/// borrow of the stream is held across an await while the reader polls).
+pub fn shutdown_now(stream: &SharedStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.borrow().as_raw_fd();
+    // SAFETY: fd is owned by the stream, which is alive.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}

@@ -1,0 +1,314 @@
+//! The glommio shell: executors, listeners, the shard mesh and shutdown.
+//!
+//! One executor per CPU, each pinned, each with its own SO_REUSEPORT
+//! listener, so the kernel spreads accepts over shards. Everything here is
+//! plumbing around `core` (decisions) and `store` (blocking persistence).
+
+pub mod auth;
+pub mod conn;
+pub mod io;
+pub mod metrics;
+pub mod owner;
+pub mod shard;
+
+use crate::store::Store;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use shard::{Shard, ShardMsg};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub shards: usize,
+    pub data_dir: PathBuf,
+    /// `sqlite:PATH`, `mysql://...`, or empty for `<data_dir>/ringchat.db`.
+    pub store: String,
+    pub max_frame: usize,
+    pub idle_timeout: Duration,
+    pub ring_depth: usize,
+    pub io_memory: usize,
+    pub blocking_threads: usize,
+    pub metrics: Option<SocketAddr>,
+    /// Capacity of each cross-shard channel.
+    pub mesh_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7000".parse().expect("valid"),
+            shards: 0,
+            data_dir: PathBuf::from("./data"),
+            store: String::new(),
+            max_frame: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            ring_depth: 2048,
+            io_memory: 256 << 10,
+            blocking_threads: 4,
+            metrics: None,
+            mesh_capacity: 4096,
+        }
+    }
+}
+
+/// CPUs this process may run on (respects taskset / cgroups).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: plain libc call with a zeroed set of the right size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![0];
+        }
+        let v: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect();
+        if v.is_empty() { vec![0] } else { v }
+    }
+}
+
+/// Fails early, in words, where glommio would panic with a misleading
+/// message ("kernel too old") when io_uring or locked memory is missing.
+pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
+    // SAFETY: io_uring_setup with a valid params struct; the fd is closed.
+    unsafe {
+        let mut params = [0u8; 120];
+        let fd = libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr());
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(format!(
+                "io_uring is not available ({err}). ringchat needs Linux >= 5.8 with io_uring enabled; \
+                 in containers allow the io_uring_setup/io_uring_enter/io_uring_register syscalls \
+                 (e.g. docker --security-opt seccomp=unconfined) and check /proc/sys/kernel/io_uring_disabled"
+            ));
+        }
+        libc::close(fd as i32);
+    }
+    // Each executor locks its rings (~300 B per entry, three rings) plus io_memory.
+    let per_shard = cfg.ring_depth * 300 * 3 + cfg.io_memory + (64 << 10);
+    let need = per_shard * shards;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; geteuid has no preconditions.
+    let (ok, root) = unsafe {
+        (
+            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0,
+            libc::geteuid() == 0,
+        )
+    };
+    if ok && !root && lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as usize) < need {
+        return Err(format!(
+            "locked-memory limit is {} KiB but {shards} shard(s) at ring depth {} need about {} KiB. \
+             Raise it (ulimit -l, systemd LimitMEMLOCK=, or grant CAP_IPC_LOCK), or lower \
+             --shards / --ring-depth / --io-memory-kib",
+            lim.rlim_cur / 1024,
+            cfg.ring_depth,
+            need / 1024
+        ));
+    }
+    Ok(())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running server to stop (what SIGINT/SIGTERM do).
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Spawns a detached task; a panic in it is logged and contained instead of
+/// taking the executor (and every other connection on it) down.
+pub fn spawn_guarded<F: std::future::Future<Output = ()> + 'static>(fut: F) {
+    use futures_lite::FutureExt;
+    glommio::spawn_local(async move {
+        if let Err(p) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %msg, "connection task panicked; connection closed");
+            PANICS.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .detach();
+}
+
+static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs the server until SIGINT/SIGTERM. Prints `ringchat listening on ADDR`
+/// to stdout once every shard accepts connections.
+pub fn serve(mut cfg: Config) -> Result<(), String> {
+    let cpus = allowed_cpus();
+    if cfg.shards == 0 {
+        cfg.shards = cpus.len();
+    }
+    let n = cfg.shards;
+    preflight(&cfg, n)?;
+    let store: Arc<dyn Store> = crate::store::open(&cfg.store, &cfg.data_dir)
+        .map_err(|e| format!("opening the store: {e}"))?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            signal_hook::low_level::register(sig, request_stop)
+                .map_err(|e| format!("signal handler: {e}"))?;
+        }
+    }
+    let published = metrics::Published::new(n);
+    if let Some(addr) = cfg.metrics {
+        let a = metrics::spawn_exporter(addr, published.clone())
+            .map_err(|e| format!("metrics on {addr}: {e}"))?;
+        eprintln!("metrics on http://{a}/metrics");
+    }
+    let cfg = Arc::new(cfg);
+    let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(n, cfg.mesh_capacity);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let (cfg, store, mesh, ready, published) = (
+            cfg.clone(),
+            store.clone(),
+            mesh.clone(),
+            ready_tx.clone(),
+            published.clone(),
+        );
+        let cpu = cpus[i % cpus.len()];
+        let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{i}"))
+            .ring_depth(cfg.ring_depth)
+            .io_memory(cfg.io_memory)
+            .preempt_timer(Duration::from_millis(5))
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.blocking_threads));
+        let h = builder
+            .spawn(move || shard_main(i, n, cfg, store, mesh, ready, published))
+            .map_err(|e| format!("starting shard {i}: {e}"))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                request_stop();
+                return Err(e);
+            }
+            Err(_) => return Err("a shard failed to start".into()),
+        }
+    }
+    println!("ringchat listening on {} ({n} shards)", cfg.listen);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+async fn shard_main(
+    id: usize,
+    n: usize,
+    cfg: Arc<Config>,
+    store: Arc<dyn Store>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    published: Arc<metrics::Published>,
+) {
+    let listener = match glommio::net::TcpListener::bind(cfg.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("binding {}: {e}", cfg.listen)));
+            return;
+        }
+    };
+    let (senders, receivers) = match mesh.join().await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(format!("joining the shard mesh failed: {e}")));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard::new(id, n, cfg.clone(), store, senders));
+    shard.spawn_receivers(receivers);
+    for to in 0..n {
+        if to != id {
+            glommio::spawn_local(shard.clone().forward_loop(to)).detach();
+        }
+    }
+    glommio::spawn_local(shard.clone().local_loop()).detach();
+    glommio::spawn_local(shard.clone().writer_loop()).detach();
+    // Cursor flush + metrics publication + stop check.
+    let ticker = {
+        let shard = shard.clone();
+        let published = published.clone();
+        glommio::spawn_local(async move {
+            let mut ticks = 0u64;
+            while !STOP.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                ticks += 1;
+                if ticks.is_multiple_of(4) {
+                    shard.flush_cursors();
+                }
+                if ticks.is_multiple_of(20) {
+                    shard
+                        .metrics
+                        .task_panics
+                        .set(PANICS.load(Ordering::Relaxed));
+                    shard.metrics.publish(&published);
+                }
+            }
+        })
+    };
+    let _ = ready.send(Ok(()));
+    let accept = {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        metrics::Metrics::inc(&shard.metrics.accepted);
+                        let s = shard.clone();
+                        spawn_guarded(async move {
+                            s.metrics.connections.set(s.metrics.connections.get() + 1);
+                            conn::handle_new(s.clone(), stream).await;
+                            s.metrics.connections.set(s.metrics.connections.get() - 1);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+    };
+    ticker.await;
+    // Graceful stop: no new connections, make acked cursors durable, wait for
+    // in-flight writes, tell sessions goodbye.
+    drop(accept);
+    shard.stopping.set(true);
+    shard.flush_cursors();
+    shard.flush_writes().await;
+    let conns: Vec<_> = shard.conns.borrow().values().cloned().collect();
+    for c in conns {
+        let f = shard
+            .enc
+            .borrow_mut()
+            .goodbye(
+                crate::wire::fb::ErrorCode::ShuttingDown,
+                "server shutting down",
+            )
+            .to_vec();
+        c.out.push(io::Frame::Own(f));
+        c.out.close();
+    }
+    glommio::timer::sleep(Duration::from_millis(100)).await;
+    shard.metrics.publish(&published);
+}

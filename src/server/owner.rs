@@ -1,0 +1,602 @@
+//! The conversation owner: sequencing, friendship and group state.
+//!
+//! Every operation on a conversation runs on its owner shard, one at a time
+//! and in arrival order (per-conversation queue). Sends are decided
+//! synchronously (seq assigned, write queued for the next group commit);
+//! friendship and group changes await their store write before the next
+//! operation of that conversation runs, so a message and a membership change
+//! are always ordered the same way for everybody.
+
+use super::shard::{Completion, ConvData, ConvEntry, ConvState, Origin, OwnerOp, Shard};
+use crate::core::Reject;
+use crate::core::conv::{Assign, DEDUP_WINDOW, Sequencer};
+use crate::core::group::{GroupAction, GroupChange, GroupState};
+use crate::core::pair::{self, PairAction, PairEffect};
+use crate::model::{ConvId, ConvKind, GroupId, UserId, conv_kind, direct_conv, group_conv, now_ms};
+use crate::store::{Role, StoreError, StoredMessage, WriteOp};
+use crate::wire::fb;
+use std::rc::Rc;
+use std::sync::Arc;
+
+fn conv_of(origin: &Origin, op: &OwnerOp) -> ConvId {
+    match op {
+        OwnerOp::Send { conv, .. } => *conv,
+        OwnerOp::Pair { other, .. } => direct_conv(origin.user, *other),
+        OwnerOp::Group { group, .. }
+        | OwnerOp::Members { group }
+        | OwnerOp::History { group, .. } => group_conv(*group),
+    }
+}
+
+/// Entry point on the owner shard.
+pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
+    let conv = conv_of(&origin, &op);
+    let mut convs = shard.convs.borrow_mut();
+    match convs.get_mut(&conv) {
+        None => {
+            convs.insert(conv, ConvEntry::Loading(vec![(origin, op)]));
+            drop(convs);
+            spawn_load(shard.clone(), conv);
+        }
+        Some(ConvEntry::Loading(waiting)) => waiting.push((origin, op)),
+        Some(ConvEntry::Ready(st)) if !st.busy && matches!(op, OwnerOp::Send { .. }) => {
+            // The hot path: nothing queued ahead, decide inline (no task spawn).
+            drop(convs);
+            if let OwnerOp::Send {
+                conv,
+                client_msg_id,
+                body,
+            } = op
+            {
+                send(shard, &origin, conv, client_msg_id, body);
+            }
+        }
+        Some(ConvEntry::Ready(st)) => {
+            st.queue.push_back((origin, op));
+            if !st.busy {
+                st.busy = true;
+                drop(convs);
+                glommio::spawn_local(process(shard.clone(), conv)).detach();
+            }
+        }
+    }
+}
+
+fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
+    glommio::spawn_local(async move {
+        let loaded = shard
+            .blocking(move |s| {
+                let tail = s.conv_tail(conv, DEDUP_WINDOW)?;
+                let data = match conv_kind(conv) {
+                    ConvKind::Direct { lo, hi } => {
+                        let pair = s.get_pair(lo, hi)?;
+                        let n1 = s.user_by_id(lo)?.map(|u| u.username);
+                        let n2 = s.user_by_id(hi)?.map(|u| u.username);
+                        ConvData::Direct {
+                            lo,
+                            hi,
+                            pair,
+                            names: (n1, n2),
+                        }
+                    }
+                    ConvKind::Group(g) => match s.get_group(g)? {
+                        Some(rec) if !rec.dissolved => {
+                            let members = s
+                                .group_members(g)?
+                                .into_iter()
+                                .map(|m| (m.user_id, m.role))
+                                .collect();
+                            ConvData::Group(Some(GroupState {
+                                id: g,
+                                name: rec.name,
+                                owner: rec.owner,
+                                members,
+                            }))
+                        }
+                        _ => ConvData::Group(None),
+                    },
+                };
+                Ok((tail, data))
+            })
+            .await;
+        let waiting = match shard.convs.borrow_mut().remove(&conv) {
+            Some(ConvEntry::Loading(w)) => w,
+            _ => Vec::new(),
+        };
+        match loaded {
+            Ok((tail, data)) => {
+                let st = ConvState {
+                    seq: Sequencer::from_tail(&tail, DEDUP_WINDOW),
+                    data,
+                    queue: waiting.into(),
+                    busy: true,
+                    dup_waiters: Vec::new(),
+                };
+                shard
+                    .convs
+                    .borrow_mut()
+                    .insert(conv, ConvEntry::Ready(Box::new(st)));
+                process(shard, conv).await;
+            }
+            Err(e) => {
+                tracing::error!(conv, error = %e, "loading conversation failed");
+                for (origin, _) in waiting {
+                    shard.reply_error(
+                        &origin,
+                        fb::ErrorCode::Internal,
+                        "storage unavailable, retry",
+                    );
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+/// Drains the conversation's queue in order.
+async fn process(shard: Rc<Shard>, conv: ConvId) {
+    loop {
+        let next = {
+            let mut convs = shard.convs.borrow_mut();
+            let Some(ConvEntry::Ready(st)) = convs.get_mut(&conv) else {
+                return;
+            };
+            match st.queue.pop_front() {
+                Some(x) => x,
+                None => {
+                    st.busy = false;
+                    return;
+                }
+            }
+        };
+        let (origin, op) = next;
+        match op {
+            OwnerOp::Send {
+                conv,
+                client_msg_id,
+                body,
+            } => send(&shard, &origin, conv, client_msg_id, body),
+            OwnerOp::Pair { other, action } => pair_op(&shard, &origin, conv, other, action).await,
+            OwnerOp::Group { group, action } => {
+                group_op(&shard, &origin, conv, group, action).await
+            }
+            OwnerOp::Members { group } => members(&shard, &origin, conv, group).await,
+            OwnerOp::History {
+                group,
+                before,
+                limit,
+            } => history(&shard, &origin, conv, group, before, limit).await,
+        }
+        // Long queues must not monopolise the executor.
+        glommio::yield_if_needed().await;
+    }
+}
+
+fn with_conv<R>(shard: &Shard, conv: ConvId, f: impl FnOnce(&mut ConvState) -> R) -> Option<R> {
+    match shard.convs.borrow_mut().get_mut(&conv) {
+        Some(ConvEntry::Ready(st)) => Some(f(st)),
+        _ => None,
+    }
+}
+
+enum SendDecision {
+    New {
+        seq: u64,
+        ts: u64,
+        recipients: Vec<UserId>,
+    },
+    Duplicate {
+        seq: u64,
+        ts: u64,
+    },
+    /// A resend of a message still being written: answered on completion.
+    Wait,
+}
+
+fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: String) {
+    let decided = with_conv(shard, conv, |st| {
+        let recipients: Vec<UserId> = match &st.data {
+            ConvData::Direct {
+                lo, hi, pair: p, ..
+            } => {
+                pair::may_message(p)?;
+                vec![*lo, *hi]
+            }
+            ConvData::Group(None) => {
+                return Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group"));
+            }
+            ConvData::Group(Some(g)) => {
+                g.require_member(origin.user)?;
+                g.members.keys().copied().collect()
+            }
+        };
+        Ok(match st.seq.assign(origin.user, client_msg_id, now_ms()) {
+            Assign::New { seq, ts } => SendDecision::New {
+                seq,
+                ts,
+                recipients,
+            },
+            Assign::Duplicate {
+                seq,
+                ts,
+                durable: true,
+            } => SendDecision::Duplicate { seq, ts },
+            Assign::Duplicate { durable: false, .. } => {
+                st.dup_waiters
+                    .push((origin.user, client_msg_id, origin.clone()));
+                SendDecision::Wait
+            }
+        })
+    });
+    match decided {
+        None => shard.reply_error(
+            origin,
+            fb::ErrorCode::Internal,
+            "conversation unavailable, retry",
+        ),
+        Some(Err(Reject(code, text))) => shard.reply_error(origin, code, text),
+        Some(Ok(SendDecision::Wait)) => {}
+        Some(Ok(SendDecision::Duplicate { seq, ts })) => {
+            let f = shard
+                .enc
+                .borrow_mut()
+                .send_ok(origin.req_id, conv, seq, ts, true)
+                .to_vec();
+            shard.reply(origin, &f);
+        }
+        Some(Ok(SendDecision::New {
+            seq,
+            ts,
+            recipients,
+        })) => {
+            let msg = StoredMessage {
+                conv,
+                seq,
+                sender: origin.user,
+                timestamp_ms: ts,
+                client_msg_id,
+                body,
+                sender_name: origin.name.to_string(),
+            };
+            let frame = super::shard::message_frame(&mut shard.enc.borrow_mut(), &msg);
+            shard.metrics.msgs_in.set(shard.metrics.msgs_in.get() + 1);
+            shard.write(
+                WriteOp::Message(msg),
+                Some(Completion::Sent {
+                    origin: origin.clone(),
+                    conv,
+                    client_msg_id,
+                    seq,
+                    ts,
+                    frame,
+                    recipients,
+                }),
+            );
+        }
+    }
+}
+
+/// A batch is durable: ack senders (and resends that waited), then deliver.
+pub fn complete(shard: &Shard, c: Completion) {
+    let Completion::Sent {
+        origin,
+        conv,
+        client_msg_id,
+        seq,
+        ts,
+        frame,
+        recipients,
+    } = c;
+    let waiters = with_conv(shard, conv, |st| {
+        st.seq.mark_durable(origin.user, client_msg_id);
+        let mut w = Vec::new();
+        st.dup_waiters.retain(|(u, id, o)| {
+            if *u == origin.user && *id == client_msg_id {
+                w.push(o.clone());
+                false
+            } else {
+                true
+            }
+        });
+        w
+    })
+    .unwrap_or_default();
+    let ok = shard
+        .enc
+        .borrow_mut()
+        .send_ok(origin.req_id, conv, seq, ts, false)
+        .to_vec();
+    shard.reply(&origin, &ok);
+    for o in waiters {
+        let f = shard
+            .enc
+            .borrow_mut()
+            .send_ok(o.req_id, conv, seq, ts, true)
+            .to_vec();
+        shard.reply(&o, &f);
+    }
+    shard.push_users(&recipients, frame, origin.conn, Some((conv, seq)));
+}
+
+/// A batch failed: tell the senders (they retry with the same client_msg_id)
+/// and reload the affected conversations so no seq is skipped.
+pub fn fail(shard: &Rc<Shard>, failed: Vec<Completion>) {
+    let mut convs = Vec::new();
+    for Completion::Sent { origin, conv, .. } in failed {
+        shard.reply_error(
+            &origin,
+            fb::ErrorCode::Internal,
+            "storage write failed, retry",
+        );
+        convs.push(conv);
+    }
+    convs.sort_unstable();
+    convs.dedup();
+    for conv in convs {
+        let entry = shard.convs.borrow_mut().remove(&conv);
+        if let Some(ConvEntry::Ready(st)) = entry {
+            for (_, _, o) in st.dup_waiters {
+                shard.reply_error(&o, fb::ErrorCode::Internal, "storage write failed, retry");
+            }
+            // Queued operations go through a fresh load.
+            let queued: Vec<_> = st.queue.into_iter().collect();
+            shard
+                .convs
+                .borrow_mut()
+                .insert(conv, ConvEntry::Loading(queued));
+            spawn_load(shard.clone(), conv);
+        }
+    }
+}
+
+fn friend_frame(
+    shard: &Shard,
+    kind: fb::FriendEventKind,
+    user: UserId,
+    name: &str,
+    note: &str,
+) -> Arc<[u8]> {
+    shard
+        .enc
+        .borrow_mut()
+        .friend_event(kind, user, name, note)
+        .into()
+}
+
+async fn pair_op(
+    shard: &Rc<Shard>,
+    origin: &Origin,
+    conv: ConvId,
+    other: UserId,
+    action: PairAction,
+) {
+    let Some((rec, other_name)) = with_conv(shard, conv, |st| match &st.data {
+        ConvData::Direct {
+            lo, pair, names, ..
+        } => {
+            let other_name = if *lo == other {
+                names.0.clone()
+            } else {
+                names.1.clone()
+            };
+            Some((pair.clone(), other_name))
+        }
+        ConvData::Group(_) => None,
+    })
+    .flatten() else {
+        shard.reply_error(
+            origin,
+            fb::ErrorCode::Internal,
+            "conversation unavailable, retry",
+        );
+        return;
+    };
+    let Some(other_name) = other_name else {
+        shard.reply_error(origin, fb::ErrorCode::NoSuchUser, "no such user");
+        return;
+    };
+    let (next, effect) = match pair::apply(&rec, origin.user, other, &action) {
+        Ok(x) => x,
+        Err(Reject(code, text)) => return shard.reply_error(origin, code, text),
+    };
+    if next != rec {
+        let (lo, hi) = (origin.user.min(other), origin.user.max(other));
+        let to_store = next.clone();
+        if let Err(e) = shard.blocking(move |s| s.set_pair(lo, hi, &to_store)).await {
+            tracing::error!(error = %e, "set_pair failed");
+            return shard.reply_error(
+                origin,
+                fb::ErrorCode::Internal,
+                "storage write failed, retry",
+            );
+        }
+        with_conv(shard, conv, |st| {
+            if let ConvData::Direct { pair, .. } = &mut st.data {
+                *pair = next.clone();
+            }
+        });
+    }
+    let ok = shard.enc.borrow_mut().ok(origin.req_id).to_vec();
+    shard.reply(origin, &ok);
+    let me = origin.user;
+    match effect {
+        PairEffect::Requested => {
+            let note = if let PairAction::Request { note } = &action {
+                note.as_str()
+            } else {
+                ""
+            };
+            let f = friend_frame(
+                shard,
+                fb::FriendEventKind::Requested,
+                me,
+                &origin.name,
+                note,
+            );
+            shard.push_users(&[other], f, 0, None);
+        }
+        PairEffect::BecameFriends { mutual } => {
+            let f = friend_frame(shard, fb::FriendEventKind::Accepted, me, &origin.name, "");
+            shard.push_users(&[other], f, 0, None);
+            if mutual {
+                let f = friend_frame(shard, fb::FriendEventKind::Accepted, other, &other_name, "");
+                shard.push_users(&[me], f, 0, None);
+            }
+            friend_set(shard, me, other, true);
+        }
+        PairEffect::Rejected => {
+            let f = friend_frame(shard, fb::FriendEventKind::Rejected, me, &origin.name, "");
+            shard.push_users(&[other], f, 0, None);
+        }
+        PairEffect::Unfriended => {
+            let f = friend_frame(shard, fb::FriendEventKind::Removed, me, &origin.name, "");
+            shard.push_users(&[other], f, 0, None);
+            friend_set(shard, me, other, false);
+        }
+        PairEffect::Silent => {}
+    }
+}
+
+fn friend_set(shard: &Shard, a: UserId, b: UserId, friends: bool) {
+    use super::shard::ShardMsg;
+    shard.send(
+        shard.home(a),
+        ShardMsg::FriendSet {
+            user: a,
+            friend: b,
+            friends,
+        },
+    );
+    shard.send(
+        shard.home(b),
+        ShardMsg::FriendSet {
+            user: b,
+            friend: a,
+            friends,
+        },
+    );
+}
+
+async fn group_op(
+    shard: &Rc<Shard>,
+    origin: &Origin,
+    conv: ConvId,
+    group: GroupId,
+    action: GroupAction,
+) {
+    let decided = with_conv(shard, conv, |st| match &st.data {
+        ConvData::Group(Some(g)) => g
+            .decide(origin.user, action)
+            .map(|c| (c, g.audience(c), st.seq.last_seq())),
+        _ => Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group")),
+    });
+    let (change, before_audience, last_seq) = match decided {
+        None => {
+            return shard.reply_error(
+                origin,
+                fb::ErrorCode::Internal,
+                "conversation unavailable, retry",
+            );
+        }
+        Some(Err(Reject(code, text))) => return shard.reply_error(origin, code, text),
+        Some(Ok(x)) => x,
+    };
+    let res = shard
+        .blocking(move |s| match change {
+            // A joiner's cursor starts at the current end: they receive what
+            // is sent after they joined (History shows the rest).
+            GroupChange::Joined(u) => s.add_member(group, u, Role::Member, last_seq),
+            GroupChange::Left(u) | GroupChange::Removed(u) => s.remove_member(group, u),
+            GroupChange::RoleSet(u, r) => s.set_role(group, u, r),
+            GroupChange::Dissolved => s.dissolve_group(group),
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "group write failed");
+        return shard.reply_error(
+            origin,
+            fb::ErrorCode::Internal,
+            "storage write failed, retry",
+        );
+    }
+    let audience = with_conv(shard, conv, |st| {
+        if let ConvData::Group(g) = &mut st.data
+            && let Some(gs) = g.as_mut()
+        {
+            if gs.apply(change) {
+                return gs.audience(change);
+            }
+            *g = None;
+        }
+        before_audience.clone()
+    })
+    .unwrap_or(before_audience);
+    let ok = shard.enc.borrow_mut().ok(origin.req_id).to_vec();
+    shard.reply(origin, &ok);
+    let (kind, user) = match change {
+        GroupChange::Joined(u) => (fb::GroupEventKind::Joined, u),
+        GroupChange::Left(u) => (fb::GroupEventKind::Left, u),
+        GroupChange::Removed(u) => (fb::GroupEventKind::Removed, u),
+        GroupChange::RoleSet(u, _) => (fb::GroupEventKind::RoleChanged, u),
+        GroupChange::Dissolved => (fb::GroupEventKind::Dissolved, 0),
+    };
+    let f: Arc<[u8]> = shard
+        .enc
+        .borrow_mut()
+        .group_event(kind, group, user, origin.user)
+        .into();
+    shard.push_users(&audience, f, origin.conn, None);
+}
+
+fn require_member(shard: &Shard, origin: &Origin, conv: ConvId) -> Result<(), Reject> {
+    match with_conv(shard, conv, |st| match &st.data {
+        ConvData::Group(Some(g)) => g.require_member(origin.user).map(|_| ()),
+        _ => Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group")),
+    }) {
+        Some(r) => r,
+        None => Err(Reject(
+            fb::ErrorCode::Internal,
+            "conversation unavailable, retry",
+        )),
+    }
+}
+
+async fn members(shard: &Rc<Shard>, origin: &Origin, conv: ConvId, group: GroupId) {
+    if let Err(Reject(code, text)) = require_member(shard, origin, conv) {
+        return shard.reply_error(origin, code, text);
+    }
+    match shard.blocking(move |s| s.group_members(group)).await {
+        Ok(rows) => {
+            let f = shard
+                .enc
+                .borrow_mut()
+                .member_list(origin.req_id, group, &rows, |u| shard.is_online(u))
+                .to_vec();
+            shard.reply(origin, &f);
+        }
+        Err(_) => shard.reply_error(
+            origin,
+            fb::ErrorCode::Internal,
+            "storage unavailable, retry",
+        ),
+    }
+}
+
+async fn history(
+    shard: &Rc<Shard>,
+    origin: &Origin,
+    conv: ConvId,
+    _group: GroupId,
+    before: u64,
+    limit: u32,
+) {
+    if let Err(Reject(code, text)) = require_member(shard, origin, conv) {
+        return shard.reply_error(origin, code, text);
+    }
+    super::conn::reply_history(shard, origin, conv, before, limit).await;
+}
+
+/// Maps store conflicts for callers outside the owner (group creation).
+pub fn is_conflict(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict)
+}

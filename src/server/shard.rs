@@ -1,0 +1,658 @@
+//! One shard: the state an executor owns and the messages shards exchange.
+//!
+//! Ownership (shared-nothing, see docs/ARCHITECTURE.md):
+//! - a user's *home shard* holds all of their connections (moved there at
+//!   login), their presence, friend set and delivery cursors;
+//! - a conversation's *owner shard* sequences its messages and owns its
+//!   membership or friendship state;
+//! - every shard keeps a replica of who is online on this node.
+//!
+//! Handlers never await another shard: they push into a per-destination
+//! outbox and a forwarding task per destination awaits channel capacity.
+//! A shard whose peer is full therefore keeps draining its own inbox, which
+//! rules out the send-while-inbox-full deadlock of bounded meshes.
+
+use super::Config;
+use super::io::{Frame, Outbound, Signal};
+use super::metrics::Metrics;
+use crate::core::conv::Sequencer;
+use crate::core::group::{GroupAction, GroupState};
+use crate::core::pair::PairAction;
+use crate::model::{ConvId, GroupId, Seq, UserId, home_shard};
+use crate::store::{PairRecord, Store, StoredMessage, WriteOp};
+use crate::wire::{Enc, fb};
+use ahash::{AHashMap, AHashSet};
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub type ConnId = u64;
+
+/// Where a request came from, so its reply finds its way back.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub shard: usize,
+    pub conn: ConnId,
+    pub req_id: u64,
+    pub user: UserId,
+    pub name: Arc<str>,
+}
+
+/// Work for a conversation's owner shard.
+#[derive(Debug)]
+pub enum OwnerOp {
+    Send {
+        conv: ConvId,
+        client_msg_id: u64,
+        body: String,
+    },
+    Pair {
+        other: UserId,
+        action: PairAction,
+    },
+    Group {
+        group: GroupId,
+        action: GroupAction,
+    },
+    Members {
+        group: GroupId,
+    },
+    History {
+        group: GroupId,
+        before: Seq,
+        limit: u32,
+    },
+}
+
+/// A connection moving to its user's home shard after authentication.
+#[derive(Debug)]
+pub struct HandOff {
+    pub fd: OwnedFd,
+    /// Bytes already read past the login frame (pipelined requests).
+    pub pending: Vec<u8>,
+    pub req_id: u64,
+    pub user: UserId,
+    pub name: Arc<str>,
+    pub token: String,
+    pub since: Vec<(ConvId, Seq)>,
+}
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    HandOff(Box<HandOff>),
+    Owner(Origin, OwnerOp),
+    /// A reply frame for a connection homed on the receiving shard.
+    Reply {
+        conn: ConnId,
+        frame: Vec<u8>,
+    },
+    /// Push a shared frame to every session of `users` (homed on the
+    /// receiving shard) except connection `skip`. `msg` marks chat messages,
+    /// which are held while a session replays.
+    Push {
+        users: Vec<UserId>,
+        frame: Arc<[u8]>,
+        skip: ConnId,
+        msg: Option<(ConvId, Seq)>,
+    },
+    /// `user` came online / went offline on this node; `notify` are their
+    /// friends homed on the receiving shard.
+    Presence {
+        user: UserId,
+        online: bool,
+        notify: Vec<UserId>,
+    },
+    /// The friendship of `user` (homed on the receiving shard) with `friend` changed.
+    FriendSet {
+        user: UserId,
+        friend: UserId,
+        friends: bool,
+    },
+}
+
+/// A logged-in connection, on its user's home shard.
+pub struct Conn {
+    pub id: ConnId,
+    pub user: UserId,
+    pub out: Rc<Outbound>,
+    /// Live chat pushes held while the session replays stored messages.
+    pub hold: RefCell<Option<crate::core::sync::Hold<Arc<[u8]>>>>,
+}
+
+/// Per-user state on the home shard while the user has sessions.
+#[derive(Default)]
+pub struct UserState {
+    pub conns: Vec<ConnId>,
+    /// Friend ids, loaded at the first session; `None` until loaded.
+    pub friends: Option<AHashSet<UserId>>,
+    /// Whether friends were told this user is online.
+    pub announced: bool,
+}
+
+/// State of one conversation on its owner shard.
+pub enum ConvEntry {
+    Loading(Vec<(Origin, OwnerOp)>),
+    Ready(Box<ConvState>),
+}
+
+pub struct ConvState {
+    pub seq: Sequencer,
+    pub data: ConvData,
+    pub queue: VecDeque<(Origin, OwnerOp)>,
+    pub busy: bool,
+    /// Resends that arrived while their original was still being written.
+    pub dup_waiters: Vec<(UserId, u64, Origin)>,
+}
+
+pub enum ConvData {
+    Direct {
+        lo: UserId,
+        hi: UserId,
+        pair: PairRecord,
+        /// Usernames of (lo, hi); `None` if that user does not exist.
+        names: (Option<String>, Option<String>),
+    },
+    /// `None`: no such group (or dissolved).
+    Group(Option<GroupState>),
+}
+
+/// What to do once a batch is durable.
+pub enum Completion {
+    Sent {
+        origin: Origin,
+        conv: ConvId,
+        client_msg_id: u64,
+        seq: Seq,
+        ts: u64,
+        frame: Arc<[u8]>,
+        recipients: Vec<UserId>,
+    },
+}
+
+/// Group commit: ops accumulate while the previous batch is being written.
+#[derive(Default)]
+pub struct Writer {
+    pub ops: RefCell<Vec<WriteOp>>,
+    pub done: RefCell<Vec<Completion>>,
+    pub wake: Signal,
+    pub idle: Signal,
+    pub busy: Cell<bool>,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub n: usize,
+    pub cfg: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    senders: Senders<ShardMsg>,
+    outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
+    outbox_len: Cell<usize>,
+    outbox_signal: Vec<Signal>,
+    pub outbox_room: Signal,
+    local: RefCell<VecDeque<ShardMsg>>,
+    local_signal: Signal,
+    pub conns: RefCell<AHashMap<ConnId, Rc<Conn>>>,
+    pub users: RefCell<AHashMap<UserId, UserState>>,
+    /// Who is online anywhere on this node (replica kept by Presence broadcasts).
+    pub online: RefCell<AHashSet<UserId>>,
+    pub convs: RefCell<AHashMap<ConvId, ConvEntry>>,
+    pub writer: Writer,
+    /// Acked cursors not yet written: (user, conv) -> seq.
+    pub cursors: RefCell<AHashMap<(UserId, ConvId), Seq>>,
+    pub enc: RefCell<Enc>,
+    next_conn: Cell<u64>,
+    pub stopping: Cell<bool>,
+}
+
+/// Outbox depth at which connection readers pause (backpressure).
+pub const OUTBOX_HIGH: usize = 64 * 1024;
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        n: usize,
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        senders: Senders<ShardMsg>,
+    ) -> Shard {
+        Shard {
+            id,
+            n,
+            cfg,
+            store,
+            metrics: Metrics::new(id),
+            senders,
+            outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            outbox_len: Cell::new(0),
+            outbox_signal: (0..n).map(|_| Signal::default()).collect(),
+            outbox_room: Signal::default(),
+            local: RefCell::new(VecDeque::new()),
+            local_signal: Signal::default(),
+            conns: RefCell::new(AHashMap::new()),
+            users: RefCell::new(AHashMap::new()),
+            online: RefCell::new(AHashSet::new()),
+            convs: RefCell::new(AHashMap::new()),
+            writer: Writer::default(),
+            cursors: RefCell::new(AHashMap::new()),
+            enc: RefCell::new(Enc::new()),
+            next_conn: Cell::new(1),
+            stopping: Cell::new(false),
+        }
+    }
+
+    pub fn new_conn_id(&self) -> ConnId {
+        let c = self.next_conn.get();
+        self.next_conn.set(c + 1);
+        ((self.id as u64) << 48) | c
+    }
+
+    pub fn home(&self, user: UserId) -> usize {
+        home_shard(user, self.n)
+    }
+
+    // ------------------------------------------------------------ mesh
+
+    /// Queues `msg` for shard `to`; never blocks.
+    pub fn send(&self, to: usize, msg: ShardMsg) {
+        if to == self.id {
+            self.local.borrow_mut().push_back(msg);
+            self.local_signal.notify();
+        } else {
+            self.outbox.borrow_mut()[to].push_back(msg);
+            self.outbox_len.set(self.outbox_len.get() + 1);
+            self.metrics.outbox_depth.set(self.outbox_len.get() as u64);
+            self.outbox_signal[to].notify();
+        }
+    }
+
+    pub fn outbox_full(&self) -> bool {
+        self.outbox_len.get() >= OUTBOX_HIGH
+    }
+
+    /// Forwards the outbox for `to` over the mesh channel, awaiting capacity.
+    pub async fn forward_loop(self: Rc<Self>, to: usize) {
+        loop {
+            let msg = self.outbox.borrow_mut()[to].pop_front();
+            match msg {
+                Some(m) => {
+                    self.outbox_len.set(self.outbox_len.get() - 1);
+                    if self.outbox_len.get() == OUTBOX_HIGH / 2 {
+                        self.outbox_room.notify();
+                    }
+                    if self.senders.send_to(to, m).await.is_err() {
+                        // Peer is gone (shutting down): nothing to deliver to.
+                        if self.stopping.get() {
+                            return;
+                        }
+                    }
+                }
+                None => self.outbox_signal[to].wait().await,
+            }
+        }
+    }
+
+    /// Handles messages this shard sent itself.
+    pub async fn local_loop(self: Rc<Self>) {
+        loop {
+            let msg = self.local.borrow_mut().pop_front();
+            match msg {
+                Some(m) => self.handle(m),
+                None => self.local_signal.wait().await,
+            }
+        }
+    }
+
+    /// Spawns one receiving task per peer.
+    pub fn spawn_receivers(self: &Rc<Self>, mut receivers: Receivers<ShardMsg>) {
+        for (_peer, rx) in receivers.streams() {
+            let me = self.clone();
+            glommio::spawn_local(async move {
+                use futures_lite::StreamExt;
+                let mut rx = rx;
+                while let Some(m) = rx.next().await {
+                    me.handle(m);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::HandOff(h) => super::conn::accept_handoff(self.clone(), *h),
+            ShardMsg::Owner(origin, op) => super::owner::submit(self, origin, op),
+            ShardMsg::Reply { conn, frame } => {
+                if let Some(c) = self.conns.borrow().get(&conn) {
+                    c.out.push(Frame::Own(frame));
+                }
+            }
+            ShardMsg::Push {
+                users,
+                frame,
+                skip,
+                msg,
+            } => self.deliver_local(&users, &frame, skip, msg),
+            ShardMsg::Presence {
+                user,
+                online,
+                notify,
+            } => {
+                if online {
+                    self.online.borrow_mut().insert(user);
+                } else {
+                    self.online.borrow_mut().remove(&user);
+                }
+                if !notify.is_empty() {
+                    let f: Arc<[u8]> = self.enc.borrow_mut().presence(user, online).into();
+                    self.deliver_local(&notify, &f, 0, None);
+                }
+            }
+            ShardMsg::FriendSet {
+                user,
+                friend,
+                friends,
+            } => {
+                let mut users = self.users.borrow_mut();
+                if let Some(st) = users.get_mut(&user) {
+                    if let Some(set) = st.friends.as_mut() {
+                        if friends {
+                            set.insert(friend);
+                        } else {
+                            set.remove(&friend);
+                        }
+                    }
+                    drop(users);
+                    if friends && self.online.borrow().contains(&friend) {
+                        let f: Arc<[u8]> = self.enc.borrow_mut().presence(friend, true).into();
+                        self.deliver_local(&[user], &f, 0, None);
+                    }
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ delivery
+
+    /// Sends a reply frame to the connection that made the request.
+    pub fn reply(&self, origin: &Origin, frame: &[u8]) {
+        if origin.shard == self.id {
+            if let Some(c) = self.conns.borrow().get(&origin.conn) {
+                c.out.push_own(frame);
+            }
+        } else {
+            self.send(
+                origin.shard,
+                ShardMsg::Reply {
+                    conn: origin.conn,
+                    frame: frame.to_vec(),
+                },
+            );
+        }
+    }
+
+    pub fn reply_error(&self, origin: &Origin, code: fb::ErrorCode, text: &str) {
+        let f = self
+            .enc
+            .borrow_mut()
+            .error(origin.req_id, code, text)
+            .to_vec();
+        self.reply(origin, &f);
+    }
+
+    /// Pushes `frame` to every session of `users`, one mesh message per
+    /// destination shard carrying the shared frame.
+    pub fn push_users(
+        &self,
+        users: &[UserId],
+        frame: Arc<[u8]>,
+        skip: ConnId,
+        msg: Option<(ConvId, Seq)>,
+    ) {
+        if self.n == 1 {
+            self.deliver_local(users, &frame, skip, msg);
+            return;
+        }
+        let mut by_shard: Vec<Vec<UserId>> = vec![Vec::new(); self.n];
+        for &u in users {
+            by_shard[self.home(u)].push(u);
+        }
+        for (s, us) in by_shard.into_iter().enumerate() {
+            if us.is_empty() {
+                continue;
+            }
+            if s == self.id {
+                self.deliver_local(&us, &frame, skip, msg);
+            } else {
+                self.send(
+                    s,
+                    ShardMsg::Push {
+                        users: us,
+                        frame: frame.clone(),
+                        skip,
+                        msg,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn deliver_local(
+        &self,
+        users: &[UserId],
+        frame: &Arc<[u8]>,
+        skip: ConnId,
+        msg: Option<(ConvId, Seq)>,
+    ) {
+        let states = self.users.borrow();
+        let conns = self.conns.borrow();
+        for u in users {
+            let Some(st) = states.get(u) else { continue };
+            for cid in &st.conns {
+                if *cid == skip {
+                    continue;
+                }
+                let Some(c) = conns.get(cid) else { continue };
+                if let Some((conv, seq)) = msg {
+                    if let Some(h) = c.hold.borrow_mut().as_mut() {
+                        h.push(conv, seq, frame.clone());
+                        continue;
+                    }
+                    self.metrics.msgs_out.set(self.metrics.msgs_out.get() + 1);
+                }
+                c.out.push(Frame::Shared(frame.clone()));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ sessions and presence
+
+    /// Registers a logged-in connection. Returns true for the user's first session.
+    pub fn register(&self, conn: Rc<Conn>) -> bool {
+        let user = conn.user;
+        self.conns.borrow_mut().insert(conn.id, conn.clone());
+        let mut users = self.users.borrow_mut();
+        let st = users.entry(user).or_default();
+        st.conns.push(conn.id);
+        self.metrics.sessions.set(self.conns.borrow().len() as u64);
+        st.conns.len() == 1
+    }
+
+    /// Called once the user's friend set is loaded after the first session:
+    /// stores it and tells friends (on every shard) the user is online.
+    pub fn announce_online(&self, user: UserId, friends: AHashSet<UserId>) {
+        let mut users = self.users.borrow_mut();
+        let Some(st) = users.get_mut(&user) else {
+            return; // already gone again
+        };
+        let list: Vec<UserId> = friends.iter().copied().collect();
+        st.friends = Some(friends);
+        st.announced = true;
+        drop(users);
+        self.broadcast_presence(user, true, &list);
+    }
+
+    fn broadcast_presence(&self, user: UserId, online: bool, friends: &[UserId]) {
+        let mut by_shard: Vec<Vec<UserId>> = vec![Vec::new(); self.n];
+        for &f in friends {
+            by_shard[self.home(f)].push(f);
+        }
+        for (s, notify) in by_shard.into_iter().enumerate() {
+            self.send(
+                s,
+                ShardMsg::Presence {
+                    user,
+                    online,
+                    notify,
+                },
+            );
+        }
+    }
+
+    /// Removes a connection; the last one of a user announces them offline.
+    pub fn unregister(&self, conn: &Conn) {
+        self.conns.borrow_mut().remove(&conn.id);
+        self.metrics.sessions.set(self.conns.borrow().len() as u64);
+        let mut users = self.users.borrow_mut();
+        let Some(st) = users.get_mut(&conn.user) else {
+            return;
+        };
+        st.conns.retain(|c| *c != conn.id);
+        if st.conns.is_empty() {
+            let st = users.remove(&conn.user).unwrap_or_default();
+            drop(users);
+            if st.announced {
+                let friends: Vec<UserId> = st
+                    .friends
+                    .map(|f| f.into_iter().collect())
+                    .unwrap_or_default();
+                self.broadcast_presence(conn.user, false, &friends);
+            }
+        }
+    }
+
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.online.borrow().contains(&user)
+    }
+
+    /// Friends of a user with a session on this shard (empty if unknown).
+    pub fn friends_of_local(&self, user: UserId) -> AHashSet<UserId> {
+        self.users
+            .borrow()
+            .get(&user)
+            .and_then(|s| s.friends.clone())
+            .unwrap_or_default()
+    }
+
+    // ------------------------------------------------------------ storage
+
+    /// Runs a blocking store call on the blocking pool. A panic inside is
+    /// turned into an error instead of leaving the caller waiting forever.
+    pub async fn blocking<R, F>(&self, f: F) -> crate::store::Result<R>
+    where
+        F: FnOnce(&dyn Store) -> crate::store::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let store = self.store.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&*store)))
+                    .unwrap_or_else(|_| {
+                        Err(crate::store::StoreError::Backend(
+                            "store call panicked".into(),
+                        ))
+                    })
+            })
+            .await
+    }
+
+    /// Queues a hot-path write for the next group commit.
+    pub fn write(&self, op: WriteOp, done: Option<Completion>) {
+        self.writer.ops.borrow_mut().push(op);
+        if let Some(d) = done {
+            self.writer.done.borrow_mut().push(d);
+        }
+        self.writer.wake.notify();
+    }
+
+    /// The group-commit loop: one transaction per batch, then acks and delivery.
+    pub async fn writer_loop(self: Rc<Self>) {
+        loop {
+            let ops = std::mem::take(&mut *self.writer.ops.borrow_mut());
+            if ops.is_empty() {
+                self.writer.busy.set(false);
+                self.writer.idle.notify();
+                self.writer.wake.wait().await;
+                continue;
+            }
+            self.writer.busy.set(true);
+            let done = std::mem::take(&mut *self.writer.done.borrow_mut());
+            let n = ops.len();
+            let started = std::time::Instant::now();
+            let res = self
+                .blocking(move |s| {
+                    let r = s.write_batch(&ops);
+                    r.map(|_| ops)
+                })
+                .await;
+            self.metrics.record_batch(n, started.elapsed());
+            match res {
+                Ok(ops) => {
+                    drop(ops);
+                    for c in done {
+                        super::owner::complete(&self, c);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "batch write failed");
+                    self.metrics
+                        .store_errors
+                        .set(self.metrics.store_errors.get() + 1);
+                    // Everything assigned but not durable is failed, including
+                    // what queued meanwhile, and the conversations reload
+                    // from the store so seqs stay dense.
+                    let mut failed = done;
+                    failed.append(&mut self.writer.done.borrow_mut());
+                    self.writer
+                        .ops
+                        .borrow_mut()
+                        .retain(|op| matches!(op, WriteOp::Cursor { .. }));
+                    super::owner::fail(&self, failed);
+                }
+            }
+        }
+    }
+
+    /// Moves acked cursors into the writer (batched, every `interval`).
+    pub fn flush_cursors(&self) {
+        let cursors = std::mem::take(&mut *self.cursors.borrow_mut());
+        if cursors.is_empty() {
+            return;
+        }
+        let mut ops = self.writer.ops.borrow_mut();
+        for ((user, conv), seq) in cursors {
+            ops.push(WriteOp::Cursor { user, conv, seq });
+        }
+        drop(ops);
+        self.writer.wake.notify();
+    }
+
+    /// Waits until every queued write is durable.
+    pub async fn flush_writes(&self) {
+        loop {
+            if self.writer.ops.borrow().is_empty() && !self.writer.busy.get() {
+                return;
+            }
+            self.writer.wake.notify();
+            self.writer.idle.wait().await;
+        }
+    }
+}
+
+/// Builds the live push for one message (encoded once for all recipients).
+pub fn message_frame(enc: &mut Enc, m: &StoredMessage) -> Arc<[u8]> {
+    enc.messages(0, std::iter::once(m)).into()
+}

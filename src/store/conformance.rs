@@ -1,0 +1,818 @@
+//! Backend-independent conformance suite for [`Store`].
+//!
+//! Every backend runs every check (the SQLite tests run each on a fresh
+//! database; see `store::sqlite::tests`). The checks only use the trait, so
+//! they pin down the contract, not an implementation. They panic on failure.
+//!
+//! Each check uses its own user and group names and only conversations it
+//! created, so all checks can also run one after another on a single store
+//! ([`run_all`]); a single check cannot run twice on the same store (its
+//! names would already be taken).
+//!
+//! Not `cfg(test)`: integration tests and other backends call it.
+
+use super::*;
+use crate::model::{direct_conv, group_conv};
+use std::sync::Arc;
+
+/// A conformance check: panics if `store` breaks the contract.
+pub type Check = fn(&dyn Store);
+
+/// Every check that needs only a store, by name.
+pub const CHECKS: &[(&str, Check)] = &[
+    ("check_users", check_users),
+    ("check_search_users", check_search_users),
+    ("check_sessions", check_sessions),
+    ("check_pairs", check_pairs),
+    ("check_friends_of", check_friends_of),
+    ("check_groups", check_groups),
+    ("check_group_members", check_group_members),
+    ("check_write_batch_atomic", check_write_batch_atomic),
+    ("check_cursors", check_cursors),
+    ("check_conv_tail", check_conv_tail),
+    (
+        "check_messages_after_and_history",
+        check_messages_after_and_history,
+    ),
+    ("check_conversations_of", check_conversations_of),
+    ("check_body_roundtrip", check_body_roundtrip),
+    ("check_concurrent_access", check_concurrent_access),
+];
+
+/// Runs every check in [`CHECKS`] against one store. [`check_survives_reopen`]
+/// needs a way to reopen and is run separately.
+pub fn run_all(store: &dyn Store) {
+    for (name, check) in CHECKS {
+        eprintln!("conformance: {name}");
+        check(store);
+    }
+}
+
+fn user(s: &dyn Store, name: &str) -> UserId {
+    s.create_user(name, &format!("$argon2id$v=19$hash-of-{name}"))
+        .unwrap_or_else(|e| panic!("create_user({name}): {e}"))
+}
+
+fn msg(conv: ConvId, seq: Seq, sender: UserId, body: &str) -> StoredMessage {
+    StoredMessage {
+        conv,
+        seq,
+        sender,
+        timestamp_ms: 1_700_000_000_000 + seq,
+        client_msg_id: 1000 + seq,
+        body: body.to_string(),
+        sender_name: String::new(),
+    }
+}
+
+fn write_msgs(s: &dyn Store, msgs: &[StoredMessage]) {
+    let ops: Vec<WriteOp> = msgs.iter().cloned().map(WriteOp::Message).collect();
+    s.write_batch(&ops).expect("write_batch");
+}
+
+fn seqs(msgs: &[StoredMessage]) -> Vec<Seq> {
+    msgs.iter().map(|m| m.seq).collect()
+}
+
+fn cursor_of(s: &dyn Store, user: UserId, conv: ConvId) -> Option<Seq> {
+    s.conversations_of(user)
+        .expect("conversations_of")
+        .into_iter()
+        .find(|c| c.conv == conv)
+        .map(|c| c.delivered)
+}
+
+/// Sets the relationship between `me` and `other` as seen from `me`, mapping
+/// it onto the stored `lo < hi` orientation.
+#[allow(clippy::too_many_arguments)]
+fn relate(
+    s: &dyn Store,
+    me: UserId,
+    other: UserId,
+    friends: bool,
+    me_requests: bool,
+    other_requests: bool,
+    me_blocks: bool,
+    other_blocks: bool,
+    note: &str,
+) {
+    let (lo, hi) = (me.min(other), me.max(other));
+    let me_lo = me == lo;
+    let state = PairState {
+        friends,
+        request_lo_to_hi: if me_lo { me_requests } else { other_requests },
+        request_hi_to_lo: if me_lo { other_requests } else { me_requests },
+        lo_blocks_hi: if me_lo { me_blocks } else { other_blocks },
+        hi_blocks_lo: if me_lo { other_blocks } else { me_blocks },
+    };
+    s.set_pair(
+        lo,
+        hi,
+        &PairRecord {
+            state,
+            note: note.to_string(),
+        },
+    )
+    .expect("set_pair");
+}
+
+pub fn check_users(s: &dyn Store) {
+    let a = user(s, "cu_alice");
+    let b = user(s, "cu_bob");
+    assert!(a > 0 && b > 0 && a != b, "ids {a} {b}");
+    assert!(
+        matches!(
+            s.create_user("cu_alice", "other"),
+            Err(StoreError::Conflict)
+        ),
+        "duplicate username must be Conflict"
+    );
+    // Names compare exactly: a different case is a different name.
+    let upper = user(s, "cu_ALICE");
+    assert_ne!(upper, a);
+
+    let rec = s.user_by_name("cu_alice").unwrap().expect("alice by name");
+    assert_eq!(
+        rec,
+        UserRecord {
+            id: a,
+            username: "cu_alice".into(),
+            password_hash: "$argon2id$v=19$hash-of-cu_alice".into(),
+        }
+    );
+    assert_eq!(
+        s.user_by_id(b).unwrap().expect("bob by id").username,
+        "cu_bob"
+    );
+    assert_eq!(s.user_by_id(upper).unwrap().unwrap().username, "cu_ALICE");
+    assert_eq!(s.user_by_name("cu_nobody").unwrap(), None);
+    assert_eq!(s.user_by_id(crate::model::MAX_USER_ID).unwrap(), None);
+    // The failed duplicate left the original untouched.
+    assert_eq!(
+        s.user_by_name("cu_alice").unwrap().unwrap().password_hash,
+        "$argon2id$v=19$hash-of-cu_alice"
+    );
+}
+
+pub fn check_search_users(s: &dyn Store) {
+    let a_b = user(s, "srch_a_b");
+    let axb = user(s, "srch_axb");
+    let pct = user(s, "srch_a%c");
+    let abc = user(s, "srch_abc");
+    let bsl = user(s, "srch\\x");
+    let up = user(s, "SRCH_Upper");
+    let _other = user(s, "xsrch_not_a_prefix_match");
+
+    let names = |v: Vec<(UserId, String)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+
+    // `_` and `%` are literal.
+    assert_eq!(names(s.search_users("srch_a_", 0, 10).unwrap()), vec![a_b]);
+    assert_eq!(names(s.search_users("srch_a%", 0, 10).unwrap()), vec![pct]);
+    assert_eq!(names(s.search_users("srch_ax", 0, 10).unwrap()), vec![axb]);
+    // So is the backslash (a typical LIKE escape character).
+    assert_eq!(names(s.search_users("srch\\", 0, 10).unwrap()), vec![bsl]);
+    assert_eq!(
+        s.search_users("srch_ab", 0, 10).unwrap(),
+        vec![(abc, "srch_abc".to_string())]
+    );
+    // ASCII case is ignored; a mid-name match is not a prefix match.
+    let all = vec![a_b, axb, pct, abc, bsl, up];
+    assert_eq!(names(s.search_users("srch", 0, 100).unwrap()), all);
+    assert_eq!(names(s.search_users("SrCh", 0, 100).unwrap()), all);
+    assert!(s.search_users("rch", 0, 100).unwrap().is_empty());
+
+    // Paging: ordered by id, `after_id` exclusive, `limit` respected.
+    let p1 = names(s.search_users("srch", 0, 4).unwrap());
+    assert_eq!(p1, all[..4]);
+    let p2 = names(s.search_users("srch", *p1.last().unwrap(), 4).unwrap());
+    assert_eq!(p2, all[4..]);
+    assert!(s.search_users("srch", up, 4).unwrap().is_empty());
+    assert!(s.search_users("srch", 0, 0).unwrap().is_empty());
+}
+
+pub fn check_sessions(s: &dyn Store) {
+    let a = user(s, "cs_alice");
+    let b = user(s, "cs_bob");
+    let ta = [0xAAu8; 32];
+    let mut tb = [0xAAu8; 32];
+    tb[31] = 0; // differs in the last byte only; also contains a NUL
+    s.create_session(&ta, a, 1).unwrap();
+    s.create_session(&tb, b, 2).unwrap();
+    assert_eq!(s.session_user(&ta).unwrap(), Some(a));
+    assert_eq!(s.session_user(&tb).unwrap(), Some(b));
+    assert_eq!(s.session_user(&[0xAA; 31]).unwrap(), None);
+    assert!(
+        s.create_session(&ta, b, 3).is_err(),
+        "a token hash cannot be reused"
+    );
+    assert_eq!(s.session_user(&ta).unwrap(), Some(a));
+    s.delete_session(&ta).unwrap();
+    assert_eq!(s.session_user(&ta).unwrap(), None);
+    assert_eq!(s.session_user(&tb).unwrap(), Some(b));
+    s.delete_session(&ta).unwrap(); // deleting twice is fine
+}
+
+pub fn check_pairs(s: &dyn Store) {
+    let lo = user(s, "cp_lo");
+    let hi = user(s, "cp_hi");
+    assert!(lo < hi);
+    let conv = direct_conv(lo, hi);
+    assert_eq!(s.get_pair(lo, hi).unwrap(), PairRecord::default());
+
+    let req = PairRecord {
+        state: PairState {
+            request_lo_to_hi: true,
+            hi_blocks_lo: false,
+            ..Default::default()
+        },
+        note: "salut l'ami \"😀\"".into(),
+    };
+    s.set_pair(lo, hi, &req).unwrap();
+    assert_eq!(s.get_pair(lo, hi).unwrap(), req);
+    assert_eq!(
+        cursor_of(s, lo, conv),
+        None,
+        "no conversation before friendship"
+    );
+    assert_eq!(cursor_of(s, hi, conv), None);
+
+    // Every bit round-trips independently.
+    for bit in 0..5 {
+        let st = PairState {
+            friends: false,
+            request_lo_to_hi: bit == 0,
+            request_hi_to_lo: bit == 1,
+            lo_blocks_hi: bit == 2,
+            hi_blocks_lo: bit == 3,
+        };
+        let rec = PairRecord {
+            state: st,
+            note: format!("n{bit}"),
+        };
+        s.set_pair(lo, hi, &rec).unwrap();
+        assert_eq!(s.get_pair(lo, hi).unwrap(), rec, "bit {bit}");
+    }
+
+    let friends = PairRecord {
+        state: PairState {
+            friends: true,
+            ..Default::default()
+        },
+        note: String::new(),
+    };
+    s.set_pair(lo, hi, &friends).unwrap();
+    assert_eq!(s.get_pair(lo, hi).unwrap(), friends);
+    assert_eq!(cursor_of(s, lo, conv), Some(0));
+    assert_eq!(cursor_of(s, hi, conv), Some(0));
+
+    // Re-setting keeps existing cursors.
+    s.write_batch(&[WriteOp::Cursor {
+        user: lo,
+        conv,
+        seq: 5,
+    }])
+    .unwrap();
+    s.set_pair(lo, hi, &friends).unwrap();
+    assert_eq!(cursor_of(s, lo, conv), Some(5));
+    assert_eq!(cursor_of(s, hi, conv), Some(0));
+
+    // Ending the friendship keeps the rows.
+    s.set_pair(lo, hi, &PairRecord::default()).unwrap();
+    assert_eq!(s.get_pair(lo, hi).unwrap(), PairRecord::default());
+    assert_eq!(cursor_of(s, lo, conv), Some(5));
+    assert_eq!(cursor_of(s, hi, conv), Some(0));
+}
+
+pub fn check_friends_of(s: &dyn Store) {
+    // `me` sits in the middle so relations are stored both as lo and as hi.
+    let f_lo = user(s, "cf_friend_lo");
+    let inc_lo = user(s, "cf_incoming_lo");
+    let me = user(s, "cf_me");
+    let out_hi = user(s, "cf_outgoing_hi");
+    let blk_hi = user(s, "cf_blocked_hi");
+    let blocks_me = user(s, "cf_blocks_me");
+    let both = user(s, "cf_friend_and_blocked");
+    let mutual_req = user(s, "cf_mutual_request");
+    let nothing = user(s, "cf_nothing");
+
+    relate(s, me, f_lo, true, false, false, false, false, "");
+    relate(
+        s,
+        me,
+        inc_lo,
+        false,
+        false,
+        true,
+        false,
+        false,
+        "let's talk",
+    );
+    relate(s, me, out_hi, false, true, false, false, false, "hello 👋");
+    relate(s, me, blk_hi, false, false, false, true, false, "");
+    relate(s, me, blocks_me, false, false, false, false, true, "");
+    relate(s, me, both, true, false, false, true, false, "");
+    relate(s, me, mutual_req, false, true, true, false, false, "both");
+    relate(s, me, nothing, false, false, false, false, false, "");
+
+    let row = |id, name: &str, kind, note: &str| FriendRow {
+        user_id: id,
+        username: name.into(),
+        kind,
+        note: note.into(),
+    };
+    assert_eq!(
+        s.friends_of(me).unwrap(),
+        vec![
+            row(f_lo, "cf_friend_lo", FriendKind::Friend, ""),
+            row(inc_lo, "cf_incoming_lo", FriendKind::Incoming, "let's talk"),
+            row(out_hi, "cf_outgoing_hi", FriendKind::Outgoing, "hello 👋"),
+            row(blk_hi, "cf_blocked_hi", FriendKind::Blocked, ""),
+            // `blocks_me` is absent: `me` must not learn about the block.
+            row(both, "cf_friend_and_blocked", FriendKind::Blocked, ""),
+            row(
+                mutual_req,
+                "cf_mutual_request",
+                FriendKind::Incoming,
+                "both"
+            ),
+        ]
+    );
+
+    // The other sides.
+    assert_eq!(
+        s.friends_of(f_lo).unwrap(),
+        vec![row(me, "cf_me", FriendKind::Friend, "")]
+    );
+    assert_eq!(
+        s.friends_of(inc_lo).unwrap(),
+        vec![row(me, "cf_me", FriendKind::Outgoing, "let's talk")]
+    );
+    assert_eq!(
+        s.friends_of(out_hi).unwrap(),
+        vec![row(me, "cf_me", FriendKind::Incoming, "hello 👋")]
+    );
+    assert!(s.friends_of(blk_hi).unwrap().is_empty());
+    assert_eq!(
+        s.friends_of(blocks_me).unwrap(),
+        vec![row(me, "cf_me", FriendKind::Blocked, "")]
+    );
+    assert_eq!(
+        s.friends_of(both).unwrap(),
+        vec![row(me, "cf_me", FriendKind::Friend, "")]
+    );
+    assert!(s.friends_of(nothing).unwrap().is_empty());
+
+    // Friendship gave both sides a conversation.
+    assert_eq!(cursor_of(s, me, direct_conv(me, f_lo)), Some(0));
+    assert_eq!(cursor_of(s, f_lo, direct_conv(f_lo, me)), Some(0));
+    assert_eq!(cursor_of(s, me, direct_conv(me, inc_lo)), None);
+}
+
+pub fn check_groups(s: &dyn Store) {
+    let owner = user(s, "cg_owner");
+    let g = s.create_group("cg_team 'one'", owner).unwrap();
+    let rec = GroupRecord {
+        id: g,
+        name: "cg_team 'one'".into(),
+        owner,
+        dissolved: false,
+    };
+    assert_eq!(s.get_group(g).unwrap(), Some(rec.clone()));
+    assert_eq!(s.get_group(g + 1_000_000).unwrap(), None);
+    assert_eq!(
+        s.group_members(g).unwrap(),
+        vec![MemberRow {
+            user_id: owner,
+            username: "cg_owner".into(),
+            role: Role::Owner
+        }]
+    );
+    assert_eq!(cursor_of(s, owner, group_conv(g)), Some(0));
+    assert_eq!(
+        s.groups_of(owner).unwrap(),
+        vec![(rec.clone(), Role::Owner)]
+    );
+
+    assert!(matches!(
+        s.create_group("cg_team 'one'", owner),
+        Err(StoreError::Conflict)
+    ));
+    let g2 = s.create_group("cg_team 'two'", owner).unwrap();
+    assert_ne!(g2, g);
+    let groups: Vec<GroupId> = s
+        .groups_of(owner)
+        .unwrap()
+        .iter()
+        .map(|(r, _)| r.id)
+        .collect();
+    assert_eq!(groups, vec![g.min(g2), g.max(g2)]);
+
+    s.dissolve_group(g).unwrap();
+    assert_eq!(
+        s.get_group(g).unwrap(),
+        Some(GroupRecord {
+            dissolved: true,
+            ..rec
+        })
+    );
+    assert!(s.group_members(g).unwrap().is_empty());
+    assert_eq!(cursor_of(s, owner, group_conv(g)), None);
+    let groups: Vec<GroupId> = s
+        .groups_of(owner)
+        .unwrap()
+        .iter()
+        .map(|(r, _)| r.id)
+        .collect();
+    assert_eq!(groups, vec![g2], "dissolved groups are not listed");
+
+    // The name is free again; the live twin still blocks its own name.
+    let g3 = s.create_group("cg_team 'one'", owner).unwrap();
+    assert!(g3 != g && g3 != g2);
+    assert!(matches!(
+        s.create_group("cg_team 'one'", owner),
+        Err(StoreError::Conflict)
+    ));
+    assert!(!s.get_group(g3).unwrap().unwrap().dissolved);
+}
+
+pub fn check_group_members(s: &dyn Store) {
+    let owner = user(s, "cm_owner");
+    let m1 = user(s, "cm_one");
+    let m2 = user(s, "cm_two");
+    let g = s.create_group("cm_group", owner).unwrap();
+    let conv = group_conv(g);
+
+    s.add_member(g, m2, Role::Member, 0).unwrap();
+    s.add_member(g, m1, Role::Member, 7).unwrap();
+    assert_eq!(cursor_of(s, m1, conv), Some(7));
+    assert_eq!(cursor_of(s, m2, conv), Some(0));
+    // Idempotent: a repeated add changes neither cursor nor role.
+    s.add_member(g, m1, Role::Admin, 0).unwrap();
+    s.add_member(g, owner, Role::Member, 3).unwrap();
+    assert_eq!(cursor_of(s, m1, conv), Some(7));
+    assert_eq!(cursor_of(s, owner, conv), Some(0));
+    let roles = |s: &dyn Store| {
+        s.group_members(g)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.user_id, m.role))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        roles(s),
+        vec![(owner, Role::Owner), (m1, Role::Member), (m2, Role::Member)]
+    );
+
+    s.set_role(g, m1, Role::Admin).unwrap();
+    assert_eq!(
+        roles(s),
+        vec![(owner, Role::Owner), (m1, Role::Admin), (m2, Role::Member)]
+    );
+    assert_eq!(s.group_members(g).unwrap()[1].username, "cm_one");
+    let (rec, role) = s.groups_of(m1).unwrap().pop().expect("m1 in a group");
+    assert_eq!(
+        (rec.id, rec.name.as_str(), role),
+        (g, "cm_group", Role::Admin)
+    );
+
+    s.remove_member(g, m1).unwrap();
+    assert_eq!(roles(s), vec![(owner, Role::Owner), (m2, Role::Member)]);
+    assert_eq!(cursor_of(s, m1, conv), None);
+    assert!(s.groups_of(m1).unwrap().is_empty());
+    assert_eq!(cursor_of(s, m2, conv), Some(0));
+    s.remove_member(g, m1).unwrap(); // removing twice is fine
+
+    // Rejoining starts from the given cursor.
+    s.add_member(g, m1, Role::Member, 2).unwrap();
+    assert_eq!(cursor_of(s, m1, conv), Some(2));
+}
+
+pub fn check_write_batch_atomic(s: &dyn Store) {
+    let u = user(s, "cw_user");
+    let g = s.create_group("cw_group", u).unwrap();
+    let conv = group_conv(g);
+    s.write_batch(&[]).unwrap();
+    write_msgs(s, &[msg(conv, 1, u, "one")]);
+
+    // Second message duplicates (conv, 1): nothing of the batch may persist.
+    let r = s.write_batch(&[
+        WriteOp::Cursor {
+            user: u,
+            conv,
+            seq: 1,
+        },
+        WriteOp::Message(msg(conv, 2, u, "two")),
+        WriteOp::Message(msg(conv, 1, u, "one again")),
+    ]);
+    assert!(r.is_err(), "duplicate (conv, seq) must fail the batch");
+    let stored = s.messages_after(conv, 0, 10).unwrap();
+    assert_eq!(seqs(&stored), vec![1]);
+    assert_eq!(stored[0].body, "one");
+    assert_eq!(s.conv_tail(conv, 10).unwrap().last_seq, 1);
+    assert_eq!(cursor_of(s, u, conv), Some(0), "cursor op rolled back too");
+
+    // The store is still usable and the rolled-back seq is free.
+    s.write_batch(&[
+        WriteOp::Message(msg(conv, 2, u, "two")),
+        WriteOp::Cursor {
+            user: u,
+            conv,
+            seq: 2,
+        },
+    ])
+    .unwrap();
+    assert_eq!(seqs(&s.messages_after(conv, 0, 10).unwrap()), vec![1, 2]);
+    assert_eq!(cursor_of(s, u, conv), Some(2));
+}
+
+pub fn check_cursors(s: &dyn Store) {
+    let u = user(s, "cc_member");
+    let outsider = user(s, "cc_outsider");
+    let g = s.create_group("cc_group", u).unwrap();
+    let conv = group_conv(g);
+    let cur = |user, seq| WriteOp::Cursor { user, conv, seq };
+
+    s.write_batch(&[cur(u, 5)]).unwrap();
+    assert_eq!(cursor_of(s, u, conv), Some(5));
+    s.write_batch(&[cur(u, 3)]).unwrap();
+    assert_eq!(cursor_of(s, u, conv), Some(5), "never backwards");
+    s.write_batch(&[cur(u, 9), cur(u, 4)]).unwrap();
+    assert_eq!(
+        cursor_of(s, u, conv),
+        Some(9),
+        "never backwards within a batch"
+    );
+
+    // Non-members: ignored, no row created, no error.
+    s.write_batch(&[cur(outsider, 4)]).unwrap();
+    assert!(s.conversations_of(outsider).unwrap().is_empty());
+    // Another conversation of the same user is untouched.
+    let g2 = s.create_group("cc_group2", u).unwrap();
+    s.write_batch(&[WriteOp::Cursor {
+        user: u,
+        conv: group_conv(g2),
+        seq: 1,
+    }])
+    .unwrap();
+    assert_eq!(cursor_of(s, u, conv), Some(9));
+    assert_eq!(cursor_of(s, u, group_conv(g2)), Some(1));
+}
+
+pub fn check_conv_tail(s: &dyn Store) {
+    let a = user(s, "ct_a");
+    let b = user(s, "ct_b");
+    let g = s.create_group("ct_group", a).unwrap();
+    let conv = group_conv(g);
+    let other = group_conv(s.create_group("ct_other", a).unwrap());
+    assert_eq!(s.conv_tail(conv, 4).unwrap(), ConvTail::default());
+
+    let msgs: Vec<StoredMessage> = (1..=5)
+        .map(|i| StoredMessage {
+            client_msg_id: u64::MAX - i, // full u64 range survives
+            ..msg(conv, i, if i % 2 == 0 { a } else { b }, "x")
+        })
+        .collect();
+    write_msgs(s, &msgs);
+    write_msgs(s, &[msg(other, 1, a, "y"), msg(other, 2, a, "y")]);
+    s.write_batch(&[WriteOp::Message(msg(other, 3, a, "z"))])
+        .unwrap();
+
+    let t = s.conv_tail(conv, 3).unwrap();
+    assert_eq!(t.last_seq, 5);
+    let expect = |i: u64| {
+        let m = &msgs[i as usize - 1];
+        (m.sender, m.client_msg_id, m.seq, m.timestamp_ms)
+    };
+    assert_eq!(t.recent, vec![expect(5), expect(4), expect(3)]);
+    assert_eq!(
+        s.conv_tail(conv, 0).unwrap(),
+        ConvTail {
+            last_seq: 5,
+            recent: vec![]
+        }
+    );
+    assert_eq!(s.conv_tail(conv, 100).unwrap().recent.len(), 5);
+    assert_eq!(s.conv_tail(other, 1).unwrap().last_seq, 3);
+}
+
+pub fn check_messages_after_and_history(s: &dyn Store) {
+    let a = user(s, "ch_a");
+    let b = user(s, "ch_b");
+    let g = s.create_group("ch_group", a).unwrap();
+    let conv = group_conv(g);
+    let direct = direct_conv(a, b);
+    assert!(direct > i64::MAX as u64, "direct convs use the top bit");
+
+    let group_msgs: Vec<StoredMessage> = (1..=10)
+        .map(|i| msg(conv, i, if i % 3 == 0 { b } else { a }, &format!("g{i}")))
+        .collect();
+    write_msgs(s, &group_msgs);
+    let direct_msgs = vec![
+        StoredMessage {
+            timestamp_ms: u64::MAX >> 1,
+            client_msg_id: u64::MAX,
+            ..msg(direct, 1, b, "d1")
+        },
+        msg(direct, 2, a, "d2"),
+        msg(direct, 3, b, "d3"),
+    ];
+    write_msgs(s, &direct_msgs);
+
+    let named = |m: &StoredMessage| StoredMessage {
+        sender_name: if m.sender == a { "ch_a" } else { "ch_b" }.into(),
+        ..m.clone()
+    };
+    let all = s.messages_after(conv, 0, 100).unwrap();
+    assert_eq!(all, group_msgs.iter().map(named).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&s.messages_after(conv, 7, 100).unwrap()),
+        vec![8, 9, 10]
+    );
+    assert_eq!(seqs(&s.messages_after(conv, 2, 3).unwrap()), vec![3, 4, 5]);
+    assert!(s.messages_after(conv, 10, 100).unwrap().is_empty());
+    assert!(s.messages_after(conv, 0, 0).unwrap().is_empty());
+
+    assert_eq!(seqs(&s.history(conv, 0, 3).unwrap()), vec![8, 9, 10]);
+    assert_eq!(seqs(&s.history(conv, 8, 3).unwrap()), vec![5, 6, 7]);
+    assert_eq!(seqs(&s.history(conv, 3, 10).unwrap()), vec![1, 2]);
+    assert_eq!(s.history(conv, 0, 100).unwrap(), all);
+    assert!(s.history(conv, 1, 10).unwrap().is_empty());
+    assert_eq!(seqs(&s.history(conv, 1000, 2).unwrap()), vec![9, 10]);
+
+    let d = s.messages_after(direct, 0, 100).unwrap();
+    assert_eq!(d, direct_msgs.iter().map(named).collect::<Vec<_>>());
+    assert_eq!(s.history(direct, 0, 100).unwrap(), d);
+    assert_eq!(seqs(&s.history(direct, 3, 1).unwrap()), vec![2]);
+}
+
+pub fn check_conversations_of(s: &dyn Store) {
+    let me = user(s, "co_me");
+    let peer = user(s, "co_peer");
+    let g1 = s.create_group("co_g1", me).unwrap();
+    let g2 = s.create_group("co_g2", me).unwrap();
+    relate(s, me, peer, true, false, false, false, false, "");
+    let (c1, c2, d) = (group_conv(g1), group_conv(g2), direct_conv(me, peer));
+    assert!(c1 < c2, "group ids ascend");
+
+    write_msgs(
+        s,
+        &[
+            msg(c1, 1, me, "a"),
+            msg(c1, 2, me, "b"),
+            msg(c1, 3, me, "c"),
+            msg(d, 1, peer, "x"),
+            msg(d, 2, me, "y"),
+        ],
+    );
+    s.write_batch(&[WriteOp::Cursor {
+        user: me,
+        conv: c1,
+        seq: 2,
+    }])
+    .unwrap();
+
+    let cc = |conv, delivered, last_seq| ConvCursor {
+        conv,
+        delivered,
+        last_seq,
+    };
+    // Ordered by conv id as u64: groups (small ids) before direct convs.
+    assert_eq!(
+        s.conversations_of(me).unwrap(),
+        vec![cc(c1, 2, 3), cc(c2, 0, 0), cc(d, 0, 2)]
+    );
+    assert_eq!(s.conversations_of(peer).unwrap(), vec![cc(d, 0, 2)]);
+}
+
+pub fn check_body_roundtrip(s: &dyn Store) {
+    let u = user(s, "cb_ünïcødé 'quoted' \"name\" 😀");
+    assert_eq!(
+        s.user_by_id(u).unwrap().unwrap().username,
+        "cb_ünïcødé 'quoted' \"name\" 😀"
+    );
+    let g = s.create_group("cb_grüppe \"x\" ' ; --", u).unwrap();
+    assert_eq!(
+        s.get_group(g).unwrap().unwrap().name,
+        "cb_grüppe \"x\" ' ; --"
+    );
+    let conv = group_conv(g);
+
+    // ~60 KB mixing 1-, 2- and 4-byte UTF-8 sequences.
+    let big = "0123456789abcdé😀\n".repeat(3000);
+    assert_eq!(big.len(), 63_000);
+    let bodies = [
+        String::new(),
+        "héllo wörld 👋 世界 مرحبا".to_string(),
+        "it's \"quoted\"; DROP TABLE messages; -- \\ %_".to_string(),
+        "nul\0inside\r\n\ttabs".to_string(),
+        big,
+    ];
+    let msgs: Vec<StoredMessage> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| msg(conv, i as u64 + 1, u, b))
+        .collect();
+    write_msgs(s, &msgs);
+    let back = s.messages_after(conv, 0, 100).unwrap();
+    assert_eq!(back.len(), bodies.len());
+    for (m, b) in back.iter().zip(&bodies) {
+        assert_eq!(m.body.as_bytes(), b.as_bytes(), "body of seq {}", m.seq);
+        assert_eq!(m.sender_name, "cb_ünïcødé 'quoted' \"name\" 😀");
+    }
+}
+
+/// Writers and readers on several threads at once: every call succeeds and
+/// nothing is lost.
+pub fn check_concurrent_access(s: &dyn Store) {
+    const THREADS: u64 = 4;
+    const BATCHES: u64 = 25;
+    const PER_BATCH: u64 = 8;
+    let u = user(s, "cx_user");
+    let convs: Vec<ConvId> = (0..THREADS)
+        .map(|i| group_conv(s.create_group(&format!("cx_group{i}"), u).unwrap()))
+        .collect();
+    std::thread::scope(|scope| {
+        for &conv in &convs {
+            scope.spawn(move || {
+                for b in 0..BATCHES {
+                    let mut ops: Vec<WriteOp> = (1..=PER_BATCH)
+                        .map(|i| WriteOp::Message(msg(conv, b * PER_BATCH + i, u, "c")))
+                        .collect();
+                    ops.push(WriteOp::Cursor {
+                        user: u,
+                        conv,
+                        seq: (b + 1) * PER_BATCH,
+                    });
+                    s.write_batch(&ops).expect("concurrent write_batch");
+                }
+            });
+            scope.spawn(move || {
+                let mut last = 0;
+                for _ in 0..BATCHES {
+                    let t = s.conv_tail(conv, 4).expect("concurrent conv_tail");
+                    assert!(t.last_seq >= last, "last_seq went backwards");
+                    assert_eq!(t.recent.first().map(|r| r.2).unwrap_or(0), t.last_seq);
+                    last = t.last_seq;
+                    let after = s.messages_after(conv, 0, 1000).expect("messages_after");
+                    assert_eq!(seqs(&after), (1..=after.len() as u64).collect::<Vec<_>>());
+                    s.conversations_of(u).expect("conversations_of");
+                }
+            });
+        }
+    });
+    for conv in convs {
+        assert_eq!(s.conv_tail(conv, 0).unwrap().last_seq, BATCHES * PER_BATCH);
+        assert_eq!(cursor_of(s, u, conv), Some(BATCHES * PER_BATCH));
+    }
+}
+
+/// Everything written before closing is there after reopening. `open` must
+/// return a store on the same underlying database each time; the previous
+/// handle is dropped before the next open.
+pub fn check_survives_reopen(open: &dyn Fn() -> Arc<dyn Store>) {
+    let s = open();
+    let a = user(&*s, "cr_a");
+    let b = user(&*s, "cr_b");
+    relate(&*s, a, b, true, false, false, false, false, "");
+    let g = s.create_group("cr_group", a).unwrap();
+    s.add_member(g, b, Role::Admin, 0).unwrap();
+    s.create_session(b"cr-token", a, 42).unwrap();
+    let d = direct_conv(a, b);
+    write_msgs(
+        &*s,
+        &[msg(d, 1, a, "kept"), msg(group_conv(g), 1, b, "also")],
+    );
+    s.write_batch(&[WriteOp::Cursor {
+        user: b,
+        conv: d,
+        seq: 1,
+    }])
+    .unwrap();
+    let before = (
+        s.friends_of(a).unwrap(),
+        s.group_members(g).unwrap(),
+        s.conversations_of(b).unwrap(),
+        s.messages_after(d, 0, 10).unwrap(),
+    );
+    drop(s);
+
+    let s = open();
+    assert_eq!(s.user_by_name("cr_a").unwrap().map(|r| r.id), Some(a));
+    assert_eq!(s.session_user(b"cr-token").unwrap(), Some(a));
+    let after = (
+        s.friends_of(a).unwrap(),
+        s.group_members(g).unwrap(),
+        s.conversations_of(b).unwrap(),
+        s.messages_after(d, 0, 10).unwrap(),
+    );
+    assert_eq!(after, before);
+    assert_eq!(after.3.len(), 1);
+    assert_eq!(after.2.len(), 2);
+    // Ids keep counting after a restart.
+    let c = user(&*s, "cr_c");
+    assert!(c > b);
+    assert!(matches!(
+        s.create_user("cr_a", "x"),
+        Err(StoreError::Conflict)
+    ));
+}
