@@ -325,6 +325,18 @@ pub fn befriend(a: &User, b: &User) {
         "friend accepted",
         |e| matches!(e, Event::Friend { kind: FriendEventKind::Accepted, user_id, .. } if *user_id == b.id),
     );
+    // New friends who are both online learn each other's presence; taking
+    // these here keeps later presence assertions about later changes.
+    wait(
+        &a.c,
+        "presence of the new friend",
+        |e| matches!(e, Event::Presence { user_id, online: true } if *user_id == b.id),
+    );
+    wait(
+        &b.c,
+        "presence of the new friend",
+        |e| matches!(e, Event::Presence { user_id, online: true } if *user_id == a.id),
+    );
 }
 
 /// Asserts `r` failed with the server error `code`.
