@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long to wait for something that must happen.
@@ -33,7 +33,17 @@ pub struct TestServer {
     child: Option<Child>,
     extra: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Held for the server's life: see [`ONE_SERVER`]. Dropped after `drop`
+    /// has killed the child (fields drop after `Drop::drop`).
+    _turn: MutexGuard<'static, ()>,
 }
+
+/// One server per test binary at a time. Each server pins one executor per
+/// CPU (`Placement::Fixed`), so two servers running side by side compete
+/// for the same cores: measured on a 2-core machine, `tests/auth.rs` took
+/// ~40 s with two test threads against ~4 s one at a time. Serialising the
+/// servers keeps the suite fast and its timeouts meaningful.
+static ONE_SERVER: Mutex<()> = Mutex::new(());
 
 fn fresh_dir() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -63,19 +73,22 @@ impl TestServer {
     /// Starts with extra `serve` arguments, e.g. `["--idle-timeout-secs", "1"]`.
     pub fn start_with(extra: &[&str]) -> TestServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let data_dir = fresh_dir();
+        // A test that panicked while holding the turn poisons it; the lock
+        // only orders servers, so the poison carries no meaning here.
+        let turn = ONE_SERVER.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = TestServer {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir: fresh_dir(),
+            child: None,
+            extra,
+            stderr: Arc::new(Mutex::new(String::new())),
+            _turn: turn,
+        };
         let mut last_err = String::new();
         // The port we picked may be taken by someone else between dropping
         // our probe listener and the server binding it: retry a few times.
         for _ in 0..5 {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut s = TestServer {
-                addr,
-                data_dir: data_dir.clone(),
-                child: None,
-                extra: extra.clone(),
-                stderr: Arc::new(Mutex::new(String::new())),
-            };
+            s.addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             match s.spawn() {
                 Ok(()) => return s,
                 Err(e) => last_err = e,
@@ -210,13 +223,25 @@ impl TestServer {
 
     /// A connected client (Hello done), default options.
     pub fn client(&self) -> Client {
-        Client::connect(self.addr).unwrap_or_else(|e| panic!("connect {}: {e}", self.addr))
+        Client::connect(self.addr).unwrap_or_else(|e| {
+            panic!(
+                "connect {}: {e}; server stderr:\n{}",
+                self.addr,
+                self.stderr()
+            )
+        })
     }
 
     pub fn client_with(&self, f: impl FnOnce(&mut ClientOptions)) -> Client {
         let mut o = ClientOptions::default();
         f(&mut o);
-        Client::connect_with(self.addr, o).unwrap_or_else(|e| panic!("connect {}: {e}", self.addr))
+        Client::connect_with(self.addr, o).unwrap_or_else(|e| {
+            panic!(
+                "connect {}: {e}; server stderr:\n{}",
+                self.addr,
+                self.stderr()
+            )
+        })
     }
 
     /// Registers `name` and returns a logged-in client whose catch-up is done.
