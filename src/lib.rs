@@ -9,6 +9,7 @@
 //!   around the core.
 //! - [`client`]: a Rust client used by the tests, `ringchat chat` and loadgen.
 
+pub mod client;
 pub mod cluster;
 pub mod core;
 pub mod model;
