@@ -29,7 +29,8 @@ struct ServeArgs {
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
     /// Store to use: empty for the embedded store in --data-dir,
-    /// `sqlite:PATH`, or `mysql://user:pass@host:port/db`.
+    /// `sqlite:PATH`, or `mysql://user:pass@host:port/db[?pool=N]`
+    /// (N pooled connections, default 8; the database is created if missing).
     #[arg(long, default_value = "")]
     store: String,
     /// Largest accepted frame in bytes.
