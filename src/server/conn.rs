@@ -383,11 +383,31 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
         })
         .detach();
     }
-    glommio::spawn_local(replay(shard.clone(), conn.clone(), login.since.clone())).detach();
+    {
+        // A failed replay must not leave the session half-synced: close it
+        // (the client resumes and replays again).
+        let (s2, c2, since) = (shard.clone(), conn.clone(), login.since.clone());
+        super::spawn_guarded(async move {
+            let mut guard = CloseOnDrop(Some(c2.clone()));
+            replay(s2, c2, since).await;
+            guard.0 = None;
+        });
+    }
     read_loop(&shard, &conn, &stream, fbuf, &login).await;
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
+}
+
+/// Closes a connection's output if dropped (i.e. when a task unwinds).
+struct CloseOnDrop(Option<Rc<Conn>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.out.close();
+        }
+    }
 }
 
 /// Sends every stored message after the session's cursors, then switches

@@ -64,7 +64,7 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
             if !st.busy {
                 st.busy = true;
                 drop(convs);
-                glommio::spawn_local(process(shard.clone(), conv)).detach();
+                spawn_process(shard.clone(), conv);
             }
         }
     }
@@ -136,6 +136,27 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
                         fb::ErrorCode::Internal,
                         "storage unavailable, retry",
                     );
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+/// Runs `process` so that a bug in one conversation's handling (a panic)
+/// fails that conversation's queued requests and drops its cached state
+/// (reloaded on next use) instead of killing the executor or wedging it.
+fn spawn_process(shard: Rc<Shard>, conv: ConvId) {
+    use futures_lite::FutureExt;
+    glommio::spawn_local(async move {
+        let res = std::panic::AssertUnwindSafe(process(shard.clone(), conv))
+            .catch_unwind()
+            .await;
+        if res.is_err() {
+            tracing::error!(conv, "conversation handler panicked; state dropped");
+            if let Some(ConvEntry::Ready(st)) = shard.convs.borrow_mut().remove(&conv) {
+                for (o, _) in st.queue {
+                    shard.reply_error(&o, fb::ErrorCode::Internal, "internal error, retry");
                 }
             }
         }
