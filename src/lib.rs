@@ -12,6 +12,7 @@
 pub mod client;
 pub mod cluster;
 pub mod core;
+pub mod legacy;
 pub mod model;
 pub mod server;
 pub mod store;
