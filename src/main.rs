@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Prefix of every Redis key and channel, so clusters can share a Redis.
     #[arg(long, default_value = "ringchat:")]
     redis_prefix: String,
+    /// Also serve the old cc_ChatServer JSON protocol on this address (off
+    /// by default; see docs/MIGRATING.md).
+    #[arg(long)]
+    legacy_listen: Option<SocketAddr>,
 }
 
 fn main() {
@@ -86,6 +90,7 @@ fn main() {
                 blocking_threads: a.blocking_threads.max(1),
                 metrics: a.metrics,
                 cluster,
+                legacy_listen: a.legacy_listen,
                 ..Default::default()
             })
         }),

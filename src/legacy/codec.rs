@@ -161,6 +161,25 @@ pub enum Request {
     Logout,
 }
 
+impl Request {
+    /// The msgid this request was sent with.
+    pub fn msgid(&self) -> i64 {
+        match self {
+            Request::Login { .. } => LOGIN,
+            Request::Register { .. } => REGISTER,
+            Request::OneChat { .. } => ONE_CHAT,
+            Request::AddFriend { .. } => ADD_FRIEND,
+            Request::CreateGroup { .. } => CREATE_GROUP,
+            Request::JoinGroup { .. } => JOIN_GROUP,
+            Request::GroupChat { .. } => GROUP_CHAT,
+            Request::LeaveGroup { .. } => LEAVE_GROUP,
+            Request::DissolveGroup { .. } => DISSOLVE_GROUP,
+            Request::GroupInfo { .. } => GROUP_INFO,
+            Request::Logout => LOGOUT,
+        }
+    }
+}
+
 /// A request that could not be typed; answered with `errno` 1 under
 /// `reply_msgid(msgid)` (0 when the object had no integer msgid).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,3 +10,4 @@
 //! - [`import`]: `ringchat import-legacy`, moving an old MySQL database in.
 
 pub mod codec;
+pub mod conn;

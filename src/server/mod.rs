@@ -39,6 +39,8 @@ pub struct Config {
     pub mesh_capacity: usize,
     /// Cluster mode (Redis bus and presence); `None` for a single node.
     pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
+    /// Also serve the old cc_ChatServer JSON protocol here (`src/legacy`).
+    pub legacy_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             metrics: None,
             mesh_capacity: 4096,
             cluster: None,
+            legacy_listen: None,
         }
     }
 }
@@ -205,6 +208,9 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a shard failed to start".into()),
         }
     }
+    if let Some(l) = cfg.legacy_listen {
+        eprintln!("legacy JSON protocol on {l}");
+    }
     println!("ringchat listening on {} ({n} shards)", cfg.listen);
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -227,6 +233,17 @@ async fn shard_main(
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("binding {}: {e}", cfg.listen)));
+            return;
+        }
+    };
+    let legacy_listener = match cfg.legacy_listen.map(glommio::net::TcpListener::bind) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let _ = ready.send(Err(format!(
+                "binding the legacy listener {:?}: {e}",
+                cfg.legacy_listen
+            )));
             return;
         }
     };
@@ -299,7 +316,9 @@ async fn shard_main(
             }
         })
     };
+    let legacy_accept = legacy_listener.map(|l| crate::legacy::conn::accept_loop(shard.clone(), l));
     ticker.await;
+    drop(legacy_accept);
     // Graceful stop: no new connections, make acked cursors durable, wait for
     // in-flight writes, tell sessions goodbye.
     drop(accept);
