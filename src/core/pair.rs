@@ -11,8 +11,12 @@ use crate::store::{PairRecord, PairState};
 /// What `actor` asks to do to `other`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PairAction {
-    Request { note: String },
-    Respond { accept: bool },
+    Request {
+        note: String,
+    },
+    Respond {
+        accept: bool,
+    },
     Remove,
     Block,
     Unblock,
@@ -20,7 +24,9 @@ pub enum PairAction {
     /// accept step): friends at once unless a block stands; already friends
     /// is a silent success so an old client's repeat is harmless. Pending
     /// requests either way are consumed.
-    Befriend { note: String },
+    Befriend {
+        note: String,
+    },
 }
 
 /// Who must hear about a transition, besides the actor's reply.
@@ -244,7 +250,10 @@ mod tests {
         assert_eq!(e, PairEffect::BecameFriends { mutual: false });
         assert!(r1.state.friends && may_message(&r1).is_ok());
         // Repeat (either side) is a silent success.
-        assert_eq!(apply(&r1, 1, 2, &bf()).unwrap(), (r1.clone(), PairEffect::Silent));
+        assert_eq!(
+            apply(&r1, 1, 2, &bf()).unwrap(),
+            (r1.clone(), PairEffect::Silent)
+        );
         // A pending native request either way is consumed.
         let (p, _) = apply(&PairRecord::default(), 1, 2, &req()).unwrap();
         let (r2, e) = apply(&p, 2, 1, &bf()).unwrap();

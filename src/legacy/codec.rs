@@ -396,8 +396,10 @@ pub fn group_chat(
 
 /// A friend request as the other user receives it (msgid 6).
 pub fn friend_request(from: u64, to: u64, sendname: &str, ts_ms: u64, note: &str) -> Vec<u8> {
-    bytes(json!({"msgid": ADD_FRIEND, "from": from, "to": to, "msg": note,
-                 "sendname": sendname, "time": format_time(ts_ms)}))
+    bytes(
+        json!({"msgid": ADD_FRIEND, "from": from, "to": to, "msg": note,
+                 "sendname": sendname, "time": format_time(ts_ms)}),
+    )
 }
 
 pub fn to_bytes(v: &Value) -> Vec<u8> {

@@ -271,8 +271,14 @@ async fn register(shard: &Rc<Shard>, name: String, password: String) -> Vec<u8> 
 /// A legacy request waiting for its answer from the shared machinery.
 enum Pending {
     /// Chat (5 or 9): success is silent, an error is reported.
-    Chat { msgid: i64, group: GroupId },
-    AddFriend { friend: UserId, name: String },
+    Chat {
+        msgid: i64,
+        group: GroupId,
+    },
+    AddFriend {
+        friend: UserId,
+        name: String,
+    },
     /// Join (8), leave (10), dissolve (11). `name` to remember on join.
     GroupOp {
         msgid: i64,
@@ -477,7 +483,16 @@ async fn login_reply(
     drop(names);
     let offline: Vec<String> = msgs
         .iter()
-        .filter_map(|m| chat_json(ctx, m.conv, m.sender, &m.sender_name, m.timestamp_ms, &m.body))
+        .filter_map(|m| {
+            chat_json(
+                ctx,
+                m.conv,
+                m.sender,
+                &m.sender_name,
+                m.timestamp_ms,
+                &m.body,
+            )
+        })
         .map(|v| v.to_string())
         .collect();
     Ok((

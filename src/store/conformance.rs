@@ -838,7 +838,8 @@ pub fn check_legacy_ids_and_desc(s: &dyn Store) {
     assert!(next > id, "{next} <= {id}");
 
     let g = 2_000_000 + (crate::model::now_ms() % 1_000_000);
-    s.create_group_with_id(g, "legacy imported group", id).unwrap();
+    s.create_group_with_id(g, "legacy imported group", id)
+        .unwrap();
     let rec = s.get_group(g).unwrap().expect("imported group");
     assert_eq!((rec.owner, rec.dissolved), (id, false));
     assert_eq!(s.group_members(g).unwrap()[0].role, Role::Owner);
