@@ -15,6 +15,18 @@ struct Cli {
 enum Cmd {
     /// Run the server (embedded store by default).
     Serve(ServeArgs),
+    /// Line-based chat client (interactive on a terminal, scriptable on a pipe).
+    Chat(ChatArgs),
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    server: String,
+    /// Log in as user:password before reading commands.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    login: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +85,10 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Cmd::Chat(a) => std::process::exit(ringchat::chat::run(ringchat::chat::ChatOptions {
+            server: a.server,
+            login: a.login,
+        })),
         Cmd::Serve(a) => cluster_config(&a).and_then(|cluster| {
             ringchat::server::serve(ringchat::server::Config {
                 listen: a.listen,

@@ -844,7 +844,13 @@ async fn session_request(
         }
         Body::Register => {
             let r = env.body_as_register().expect("type checked");
-            let f = register(shard, req_id, r.username().unwrap_or(""), r.password().unwrap_or("")).await;
+            let f = register(
+                shard,
+                req_id,
+                r.username().unwrap_or(""),
+                r.password().unwrap_or(""),
+            )
+            .await;
             reply(&f);
         }
         _ => {
