@@ -585,6 +585,16 @@ impl<O: Out> Engine<O> {
                 if self.own.remove(&(m.conversation, m.seq)) {
                     return;
                 }
+                // Our own message whose SendOk was lost: the resend confirms
+                // it (the server dedups); don't echo it as incoming.
+                if m.sender == self.my_id()
+                    && self
+                        .unacked
+                        .iter()
+                        .any(|o| o.client_msg_id == m.client_msg_id)
+                {
+                    return;
+                }
                 self.print_msg("msg", &m);
             }
             Event::Presence { user_id, online } => {
@@ -737,7 +747,21 @@ impl<O: Out> Engine<O> {
                 self.page = None;
                 self.learn(s.user_id, &s.username);
                 self.me = Some(s);
-                let _ = self.refresh_friends();
+                // What happened while away: pending requests, who is online.
+                if let Ok(fs) = self.refresh_friends() {
+                    for f in fs {
+                        let s = match f.state {
+                            FriendState::IncomingRequest => {
+                                self.style.friend("request", &f.username, &f.note)
+                            }
+                            FriendState::Friend if f.online => {
+                                self.style.presence(&f.username, true)
+                            }
+                            _ => continue,
+                        };
+                        self.print(&s);
+                    }
+                }
                 let _ = self.refresh_groups();
                 self.wait_sync();
                 self.ok(&format!("login {user}"));
