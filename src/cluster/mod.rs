@@ -111,6 +111,10 @@ pub enum NodeMsg {
         users: Vec<UserId>,
         frame: Vec<u8>,
         msg: Option<(ConvId, Seq)>,
+        /// The sending connection, which must not get its own message
+        /// (empty node: none).
+        skip_node: String,
+        skip_conn: u64,
     },
     FriendSet {
         user: UserId,
@@ -168,6 +172,8 @@ mod tests {
             users: vec![1, 2],
             frame: vec![9, 8, 7],
             msg: Some((5, 6)),
+            skip_node: "n1".into(),
+            skip_conn: 3,
         };
         let b = encode(&m);
         match decode::<NodeMsg>(&b).unwrap() {

@@ -346,7 +346,7 @@ pub fn complete(shard: &Shard, c: Completion) {
             .to_vec();
         shard.reply(&o, &f);
     }
-    shard.push_users(&recipients, frame, origin.conn, Some((conv, seq)));
+    shard.push_message(&recipients, frame, &origin, (conv, seq));
 }
 
 /// A batch failed: tell the senders (they retry with the same client_msg_id)

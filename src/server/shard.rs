@@ -470,8 +470,40 @@ impl Shard {
         msg: Option<(ConvId, Seq)>,
     ) {
         if let Some(c) = &self.cluster {
-            c.push_remote(users, &frame, msg);
+            c.push_remote(users, &frame, msg, None);
         }
+        self.push_local(users, frame, skip, msg);
+    }
+
+    /// Delivers a chat message to every session of `users`, except the
+    /// connection that sent it (wherever in the cluster it is).
+    pub fn push_message(
+        &self,
+        users: &[UserId],
+        frame: Arc<[u8]>,
+        origin: &Origin,
+        msg: (ConvId, Seq),
+    ) {
+        let local_skip = if origin.node.is_none() {
+            origin.conn
+        } else {
+            0
+        };
+        if let Some(c) = &self.cluster {
+            let node = origin.node.clone().unwrap_or_else(|| c.me().clone());
+            c.push_remote(users, &frame, Some(msg), Some((node, origin.conn)));
+        }
+        self.push_local(users, frame, local_skip, Some(msg));
+    }
+
+    /// The node-local part of a push: one mesh message per home shard.
+    fn push_local(
+        &self,
+        users: &[UserId],
+        frame: Arc<[u8]>,
+        skip: ConnId,
+        msg: Option<(ConvId, Seq)>,
+    ) {
         if self.n == 1 {
             self.deliver_local(users, &frame, skip, msg);
             return;
