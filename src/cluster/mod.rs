@@ -177,11 +177,18 @@ mod tests {
         };
         let b = encode(&m);
         match decode::<NodeMsg>(&b).unwrap() {
-            NodeMsg::Push { users, frame, msg } => {
+            NodeMsg::Push {
+                users,
+                frame,
+                msg,
+                skip_node,
+                skip_conn,
+            } => {
                 assert_eq!(
                     (users, frame, msg),
                     (vec![1, 2], vec![9, 8, 7], Some((5, 6)))
                 );
+                assert_eq!((skip_node.as_str(), skip_conn), ("n1", 3));
             }
             _ => panic!("wrong variant"),
         }
