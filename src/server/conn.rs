@@ -135,7 +135,8 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                 return;
             }
         }
-        let buf = fbuf.spare(4096);
+        fbuf.shrink_if_idle();
+        let buf = fbuf.spare(1024);
         match stream.read(buf).await {
             Ok(0) => return,
             Ok(n) => fbuf.filled(n),
@@ -522,7 +523,8 @@ async fn read_loop(
         while shard.outbox_full() {
             shard.outbox_room.wait().await;
         }
-        let buf = fbuf.spare(4096);
+        fbuf.shrink_if_idle();
+        let buf = fbuf.spare(1024);
         match rd.read(buf).await {
             Ok(0) => return,
             Ok(n) => fbuf.filled(n),
