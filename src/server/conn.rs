@@ -32,8 +32,6 @@ const HOLD_CAP: usize = 4096;
 const PAGE: u32 = 256;
 /// Catch-up pauses while this many bytes wait for the socket.
 const REPLAY_HIGH_WATER: usize = 1 << 20;
-/// A connection whose unwritten output exceeds this is cut off (slow consumer).
-const OUT_LIMIT: usize = 16 << 20;
 
 /// Who a connection authenticated as.
 struct Login {
@@ -356,7 +354,7 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
     let conn = Rc::new(Conn {
         id: shard.new_conn_id(),
         user: login.user,
-        out: Rc::new(Outbound::new(OUT_LIMIT)),
+        out: Rc::new(Outbound::new(shard.cfg.out_limit)),
         hold: RefCell::new(Some(Hold::new(HOLD_CAP))),
     });
     let ok = shard
@@ -395,6 +393,10 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
         });
     }
     read_loop(&shard, &conn, &stream, fbuf, &login).await;
+    if conn.out.overflowed.get() {
+        super::metrics::Metrics::inc(&shard.metrics.slow_consumers);
+        tracing::info!(user = conn.user, "slow consumer cut off");
+    }
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
@@ -453,9 +455,24 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
                 after = last.seq;
                 count += page.len() as u64;
                 replayed.insert(conv, after);
-                let f = shard.enc.borrow_mut().messages(0, page.iter()).to_vec();
-                conn.out.push(Frame::Own(f));
-                conn.out.wait_below(REPLAY_HIGH_WATER).await;
+                // Several frames when the page is too big for one.
+                let mut rest = &page[..];
+                while !rest.is_empty() {
+                    let n = validate::fit_in_frame(
+                        rest.iter().map(|m| m.body.len() + m.sender_name.len()),
+                        shard.cfg.max_frame,
+                    );
+                    let f = shard
+                        .enc
+                        .borrow_mut()
+                        .messages(0, rest[..n].iter())
+                        .to_vec();
+                    conn.out.push(Frame::Own(f));
+                    rest = &rest[n..];
+                    conn.out
+                        .wait_below(REPLAY_HIGH_WATER.min(shard.cfg.out_limit / 2))
+                        .await;
+                }
                 if conn.out.is_closing() {
                     return;
                 }
@@ -896,10 +913,18 @@ pub async fn reply_history(
         .await
     {
         Ok(msgs) => {
+            // Keep the newest messages that fit one frame; the client pages
+            // on with `before_seq` = the first seq it got.
+            let n = validate::fit_in_frame(
+                msgs.iter()
+                    .rev()
+                    .map(|m| m.body.len() + m.sender_name.len()),
+                shard.cfg.max_frame,
+            );
             let f = shard
                 .enc
                 .borrow_mut()
-                .messages(origin.req_id, msgs.iter())
+                .messages(origin.req_id, msgs[msgs.len() - n..].iter())
                 .to_vec();
             shard.reply(origin, &f);
         }

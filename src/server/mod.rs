@@ -37,6 +37,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Capacity of each cross-shard channel.
     pub mesh_capacity: usize,
+    /// Unwritten bytes after which a connection is cut off as a slow consumer.
+    pub out_limit: usize,
     /// Cluster mode (Redis bus and presence); `None` for a single node.
     pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
 }
@@ -55,6 +57,7 @@ impl Default for Config {
             blocking_threads: 4,
             metrics: None,
             mesh_capacity: 4096,
+            out_limit: 16 << 20,
             cluster: None,
         }
     }
