@@ -345,7 +345,13 @@ pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
         req_id: h.req_id,
         since: h.since,
     };
-    super::spawn_guarded(run_session(shard, stream, fbuf, login));
+    super::spawn_guarded(async move {
+        let m = &shard.metrics;
+        m.connections.set(m.connections.get() + 1);
+        run_session(shard.clone(), stream, fbuf, login).await;
+        let m = &shard.metrics;
+        m.connections.set(m.connections.get() - 1);
+    });
 }
 
 /// The logged-in life of a connection on its user's home shard.
