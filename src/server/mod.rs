@@ -124,6 +124,10 @@ pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// Conversations whose owner state a shard keeps cached (~1-30 KiB each
+/// with the dedup window); idle ones beyond this are dropped.
+const MAX_CACHED_CONVS: usize = 100_000;
+
 /// Asks a running server to stop (what SIGINT/SIGTERM do).
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
@@ -269,6 +273,7 @@ async fn shard_main(
                     shard.flush_cursors();
                 }
                 if ticks.is_multiple_of(20) {
+                    shard.evict_idle_convs(MAX_CACHED_CONVS);
                     shard
                         .metrics
                         .task_panics

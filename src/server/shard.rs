@@ -149,6 +149,17 @@ pub struct ConvState {
     pub busy: bool,
     /// Resends that arrived while their original was still being written.
     pub dup_waiters: Vec<(UserId, u64, Origin)>,
+    /// Messages sequenced but not yet durable: the state must not be
+    /// evicted meanwhile (a reload would hand their seqs out again).
+    pub inflight: u32,
+}
+
+impl ConvState {
+    /// Nothing queued, running or in flight: safe to forget (reloaded from
+    /// the store on next use).
+    pub fn idle(&self) -> bool {
+        !self.busy && self.queue.is_empty() && self.inflight == 0 && self.dup_waiters.is_empty()
+    }
 }
 
 pub enum ConvData {
@@ -759,6 +770,30 @@ impl Shard {
         while self.writer.finished.get() < target {
             sig.wait().await;
         }
+    }
+
+    /// Bounds the owner cache: past `max` conversations, idle ones are
+    /// dropped (oldest-loaded first is not tracked; any idle one will do —
+    /// they reload from the store in one query when used again).
+    pub fn evict_idle_convs(&self, max: usize) {
+        let mut convs = self.convs.borrow_mut();
+        if convs.len() <= max {
+            return;
+        }
+        let target = max - max / 10;
+        let mut excess = convs.len() - target;
+        convs.retain(|_, e| {
+            if excess == 0 {
+                return true;
+            }
+            match e {
+                ConvEntry::Ready(st) if st.idle() => {
+                    excess -= 1;
+                    false
+                }
+                _ => true,
+            }
+        });
     }
 
     /// Moves acked cursors into the writer (batched, every `interval`).
