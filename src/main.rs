@@ -60,6 +60,10 @@ struct ServeArgs {
     /// Blocking threads per shard for store calls and password hashing.
     #[arg(long, default_value_t = 4)]
     blocking_threads: usize,
+    /// Cut off a connection whose unwritten output exceeds this (slow
+    /// consumer); it catches up from the store when it comes back.
+    #[arg(long, default_value_t = 16384)]
+    max_outbound_kib: usize,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -101,6 +105,8 @@ fn main() {
                 io_memory: a.io_memory_kib << 10,
                 blocking_threads: a.blocking_threads.max(1),
                 metrics: a.metrics,
+                // At least a few frames, so a catch-up page never overflows it.
+                out_limit: (a.max_outbound_kib << 10).max(4 * a.max_frame),
                 cluster,
                 ..Default::default()
             })
