@@ -121,6 +121,7 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
                     queue: waiting.into(),
                     busy: true,
                     dup_waiters: Vec::new(),
+                    inflight: 0,
                 };
                 shard
                     .convs
@@ -242,11 +243,14 @@ fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: 
             }
         };
         Ok(match st.seq.assign(origin.user, client_msg_id, now_ms()) {
-            Assign::New { seq, ts } => SendDecision::New {
-                seq,
-                ts,
-                recipients,
-            },
+            Assign::New { seq, ts } => {
+                st.inflight += 1;
+                SendDecision::New {
+                    seq,
+                    ts,
+                    recipients,
+                }
+            }
             Assign::Duplicate {
                 seq,
                 ts,
@@ -320,6 +324,7 @@ pub fn complete(shard: &Shard, c: Completion) {
     } = c;
     let waiters = with_conv(shard, conv, |st| {
         st.seq.mark_durable(origin.user, client_msg_id);
+        st.inflight = st.inflight.saturating_sub(1);
         let mut w = Vec::new();
         st.dup_waiters.retain(|(u, id, o)| {
             if *u == origin.user && *id == client_msg_id {
@@ -346,7 +351,7 @@ pub fn complete(shard: &Shard, c: Completion) {
             .to_vec();
         shard.reply(&o, &f);
     }
-    shard.push_users(&recipients, frame, origin.conn, Some((conv, seq)));
+    shard.push_message(&recipients, frame, &origin, (conv, seq));
 }
 
 /// A batch failed: tell the senders (they retry with the same client_msg_id)
