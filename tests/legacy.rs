@@ -750,3 +750,178 @@ fn one_user_on_legacy_and_native_at_once() {
 fn befriend_native(a: &User, b: &User) {
     common::befriend(a, b);
 }
+
+/// A cc_ChatServer database in its own MySQL database on the local MariaDB,
+/// dropped when the test ends.
+struct OldDb {
+    admin: mysql::Pool,
+    name: String,
+}
+
+impl OldDb {
+    fn create() -> Option<OldDb> {
+        use mysql::prelude::Queryable;
+        let admin = match mysql::Pool::new("mysql://root@127.0.0.1:3306") {
+            Ok(p) if p.get_conn().is_ok() => p,
+            other => {
+                let why = other
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or("no connection".into());
+                if std::env::var("RINGCHAT_REQUIRE_MYSQL").as_deref() == Ok("1") {
+                    panic!("MariaDB at 127.0.0.1:3306 unreachable: {why}");
+                }
+                println!("SKIPPED: MariaDB at 127.0.0.1:3306 unreachable ({why})");
+                return None;
+            }
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "ringchat_oldchat_{}_{}",
+            std::process::id(),
+            nanos % 1_000_000_000
+        );
+        let mut c = admin.get_conn().unwrap();
+        c.query_drop(format!("CREATE DATABASE {name}")).unwrap();
+        c.query_drop(format!("USE {name}")).unwrap();
+        for ddl in [
+            "CREATE TABLE User(id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(50) NOT NULL UNIQUE,
+              password VARCHAR(50) NOT NULL, state ENUM('online','offline') DEFAULT 'offline')",
+            "CREATE TABLE Friend(userid INT NOT NULL, friendid INT NOT NULL, PRIMARY KEY(userid, friendid))",
+            "CREATE TABLE AllGroup(id INT PRIMARY KEY AUTO_INCREMENT, groupname VARCHAR(50) NOT NULL UNIQUE,
+              groupdesc VARCHAR(200) DEFAULT '')",
+            "CREATE TABLE GroupUser(groupid INT NOT NULL, userid INT NOT NULL,
+              grouprole ENUM('creator','normal') DEFAULT 'normal', PRIMARY KEY(groupid, userid))",
+            "CREATE TABLE OfflineMessage(userid INT NOT NULL, message VARCHAR(500) NOT NULL)",
+        ] {
+            c.query_drop(ddl).unwrap();
+        }
+        Some(OldDb { admin, name })
+    }
+
+    fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:3306/{}", self.name)
+    }
+}
+
+impl Drop for OldDb {
+    fn drop(&mut self) {
+        use mysql::prelude::Queryable;
+        if let Ok(mut c) = self.admin.get_conn() {
+            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS {}", self.name));
+        }
+    }
+}
+
+#[test]
+fn import_legacy_from_mysql() {
+    use mysql::prelude::Queryable;
+    let Some(db) = OldDb::create() else { return };
+    let mut c = db.admin.get_conn().unwrap();
+    c.query_drop(format!("USE {}", db.name)).unwrap();
+    // alice(5) and bob(9) are friends (a row per direction); carol(12) is a
+    // friend of nobody. Group 3: alice creator, bob and carol members.
+    // Old passwords are plaintext and often short.
+    for stmt in [
+        "INSERT INTO User VALUES (5,'alice','pw-alice1','online'),(9,'bob','123456','offline'),
+          (12,'carol','carol pass','offline')",
+        "INSERT INTO Friend VALUES (5,9),(9,5)",
+        "INSERT INTO AllGroup VALUES (3,'old group','the \"old\" desc')",
+        "INSERT INTO GroupUser VALUES (3,5,'creator'),(3,9,'normal'),(3,12,'normal')",
+    ] {
+        c.query_drop(stmt).unwrap();
+    }
+    let direct = r#"{"msgid":5,"from":5,"to":9,"msg":"offline hi","sendname":"alice","time":"2023-05-01 10:00:00"}"#;
+    let group = r#"{"msgid":9,"from":5,"groupid":3,"groupname":"old group","sendname":"alice","time":"2023-05-01 10:01:00","msg":"group offline"}"#;
+    let spoofed =
+        r#"{"msgid":5,"from":12,"to":9,"msg":"not a friend","time":"2023-05-01 10:02:00"}"#;
+    for (user, m) in [
+        (9, direct),
+        (9, group),
+        (12, group),
+        (9, spoofed),
+        (12, "not json"),
+    ] {
+        c.exec_drop("INSERT INTO OfflineMessage VALUES (?, ?)", (user, m))
+            .unwrap();
+    }
+
+    let (mut srv, addr) = TestServer::start_legacy();
+    assert!(srv.stop().success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringchat"))
+        .args(["import-legacy", "--from", &db.url(), "--data-dir"])
+        .arg(&srv.data_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("users: 3") && stdout.contains("messages: 2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("messages_skipped: 2"), "{stdout}");
+    srv.start_again();
+
+    // bob logs in with his old id and old password and gets what he missed.
+    let mut bob = Legacy::connect(addr);
+    bob.send(json!({"msgid": 1, "id": 9, "password": "123456"}));
+    let r = bob.next();
+    assert_eq!(
+        (r["errno"].as_i64(), r["name"].as_str()),
+        (Some(0), Some("bob")),
+        "{r}"
+    );
+    let off = nested(&r["offlinemsg"]);
+    assert_eq!(off.len(), 2, "{off:?}");
+    assert_eq!(
+        (off[0]["msgid"].as_i64(), off[0]["msg"].as_str()),
+        (Some(9), Some("group offline"))
+    );
+    assert_eq!(off[0]["time"], "2023-05-01 10:01:00");
+    assert_eq!(
+        (off[1]["msgid"].as_i64(), off[1]["from"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(off[1]["msg"], "offline hi");
+    assert_eq!(
+        nested(&r["friends"]),
+        vec![json!({"id": 5, "name": "alice", "state": "offline"})]
+    );
+    let groups = nested(&r["groups"]);
+    assert_eq!(
+        (groups[0]["id"].as_u64(), groups[0]["groupname"].as_str()),
+        (Some(3), Some("old group"))
+    );
+    assert_eq!(groups[0]["groupdesc"], "the \"old\" desc");
+    let gu = nested(&groups[0]["groupusers"]);
+    assert_eq!(gu.len(), 3);
+    assert_eq!(gu.iter().find(|u| u["id"] == 5).unwrap()["role"], "creator");
+
+    // carol gets only the group message; alice (the sender) nothing.
+    let mut carol = Legacy::connect(addr);
+    carol.send(json!({"msgid": 1, "id": 12, "password": "carol pass"}));
+    let r = carol.next();
+    let off = nested(&r["offlinemsg"]);
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert_eq!(off[0]["msg"], "group offline");
+    let mut alice = Legacy::connect(addr);
+    alice.send(json!({"msgid": 1, "id": 5, "password": "pw-alice1"}));
+    let r = alice.next();
+    assert_eq!(r["errno"], 0, "{r}");
+    assert!(r.get("offlinemsg").is_none(), "{r}");
+    // Imported users work natively too, and new ids continue above them.
+    let n = srv.client();
+    let s = n.login("alice", "pw-alice1").unwrap();
+    assert_eq!(s.user_id, 5);
+    assert!(n.register(&uname("lgnew"), PASSWORD).unwrap() > 12);
+    // The imported friendship carries chat.
+    alice.send(json!({"msgid": 5, "to": 9, "msg": "hello again"}));
+    assert_eq!(bob.next()["msg"], "hello again");
+}

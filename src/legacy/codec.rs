@@ -429,6 +429,37 @@ pub fn format_time(ms: u64) -> String {
     )
 }
 
+/// Inverse of [`format_time`] (`YYYY-MM-DD HH:MM:SS`, read as UTC), for the
+/// `time` of imported messages; `None` if it is not in that shape.
+pub fn parse_time(t: &str) -> Option<u64> {
+    let b = t.as_bytes();
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 || y < 1970
+    {
+        return None;
+    }
+    // Days-from-civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,5 +618,17 @@ mod tests {
         assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00:00");
         assert_eq!(format_time(1_709_251_199_000), "2024-02-29 23:59:59");
         assert_eq!(format_time(4_102_444_800_000), "2100-01-01 00:00:00");
+        for ms in [0, 951_782_400_000, 1_709_251_199_000, 1_682_935_260_000] {
+            assert_eq!(parse_time(&format_time(ms)), Some(ms));
+        }
+        for bad in [
+            "",
+            "2023-13-01 00:00:00",
+            "2023-05-01T10:00:00",
+            "yesterday",
+            "2023-05-01 10:00:0x",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
     }
 }

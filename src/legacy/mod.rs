@@ -11,3 +11,4 @@
 
 pub mod codec;
 pub mod conn;
+pub mod import;
