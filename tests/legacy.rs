@@ -72,7 +72,7 @@ impl Legacy {
         self.s.set_read_timeout(Some(t)).unwrap();
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            match self.sp.next() {
+            match self.sp.next_object() {
                 Split::Object(o) => return Some(Value::Object(o)),
                 Split::Garbage(g) => panic!("server sent garbage: {g}"),
                 Split::NeedMore => {}
@@ -100,7 +100,7 @@ impl Legacy {
         self.s.set_read_timeout(Some(T)).unwrap();
         let mut buf = vec![0u8; 4096];
         loop {
-            while let Split::Object(o) = self.sp.next() {
+            while let Split::Object(o) = self.sp.next_object() {
                 got.push(Value::Object(o));
             }
             match self.s.read(&mut buf) {

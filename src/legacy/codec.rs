@@ -84,7 +84,7 @@ impl Splitter {
         &self.buf
     }
 
-    pub fn next(&mut self) -> Split {
+    pub fn next_object(&mut self) -> Split {
         if self.pos == 0 {
             let skip = self
                 .buf
@@ -474,7 +474,7 @@ mod tests {
     fn all(sp: &mut Splitter) -> Vec<Map<String, Value>> {
         let mut v = vec![];
         loop {
-            match sp.next() {
+            match sp.next_object() {
                 Split::Object(o) => v.push(o),
                 Split::NeedMore => return v,
                 Split::Garbage(g) => panic!("garbage: {g}"),
@@ -530,20 +530,20 @@ mod tests {
         for bad in bad {
             let mut sp = Splitter::new(1024);
             sp.push(bad);
-            assert!(matches!(sp.next(), Split::Garbage(_)), "{bad:?}");
+            assert!(matches!(sp.next_object(), Split::Garbage(_)), "{bad:?}");
         }
         // Too large, complete or not.
         let mut sp = Splitter::new(16);
         sp.push(br#"{"msg":"0123456789012345"}"#);
-        assert!(matches!(sp.next(), Split::Garbage(_)));
+        assert!(matches!(sp.next_object(), Split::Garbage(_)));
         let mut sp = Splitter::new(16);
         sp.push(br#"{"msg":"0123456789012345"#);
-        assert!(matches!(sp.next(), Split::Garbage(_)));
+        assert!(matches!(sp.next_object(), Split::Garbage(_)));
         // Deep nesting is refused by serde_json's recursion limit, not a crash.
         let mut sp = Splitter::new(1 << 20);
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(5000), "]".repeat(5000));
         sp.push(deep.as_bytes());
-        assert!(matches!(sp.next(), Split::Garbage(_)));
+        assert!(matches!(sp.next_object(), Split::Garbage(_)));
     }
 
     #[test]

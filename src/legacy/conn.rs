@@ -129,7 +129,7 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, pending: Vec<u8>) {
     let mut rbuf = vec![0u8; 4096];
     loop {
         loop {
-            let o = match sp.next() {
+            let o = match sp.next_object() {
                 Split::NeedMore => break,
                 Split::Garbage(why) => {
                     let _ = stream.write_all(&codec::error(0, 1, &why, &[])).await;
@@ -577,7 +577,7 @@ async fn read_loop(
     let mut rbuf = vec![0u8; 4096];
     loop {
         loop {
-            match sp.next() {
+            match sp.next_object() {
                 Split::NeedMore => break,
                 Split::Garbage(why) => {
                     conn.out.push(Frame::Raw(codec::error(0, 1, &why, &[])));
