@@ -45,6 +45,8 @@ const PAGE: u32 = 256;
 const OUT_LIMIT: usize = 16 << 20;
 /// Largest single coalesced write.
 const MAX_WRITE: usize = 256 << 10;
+/// Up to this many queued objects are written one `write` each.
+const SEPARATE_WRITES: usize = 16;
 
 /// Largest JSON object accepted. Escapes (`\"`, `\uXXXX`) make the JSON of
 /// a message longer than its text, so the limit is a multiple of the frame
@@ -796,14 +798,20 @@ async fn writer_loop(shard: Rc<Shard>, conn: Rc<Conn>, ctx: Rc<Ctx>, stream: Sha
     let mut w = WriteHalf(stream.clone());
     let mut buf = Vec::with_capacity(16 << 10);
     let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
+    // Object boundaries in `buf`.
+    let mut cuts: Vec<usize> = Vec::new();
     loop {
         buf.clear();
         delivered.clear();
+        cuts.clear();
         while buf.len() < MAX_WRITE {
             let Some(f) = conn.out.pop() else { break };
             match f {
-                Frame::Raw(b) => buf.extend_from_slice(&b),
-                f => translate(&shard, &ctx, f.bytes(), &mut buf, &mut delivered),
+                Frame::Raw(b) => {
+                    buf.extend_from_slice(&b);
+                    cuts.push(buf.len());
+                }
+                f => translate(&shard, &ctx, f.bytes(), &mut buf, &mut cuts, &mut delivered),
             }
         }
         if buf.is_empty() {
@@ -817,7 +825,24 @@ async fn writer_loop(shard: Rc<Shard>, conn: Rc<Conn>, ctx: Rc<Ctx>, stream: Sha
             conn.out.ready.wait().await;
             continue;
         }
-        if w.write_all(&buf).await.is_err() {
+        // The old console client takes one read for one object, so a few
+        // objects go out in separate writes (one segment each, nodelay);
+        // a burst is coalesced, where that client would misread anyway.
+        let ok = if cuts.len() <= SEPARATE_WRITES {
+            let mut start = 0;
+            let mut ok = true;
+            for &end in &cuts {
+                if w.write_all(&buf[start..end]).await.is_err() {
+                    ok = false;
+                    break;
+                }
+                start = end;
+            }
+            ok
+        } else {
+            w.write_all(&buf).await.is_ok()
+        };
+        if !ok {
             ctx.broken.set(true);
             conn.out.close();
             break;
@@ -842,6 +867,7 @@ fn translate(
     ctx: &Ctx,
     frame: &[u8],
     out: &mut Vec<u8>,
+    cuts: &mut Vec<usize>,
     delivered: &mut Vec<(ConvId, Seq)>,
 ) {
     let Ok(env) = wire::decode(frame) else { return };
@@ -906,6 +932,7 @@ fn translate(
             },
         };
         out.extend_from_slice(&bytes);
+        cuts.push(out.len());
         return;
     }
     if let Some(ms) = env.body_as_messages().and_then(|m| m.messages()) {
@@ -920,6 +947,7 @@ fn translate(
                 m.body().unwrap_or(""),
             ) {
                 out.extend_from_slice(&codec::to_bytes(&v));
+                cuts.push(out.len());
             }
         }
         return;
@@ -937,6 +965,7 @@ fn translate(
             now_ms(),
             ev.note().unwrap_or(""),
         ));
+        cuts.push(out.len());
     }
     // Presence, group events, SyncDone, Goodbye...: no legacy equivalent.
 }
