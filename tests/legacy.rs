@@ -458,6 +458,10 @@ fn offline_messages_arrive_once_at_next_login() {
     let r = b.login(b_id);
     assert!(r.get("offlinemsg").is_none(), "delivered again: {r}");
     assert_eq!(r["name"], b_name.as_str());
+    // The sender's own messages are not offline messages for the sender.
+    let mut a2 = Legacy::connect(addr);
+    let r = a2.login(a_id);
+    assert!(r.get("offlinemsg").is_none(), "own messages replayed: {r}");
 }
 
 #[test]
@@ -745,6 +749,11 @@ fn one_user_on_legacy_and_native_at_once() {
     assert_eq!(wait_msg(&friend.c, "friend copy").body, "sent from legacy");
     assert_eq!(wait_msg(&n.c, "own other device").body, "sent from legacy");
     l.quiet(); // not echoed to the sending connection
+    // The user's own message from the native device is not shown to the
+    // legacy client either (the old server never echoed own messages).
+    n.send_direct(friend.id, "sent from native").unwrap();
+    assert_eq!(wait_msg(&friend.c, "friend copy").body, "sent from native");
+    l.quiet();
 }
 
 fn befriend_native(a: &User, b: &User) {
