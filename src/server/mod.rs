@@ -333,6 +333,11 @@ async fn shard_main(
     shard.stopping.set(true);
     shard.flush_cursors();
     shard.flush_writes().await;
+    if let Some(c) = &shard.cluster {
+        // Leave the cluster now instead of when our liveness key expires:
+        // the other nodes take over our conversations within a second.
+        c.leave(&shard).await;
+    }
     let conns: Vec<_> = shard.conns.borrow().values().cloned().collect();
     for c in conns {
         let f = shard
