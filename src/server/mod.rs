@@ -204,10 +204,12 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
         eprintln!("metrics on http://{a}/metrics");
     }
     let cfg = Arc::new(cfg);
+    let committer = crate::store::commit::GroupCommitter::new(store.clone());
     let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(n, cfg.mesh_capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
     for i in 0..n {
+        let committer = committer.clone();
         let (cfg, store, mesh, ready, published) = (
             cfg.clone(),
             store.clone(),
@@ -223,7 +225,7 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
             .preempt_timer(Duration::from_millis(5))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.blocking_threads));
         let h = builder
-            .spawn(move || shard_main(i, n, cfg, store, mesh, ready, published))
+            .spawn(move || shard_main(i, n, cfg, (store, committer), mesh, ready, published))
             .map_err(|e| format!("starting shard {i}: {e}"))?;
         handles.push(h);
     }
@@ -254,7 +256,7 @@ async fn shard_main(
     id: usize,
     n: usize,
     cfg: Arc<Config>,
-    store: Arc<dyn Store>,
+    (store, committer): (Arc<dyn Store>, crate::store::commit::GroupCommitter),
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     published: Arc<metrics::Published>,
@@ -285,7 +287,7 @@ async fn shard_main(
         }
     };
     tracing::debug!(shard = id, "mesh joined");
-    let shard = Rc::new(Shard::new(id, n, cfg.clone(), store, senders));
+    let shard = Rc::new(Shard::new(id, n, cfg.clone(), store, committer, senders));
     shard.spawn_receivers(receivers);
     for to in 0..n {
         if to != id {
@@ -309,7 +311,9 @@ async fn shard_main(
             while !STOP.load(Ordering::SeqCst) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 ticks += 1;
-                if ticks.is_multiple_of(4) {
+                // Cursors are coalesced for 2 s: losing them costs a client a
+                // few replayed (deduplicated) messages, writing them costs I/O.
+                if ticks.is_multiple_of(40) {
                     shard.flush_cursors();
                 }
                 if ticks.is_multiple_of(20) {

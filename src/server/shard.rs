@@ -210,6 +210,8 @@ pub struct Shard {
     pub n: usize,
     pub cfg: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// Node-wide group commit of hot writes (see `store::commit`).
+    pub committer: crate::store::commit::GroupCommitter,
     pub metrics: Metrics,
     senders: Senders<ShardMsg>,
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
@@ -244,6 +246,7 @@ impl Shard {
         n: usize,
         cfg: Arc<Config>,
         store: Arc<dyn Store>,
+        committer: crate::store::commit::GroupCommitter,
         senders: Senders<ShardMsg>,
     ) -> Shard {
         let cluster = cfg.cluster.clone();
@@ -252,6 +255,7 @@ impl Shard {
             n,
             cfg,
             store,
+            committer,
             metrics: Metrics::new(id),
             senders,
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
@@ -719,16 +723,12 @@ impl Shard {
             let done = std::mem::take(&mut *self.writer.done.borrow_mut());
             let n = ops.len();
             let started = std::time::Instant::now();
-            let res = self
-                .blocking(move |s| {
-                    let r = s.write_batch(&ops);
-                    r.map(|_| ops)
-                })
-                .await;
+            let committer = self.committer.clone();
+            let job = glommio::executor().spawn_blocking(move || committer.write(ops));
+            let res = super::repoll(job, super::REPOLL).await;
             self.metrics.record_batch(n, started.elapsed());
             match res {
-                Ok(ops) => {
-                    drop(ops);
+                Ok(()) => {
                     for c in done {
                         super::owner::complete(&self, c);
                     }

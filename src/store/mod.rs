@@ -10,6 +10,7 @@
 
 use crate::model::{ConvId, GroupId, Seq, UserId};
 
+pub mod commit;
 #[doc(hidden)]
 pub mod conformance;
 pub mod mysql;

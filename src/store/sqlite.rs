@@ -140,6 +140,36 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     /// Round-robin start for picking a reader, so load spreads evenly.
     next_reader: AtomicUsize,
+    /// Tells the checkpoint thread to stop.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Checkpoints the WAL from a thread of its own.
+///
+/// SQLite's automatic checkpoint runs inside whichever commit crosses the
+/// threshold, copying the WAL into the database and fsyncing it: a commit
+/// that normally takes a millisecond then takes tens to hundreds, and every
+/// message in that group commit waits. Turned off on the writer, the same
+/// work runs here as PASSIVE checkpoints, which never block the writer.
+fn spawn_checkpointer(path: &Path, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .map_err(|e| StoreError::Backend(format!("checkpoint thread: {e}")))?;
+    Ok(())
 }
 
 /// Opens (creating and migrating) the SQLite database at `path`.
@@ -164,6 +194,9 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.pragma_update(None, "foreign_keys", true)?;
         migrate(&mut writer)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        spawn_checkpointer(path, stop.clone())?;
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -181,6 +214,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            stop,
         })
     }
 
