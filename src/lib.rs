@@ -11,6 +11,7 @@
 
 pub mod core;
 pub mod model;
+pub mod provision;
 pub mod server;
 pub mod store;
 pub mod wire;
