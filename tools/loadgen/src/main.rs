@@ -87,6 +87,9 @@ pub struct Args {
     /// Locked io_uring buffer memory per worker (KiB); kept small.
     #[arg(long, default_value_t = 128)]
     pub io_memory_kib: usize,
+    /// Ping every live connection this often (server idle timeout is 60 s).
+    #[arg(long, default_value_t = 15)]
+    pub ping_secs: u64,
     #[arg(long)]
     pub expect_p99_ms: Option<f64>,
     #[arg(long)]
@@ -207,8 +210,6 @@ fn parent(args: Args) -> i32 {
             .arg((ub * u).to_string())
             .arg("--worker-count")
             .arg(((ue - ub) * u).to_string())
-            .arg("--procs")
-            .arg(k.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

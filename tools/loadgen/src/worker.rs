@@ -105,6 +105,7 @@ struct Conn {
     closing: Cell<bool>,
     /// Logged in and past `SyncDone`.
     live: Cell<bool>,
+    synced: Cell<bool>,
     user_id: Cell<UserId>,
     group_id: Cell<u64>,
     token: RefCell<String>,
@@ -253,6 +254,49 @@ fn start_connect(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
     }
 }
 
+/// Waits for a non-blocking connect to finish by polling the fd every
+/// millisecond. Handing a still-connecting socket to glommio left some
+/// connections silently stuck (their first write never completed until
+/// unrelated ring activity), so the connection is handed over only once
+/// established; at most `--max-inflight` sockets are polled at a time.
+async fn connected(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let t0 = mono_us();
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n > 0 {
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: valid out-pointers of the right size.
+            unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    &mut err as *mut _ as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            return if err == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(err))
+            };
+        }
+        if mono_us() - t0 > 30_000_000 {
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn writer(conn: Rc<Conn>, stream: Shared) {
     let mut w = Half(stream.clone());
     let mut buf = Vec::with_capacity(4096);
@@ -289,15 +333,21 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
     let conn = w.conns[idx].clone();
     conn.closing.set(false);
     conn.finished.set(false);
+    conn.synced.set(false);
     let permit = w.gate.acquire_permit(1).await.ok();
     let t0 = mono_us();
     let stream = match start_connect(w.src_ip, w.server) {
-        Ok(s) => Rc::new(RefCell::new(s)),
+        Ok(s) => s,
         Err(e) => {
             fail(&w, &conn, &format!("connect: {e}"));
             return;
         }
     };
+    if let Err(e) = connected(&stream).await {
+        fail(&w, &conn, &format!("connect: {e}"));
+        return;
+    }
+    let stream = Rc::new(RefCell::new(stream));
     *conn.out.borrow_mut() = Vec::new();
     {
         let mut enc = w.enc.borrow_mut();
@@ -325,6 +375,10 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
     let mut rd = Half(stream.clone());
     let mut fbuf = FrameBuf::with_capacity(1 << 20, 8192);
     let mut permit = permit;
+    // LOADGEN_TRACE=<index>: print every frame one connection receives.
+    let trace: Option<usize> = std::env::var("LOADGEN_TRACE")
+        .ok()
+        .and_then(|v| if v == "all" { Some(usize::MAX) } else { v.parse().ok() });
     let mut need_groups = matches!(w.args.scenario, Scenario::Group | Scenario::Mixed);
     'outer: loop {
         loop {
@@ -340,6 +394,14 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
                 w.note_error("frame failed verification");
                 break 'outer;
             };
+            if trace == Some(idx) || trace == Some(usize::MAX) {
+                eprintln!(
+                    "trace conn {idx}: +{} µs req {} {:?}",
+                    mono_us() - t0,
+                    env.req_id(),
+                    env.body_type()
+                );
+            }
             if !handle(&w, &conn, env, t0, &mut need_groups) {
                 break 'outer;
             }
@@ -416,24 +478,19 @@ fn handle(
             }
         }
         *need_groups = false;
+        if conn.synced.get() {
+            conn.live.set(true);
+        }
         if conn.group_id.get() == 0 {
             w.note_error("user is in no provisioned group (run ringchat provision --groups)");
         }
         return true;
     }
     if env.body_as_sync_done().is_some() {
+        // Live once synced and (for group scenarios) the group id is known.
+        conn.synced.set(true);
         if !*need_groups {
             conn.live.set(true);
-        } else {
-            // Wait for the GroupList reply before counting as live.
-            let c2 = conn.clone();
-            glommio::spawn_local(async move {
-                while c2.group_id.get() == 0 && !c2.closing.get() {
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
-                }
-                c2.live.set(true);
-            })
-            .detach();
         }
         return true;
     }
@@ -596,7 +653,7 @@ async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
 /// its idle timeout (60 s by default), clients ping at a third of it.
 async fn pinger(w: Rc<Worker>) {
     loop {
-        glommio::timer::sleep(Duration::from_secs(15)).await;
+        glommio::timer::sleep(Duration::from_secs(w.args.ping_secs.max(1))).await;
         for c in &w.conns {
             if c.live.get() {
                 let r = c.req();
