@@ -49,7 +49,12 @@ pub fn plan(spec: &ProvisionSpec) -> (Vec<String>, Vec<(usize, usize)>, Vec<(Str
     let k = spec.group_size.max(2);
     let groups = (0..spec.groups)
         .filter(|j| (j + 1) * k <= spec.users)
-        .map(|j| (format!("{}g{j}", spec.prefix), (j * k..(j + 1) * k).collect()))
+        .map(|j| {
+            (
+                format!("{}g{j}", spec.prefix),
+                (j * k..(j + 1) * k).collect(),
+            )
+        })
         .collect();
     (names, pairs, groups)
 }
@@ -112,7 +117,10 @@ mod tests {
         let st = store::open("", &dir).unwrap();
         let u0 = st.user_by_name("t0").unwrap().unwrap();
         let u1 = st.user_by_name("t1").unwrap().unwrap();
-        assert!(crate::server::auth::verify_password("pw-123456", &u0.password_hash));
+        assert!(crate::server::auth::verify_password(
+            "pw-123456",
+            &u0.password_hash
+        ));
         let f = st.friends_of(u0.id).unwrap();
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].user_id, u1.id);

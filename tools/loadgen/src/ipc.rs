@@ -49,7 +49,10 @@ fn out() -> std::io::StdoutLock<'static> {
 }
 
 pub fn send_progress(live: u64, sent: u64, acked: u64, delivered: u64, ack99: u64, e2e99: u64) {
-    let _ = writeln!(out(), "PROGRESS {live} {sent} {acked} {delivered} {ack99} {e2e99}");
+    let _ = writeln!(
+        out(),
+        "PROGRESS {live} {sent} {acked} {delivered} {ack99} {e2e99}"
+    );
     let _ = out().flush();
 }
 
@@ -60,7 +63,9 @@ pub fn send_ready(live: u64) {
 
 fn ser(h: &Histogram<u64>) -> Vec<u8> {
     let mut v = Vec::new();
-    V2Serializer::new().serialize(h, &mut v).expect("in-memory serialize");
+    V2Serializer::new()
+        .serialize(h, &mut v)
+        .expect("in-memory serialize");
     v
 }
 

@@ -37,7 +37,9 @@ pub enum Scenario {
 }
 
 #[derive(Parser, Clone, Debug)]
-#[command(about = "ringchat load generator (users must be provisioned first: `ringchat provision`)")]
+#[command(
+    about = "ringchat load generator (users must be provisioned first: `ringchat provision`)"
+)]
 pub struct Args {
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub server: SocketAddr,
@@ -297,7 +299,9 @@ fn parent(args: Args) -> i32 {
         if last_line.elapsed() >= Duration::from_secs(1) {
             let dt = last_line.elapsed().as_secs_f64();
             last_line = Instant::now();
-            let s: Vec<u64> = (0..4).map(|i| progress.iter().map(|p| p[i]).sum()).collect();
+            let s: Vec<u64> = (0..4)
+                .map(|i| progress.iter().map(|p| p[i]).sum())
+                .collect();
             let ack99 = progress.iter().map(|p| p[4]).max().unwrap_or(0);
             let e2e99 = progress.iter().map(|p| p[5]).max().unwrap_or(0);
             let rate = (s[1] - last_sent.min(s[1])) as f64 / dt;

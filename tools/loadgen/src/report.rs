@@ -37,7 +37,12 @@ fn pct(h: &Histogram<u64>) -> Value {
     })
 }
 
-pub fn build(args: &Args, rs: &[WorkerResult], missing_workers: usize, srv: ServerSample) -> Report {
+pub fn build(
+    args: &Args,
+    rs: &[WorkerResult],
+    missing_workers: usize,
+    srv: ServerSample,
+) -> Report {
     let sum = |f: fn(&WorkerResult) -> u64| rs.iter().map(f).sum::<u64>();
     let ack = merge(rs.iter().map(|r| r.ack.clone()));
     let e2e = merge(rs.iter().map(|r| r.e2e.clone()));
@@ -121,7 +126,11 @@ pub fn print_summary(r: &Report) {
     let j = &r.json;
     let g = |k: &str| j[k].to_string();
     let mut s = String::new();
-    let _ = writeln!(s, "\n== loadgen {} ==", j["scenario"].as_str().unwrap_or(""));
+    let _ = writeln!(
+        s,
+        "\n== loadgen {} ==",
+        j["scenario"].as_str().unwrap_or("")
+    );
     for k in [
         "connections",
         "conn_failures",
@@ -184,7 +193,10 @@ pub fn failures(a: &Args, r: &Report) -> Vec<String> {
     if n("missing_workers") > 0.0 {
         f.push("a worker process died".into());
     }
-    let messaging = matches!(a.scenario, Scenario::Direct | Scenario::Group | Scenario::Mixed);
+    let messaging = matches!(
+        a.scenario,
+        Scenario::Direct | Scenario::Group | Scenario::Mixed
+    );
     if messaging && n("acked") == 0.0 && a.rate > 0.0 {
         f.push("no message was acknowledged".into());
     }
@@ -265,10 +277,7 @@ fn svg_lines(
             ty = h - b + 14.0
         );
     }
-    let _ = write!(
-        s,
-        r#"<text x="4" y="28">{ylabel}</text>"#
-    );
+    let _ = write!(s, r#"<text x="4" y="28">{ylabel}</text>"#);
     for (i, (name, color, pts)) in series.iter().enumerate() {
         let d: Vec<String> = pts
             .iter()

@@ -376,9 +376,13 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
     let mut fbuf = FrameBuf::with_capacity(1 << 20, 8192);
     let mut permit = permit;
     // LOADGEN_TRACE=<index>: print every frame one connection receives.
-    let trace: Option<usize> = std::env::var("LOADGEN_TRACE")
-        .ok()
-        .and_then(|v| if v == "all" { Some(usize::MAX) } else { v.parse().ok() });
+    let trace: Option<usize> = std::env::var("LOADGEN_TRACE").ok().and_then(|v| {
+        if v == "all" {
+            Some(usize::MAX)
+        } else {
+            v.parse().ok()
+        }
+    });
     let mut need_groups = matches!(w.args.scenario, Scenario::Group | Scenario::Mixed);
     'outer: loop {
         loop {
@@ -499,7 +503,8 @@ fn handle(
             w.note_error("SendOk for unknown req_id");
             return true;
         };
-        w.ack.borrow_mut()
+        w.ack
+            .borrow_mut()
             .saturating_record(now.saturating_sub(s.sched_us).max(1));
         w.stats.borrow_mut().acked += 1;
         w.tick(1);
@@ -694,7 +699,11 @@ pub fn run(args: Args, widx: usize, base: usize, n: usize) -> ! {
         .io_memory(args.io_memory_kib << 10);
     let res = builder
         .spawn(move || async move { run_async(args, widx, base, n).await })
-        .and_then(|h| h.join().map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(format!("{e:?}")))));
+        .and_then(|h| {
+            h.join().map_err(|e| {
+                glommio::GlommioError::IoError(std::io::Error::other(format!("{e:?}")))
+            })
+        });
     match res {
         Ok(r) => {
             ipc::send_result(&r);
@@ -756,9 +765,7 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
     let ramp_us = mono_us() - ramp0;
     ipc::send_ready(w.stats.borrow().live);
     // The parent answers with GO <start µs> once every worker is ready.
-    let line = glommio::executor()
-        .spawn_blocking(wait_line)
-        .await;
+    let line = glommio::executor().spawn_blocking(wait_line).await;
     let go: u64 = line
         .trim()
         .strip_prefix("GO ")
