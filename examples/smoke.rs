@@ -60,10 +60,12 @@ impl C {
 
 fn main() {
     let addr = std::env::args().nth(1).unwrap_or("127.0.0.1:7100".into());
+    // A second address puts the second user on another node of a cluster.
+    let addr_b = std::env::args().nth(2).unwrap_or(addr.clone());
     let tag = std::process::id();
     let (ua, ub) = (format!("a{tag}"), format!("b{tag}"));
     let mut a = C::new(&addr);
-    let mut b = C::new(&addr);
+    let mut b = C::new(&addr_b);
     a.req(|e, id| e.register(id, &ua, "password1").to_vec());
     b.req(|e, id| e.register(id, &ub, "password1").to_vec());
     let r = a.req(|e, id| e.login(id, &ua, "password1").to_vec());

@@ -15,6 +15,8 @@ struct Cli {
 enum Cmd {
     /// Run the server (embedded store by default).
     Serve(ServeArgs),
+    /// Line-based chat client (interactive on a terminal, scriptable on a pipe).
+    Chat(ChatArgs),
     /// Bulk-create load-test users/friends/groups in the store (run before `serve`).
     Provision(ProvisionArgs),
 }
@@ -47,6 +49,16 @@ struct ProvisionArgs {
 }
 
 #[derive(clap::Args)]
+struct ChatArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    server: String,
+    /// Log in as user:password before reading commands.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    login: Option<String>,
+}
+
+#[derive(clap::Args)]
 struct ServeArgs {
     /// Address every shard listens on (SO_REUSEPORT).
     #[arg(long, default_value = "127.0.0.1:7000")]
@@ -58,7 +70,8 @@ struct ServeArgs {
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
     /// Store to use: empty for the embedded store in --data-dir,
-    /// `sqlite:PATH`, or `mysql://user:pass@host:port/db`.
+    /// `sqlite:PATH`, or `mysql://user:pass@host:port/db[?pool=N]`
+    /// (N pooled connections, default 8; the database is created if missing).
     #[arg(long, default_value = "")]
     store: String,
     /// Largest accepted frame in bytes.
@@ -76,9 +89,23 @@ struct ServeArgs {
     /// Blocking threads per shard for store calls and password hashing.
     #[arg(long, default_value_t = 4)]
     blocking_threads: usize,
+    /// Cut off a connection whose unwritten output exceeds this (slow
+    /// consumer); it catches up from the store when it comes back.
+    #[arg(long, default_value_t = 16384)]
+    max_outbound_kib: usize,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Join a cluster through this Redis (bus and presence registry),
+    /// e.g. redis://127.0.0.1:6379. Needs --node-id and a shared --store.
+    #[arg(long)]
+    redis: Option<String>,
+    /// This node's unique name in the cluster.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Prefix of every Redis key and channel, so clusters can share a Redis.
+    #[arg(long, default_value = "ringchat:")]
+    redis_prefix: String,
 }
 
 fn main() {
@@ -91,18 +118,27 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Serve(a) => ringchat::server::serve(ringchat::server::Config {
-            listen: a.listen,
-            shards: a.shards,
-            data_dir: a.data_dir,
-            store: a.store,
-            max_frame: a.max_frame,
-            idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
-            ring_depth: a.ring_depth,
-            io_memory: a.io_memory_kib << 10,
-            blocking_threads: a.blocking_threads.max(1),
-            metrics: a.metrics,
-            ..Default::default()
+        Cmd::Chat(a) => std::process::exit(ringchat::chat::run(ringchat::chat::ChatOptions {
+            server: a.server,
+            login: a.login,
+        })),
+        Cmd::Serve(a) => cluster_config(&a).and_then(|cluster| {
+            ringchat::server::serve(ringchat::server::Config {
+                listen: a.listen,
+                shards: a.shards,
+                data_dir: a.data_dir,
+                store: a.store,
+                max_frame: a.max_frame,
+                idle_timeout: Duration::from_secs(a.idle_timeout_secs.max(1)),
+                ring_depth: a.ring_depth,
+                io_memory: a.io_memory_kib << 10,
+                blocking_threads: a.blocking_threads.max(1),
+                metrics: a.metrics,
+                // At least a few frames, so a catch-up page never overflows it.
+                out_limit: (a.max_outbound_kib << 10).max(4 * a.max_frame),
+                cluster,
+                ..Default::default()
+            })
         }),
         Cmd::Provision(a) => ringchat::provision::run(&ringchat::provision::ProvisionSpec {
             data_dir: a.data_dir,
@@ -121,5 +157,26 @@ fn main() {
     if let Err(e) = res {
         eprintln!("ringchat: {e}");
         std::process::exit(1);
+    }
+}
+
+fn cluster_config(
+    a: &ServeArgs,
+) -> Result<Option<std::sync::Arc<ringchat::cluster::ClusterConfig>>, String> {
+    match (&a.redis, &a.node_id) {
+        (None, None) => Ok(None),
+        (Some(url), Some(node)) => {
+            if node.is_empty() || node.contains(':') {
+                return Err("--node-id must be non-empty and must not contain ':'".into());
+            }
+            Ok(Some(std::sync::Arc::new(
+                ringchat::cluster::ClusterConfig {
+                    redis: ringchat::cluster::redis::parse_url(url)?,
+                    node: node.clone(),
+                    prefix: a.redis_prefix.clone(),
+                },
+            )))
+        }
+        _ => Err("--redis and --node-id go together".into()),
     }
 }

@@ -18,7 +18,7 @@ pub struct GroupState {
     pub members: AHashMap<UserId, Role>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GroupAction {
     Join,
     Leave,

@@ -9,7 +9,7 @@ use crate::model::UserId;
 use crate::store::{PairRecord, PairState};
 
 /// What `actor` asks to do to `other`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PairAction {
     Request { note: String },
     Respond { accept: bool },

@@ -32,8 +32,6 @@ const HOLD_CAP: usize = 4096;
 const PAGE: u32 = 256;
 /// Catch-up pauses while this many bytes wait for the socket.
 const REPLAY_HIGH_WATER: usize = 1 << 20;
-/// A connection whose unwritten output exceeds this is cut off (slow consumer).
-const OUT_LIMIT: usize = 16 << 20;
 
 /// Who a connection authenticated as.
 struct Login {
@@ -135,7 +133,8 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                 return;
             }
         }
-        let buf = fbuf.spare(4096);
+        fbuf.shrink_if_idle();
+        let buf = fbuf.spare(1024);
         match stream.read(buf).await {
             Ok(0) => return,
             Ok(n) => fbuf.filled(n),
@@ -346,7 +345,13 @@ pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
         req_id: h.req_id,
         since: h.since,
     };
-    super::spawn_guarded(run_session(shard, stream, fbuf, login));
+    super::spawn_guarded(async move {
+        let m = &shard.metrics;
+        m.connections.set(m.connections.get() + 1);
+        run_session(shard.clone(), stream, fbuf, login).await;
+        let m = &shard.metrics;
+        m.connections.set(m.connections.get() - 1);
+    });
 }
 
 /// The logged-in life of a connection on its user's home shard.
@@ -355,7 +360,7 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
     let conn = Rc::new(Conn {
         id: shard.new_conn_id(),
         user: login.user,
-        out: Rc::new(Outbound::new(OUT_LIMIT)),
+        out: Rc::new(Outbound::new(shard.cfg.out_limit)),
         hold: RefCell::new(Some(Hold::new(HOLD_CAP))),
     });
     let ok = shard
@@ -366,6 +371,10 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
     conn.out.push(Frame::Own(ok));
     let writer = glommio::spawn_local(io::writer_loop(conn.out.clone(), stream.clone()));
     if shard.register(conn.clone()) {
+        if let Some(c) = &shard.cluster {
+            // Before the catch-up query: see ClusterShard::register_user.
+            c.register_user(login.user).await;
+        }
         let (s2, user) = (shard.clone(), login.user);
         glommio::spawn_local(async move {
             if let Ok(rows) = s2.blocking(move |s| s.friends_of(user)).await {
@@ -379,11 +388,35 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
         })
         .detach();
     }
-    glommio::spawn_local(replay(shard.clone(), conn.clone(), login.since.clone())).detach();
+    {
+        // A failed replay must not leave the session half-synced: close it
+        // (the client resumes and replays again).
+        let (s2, c2, since) = (shard.clone(), conn.clone(), login.since.clone());
+        super::spawn_guarded(async move {
+            let mut guard = CloseOnDrop(Some(c2.clone()));
+            replay(s2, c2, since).await;
+            guard.0 = None;
+        });
+    }
     read_loop(&shard, &conn, &stream, fbuf, &login).await;
+    if conn.out.overflowed.get() {
+        super::metrics::Metrics::inc(&shard.metrics.slow_consumers);
+        tracing::info!(user = conn.user, "slow consumer cut off");
+    }
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
+}
+
+/// Closes a connection's output if dropped (i.e. when a task unwinds).
+struct CloseOnDrop(Option<Rc<Conn>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.out.close();
+        }
+    }
 }
 
 /// Sends every stored message after the session's cursors, then switches
@@ -392,6 +425,7 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
     let user = conn.user;
     let mut replayed: AHashMap<ConvId, Seq> = AHashMap::new();
     let mut count = 0u64;
+    shard.sync_point().await;
     loop {
         let convs = match shard.blocking(move |s| s.conversations_of(user)).await {
             Ok(c) => c,
@@ -427,9 +461,24 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
                 after = last.seq;
                 count += page.len() as u64;
                 replayed.insert(conv, after);
-                let f = shard.enc.borrow_mut().messages(0, page.iter()).to_vec();
-                conn.out.push(Frame::Own(f));
-                conn.out.wait_below(REPLAY_HIGH_WATER).await;
+                // Several frames when the page is too big for one.
+                let mut rest = &page[..];
+                while !rest.is_empty() {
+                    let n = validate::fit_in_frame(
+                        rest.iter().map(|m| m.body.len() + m.sender_name.len()),
+                        shard.cfg.max_frame,
+                    );
+                    let f = shard
+                        .enc
+                        .borrow_mut()
+                        .messages(0, rest[..n].iter())
+                        .to_vec();
+                    conn.out.push(Frame::Own(f));
+                    rest = &rest[n..];
+                    conn.out
+                        .wait_below(REPLAY_HIGH_WATER.min(shard.cfg.out_limit / 2))
+                        .await;
+                }
                 if conn.out.is_closing() {
                     return;
                 }
@@ -497,7 +546,8 @@ async fn read_loop(
         while shard.outbox_full() {
             shard.outbox_room.wait().await;
         }
-        let buf = fbuf.spare(4096);
+        fbuf.shrink_if_idle();
+        let buf = fbuf.spare(1024);
         match rd.read(buf).await {
             Ok(0) => return,
             Ok(n) => fbuf.filled(n),
@@ -542,6 +592,7 @@ async fn session_request(
     }
     let me = login.user;
     let origin = || Origin {
+        node: None,
         shard: shard.id,
         conn: conn.id,
         req_id,
@@ -549,7 +600,9 @@ async fn session_request(
         name: login.name.clone(),
     };
     let to_owner = |conv: ConvId, op: OwnerOp| {
-        shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(origin(), op));
+        if let Some((o, op)) = crate::cluster::node::route_owner(shard, conv, origin(), op) {
+            shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(o, op));
+        }
     };
     let pair = |other: UserId, action: PairAction| {
         if other == 0 || other > MAX_USER_ID {
@@ -834,6 +887,17 @@ async fn session_request(
                 ),
             }
         }
+        Body::Register => {
+            let r = env.body_as_register().expect("type checked");
+            let f = register(
+                shard,
+                req_id,
+                r.username().unwrap_or(""),
+                r.password().unwrap_or(""),
+            )
+            .await;
+            reply(&f);
+        }
         _ => {
             // Hello/Login/Resume are gated above; nothing else reaches here.
             error(fb::ErrorCode::BadRequest, "unexpected request");
@@ -855,10 +919,18 @@ pub async fn reply_history(
         .await
     {
         Ok(msgs) => {
+            // Keep the newest messages that fit one frame; the client pages
+            // on with `before_seq` = the first seq it got.
+            let n = validate::fit_in_frame(
+                msgs.iter()
+                    .rev()
+                    .map(|m| m.body.len() + m.sender_name.len()),
+                shard.cfg.max_frame,
+            );
             let f = shard
                 .enc
                 .borrow_mut()
-                .messages(origin.req_id, msgs.iter())
+                .messages(origin.req_id, msgs[msgs.len() - n..].iter())
                 .to_vec();
             shard.reply(origin, &f);
         }

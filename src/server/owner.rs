@@ -32,6 +32,14 @@ fn conv_of(origin: &Origin, op: &OwnerOp) -> ConvId {
 pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
     let conv = conv_of(&origin, &op);
     let mut convs = shard.convs.borrow_mut();
+    let view_gen = shard.view_gen();
+    if let Some(ConvEntry::Ready(st)) = convs.get(&conv)
+        && st.view_gen != view_gen
+        && !st.busy
+    {
+        // Ownership may have moved away and back since this was loaded.
+        convs.remove(&conv);
+    }
     match convs.get_mut(&conv) {
         None => {
             convs.insert(conv, ConvEntry::Loading(vec![(origin, op)]));
@@ -39,12 +47,24 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
             spawn_load(shard.clone(), conv);
         }
         Some(ConvEntry::Loading(waiting)) => waiting.push((origin, op)),
+        Some(ConvEntry::Ready(st)) if !st.busy && matches!(op, OwnerOp::Send { .. }) => {
+            // The hot path: nothing queued ahead, decide inline (no task spawn).
+            drop(convs);
+            if let OwnerOp::Send {
+                conv,
+                client_msg_id,
+                body,
+            } = op
+            {
+                send(shard, &origin, conv, client_msg_id, body);
+            }
+        }
         Some(ConvEntry::Ready(st)) => {
             st.queue.push_back((origin, op));
             if !st.busy {
                 st.busy = true;
                 drop(convs);
-                glommio::spawn_local(process(shard.clone(), conv)).detach();
+                spawn_process(shard.clone(), conv);
             }
         }
     }
@@ -52,6 +72,7 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
 
 fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
     glommio::spawn_local(async move {
+        let view_gen = shard.view_gen();
         let loaded = shard
             .blocking(move |s| {
                 let tail = s.conv_tail(conv, DEDUP_WINDOW)?;
@@ -94,11 +115,13 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
         match loaded {
             Ok((tail, data)) => {
                 let st = ConvState {
+                    view_gen,
                     seq: Sequencer::from_tail(&tail, DEDUP_WINDOW),
                     data,
                     queue: waiting.into(),
                     busy: true,
                     dup_waiters: Vec::new(),
+                    inflight: 0,
                 };
                 shard
                     .convs
@@ -114,6 +137,27 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
                         fb::ErrorCode::Internal,
                         "storage unavailable, retry",
                     );
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+/// Runs `process` so that a bug in one conversation's handling (a panic)
+/// fails that conversation's queued requests and drops its cached state
+/// (reloaded on next use) instead of killing the executor or wedging it.
+fn spawn_process(shard: Rc<Shard>, conv: ConvId) {
+    use futures_lite::FutureExt;
+    glommio::spawn_local(async move {
+        let res = std::panic::AssertUnwindSafe(process(shard.clone(), conv))
+            .catch_unwind()
+            .await;
+        if res.is_err() {
+            tracing::error!(conv, "conversation handler panicked; state dropped");
+            if let Some(ConvEntry::Ready(st)) = shard.convs.borrow_mut().remove(&conv) {
+                for (o, _) in st.queue {
+                    shard.reply_error(&o, fb::ErrorCode::Internal, "internal error, retry");
                 }
             }
         }
@@ -199,11 +243,14 @@ fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: 
             }
         };
         Ok(match st.seq.assign(origin.user, client_msg_id, now_ms()) {
-            Assign::New { seq, ts } => SendDecision::New {
-                seq,
-                ts,
-                recipients,
-            },
+            Assign::New { seq, ts } => {
+                st.inflight += 1;
+                SendDecision::New {
+                    seq,
+                    ts,
+                    recipients,
+                }
+            }
             Assign::Duplicate {
                 seq,
                 ts,
@@ -277,6 +324,7 @@ pub fn complete(shard: &Shard, c: Completion) {
     } = c;
     let waiters = with_conv(shard, conv, |st| {
         st.seq.mark_durable(origin.user, client_msg_id);
+        st.inflight = st.inflight.saturating_sub(1);
         let mut w = Vec::new();
         st.dup_waiters.retain(|(u, id, o)| {
             if *u == origin.user && *id == client_msg_id {
@@ -303,7 +351,7 @@ pub fn complete(shard: &Shard, c: Completion) {
             .to_vec();
         shard.reply(&o, &f);
     }
-    shard.push_users(&recipients, frame, origin.conn, Some((conv, seq)));
+    shard.push_message(&recipients, frame, &origin, (conv, seq));
 }
 
 /// A batch failed: tell the senders (they retry with the same client_msg_id)
@@ -447,6 +495,10 @@ async fn pair_op(
 
 fn friend_set(shard: &Shard, a: UserId, b: UserId, friends: bool) {
     use super::shard::ShardMsg;
+    if let Some(c) = &shard.cluster {
+        c.friend_set_remote(a, b, friends);
+        c.friend_set_remote(b, a, friends);
+    }
     shard.send(
         shard.home(a),
         ShardMsg::FriendSet {
@@ -533,7 +585,9 @@ async fn group_op(
         .borrow_mut()
         .group_event(kind, group, user, origin.user)
         .into();
-    shard.push_users(&audience, f, origin.conn, None);
+    // Every session hears it, the acting connection included: its client
+    // updates its view from events, not from the OkReply.
+    shard.push_users(&audience, f, 0, None);
 }
 
 fn require_member(shard: &Shard, origin: &Origin, conv: ConvId) -> Result<(), Reject> {

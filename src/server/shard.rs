@@ -34,6 +34,8 @@ pub type ConnId = u64;
 /// Where a request came from, so its reply finds its way back.
 #[derive(Debug, Clone)]
 pub struct Origin {
+    /// `None`: this node. Otherwise the node to reply to over the bus.
+    pub node: Option<Arc<str>>,
     pub shard: usize,
     pub conn: ConnId,
     pub req_id: u64,
@@ -41,8 +43,8 @@ pub struct Origin {
     pub name: Arc<str>,
 }
 
-/// Work for a conversation's owner shard.
-#[derive(Debug)]
+/// Work for a conversation's owner shard (also sent between nodes).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum OwnerOp {
     Send {
         conv: ConvId,
@@ -98,12 +100,11 @@ pub enum ShardMsg {
         skip: ConnId,
         msg: Option<(ConvId, Seq)>,
     },
-    /// `user` came online / went offline on this node; `notify` are their
-    /// friends homed on the receiving shard.
+    /// `user` came online / went offline on this node (first session started /
+    /// last one ended). Sent to every shard of the node.
     Presence {
         user: UserId,
         online: bool,
-        notify: Vec<UserId>,
     },
     /// The friendship of `user` (homed on the receiving shard) with `friend` changed.
     FriendSet {
@@ -139,12 +140,26 @@ pub enum ConvEntry {
 }
 
 pub struct ConvState {
+    /// Cluster view generation this state was loaded under (a changed
+    /// view may have moved ownership away and back: reload then).
+    pub view_gen: u64,
     pub seq: Sequencer,
     pub data: ConvData,
     pub queue: VecDeque<(Origin, OwnerOp)>,
     pub busy: bool,
     /// Resends that arrived while their original was still being written.
     pub dup_waiters: Vec<(UserId, u64, Origin)>,
+    /// Messages sequenced but not yet durable: the state must not be
+    /// evicted meanwhile (a reload would hand their seqs out again).
+    pub inflight: u32,
+}
+
+impl ConvState {
+    /// Nothing queued, running or in flight: safe to forget (reloaded from
+    /// the store on next use).
+    pub fn idle(&self) -> bool {
+        !self.busy && self.queue.is_empty() && self.inflight == 0 && self.dup_waiters.is_empty()
+    }
 }
 
 pub enum ConvData {
@@ -180,6 +195,11 @@ pub struct Writer {
     pub wake: Signal,
     pub idle: Signal,
     pub busy: Cell<bool>,
+    /// Batches taken for writing / finished (ok or failed).
+    pub started: Cell<u64>,
+    pub finished: Cell<u64>,
+    /// Tasks waiting for a batch number to finish.
+    pub waiters: RefCell<Vec<(u64, Rc<Signal>)>>,
 }
 
 pub struct Shard {
@@ -199,7 +219,11 @@ pub struct Shard {
     pub users: RefCell<AHashMap<UserId, UserState>>,
     /// Who is online anywhere on this node (replica kept by Presence broadcasts).
     pub online: RefCell<AHashSet<UserId>>,
+    /// user -> local users who have them as a friend (presence fan-out).
+    pub watchers: RefCell<AHashMap<UserId, Vec<UserId>>>,
     pub convs: RefCell<AHashMap<ConvId, ConvEntry>>,
+    /// Cluster mode: Redis bus and presence registry.
+    pub cluster: Option<crate::cluster::node::ClusterShard>,
     pub writer: Writer,
     /// Acked cursors not yet written: (user, conv) -> seq.
     pub cursors: RefCell<AHashMap<(UserId, ConvId), Seq>>,
@@ -219,6 +243,7 @@ impl Shard {
         store: Arc<dyn Store>,
         senders: Senders<ShardMsg>,
     ) -> Shard {
+        let cluster = cfg.cluster.clone();
         Shard {
             id,
             n,
@@ -235,7 +260,9 @@ impl Shard {
             conns: RefCell::new(AHashMap::new()),
             users: RefCell::new(AHashMap::new()),
             online: RefCell::new(AHashSet::new()),
+            watchers: RefCell::new(AHashMap::new()),
             convs: RefCell::new(AHashMap::new()),
+            cluster: cluster.map(|c| crate::cluster::node::ClusterShard::new(c, id)),
             writer: Writer::default(),
             cursors: RefCell::new(AHashMap::new()),
             enc: RefCell::new(Enc::new()),
@@ -248,6 +275,11 @@ impl Shard {
         let c = self.next_conn.get();
         self.next_conn.set(c + 1);
         ((self.id as u64) << 48) | c
+    }
+
+    /// Generation of the cluster view (0 on a single node).
+    pub fn view_gen(&self) -> u64 {
+        self.cluster.as_ref().map(|c| c.view_gen.get()).unwrap_or(0)
     }
 
     pub fn home(&self, user: UserId) -> usize {
@@ -336,42 +368,70 @@ impl Shard {
                 skip,
                 msg,
             } => self.deliver_local(&users, &frame, skip, msg),
-            ShardMsg::Presence {
-                user,
-                online,
-                notify,
-            } => {
+            ShardMsg::Presence { user, online } => {
+                let before = self.is_online(user);
                 if online {
                     self.online.borrow_mut().insert(user);
                 } else {
                     self.online.borrow_mut().remove(&user);
                 }
-                if !notify.is_empty() {
-                    let f: Arc<[u8]> = self.enc.borrow_mut().presence(user, online).into();
-                    self.deliver_local(&notify, &f, 0, None);
-                }
+                self.presence_transition(user, before);
             }
             ShardMsg::FriendSet {
                 user,
                 friend,
                 friends,
-            } => {
-                let mut users = self.users.borrow_mut();
-                if let Some(st) = users.get_mut(&user) {
-                    if let Some(set) = st.friends.as_mut() {
-                        if friends {
-                            set.insert(friend);
-                        } else {
-                            set.remove(&friend);
-                        }
-                    }
-                    drop(users);
-                    if friends && self.online.borrow().contains(&friend) {
-                        let f: Arc<[u8]> = self.enc.borrow_mut().presence(friend, true).into();
-                        self.deliver_local(&[user], &f, 0, None);
-                    }
-                }
+            } => self.friend_set(user, friend, friends),
+        }
+    }
+
+    /// Tells local watchers (users who have `user` as a friend) when the
+    /// user's online state, as seen from here, changed.
+    pub fn presence_transition(&self, user: UserId, before: bool) {
+        let after = self.is_online(user);
+        if before == after {
+            return;
+        }
+        let watchers = self
+            .watchers
+            .borrow()
+            .get(&user)
+            .cloned()
+            .unwrap_or_default();
+        if !watchers.is_empty() {
+            let f: Arc<[u8]> = self.enc.borrow_mut().presence(user, after).into();
+            self.deliver_local(&watchers, &f, 0, None);
+        }
+    }
+
+    /// The friendship of local user `user` with `friend` changed.
+    pub fn friend_set(&self, user: UserId, friend: UserId, friends: bool) {
+        let mut users = self.users.borrow_mut();
+        let Some(set) = users.get_mut(&user).and_then(|st| st.friends.as_mut()) else {
+            return;
+        };
+        let changed = if friends {
+            set.insert(friend)
+        } else {
+            set.remove(&friend)
+        };
+        drop(users);
+        if !changed {
+            return;
+        }
+        let mut w = self.watchers.borrow_mut();
+        if friends {
+            w.entry(friend).or_default().push(user);
+        } else if let Some(v) = w.get_mut(&friend) {
+            v.retain(|u| *u != user);
+            if v.is_empty() {
+                w.remove(&friend);
             }
+        }
+        drop(w);
+        if friends && self.is_online(friend) {
+            let f: Arc<[u8]> = self.enc.borrow_mut().presence(friend, true).into();
+            self.deliver_local(&[user], &f, 0, None);
         }
     }
 
@@ -379,6 +439,14 @@ impl Shard {
 
     /// Sends a reply frame to the connection that made the request.
     pub fn reply(&self, origin: &Origin, frame: &[u8]) {
+        if let (Some(node), Some(c)) = (&origin.node, &self.cluster) {
+            let msg = crate::cluster::NodeMsg::Reply {
+                conn: origin.conn,
+                frame: frame.to_vec(),
+            };
+            c.send_to(node.clone(), origin.shard, msg);
+            return;
+        }
         if origin.shard == self.id {
             if let Some(c) = self.conns.borrow().get(&origin.conn) {
                 c.out.push_own(frame);
@@ -406,6 +474,41 @@ impl Shard {
     /// Pushes `frame` to every session of `users`, one mesh message per
     /// destination shard carrying the shared frame.
     pub fn push_users(
+        &self,
+        users: &[UserId],
+        frame: Arc<[u8]>,
+        skip: ConnId,
+        msg: Option<(ConvId, Seq)>,
+    ) {
+        if let Some(c) = &self.cluster {
+            c.push_remote(users, &frame, msg, None);
+        }
+        self.push_local(users, frame, skip, msg);
+    }
+
+    /// Delivers a chat message to every session of `users`, except the
+    /// connection that sent it (wherever in the cluster it is).
+    pub fn push_message(
+        &self,
+        users: &[UserId],
+        frame: Arc<[u8]>,
+        origin: &Origin,
+        msg: (ConvId, Seq),
+    ) {
+        let local_skip = if origin.node.is_none() {
+            origin.conn
+        } else {
+            0
+        };
+        if let Some(c) = &self.cluster {
+            let node = origin.node.clone().unwrap_or_else(|| c.me().clone());
+            c.push_remote(users, &frame, Some(msg), Some((node, origin.conn)));
+        }
+        self.push_local(users, frame, local_skip, Some(msg));
+    }
+
+    /// The node-local part of a push: one mesh message per home shard.
+    fn push_local(
         &self,
         users: &[UserId],
         frame: Arc<[u8]>,
@@ -482,33 +585,23 @@ impl Shard {
     }
 
     /// Called once the user's friend set is loaded after the first session:
-    /// stores it and tells friends (on every shard) the user is online.
+    /// indexes it for presence and tells every shard the user is online.
     pub fn announce_online(&self, user: UserId, friends: AHashSet<UserId>) {
         let mut users = self.users.borrow_mut();
         let Some(st) = users.get_mut(&user) else {
             return; // already gone again
         };
-        let list: Vec<UserId> = friends.iter().copied().collect();
+        {
+            let mut w = self.watchers.borrow_mut();
+            for f in &friends {
+                w.entry(*f).or_default().push(user);
+            }
+        }
         st.friends = Some(friends);
         st.announced = true;
         drop(users);
-        self.broadcast_presence(user, true, &list);
-    }
-
-    fn broadcast_presence(&self, user: UserId, online: bool, friends: &[UserId]) {
-        let mut by_shard: Vec<Vec<UserId>> = vec![Vec::new(); self.n];
-        for &f in friends {
-            by_shard[self.home(f)].push(f);
-        }
-        for (s, notify) in by_shard.into_iter().enumerate() {
-            self.send(
-                s,
-                ShardMsg::Presence {
-                    user,
-                    online,
-                    notify,
-                },
-            );
+        for s in 0..self.n {
+            self.send(s, ShardMsg::Presence { user, online: true });
         }
     }
 
@@ -521,21 +614,42 @@ impl Shard {
             return;
         };
         st.conns.retain(|c| *c != conn.id);
-        if st.conns.is_empty() {
-            let st = users.remove(&conn.user).unwrap_or_default();
-            drop(users);
-            if st.announced {
-                let friends: Vec<UserId> = st
-                    .friends
-                    .map(|f| f.into_iter().collect())
-                    .unwrap_or_default();
-                self.broadcast_presence(conn.user, false, &friends);
+        if !st.conns.is_empty() {
+            return;
+        }
+        let st = users.remove(&conn.user).unwrap_or_default();
+        drop(users);
+        if let Some(friends) = &st.friends {
+            let mut w = self.watchers.borrow_mut();
+            for f in friends {
+                if let Some(v) = w.get_mut(f) {
+                    v.retain(|u| *u != conn.user);
+                    if v.is_empty() {
+                        w.remove(f);
+                    }
+                }
+            }
+        }
+        if let Some(c) = &self.cluster {
+            c.user_offline(conn.user);
+        }
+        if st.announced {
+            for s in 0..self.n {
+                self.send(
+                    s,
+                    ShardMsg::Presence {
+                        user: conn.user,
+                        online: false,
+                    },
+                );
             }
         }
     }
 
+    /// Online anywhere: on this node, or on another node of the cluster.
     pub fn is_online(&self, user: UserId) -> bool {
         self.online.borrow().contains(&user)
+            || self.cluster.as_ref().is_some_and(|c| c.remote_online(user))
     }
 
     /// Friends of a user with a session on this shard (empty if unknown).
@@ -589,6 +703,7 @@ impl Shard {
                 continue;
             }
             self.writer.busy.set(true);
+            self.writer.started.set(self.writer.started.get() + 1);
             let done = std::mem::take(&mut *self.writer.done.borrow_mut());
             let n = ops.len();
             let started = std::time::Instant::now();
@@ -623,7 +738,62 @@ impl Shard {
                     super::owner::fail(&self, failed);
                 }
             }
+            let finished = self.writer.started.get();
+            self.writer.finished.set(finished);
+            self.writer.waiters.borrow_mut().retain(|(target, s)| {
+                if *target <= finished {
+                    s.notify();
+                    false
+                } else {
+                    true
+                }
+            });
         }
+    }
+
+    /// Makes everything this shard has accepted so far durable before
+    /// returning: pending acked cursors are queued and the batch holding
+    /// them is awaited. Used before a catch-up query, so a client that acked
+    /// and reconnected is not replayed what it acknowledged. Waits for one
+    /// batch, not for the writer to go idle (it may never, under load).
+    pub async fn sync_point(&self) {
+        self.flush_cursors();
+        let target = if !self.writer.ops.borrow().is_empty() {
+            self.writer.started.get() + 1
+        } else if self.writer.busy.get() {
+            self.writer.started.get()
+        } else {
+            return;
+        };
+        let sig = Rc::new(Signal::default());
+        self.writer.waiters.borrow_mut().push((target, sig.clone()));
+        while self.writer.finished.get() < target {
+            sig.wait().await;
+        }
+    }
+
+    /// Bounds the owner cache: past `max` conversations, idle ones are
+    /// dropped (oldest-loaded first is not tracked; any idle one will do —
+    /// they reload from the store in one query when used again).
+    pub fn evict_idle_convs(&self, max: usize) {
+        let mut convs = self.convs.borrow_mut();
+        if convs.len() <= max {
+            return;
+        }
+        let target = max - max / 10;
+        let mut excess = convs.len() - target;
+        convs.retain(|_, e| {
+            if excess == 0 {
+                return true;
+            }
+            match e {
+                ConvEntry::Ready(st) if st.idle() => {
+                    excess -= 1;
+                    false
+                }
+                _ => true,
+            }
+        });
     }
 
     /// Moves acked cursors into the writer (batched, every `interval`).

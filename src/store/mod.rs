@@ -12,6 +12,7 @@ use crate::model::{ConvId, GroupId, Seq, UserId};
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod mysql;
 pub mod sqlite;
 
 #[derive(Debug, thiserror::Error)]
@@ -276,12 +277,11 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store named by `--store` (`sqlite:PATH` or a data dir, or
-/// `mysql://...`). Runs migrations.
+/// `mysql://user:pass@host:port/db[?pool=N]`, see `store::mysql`). Runs
+/// migrations.
 pub fn open(spec: &str, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>> {
     if spec.starts_with("mysql://") {
-        return Err(StoreError::Backend(
-            "the MySQL backend is not built yet".into(),
-        ));
+        return mysql::open_store(spec);
     }
     let path = match spec.strip_prefix("sqlite:") {
         Some(p) => std::path::PathBuf::from(p),

@@ -220,7 +220,14 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         // Each step and its version bump commit together, so a crash leaves
         // the schema at a well-defined version.
+        // The version is re-read under the lock: another process (a second
+        // node on the same file) may have applied this step meanwhile.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as i64 {
+            tx.commit()?;
+            continue;
+        }
         tx.execute_batch(step)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;

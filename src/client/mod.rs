@@ -1,0 +1,822 @@
+//! A blocking ringchat client over `std::net`.
+//!
+//! Used by the integration tests, the interactive `ringchat chat` and load
+//! generation, so it favours plain threads and channels over an async
+//! runtime: callers block on one request at a time per thread, and any
+//! number of threads may share one [`Client`].
+//!
+//! Structure:
+//! - Requests are written on the caller's thread through a cloned
+//!   `TcpStream` behind a mutex (one [`Enc`] reused for every frame), then the
+//!   caller waits on a per-request channel registered *before* writing, so a
+//!   fast reply can never race past its waiter.
+//! - One reader thread splits and decodes frames. Replies (req_id != 0)
+//!   complete the matching pending request; pushes (req_id 0) become
+//!   [`Event`]s on a channel.
+//! - The reader dedups messages by `(conversation, seq)`: the server
+//!   delivers each conversation in order per connection, but catch-up and
+//!   live delivery may overlap, and a resumed device may be sent what it
+//!   already holds. Whatever is surfaced is acknowledged (auto-ack) so the
+//!   user's cursor follows what this device has shown.
+
+mod decode;
+mod types;
+
+pub use types::*;
+
+use crate::model::{ConvId, GroupId, Seq, UserId};
+use crate::wire::{Enc, FrameBuf};
+use decode::Incoming;
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Largest frame the client accepts from a server. Generous on purpose: the
+/// server's own limit (`HelloOk.max_frame`) governs what *we* may send, and a
+/// catch-up page may be larger than a single request.
+const CLIENT_MAX_FRAME: usize = 16 << 20;
+
+/// Tunables of one connection.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long a request waits for its reply.
+    pub timeout: Duration,
+    /// Acknowledge surfaced messages automatically (one `Ack` per received
+    /// `Messages` frame). Off lets tests and tools control the user's
+    /// delivered cursor themselves.
+    pub auto_ack: bool,
+    /// Ping at a third of the server's idle timeout so a quiet but healthy
+    /// connection is not closed. Off lets tests observe the idle timeout.
+    pub keepalive: bool,
+    /// Drop messages already surfaced (by `(conversation, seq)`). Off shows
+    /// exactly what the server delivers, which is how tests prove the server
+    /// itself sends each message once.
+    pub dedup: bool,
+    /// Sent in `Hello` for the server's logs.
+    pub client_name: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            auto_ack: true,
+            keepalive: true,
+            dedup: true,
+            client_name: concat!("ringchat-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+struct Writer {
+    stream: TcpStream,
+    enc: Enc,
+}
+
+/// State shared by the caller side and the reader thread.
+struct Shared {
+    writer: Mutex<Writer>,
+    pending: Mutex<HashMap<u64, Sender<Reply>>>,
+    next_req: AtomicU64,
+    /// Highest seq surfaced per conversation (the dedup and resume cursor).
+    seen: Mutex<HashMap<ConvId, Seq>>,
+    auto_ack: AtomicBool,
+    dedup: bool,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind
+    // (maps, a socket); carrying on is safer than poisoning every caller.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn write_frame(&self, build: impl FnOnce(&mut Enc) -> &[u8]) -> std::io::Result<()> {
+        let mut w = lock(&self.writer);
+        let Writer { stream, enc } = &mut *w;
+        let frame = build(enc);
+        stream.write_all(frame)
+    }
+
+    /// Fails every waiting request: their replies can no longer arrive.
+    fn close_pending(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        lock(&self.pending).clear();
+    }
+}
+
+/// Keeps the messages not surfaced before, advancing `seen`, and returns
+/// them with the per-conversation maxima to acknowledge. With `drop_seen`
+/// false every message is kept (and `seen` still tracks the maximum).
+fn dedup(
+    seen: &mut HashMap<ConvId, Seq>,
+    msgs: Vec<ChatMsg>,
+    drop_seen: bool,
+) -> (Vec<ChatMsg>, Vec<(ConvId, Seq)>) {
+    let mut fresh = Vec::with_capacity(msgs.len());
+    let mut acks: Vec<(ConvId, Seq)> = Vec::new();
+    for m in msgs {
+        let last = seen.entry(m.conversation).or_insert(0);
+        if m.seq <= *last && drop_seen {
+            continue;
+        }
+        *last = (*last).max(m.seq);
+        match acks.iter_mut().find(|(c, _)| *c == m.conversation) {
+            Some(a) => a.1 = a.1.max(m.seq),
+            None => acks.push((m.conversation, m.seq)),
+        }
+        fresh.push(m);
+    }
+    (fresh, acks)
+}
+
+/// Events not yet taken by the caller: the channel from the reader plus
+/// those [`Client::wait_for`] skipped over.
+struct EventQueue {
+    rx: Receiver<Event>,
+    skipped: VecDeque<Event>,
+    /// The reader is gone and `Closed` was handed out.
+    done: bool,
+}
+
+/// A connection to a ringchat server. See the module docs.
+pub struct Client {
+    shared: Arc<Shared>,
+    events: Mutex<EventQueue>,
+    hello: HelloInfo,
+    session: Mutex<Option<Session>>,
+    options: ClientOptions,
+    msg_id_base: u64,
+    msg_id_next: AtomicU64,
+    reader: Option<JoinHandle<()>>,
+    keepalive: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl Client {
+    /// Connects with default options and completes the `Hello` handshake.
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
+        Client::connect_with(addr, ClientOptions::default())
+    }
+
+    pub fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        // Chat frames are small and latency-bound; Nagle would hold them back.
+        stream.set_nodelay(true)?;
+        let read_half = stream.try_clone()?;
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(Writer {
+                stream,
+                enc: Enc::new(),
+            }),
+            pending: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            seen: Mutex::new(HashMap::new()),
+            auto_ack: AtomicBool::new(options.auto_ack),
+            dedup: options.dedup,
+            closed: AtomicBool::new(false),
+        });
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let reader = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("ringchat-client-reader".into())
+                .spawn(move || reader_loop(read_half, shared, ev_tx))?
+        };
+        let mut client = Client {
+            shared,
+            events: Mutex::new(EventQueue {
+                rx: ev_rx,
+                skipped: VecDeque::new(),
+                done: false,
+            }),
+            hello: HelloInfo {
+                protocol_version: 0,
+                server: String::new(),
+                max_frame: 0,
+                idle_timeout_ms: 0,
+            },
+            session: Mutex::new(None),
+            msg_id_base: random_u64(),
+            msg_id_next: AtomicU64::new(0),
+            options,
+            reader: Some(reader),
+            keepalive: None,
+        };
+        let name = client.options.client_name.clone();
+        client.hello = client.request(
+            |e, id| e.hello(id, &name),
+            |r| match r {
+                Reply::HelloOk(h) => Ok(h),
+                r => Err(r),
+            },
+        )?;
+        if client.options.keepalive && client.hello.idle_timeout_ms > 0 {
+            client.start_keepalive();
+        }
+        Ok(client)
+    }
+
+    fn start_keepalive(&mut self) {
+        let interval = Duration::from_millis(u64::from(self.hello.idle_timeout_ms) / 3)
+            .max(Duration::from_millis(50));
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringchat-client-keepalive".into())
+            .spawn(move || {
+                // The stop channel doubles as the sleep: dropping the sender
+                // (on Client drop) wakes and ends this thread at once.
+                while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval) {
+                    if shared.closed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    // Nobody waits for this Pong: its req_id is not pending,
+                    // so the reader drops it.
+                    let id = shared.next_req.fetch_add(1, Ordering::SeqCst);
+                    if shared.write_frame(|e| e.ping(id, id)).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Ok(h) = spawned {
+            self.keepalive = Some((stop_tx, h));
+        }
+    }
+
+    /// What the server said in `HelloOk`.
+    pub fn hello(&self) -> &HelloInfo {
+        &self.hello
+    }
+
+    /// The session from the last successful login/resume on this connection.
+    pub fn session(&self) -> Option<Session> {
+        lock(&self.session).clone()
+    }
+
+    /// The user id of the current session (0 if not logged in).
+    pub fn user_id(&self) -> UserId {
+        lock(&self.session).as_ref().map_or(0, |s| s.user_id)
+    }
+
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.options.timeout = timeout;
+    }
+
+    pub fn set_auto_ack(&self, on: bool) {
+        self.shared.auto_ack.store(on, Ordering::SeqCst);
+    }
+
+    /// Highest seq surfaced per conversation: what this device holds.
+    pub fn seen(&self) -> HashMap<ConvId, Seq> {
+        lock(&self.shared.seen).clone()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// A fresh client message id: random base plus a counter, so ids are
+    /// unique per client and (with overwhelming probability) across
+    /// reconnects, which the server's resend dedup relies on. Never 0.
+    pub fn next_msg_id(&self) -> u64 {
+        loop {
+            let n = self.msg_id_next.fetch_add(1, Ordering::SeqCst);
+            let id = self.msg_id_base.wrapping_add(n);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    /// Sends one request and waits for its reply. `pick` maps the expected
+    /// reply type to a value and hands any other reply back for the error.
+    fn request<T>(
+        &self,
+        build: impl FnOnce(&mut Enc, u64) -> &[u8],
+        pick: impl FnOnce(Reply) -> std::result::Result<T, Reply>,
+    ) -> Result<T> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        let id = self.shared.next_req.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel();
+        lock(&self.shared.pending).insert(id, tx);
+        if let Err(e) = self.shared.write_frame(|enc| build(enc, id)) {
+            lock(&self.shared.pending).remove(&id);
+            return Err(if self.is_closed() {
+                ClientError::Closed
+            } else {
+                ClientError::Io(e)
+            });
+        }
+        let reply = match rx.recv_timeout(self.options.timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                lock(&self.shared.pending).remove(&id);
+                return Err(ClientError::Timeout);
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Closed),
+        };
+        pick(reply).map_err(|r| match r {
+            Reply::Error(code, message) => ClientError::Server { code, message },
+            other => ClientError::Protocol(format!("unexpected {} reply", other.name())),
+        })
+    }
+
+    fn ok_request(&self, build: impl FnOnce(&mut Enc, u64) -> &[u8]) -> Result<()> {
+        self.request(build, |r| match r {
+            Reply::Ok => Ok(()),
+            r => Err(r),
+        })
+    }
+
+    fn send_request(&self, build: impl FnOnce(&mut Enc, u64) -> &[u8]) -> Result<Sent> {
+        self.request(build, |r| match r {
+            Reply::SendOk(s) => Ok(s),
+            r => Err(r),
+        })
+    }
+
+    // ------------------------------------------------------------ account
+
+    /// Creates an account; does not log in.
+    pub fn register(&self, username: &str, password: &str) -> Result<UserId> {
+        self.request(
+            |e, id| e.register(id, username, password),
+            |r| match r {
+                Reply::RegisterOk(u) => Ok(u),
+                r => Err(r),
+            },
+        )
+    }
+
+    /// Logs in; the server then pushes the catch-up and `SyncDone`.
+    pub fn login(&self, username: &str, password: &str) -> Result<Session> {
+        let s = self.request(
+            |e, id| e.login(id, username, password),
+            |r| match r {
+                Reply::LoginOk(s) => Ok(s),
+                r => Err(r),
+            },
+        )?;
+        *lock(&self.session) = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Resumes a session by token, asking the server to replay only what
+    /// this client has not seen (its [`seen`](Self::seen) map as `since`).
+    pub fn resume(&self, token: &str) -> Result<Session> {
+        let since: Vec<(ConvId, Seq)> = self.seen().into_iter().collect();
+        self.resume_since(token, &since)
+    }
+
+    /// Resumes with an explicit `since` list, e.g. cursors a previous
+    /// connection of this device held ([`seen`](Self::seen) of the old client).
+    /// The list also seeds this client's dedup map.
+    pub fn resume_since(&self, token: &str, since: &[(ConvId, Seq)]) -> Result<Session> {
+        {
+            let mut seen = lock(&self.shared.seen);
+            for &(c, s) in since {
+                let e = seen.entry(c).or_insert(0);
+                *e = (*e).max(s);
+            }
+        }
+        let s = self.request(
+            |e, id| e.resume(id, token, since),
+            |r| match r {
+                Reply::LoginOk(s) => Ok(s),
+                r => Err(r),
+            },
+        )?;
+        *lock(&self.session) = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Revokes the session token; the server closes the connection after.
+    pub fn logout(&self) -> Result<()> {
+        self.ok_request(|e, id| e.logout(id))?;
+        *lock(&self.session) = None;
+        Ok(())
+    }
+
+    /// Round-trips a `Ping`; returns the nonce the server echoed.
+    pub fn ping(&self) -> Result<u64> {
+        let nonce = random_u64();
+        let got = self.request(
+            |e, id| e.ping(id, nonce),
+            |r| match r {
+                Reply::Pong(n) => Ok(n),
+                r => Err(r),
+            },
+        )?;
+        if got != nonce {
+            return Err(ClientError::Protocol(format!(
+                "Pong nonce {got} != {nonce}"
+            )));
+        }
+        Ok(got)
+    }
+
+    // ------------------------------------------------------------ friends
+
+    /// Users whose name starts with `prefix`; returns the page and the
+    /// `after_id` for the next page (0 when there is none).
+    pub fn search_users(
+        &self,
+        prefix: &str,
+        after_id: UserId,
+        limit: u32,
+    ) -> Result<(Vec<UserInfo>, UserId)> {
+        self.request(
+            |e, id| e.search_users(id, prefix, after_id, limit),
+            |r| match r {
+                Reply::UserList(u, next) => Ok((u, next)),
+                r => Err(r),
+            },
+        )
+    }
+
+    pub fn friend_request(&self, user_id: UserId, note: &str) -> Result<()> {
+        self.ok_request(|e, id| e.friend_request(id, user_id, note))
+    }
+
+    pub fn friend_respond(&self, user_id: UserId, accept: bool) -> Result<()> {
+        self.ok_request(|e, id| e.friend_respond(id, user_id, accept))
+    }
+
+    pub fn friend_remove(&self, user_id: UserId) -> Result<()> {
+        self.ok_request(|e, id| e.friend_remove(id, user_id))
+    }
+
+    pub fn friend_block(&self, user_id: UserId, block: bool) -> Result<()> {
+        self.ok_request(|e, id| e.friend_block(id, user_id, block))
+    }
+
+    pub fn list_friends(&self) -> Result<Vec<Friend>> {
+        self.request(
+            |e, id| e.list_friends(id),
+            |r| match r {
+                Reply::FriendList(f) => Ok(f),
+                r => Err(r),
+            },
+        )
+    }
+
+    // ------------------------------------------------------------ groups
+
+    pub fn create_group(&self, name: &str) -> Result<GroupId> {
+        self.create_group_conv(name).map(|(g, _)| g)
+    }
+
+    /// Like [`create_group`](Self::create_group), also returning the conversation id.
+    pub fn create_group_conv(&self, name: &str) -> Result<(GroupId, ConvId)> {
+        self.request(
+            |e, id| e.create_group(id, name),
+            |r| match r {
+                Reply::GroupCreated(g, c) => Ok((g, c)),
+                r => Err(r),
+            },
+        )
+    }
+
+    pub fn join_group(&self, group_id: GroupId) -> Result<()> {
+        self.ok_request(|e, id| e.join_group(id, group_id))
+    }
+
+    pub fn leave_group(&self, group_id: GroupId) -> Result<()> {
+        self.ok_request(|e, id| e.leave_group(id, group_id))
+    }
+
+    pub fn group_members(&self, group_id: GroupId) -> Result<Vec<Member>> {
+        self.request(
+            |e, id| e.group_members(id, group_id),
+            |r| match r {
+                Reply::MemberList(m) => Ok(m),
+                r => Err(r),
+            },
+        )
+    }
+
+    pub fn remove_member(&self, group_id: GroupId, user_id: UserId) -> Result<()> {
+        self.ok_request(|e, id| e.remove_member(id, group_id, user_id))
+    }
+
+    pub fn set_admin(&self, group_id: GroupId, user_id: UserId, admin: bool) -> Result<()> {
+        self.ok_request(|e, id| e.set_admin(id, group_id, user_id, admin))
+    }
+
+    pub fn dissolve_group(&self, group_id: GroupId) -> Result<()> {
+        self.ok_request(|e, id| e.dissolve_group(id, group_id))
+    }
+
+    pub fn list_groups(&self) -> Result<Vec<GroupInfo>> {
+        self.request(
+            |e, id| e.list_groups(id),
+            |r| match r {
+                Reply::GroupList(g) => Ok(g),
+                r => Err(r),
+            },
+        )
+    }
+
+    // ------------------------------------------------------------ messages
+
+    /// Sends to a friend; returns once the server has stored the message.
+    pub fn send_direct(&self, to: UserId, body: &str) -> Result<Sent> {
+        let mid = self.next_msg_id();
+        self.send_raw(to, 0, mid, body)
+    }
+
+    pub fn send_group(&self, group_id: GroupId, body: &str) -> Result<Sent> {
+        let mid = self.next_msg_id();
+        self.send_raw(0, group_id, mid, body)
+    }
+
+    /// Sends with every field explicit: resend tests reuse a
+    /// `client_msg_id`, protocol tests set both or neither target.
+    pub fn send_raw(
+        &self,
+        to_user: UserId,
+        group_id: GroupId,
+        client_msg_id: u64,
+        body: &str,
+    ) -> Result<Sent> {
+        self.send_request(|e, id| e.send_message(id, to_user, group_id, client_msg_id, body))
+    }
+
+    /// Messages before `before_seq` (0 = latest), ascending.
+    pub fn history(
+        &self,
+        conversation: ConvId,
+        before_seq: Seq,
+        limit: u32,
+    ) -> Result<Vec<ChatMsg>> {
+        self.request(
+            |e, id| e.history(id, conversation, before_seq, limit),
+            |r| match r {
+                Reply::Messages(m) => Ok(m),
+                r => Err(r),
+            },
+        )
+    }
+
+    /// Moves the user's delivered cursors (fire-and-forget, no reply).
+    pub fn ack(&self, items: &[(ConvId, Seq)]) -> Result<()> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        self.shared.write_frame(|e| e.ack(items))?;
+        Ok(())
+    }
+
+    /// Writes bytes as they are, bypassing the encoder. Only for tests that
+    /// must break the protocol (e.g. a connection dying mid-frame).
+    pub fn write_bytes(&self, bytes: &[u8]) -> Result<()> {
+        lock(&self.shared.writer).stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Closes the socket; the reader then emits [`Event::Closed`].
+    pub fn close(&self) {
+        let _ = lock(&self.shared.writer).stream.shutdown(Shutdown::Both);
+    }
+
+    // ------------------------------------------------------------ events
+
+    /// The next event, waiting up to `timeout`. `None` on timeout or after
+    /// [`Event::Closed`] has been returned.
+    pub fn next_event(&self, timeout: Duration) -> Option<Event> {
+        let mut q = lock(&self.events);
+        if let Some(e) = q.skipped.pop_front() {
+            return Some(e);
+        }
+        q.recv(Instant::now() + timeout)
+    }
+
+    /// The first event (queued or arriving within `timeout`) that matches
+    /// `pred`; events skipped over stay queued in order for later calls.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.events);
+        if let Some(i) = q.skipped.iter().position(&mut pred) {
+            return q.skipped.remove(i);
+        }
+        // New arrivals that don't match are parked behind the already
+        // skipped ones, preserving arrival order.
+        while let Some(e) = q.recv(deadline) {
+            if pred(&e) {
+                return Some(e);
+            }
+            let closed = e == Event::Closed;
+            q.skipped.push_back(e);
+            if closed {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Waits for `n` messages (matching `pred`), keeping other events queued.
+    /// Returns what arrived if the timeout passes first.
+    pub fn wait_messages(
+        &self,
+        n: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&ChatMsg) -> bool,
+    ) -> Vec<ChatMsg> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_for(left, |e| matches!(e, Event::Message(m) if pred(m))) {
+                Some(Event::Message(m)) => out.push(m),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Every event already received, without waiting.
+    pub fn drain_events(&self) -> Vec<Event> {
+        let mut q = lock(&self.events);
+        let mut out: Vec<Event> = q.skipped.drain(..).collect();
+        while let Ok(e) = q.rx.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+impl EventQueue {
+    fn recv(&mut self, deadline: Instant) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok(e) => {
+                if e == Event::Closed {
+                    self.done = true;
+                }
+                Some(e)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+        if let Some((stop, h)) = self.keepalive.take() {
+            drop(stop);
+            let _ = h.join();
+        }
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn reader_loop(mut stream: TcpStream, shared: Arc<Shared>, events: Sender<Event>) {
+    let mut buf = FrameBuf::new(CLIENT_MAX_FRAME);
+    'read: loop {
+        let n = match stream.read(buf.spare(64 * 1024)) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.filled(n);
+        loop {
+            let range = match buf.next_frame() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(_) => break 'read,
+            };
+            let incoming = match decode::decode(buf.get(range)) {
+                Ok(i) => i,
+                Err(_) => break 'read,
+            };
+            match incoming {
+                Incoming::Reply(id, reply) => {
+                    // A missing entry means the caller timed out and left.
+                    if let Some(tx) = lock(&shared.pending).remove(&id) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                Incoming::Messages(msgs) => {
+                    let (fresh, acks) = dedup(&mut lock(&shared.seen), msgs, shared.dedup);
+                    for m in fresh {
+                        let _ = events.send(Event::Message(m));
+                    }
+                    if !acks.is_empty() && shared.auto_ack.load(Ordering::SeqCst) {
+                        // Best effort: a failed write shows up as a read error next.
+                        let _ = shared.write_frame(|e| e.ack(&acks));
+                    }
+                }
+                Incoming::Event(e) => {
+                    let _ = events.send(e);
+                }
+                Incoming::Ignored => {}
+            }
+        }
+    }
+    shared.close_pending();
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = events.send(Event::Closed);
+}
+
+/// A random u64 without pulling in an RNG: std's `RandomState` is seeded
+/// from the OS per instance, mixed here with the time for good measure.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Re-exported so callers can match on error codes without naming `wire`.
+pub use crate::wire::fb::{ErrorCode, FriendEventKind, FriendState, GroupEventKind};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_is_shareable_across_threads() {
+        fn is<T: Send + Sync>() {}
+        is::<Client>();
+    }
+
+    fn msg(conversation: ConvId, seq: Seq) -> ChatMsg {
+        ChatMsg {
+            conversation,
+            seq,
+            sender: 1,
+            group_id: 0,
+            timestamp_ms: 0,
+            client_msg_id: seq,
+            body: String::new(),
+            sender_name: String::new(),
+        }
+    }
+
+    #[test]
+    fn dedup_drops_seen_and_acks_per_conversation_maximum() {
+        let mut seen = HashMap::from([(7, 2)]);
+        let (fresh, acks) = dedup(
+            &mut seen,
+            vec![
+                msg(7, 1),
+                msg(7, 2),
+                msg(7, 3),
+                msg(9, 1),
+                msg(7, 4),
+                msg(7, 4),
+            ],
+            true,
+        );
+        let got: Vec<(ConvId, Seq)> = fresh.iter().map(|m| (m.conversation, m.seq)).collect();
+        assert_eq!(got, vec![(7, 3), (9, 1), (7, 4)]);
+        assert_eq!(acks, vec![(7, 4), (9, 1)]);
+        assert_eq!(seen, HashMap::from([(7, 4), (9, 1)]));
+        let (fresh, acks) = dedup(&mut seen, vec![msg(9, 1)], true);
+        assert!(fresh.is_empty() && acks.is_empty());
+        let (fresh, _) = dedup(&mut seen, vec![msg(9, 1)], false);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(seen[&9], 1);
+    }
+
+    #[test]
+    fn display_uses_plain_words() {
+        let e = ClientError::Server {
+            code: ErrorCode::NotFriends,
+            message: "you are not friends".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "server refused (NotFriends): you are not friends"
+        );
+        assert_eq!(e.code(), Some(ErrorCode::NotFriends));
+        assert_eq!(ClientError::Timeout.code(), None);
+    }
+}

@@ -1,0 +1,665 @@
+//! One shard's part of the cluster: its Redis connections, its view of the
+//! live nodes and of remote presence, and the ordered outgoing bus queue.
+
+use super::redis::{self as r, RedisConn};
+use super::{
+    ALIVE_TTL_MS, ClusterConfig, NodeMsg, NodeView, PRESENCE_TTL_S, PresenceMsg, WireOrigin,
+};
+use crate::model::{ConvId, Seq, UserId, home_shard};
+use crate::server::io::{Frame, Signal};
+use crate::server::shard::{Origin, OwnerOp, Shard};
+use ahash::{AHashMap, AHashSet};
+use redis::Value;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A destination on the bus: (node, shard).
+type Dest = (Arc<str>, usize);
+
+enum Outgoing {
+    To {
+        node: Arc<str>,
+        shard: usize,
+        msg: NodeMsg,
+    },
+    Push {
+        users: Vec<UserId>,
+        frame: Arc<[u8]>,
+        msg: Option<(ConvId, Seq)>,
+        /// The sending connection (node, conn), which must not get its own message.
+        skip: Option<(Arc<str>, u64)>,
+    },
+    FriendSet {
+        user: UserId,
+        friend: UserId,
+        friends: bool,
+    },
+    Offline(UserId),
+}
+
+pub struct ClusterShard {
+    pub cfg: Arc<ClusterConfig>,
+    shard: usize,
+    me: Arc<str>,
+    conn: RefCell<Option<Rc<RedisConn>>>,
+    view: RefCell<NodeView>,
+    /// user -> other nodes holding their sessions.
+    remote: RefCell<AHashMap<UserId, Vec<Arc<str>>>>,
+    queue: RefCell<Vec<Outgoing>>,
+    wake: Signal,
+    /// Bumped when the live node set changes: owner caches older than this reload.
+    pub view_gen: Cell<u64>,
+}
+
+fn as_strings(v: Value) -> Vec<String> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items
+            .into_iter()
+            .filter_map(|x| match x {
+                Value::BulkString(b) => String::from_utf8(b).ok(),
+                Value::SimpleString(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ClusterShard {
+    pub fn new(cfg: Arc<ClusterConfig>, shard: usize) -> ClusterShard {
+        let me: Arc<str> = cfg.node.as_str().into();
+        ClusterShard {
+            cfg,
+            shard,
+            me,
+            conn: RefCell::new(None),
+            view: RefCell::new(NodeView::default()),
+            remote: RefCell::new(AHashMap::new()),
+            queue: RefCell::new(Vec::new()),
+            wake: Signal::default(),
+            view_gen: Cell::new(0),
+        }
+    }
+
+    pub fn me(&self) -> &Arc<str> {
+        &self.me
+    }
+
+    fn conn(&self) -> Option<Rc<RedisConn>> {
+        self.conn.borrow().clone().filter(|c| !c.is_broken())
+    }
+
+    fn push(&self, o: Outgoing) {
+        self.queue.borrow_mut().push(o);
+        self.wake.notify();
+    }
+
+    pub fn send_to(&self, node: Arc<str>, shard: usize, msg: NodeMsg) {
+        self.push(Outgoing::To { node, shard, msg });
+    }
+
+    /// Live delivery to users' sessions on other nodes (looked up in Redis
+    /// after the message is durable; see the module docs of `cluster`).
+    pub fn push_remote(
+        &self,
+        users: &[UserId],
+        frame: &Arc<[u8]>,
+        msg: Option<(ConvId, Seq)>,
+        skip: Option<(Arc<str>, u64)>,
+    ) {
+        self.push(Outgoing::Push {
+            users: users.to_vec(),
+            frame: frame.clone(),
+            msg,
+            skip,
+        });
+    }
+
+    pub fn friend_set_remote(&self, user: UserId, friend: UserId, friends: bool) {
+        self.push(Outgoing::FriendSet {
+            user,
+            friend,
+            friends,
+        });
+    }
+
+    pub fn user_offline(&self, user: UserId) {
+        self.push(Outgoing::Offline(user));
+    }
+
+    pub fn remote_online(&self, user: UserId) -> bool {
+        self.remote
+            .borrow()
+            .get(&user)
+            .is_some_and(|v| !v.is_empty())
+    }
+
+    /// The node (and its shard count) owning `conv`, if it is another node.
+    pub fn remote_owner(&self, conv: ConvId) -> Option<(Arc<str>, usize)> {
+        let v = self.view.borrow();
+        match v.owner(conv) {
+            Some((n, s)) if *n != self.me => Some((n.clone(), *s)),
+            _ => None,
+        }
+    }
+
+    pub fn wire_origin(&self, o: &Origin) -> WireOrigin {
+        WireOrigin {
+            node: self.me.to_string(),
+            shard: o.shard,
+            conn: o.conn,
+            req_id: o.req_id,
+            user: o.user,
+            name: o.name.to_string(),
+        }
+    }
+
+    /// Records that `user` has a session on this node. Awaited *before* the
+    /// session's catch-up query: a sender's node that reads the registry
+    /// after its message became durable either sees this node (and pushes
+    /// live) or the message was durable before, so the catch-up has it.
+    pub async fn register_user(&self, user: UserId) {
+        let Some(c) = self.conn() else { return };
+        let loc = self.cfg.loc_key(user);
+        let a = c.start(redis::cmd("SADD").arg(&loc).arg(self.me.as_ref()));
+        c.fire(redis::cmd("EXPIRE").arg(&loc).arg(PRESENCE_TTL_S));
+        c.fire(
+            redis::cmd("SADD")
+                .arg(self.cfg.users_key(&self.me))
+                .arg(user),
+        );
+        let p = PresenceMsg {
+            node: self.me.to_string(),
+            user,
+            online: true,
+        };
+        c.fire(
+            redis::cmd("PUBLISH")
+                .arg(self.cfg.presence_channel())
+                .arg(super::encode(&p)),
+        );
+        let _ = a.wait().await;
+    }
+
+    /// Connects, registers, loads the live view and presence, subscribes and
+    /// starts this shard's cluster tasks. Returns once subscribed.
+    pub async fn start(shard: Rc<Shard>) -> Result<(), String> {
+        let c = shard.cluster.as_ref().expect("cluster mode");
+        tracing::debug!(shard = c.shard, "connecting to redis");
+        let conn = RedisConn::connect(&c.cfg.redis).await?;
+        tracing::debug!(shard = c.shard, "redis connected");
+        *c.conn.borrow_mut() = Some(conn);
+        c.heartbeat(shard.n).await?;
+        tracing::debug!(shard = c.shard, "registered");
+        c.refresh_view(&shard).await;
+        let (tx, rx) = glommio::channels::local_channel::new_bounded::<()>(1);
+        glommio::spawn_local(subscriber_loop(shard.clone(), tx)).detach();
+        let _ = rx.recv().await;
+        tracing::debug!(shard = c.shard, "subscribed");
+        glommio::spawn_local(outgoing_loop(shard.clone())).detach();
+        glommio::spawn_local(refresh_loop(shard.clone())).detach();
+        // Warm-up: the other nodes refresh their view every second; taking
+        // traffic only after they have seen us keeps every node agreeing on
+        // conversation owners from our first request on.
+        glommio::timer::sleep(Duration::from_millis(1500)).await;
+        c.refresh_view(&shard).await;
+        Ok(())
+    }
+
+    /// Shard 0 keeps the node's liveness key and membership alive.
+    async fn heartbeat(&self, shards: usize) -> Result<(), String> {
+        if self.shard != 0 {
+            return Ok(());
+        }
+        let Some(c) = self.conn() else {
+            return Err("redis connection lost".into());
+        };
+        let a = c.start(
+            redis::cmd("SADD")
+                .arg(self.cfg.nodes_key())
+                .arg(self.me.as_ref()),
+        );
+        let b = c.start(
+            redis::cmd("SET")
+                .arg(self.cfg.alive_key(&self.me))
+                .arg(shards)
+                .arg("PX")
+                .arg(ALIVE_TTL_MS),
+        );
+        c.fire(
+            redis::cmd("EXPIRE")
+                .arg(self.cfg.users_key(&self.me))
+                .arg(PRESENCE_TTL_S),
+        );
+        a.wait().await.map_err(|e| format!("redis: {e}"))?;
+        b.wait().await.map_err(|e| format!("redis: {e}"))?;
+        Ok(())
+    }
+
+    /// Reads the live node set; on change, drops owner caches and adjusts
+    /// remote presence (a dead node's users go offline here).
+    async fn refresh_view(&self, shard: &Rc<Shard>) {
+        let Some(c) = self.conn() else { return };
+        let Ok(names) = c
+            .query(redis::cmd("SMEMBERS").arg(self.cfg.nodes_key()))
+            .await
+        else {
+            return;
+        };
+        let mut names = as_strings(names);
+        names.sort();
+        let pending: Vec<_> = names
+            .iter()
+            .map(|n| c.start(redis::cmd("GET").arg(self.cfg.alive_key(n))))
+            .collect();
+        let mut nodes = Vec::new();
+        let mut dead = Vec::new();
+        for (n, p) in names.into_iter().zip(pending) {
+            match p.wait().await {
+                Ok(Value::BulkString(b)) => {
+                    let shards = std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(1);
+                    nodes.push((Arc::<str>::from(n.as_str()), shards));
+                }
+                Ok(Value::Nil) => dead.push(n),
+                _ => return,
+            }
+        }
+        if self.shard == 0 {
+            for d in &dead {
+                c.fire(redis::cmd("SREM").arg(self.cfg.nodes_key()).arg(d));
+            }
+        }
+        let new = NodeView { nodes };
+        let old = self.view.borrow().clone();
+        if new == old {
+            return;
+        }
+        tracing::info!(shard = self.shard, nodes = ?new.nodes, "cluster view changed");
+        *self.view.borrow_mut() = new.clone();
+        self.view_gen.set(self.view_gen.get() + 1);
+        // Nodes that left: their users are offline unless seen elsewhere.
+        let gone: AHashSet<&str> = old
+            .nodes
+            .iter()
+            .filter(|(n, _)| !new.contains(n))
+            .map(|(n, _)| n.as_ref())
+            .collect();
+        if !gone.is_empty() {
+            let users: Vec<UserId> = self
+                .remote
+                .borrow()
+                .iter()
+                .filter(|(_, ns)| ns.iter().any(|n| gone.contains(n.as_ref())))
+                .map(|(u, _)| *u)
+                .collect();
+            for u in users {
+                let before = shard.is_online(u);
+                if let Some(ns) = self.remote.borrow_mut().get_mut(&u) {
+                    ns.retain(|n| !gone.contains(n.as_ref()));
+                }
+                self.remote.borrow_mut().retain(|_, ns| !ns.is_empty());
+                shard.presence_transition(u, before);
+            }
+        }
+        // Nodes that joined: load who is online there.
+        for (n, _) in new
+            .nodes
+            .iter()
+            .filter(|(n, _)| !old.contains(n) && *n != self.me)
+        {
+            let Ok(v) = c
+                .query(redis::cmd("SMEMBERS").arg(self.cfg.users_key(n)))
+                .await
+            else {
+                continue;
+            };
+            for u in as_strings(v)
+                .into_iter()
+                .filter_map(|s| s.parse::<UserId>().ok())
+            {
+                self.set_remote(shard, u, n.clone(), true);
+            }
+        }
+    }
+
+    fn set_remote(&self, shard: &Shard, user: UserId, node: Arc<str>, online: bool) {
+        let before = shard.is_online(user);
+        {
+            let mut r = self.remote.borrow_mut();
+            let e = r.entry(user).or_default();
+            if online {
+                if !e.contains(&node) {
+                    e.push(node);
+                }
+            } else {
+                e.retain(|n| *n != node);
+                if e.is_empty() {
+                    r.remove(&user);
+                }
+            }
+        }
+        shard.presence_transition(user, before);
+    }
+
+    /// After a reconnect to Redis: put this shard's users back in the registry.
+    fn reregister(&self, shard: &Shard) {
+        let Some(c) = self.conn() else { return };
+        let users: Vec<UserId> = shard.users.borrow().keys().copied().collect();
+        for u in users {
+            let loc = self.cfg.loc_key(u);
+            c.fire(redis::cmd("SADD").arg(&loc).arg(self.me.as_ref()));
+            c.fire(redis::cmd("EXPIRE").arg(&loc).arg(PRESENCE_TTL_S));
+            c.fire(redis::cmd("SADD").arg(self.cfg.users_key(&self.me)).arg(u));
+        }
+    }
+
+    fn on_message(&self, shard: &Rc<Shard>, channel: &[u8], payload: Vec<u8>) {
+        if channel == self.cfg.presence_channel().as_bytes() {
+            if let Some(p) = super::decode::<PresenceMsg>(&payload)
+                && p.node != *self.me
+            {
+                self.set_remote(shard, p.user, p.node.as_str().into(), p.online);
+            }
+            return;
+        }
+        let Some(msgs) = super::decode::<Vec<NodeMsg>>(&payload) else {
+            tracing::warn!("undecodable bus message dropped");
+            return;
+        };
+        for m in msgs {
+            match m {
+                NodeMsg::Owner(o, op) => {
+                    let node = (o.node != *self.me).then(|| Arc::<str>::from(o.node.as_str()));
+                    let origin = Origin {
+                        node,
+                        shard: o.shard,
+                        conn: o.conn,
+                        req_id: o.req_id,
+                        user: o.user,
+                        name: o.name.into(),
+                    };
+                    crate::server::owner::submit(shard, origin, op);
+                }
+                NodeMsg::Reply { conn, frame } => {
+                    if let Some(c) = shard.conns.borrow().get(&conn) {
+                        c.out.push(Frame::Own(frame));
+                    }
+                }
+                NodeMsg::Push {
+                    users,
+                    frame,
+                    msg,
+                    skip_node,
+                    skip_conn,
+                } => {
+                    let f: Arc<[u8]> = frame.into();
+                    let skip = if skip_node == *self.me { skip_conn } else { 0 };
+                    shard.deliver_local(&users, &f, skip, msg);
+                }
+                NodeMsg::FriendSet {
+                    user,
+                    friend,
+                    friends,
+                } => shard.friend_set(user, friend, friends),
+            }
+        }
+    }
+}
+
+/// Routes an owner operation to the owning node, or returns it for local handling.
+pub fn route_owner(
+    shard: &Shard,
+    conv: ConvId,
+    origin: Origin,
+    op: OwnerOp,
+) -> Option<(Origin, OwnerOp)> {
+    let Some(c) = &shard.cluster else {
+        return Some((origin, op));
+    };
+    match c.remote_owner(conv) {
+        Some((node, shards)) => {
+            let o = c.wire_origin(&origin);
+            c.send_to(
+                node,
+                crate::model::owner_shard(conv, shards),
+                NodeMsg::Owner(o, op),
+            );
+            None
+        }
+        None => Some((origin, op)),
+    }
+}
+
+async fn subscriber_loop(
+    shard: Rc<Shard>,
+    ready: glommio::channels::local_channel::LocalSender<()>,
+) {
+    let c = shard.cluster.as_ref().expect("cluster mode");
+    let channels = vec![c.cfg.channel(&c.me, c.shard), c.cfg.presence_channel()];
+    let mut first = true;
+    loop {
+        let sh = shard.clone();
+        let sh2 = shard.clone();
+        let was_first = first;
+        let ready2 = &ready;
+        let res = r::subscribe(
+            &c.cfg.redis,
+            &channels,
+            |ch, payload| {
+                if let Some(c) = &sh.cluster {
+                    c.on_message(&sh, ch, payload)
+                }
+            },
+            || {
+                let _ = ready2.try_send(());
+                if !was_first {
+                    // Messages published while we were not subscribed are
+                    // lost to us: make this shard's sessions resume, which
+                    // replays everything after their cursors from the store.
+                    resync_sessions(&sh2);
+                }
+            },
+        )
+        .await;
+        first = false;
+        if let Err(e) = res {
+            tracing::warn!(shard = c.shard, error = %e, "redis subscription lost; reconnecting");
+        }
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn resync_sessions(shard: &Shard) {
+    let conns: Vec<_> = shard.conns.borrow().values().cloned().collect();
+    for conn in conns {
+        let f = shard
+            .enc
+            .borrow_mut()
+            .goodbye(
+                crate::wire::fb::ErrorCode::Internal,
+                "cluster bus reconnected: resume to catch up",
+            )
+            .to_vec();
+        conn.out.push(Frame::Own(f));
+        conn.out.close();
+    }
+}
+
+async fn refresh_loop(shard: Rc<Shard>) {
+    let c = shard.cluster.as_ref().expect("cluster mode");
+    let mut tick = 0u64;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(1000)).await;
+        tick += 1;
+        if c.conn().is_none() {
+            match RedisConn::connect(&c.cfg.redis).await {
+                Ok(conn) => {
+                    tracing::info!(shard = c.shard, "redis reconnected");
+                    *c.conn.borrow_mut() = Some(conn);
+                    c.reregister(&shard);
+                }
+                Err(_) => continue,
+            }
+        }
+        let _ = c.heartbeat(shard.n).await;
+        c.refresh_view(&shard).await;
+        if tick.is_multiple_of(PRESENCE_TTL_S / 3) {
+            c.reregister(&shard);
+        }
+    }
+}
+
+/// Sends queued bus traffic in order: one registry lookup round trip for
+/// all recipients of the batch, then one PUBLISH per destination shard.
+async fn outgoing_loop(shard: Rc<Shard>) {
+    let c = shard.cluster.as_ref().expect("cluster mode");
+    loop {
+        let items = std::mem::take(&mut *c.queue.borrow_mut());
+        if items.is_empty() {
+            c.wake.wait().await;
+            continue;
+        }
+        let Some(conn) = c.conn() else {
+            tracing::warn!(
+                shard = c.shard,
+                dropped = items.len(),
+                "redis down: bus messages dropped"
+            );
+            continue;
+        };
+        let mut lookup: Vec<UserId> = Vec::new();
+        for it in &items {
+            match it {
+                Outgoing::Push { users, .. } => lookup.extend_from_slice(users),
+                Outgoing::FriendSet { user, .. } => lookup.push(*user),
+                _ => {}
+            }
+        }
+        lookup.sort_unstable();
+        lookup.dedup();
+        let pending: Vec<_> = lookup
+            .iter()
+            .map(|u| conn.start(redis::cmd("SMEMBERS").arg(c.cfg.loc_key(*u))))
+            .collect();
+        let mut found: Vec<(UserId, Vec<String>)> = Vec::with_capacity(lookup.len());
+        for (u, p) in lookup.iter().zip(pending) {
+            let names = p.wait().await.map(as_strings).unwrap_or_default();
+            found.push((*u, names));
+        }
+        // A node we have not seen yet (it just joined): learn it now rather
+        // than skip its users.
+        let unknown = found
+            .iter()
+            .flat_map(|(_, ns)| ns.iter())
+            .any(|n| *n != *c.me && !c.view.borrow().contains(n));
+        if unknown {
+            c.refresh_view(&shard).await;
+        }
+        let mut nodes_of: AHashMap<UserId, Vec<(Arc<str>, usize)>> = AHashMap::new();
+        {
+            for (u, names) in found {
+                let view = c.view.borrow();
+                let v: Vec<(Arc<str>, usize)> = names
+                    .into_iter()
+                    .filter(|n| *n != *c.me)
+                    .filter_map(|n| {
+                        view.shards_of(&n)
+                            .map(|s| (Arc::<str>::from(n.as_str()), s))
+                    })
+                    .collect();
+                if !v.is_empty() {
+                    nodes_of.insert(u, v);
+                }
+            }
+        }
+        let mut buckets: Vec<(Dest, Vec<NodeMsg>)> = Vec::new();
+        let mut bucket = |node: &Arc<str>, s: usize, m: NodeMsg| match buckets
+            .iter_mut()
+            .find(|((n, sh), _)| n == node && *sh == s)
+        {
+            Some((_, v)) => v.push(m),
+            None => buckets.push(((node.clone(), s), vec![m])),
+        };
+        for it in items {
+            match it {
+                Outgoing::To { node, shard, msg } => bucket(&node, shard, msg),
+                Outgoing::Push {
+                    users,
+                    frame,
+                    msg,
+                    skip,
+                } => {
+                    let (skip_node, skip_conn) =
+                        skip.map(|(n, c)| (n.to_string(), c)).unwrap_or_default();
+                    let mut per: Vec<(Dest, Vec<UserId>)> = Vec::new();
+                    for u in users {
+                        for (n, shards) in nodes_of.get(&u).into_iter().flatten() {
+                            let key = (n.clone(), home_shard(u, *shards));
+                            match per.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, v)) => v.push(u),
+                                None => per.push((key, vec![u])),
+                            }
+                        }
+                    }
+                    for ((n, s), us) in per {
+                        bucket(
+                            &n,
+                            s,
+                            NodeMsg::Push {
+                                users: us,
+                                frame: frame.to_vec(),
+                                msg,
+                                skip_node: skip_node.clone(),
+                                skip_conn,
+                            },
+                        );
+                    }
+                }
+                Outgoing::FriendSet {
+                    user,
+                    friend,
+                    friends,
+                } => {
+                    for (n, shards) in nodes_of.get(&user).into_iter().flatten() {
+                        bucket(
+                            n,
+                            home_shard(user, *shards),
+                            NodeMsg::FriendSet {
+                                user,
+                                friend,
+                                friends,
+                            },
+                        );
+                    }
+                }
+                Outgoing::Offline(user) => {
+                    let loc = c.cfg.loc_key(user);
+                    conn.fire(redis::cmd("SREM").arg(&loc).arg(c.me.as_ref()));
+                    conn.fire(redis::cmd("SREM").arg(c.cfg.users_key(&c.me)).arg(user));
+                    let p = PresenceMsg {
+                        node: c.me.to_string(),
+                        user,
+                        online: false,
+                    };
+                    conn.fire(
+                        redis::cmd("PUBLISH")
+                            .arg(c.cfg.presence_channel())
+                            .arg(super::encode(&p)),
+                    );
+                }
+            }
+        }
+        for ((node, s), msgs) in buckets {
+            conn.fire(
+                redis::cmd("PUBLISH")
+                    .arg(c.cfg.channel(&node, s))
+                    .arg(super::encode(&msgs)),
+            );
+        }
+    }
+}
