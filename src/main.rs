@@ -151,8 +151,7 @@ fn main() {
             group_size: a.group_size,
             fast_hash: a.fast_hash,
         })
-        .map(|_| ())
-        .map_err(Into::into),
+        .map(|_| ()),
     };
     if let Err(e) = res {
         eprintln!("ringchat: {e}");

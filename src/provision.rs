@@ -36,8 +36,11 @@ pub struct ProvisionSpec {
     pub fast_hash: bool,
 }
 
+/// (usernames, friend pairs as user indices, groups as (name, member indices)).
+pub type Plan = (Vec<String>, Vec<(usize, usize)>, Vec<(String, Vec<usize>)>);
+
 /// Users, pairs and groups named by the contract above.
-pub fn plan(spec: &ProvisionSpec) -> (Vec<String>, Vec<(usize, usize)>, Vec<(String, Vec<usize>)>) {
+pub fn plan(spec: &ProvisionSpec) -> Plan {
     let names: Vec<String> = (0..spec.users)
         .map(|i| format!("{}{i}", spec.prefix))
         .collect();

@@ -129,7 +129,7 @@ fn unit(a: &Args) -> usize {
     match a.scenario {
         Scenario::Group => g,
         Scenario::Mixed => {
-            if g % 2 == 0 {
+            if g.is_multiple_of(2) {
                 g
             } else {
                 2 * g

@@ -237,10 +237,13 @@ fn curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     v
 }
 
+/// One plotted line: (legend, colour, points).
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 fn svg_lines(
     title: &str,
     xlabels: &[(f64, String)],
-    series: &[(&str, &str, Vec<(f64, f64)>)],
+    series: &[Series<'_>],
     ylabel: &str,
 ) -> String {
     let (w, h, l, b) = (760.0, 320.0, 60.0, 40.0);

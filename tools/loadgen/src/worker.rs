@@ -750,9 +750,10 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
         glommio::spawn_local(conn_task(w.clone(), i, Auth::Login)).detach();
     }
     loop {
-        let st = w.stats.borrow();
-        let settled = st.live + st.conn_failures;
-        drop(st);
+        let settled = {
+            let st = w.stats.borrow();
+            st.live + st.conn_failures
+        };
         if settled >= w.n as u64 {
             break;
         }
@@ -818,13 +819,13 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
                 glommio::spawn_local(conn_task(w.clone(), i, Auth::Resume)).detach();
             }
             loop {
-                let st = w.stats.borrow();
-                if st.live + st.conn_failures >= w.n as u64
-                    || mono_us() - t0 > w.args.connect_timeout_s * 1_000_000
-                {
+                let settled = {
+                    let st = w.stats.borrow();
+                    st.live + st.conn_failures
+                };
+                if settled >= w.n as u64 || mono_us() - t0 > w.args.connect_timeout_s * 1_000_000 {
                     break;
                 }
-                drop(st);
                 glommio::timer::sleep(Duration::from_millis(5)).await;
             }
             storm = Some((mono_us() - t0, before));
