@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod core;
 pub mod legacy;
 pub mod model;
+pub mod provision;
 pub mod server;
 pub mod store;
 pub mod wire;

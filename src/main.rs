@@ -21,6 +21,35 @@ enum Cmd {
     ImportLegacy(ImportArgs),
     /// Line-based chat client (interactive on a terminal, scriptable on a pipe).
     Chat(ChatArgs),
+    /// Bulk-create load-test users/friends/groups in the store (run before `serve`).
+    Provision(ProvisionArgs),
+}
+
+#[derive(clap::Args)]
+struct ProvisionArgs {
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "")]
+    store: String,
+    /// Users `<prefix>0 .. <prefix>N-1`.
+    #[arg(long)]
+    users: usize,
+    #[arg(long, default_value = "lg")]
+    prefix: String,
+    /// The one password every provisioned user has.
+    #[arg(long, default_value = "loadgen-pass")]
+    password: String,
+    /// Make users 2i and 2i+1 friends.
+    #[arg(long)]
+    friends_pairs: bool,
+    /// Groups `<prefix>g<j>` of consecutive users.
+    #[arg(long, default_value_t = 0)]
+    groups: usize,
+    #[arg(long, default_value_t = 10)]
+    group_size: usize,
+    /// Cheap argon2 parameters so benchmark logins do not measure argon2.
+    #[arg(long)]
+    fast_hash: bool,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +166,18 @@ fn main() {
                 ..Default::default()
             })
         }),
+        Cmd::Provision(a) => ringchat::provision::run(&ringchat::provision::ProvisionSpec {
+            data_dir: a.data_dir,
+            store: a.store,
+            users: a.users,
+            prefix: a.prefix,
+            password: a.password,
+            friends_pairs: a.friends_pairs,
+            groups: a.groups,
+            group_size: a.group_size,
+            fast_hash: a.fast_hash,
+        })
+        .map(|_| ()),
     };
     if let Err(e) = res {
         eprintln!("ringchat: {e}");

@@ -1,4 +1,359 @@
+//! loadgen: drives a ringchat server with many logged-in connections and an
+//! open-loop message rate, measures latency and checks delivery.
+//!
+//! The parent process only orchestrates: it splits the users over `--procs`
+//! worker processes (itself re-executed with `--worker-index`; each process
+//! is limited to 20k fds), starts them together once all are connected,
+//! prints a progress line every second, merges their histograms and counts,
+//! and writes the report. Users must exist beforehand (`ringchat provision`).
+
+mod ipc;
+mod report;
+mod worker;
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use ipc::{Msg, WorkerResult};
+use std::io::{BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Hold N idle logged-in connections; measure connect rate and server RSS.
+    Connect,
+    /// One-to-one messages between friends (users 2i and 2i+1).
+    Direct,
+    /// Messages to groups of --group-size members.
+    Group,
+    /// 80 % direct, 20 % group.
+    Mixed,
+    /// Everyone disconnects at once and reconnects with its resume token.
+    LoginStorm,
+}
+
+#[derive(Parser, Clone, Debug)]
+#[command(
+    about = "ringchat load generator (users must be provisioned first: `ringchat provision`)"
+)]
+pub struct Args {
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub server: SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Total messages per second over all connections (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds of sending (or holding, for `connect`).
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    #[arg(long, value_enum, default_value = "direct")]
+    pub scenario: Scenario,
+    /// Write report.json and report.html here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Server pid, to sample its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Worker processes (each binds its sockets to 127.0.0.(2+k)).
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    #[arg(long, default_value_t = 10)]
+    pub group_size: usize,
+    /// Username prefix used by `ringchat provision`.
+    #[arg(long, default_value = "lg")]
+    pub prefix: String,
+    #[arg(long, default_value = "loadgen-pass")]
+    pub password: String,
+    /// Message body bytes.
+    #[arg(long, default_value_t = 64)]
+    pub body_size: usize,
+    /// Seconds to wait after sending stops for acks and deliveries.
+    #[arg(long, default_value_t = 10)]
+    pub drain: u64,
+    /// Connects + logins in flight per worker (ramp).
+    #[arg(long, default_value_t = 128)]
+    pub max_inflight: usize,
+    /// Give up on the connect phase after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub connect_timeout_s: u64,
+    /// Bind to 127.0.0.2 even with one worker.
+    #[arg(long)]
+    pub spread_source: bool,
+    #[arg(long, default_value_t = 1024)]
+    pub ring_depth: usize,
+    /// Locked io_uring buffer memory per worker (KiB); kept small.
+    #[arg(long, default_value_t = 128)]
+    pub io_memory_kib: usize,
+    /// Ping every live connection this often (server idle timeout is 60 s).
+    #[arg(long, default_value_t = 15)]
+    pub ping_secs: u64,
+    #[arg(long)]
+    pub expect_p99_ms: Option<f64>,
+    #[arg(long)]
+    pub expect_rate: Option<f64>,
+    #[arg(long)]
+    pub expect_connections: Option<u64>,
+    /// Fail (exit non-zero) on lost/duplicated/out-of-order (default on).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub check_delivery: bool,
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub run_id: u64,
+    #[arg(long, hide = true)]
+    pub worker_index: Option<usize>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_base: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_count: usize,
+}
+
+/// CLOCK_MONOTONIC in µs: one clock for every process on the machine, so
+/// scheduled-send stamps written by one worker mean the same to another.
+pub fn mono_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Users per indivisible block: a friend pair, a group, or both.
+fn unit(a: &Args) -> usize {
+    let g = a.group_size.max(2);
+    match a.scenario {
+        Scenario::Group => g,
+        Scenario::Mixed => {
+            if g.is_multiple_of(2) {
+                g
+            } else {
+                2 * g
+            }
+        }
+        _ => 2,
+    }
+}
+
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of a process, seconds.
+pub fn proc_cpu_s(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
 fn main() {
-    eprintln!("loadgen: not built yet");
-    std::process::exit(2);
+    let mut args = Args::parse();
+    if let Some(w) = args.worker_index {
+        let (b, n) = (args.worker_base, args.worker_count);
+        worker::run(args, w, b, n);
+    }
+    args.procs = args.procs.clamp(1, 250);
+    let u = unit(&args);
+    let units = args.connections / u;
+    if units == 0 {
+        eprintln!("loadgen: --connections must be at least {u} for this scenario");
+        std::process::exit(2);
+    }
+    if units * u != args.connections {
+        eprintln!(
+            "loadgen: rounding --connections down to {} (multiple of {u})",
+            units * u
+        );
+        args.connections = units * u;
+    }
+    if args.run_id == 0 {
+        args.run_id = (mono_us() ^ std::process::id() as u64) & 0xff_ffff_ffff;
+    }
+    std::process::exit(parent(args));
+}
+
+struct WorkerProc {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+}
+
+fn parent(args: Args) -> i32 {
+    let u = unit(&args);
+    let units = args.connections / u;
+    let k = args.procs.min(units);
+    let exe = std::env::current_exe().expect("own path");
+    let pid = args.server_pid;
+    let rss_idle = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
+    let (tx, rx) = mpsc::channel::<(usize, Option<Msg>)>();
+    let mut procs = Vec::new();
+    for w in 0..k {
+        let (ub, ue) = (w * units / k, (w + 1) * units / k);
+        let mut cmd = Command::new(&exe);
+        cmd.args(std::env::args_os().skip(1))
+            .arg("--run-id")
+            .arg(args.run_id.to_string())
+            .arg("--worker-index")
+            .arg(w.to_string())
+            .arg("--worker-base")
+            .arg((ub * u).to_string())
+            .arg("--worker-count")
+            .arg(((ue - ub) * u).to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("loadgen: spawning worker: {e}");
+                return 2;
+            }
+        };
+        let out = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            loop {
+                let m = ipc::read_msg(&mut r);
+                let end = m.is_none() || matches!(m, Some(Msg::Result(_)));
+                let _ = tx.send((w, m));
+                if end {
+                    break;
+                }
+            }
+        });
+        procs.push(WorkerProc { child, stdin });
+    }
+    drop(tx);
+
+    let t_start = Instant::now();
+    let mut progress = vec![[0u64; 6]; k];
+    let mut ready = vec![None::<u64>; k];
+    let mut results: Vec<Option<WorkerResult>> = (0..k).map(|_| None).collect();
+    let mut dead = vec![false; k];
+    let mut go_at: Option<Instant> = None;
+    let mut rss_connected = None;
+    let mut cpu_go = None;
+    let mut cpu_end = None;
+    let mut rss_end = None;
+    let mut last_line = Instant::now();
+    let mut last_sent = 0u64;
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    while results.iter().zip(&dead).any(|(r, d)| r.is_none() && !d) {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok((w, Some(Msg::Progress(p)))) => progress[w] = p,
+            Ok((w, Some(Msg::Ready(n)))) => {
+                ready[w] = Some(n);
+                progress[w][0] = n;
+            }
+            Ok((w, Some(Msg::Result(r)))) => results[w] = Some(*r),
+            Ok((w, None)) => {
+                if results[w].is_none() {
+                    eprintln!("loadgen: worker {w} exited without a result");
+                    dead[w] = true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if go_at.is_none() && ready.iter().zip(&dead).all(|(r, d)| r.is_some() || *d) {
+            let live: u64 = ready.iter().flatten().sum();
+            let secs = t_start.elapsed().as_secs_f64();
+            eprintln!(
+                "loadgen: {live} connections logged in in {secs:.1}s ({:.0}/s); starting {:?}",
+                live as f64 / secs,
+                args.scenario
+            );
+            // Let the server settle (friends' presence, catch-up acks) first.
+            std::thread::sleep(Duration::from_millis(500));
+            rss_connected = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
+            cpu_go = pid.and_then(proc_cpu_s);
+            let t0 = mono_us() + 200_000;
+            for p in &mut procs {
+                let _ = writeln!(p.stdin, "GO {t0}");
+                let _ = p.stdin.flush();
+            }
+            go_at = Some(Instant::now() + Duration::from_millis(200));
+        }
+        if let Some(g) = go_at
+            && cpu_end.is_none()
+            && Instant::now() >= g + Duration::from_secs(args.duration)
+        {
+            cpu_end = pid.and_then(proc_cpu_s);
+            rss_end = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
+        }
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            let dt = last_line.elapsed().as_secs_f64();
+            last_line = Instant::now();
+            let s: Vec<u64> = (0..4)
+                .map(|i| progress.iter().map(|p| p[i]).sum())
+                .collect();
+            let ack99 = progress.iter().map(|p| p[4]).max().unwrap_or(0);
+            let e2e99 = progress.iter().map(|p| p[5]).max().unwrap_or(0);
+            let rate = (s[1] - last_sent.min(s[1])) as f64 / dt;
+            last_sent = s[1];
+            let t = t_start.elapsed().as_secs_f64();
+            samples.push((t, s[0]));
+            eprintln!(
+                "[{t:6.1}s] conns {:>6} | sent {:>8} ({:>7.0}/s) | acked {:>8} | delivered {:>8} | p99 ack {:.2} ms e2e {:.2} ms",
+                s[0],
+                s[1],
+                rate,
+                s[2],
+                s[3],
+                ack99 as f64 / 1000.0,
+                e2e99 as f64 / 1000.0
+            );
+        }
+    }
+    for mut p in procs {
+        let _ = p.child.wait();
+    }
+    let results: Vec<WorkerResult> = results.into_iter().flatten().collect();
+    let missing = k - results.len();
+    let cpu = match (cpu_go, cpu_end.or_else(|| pid.and_then(proc_cpu_s))) {
+        (Some(a), Some(b)) => Some((b - a) / args.duration.max(1) as f64 * 100.0),
+        _ => None,
+    };
+    let server = report::ServerSample {
+        rss_idle_kib: rss_idle,
+        rss_connected_kib: rss_connected,
+        rss_end_kib: rss_end,
+        cpu_percent: cpu,
+    };
+    let rep = report::build(&args, &results, missing, server);
+    report::print_summary(&rep);
+    if let Some(dir) = &args.report
+        && let Err(e) = report::write(dir, &rep, &results)
+    {
+        eprintln!("loadgen: writing report: {e}");
+    }
+    let fails = report::failures(&args, &rep);
+    for f in &fails {
+        eprintln!("loadgen: FAIL: {f}");
+    }
+    if fails.is_empty() { 0 } else { 1 }
+}
+
+/// Merges worker histograms (all share the same bounds).
+pub fn merge(hs: impl Iterator<Item = Histogram<u64>>) -> Histogram<u64> {
+    let mut m = worker::new_hist();
+    for h in hs {
+        let _ = m.add(&h);
+    }
+    m
 }

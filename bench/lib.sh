@@ -1,0 +1,32 @@
+# Shared helpers for bench/*.sh and perf/*.sh (sourced, not run).
+# Starts servers on free loopback ports and cleans up only the processes
+# these scripts started (by pid).
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_server BIN DATA_DIR LOG -> sets SERVER_PID, SERVER_ADDR, METRICS_ADDR
+start_server() {
+    local bin=$1 dir=$2 log=$3 port mport
+    port=$(free_port); mport=$(free_port)
+    SERVER_ADDR=127.0.0.1:$port
+    METRICS_ADDR=127.0.0.1:$mport
+    "$bin" serve --listen "$SERVER_ADDR" --data-dir "$dir" --metrics "$METRICS_ADDR" >"$log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 100); do
+        grep -q "ringchat listening on" "$log" && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server died:"; cat "$log"; return 1; }
+        sleep 0.1
+    done
+    echo "server did not start:"; cat "$log"; return 1
+}
+
+stop_server() {
+    if [ -n "${SERVER_PID:-}" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=
+}

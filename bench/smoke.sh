@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# CI smoke test for loadgen + server: 500 connections, 10 s of direct and
+# 5 s of group messages at a modest rate; fails on any lost, duplicated or
+# out-of-order message (no latency thresholds: CI machines are noisy).
+# Uses existing binaries if present (PROFILE=release|debug, default release),
+# else builds them. Prints `loadgen smoke: N passed, 0 failed` on success.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+PROFILE=${PROFILE:-release}
+BIN=target/$PROFILE
+if [ ! -x "$BIN/ringchat" ] || [ ! -x "$BIN/loadgen" ]; then
+    if [ "$PROFILE" = release ]; then cargo build --release -p ringchat -p loadgen; else cargo build -p ringchat -p loadgen; fi
+fi
+WORK=$(mktemp -d /tmp/ringchat-smoke.XXXXXX)
+trap 'stop_server; rm -rf "$WORK"' EXIT
+# Users must exist before the server starts (provision writes the store directly).
+"$BIN/ringchat" provision --data-dir "$WORK/data" --users 500 --prefix sm \
+    --friends-pairs --groups 50 --group-size 10 --fast-hash
+start_server "$BIN/ringchat" "$WORK/data" "$WORK/server.log"
+pass=0; fail=0
+run() {
+    local name=$1; shift
+    if "$BIN/loadgen" --server "$SERVER_ADDR" --prefix sm --server-pid "$SERVER_PID" \
+        --report "$WORK/$name" "$@" >"$WORK/$name.out" 2>&1; then
+        pass=$((pass + 1)); echo "ok   $name"
+    else
+        fail=$((fail + 1)); echo "FAIL $name"; cat "$WORK/$name.out"; tail -20 "$WORK/server.log"
+    fi
+}
+run direct --scenario direct --connections 500 --rate 500 --duration 10 --drain 10
+run group --scenario group --connections 500 --group-size 10 --rate 100 --duration 5 --drain 10
+run storm --scenario login-storm --connections 500 --duration 2 --expect-connections 500
+echo "loadgen smoke: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,878 @@
+//! One worker process: a single glommio executor driving a slice of the
+//! connections, one task per connection (plus a writer task each).
+//!
+//! Talks to the parent over stdio (see [`crate::ipc`]): prints `READY`
+//! once every connection is logged in and synced, waits for `GO <t0>`,
+//! then runs the scenario and prints its result.
+//!
+//! Every conversation a worker's users take part in (friend pair, group)
+//! lies entirely inside the worker's user range, so delivery can be checked
+//! locally: for each acknowledged `(conv, seq)` the worker knows how many
+//! recipients must see it and counts what they actually see.
+
+use crate::ipc::{self, WorkerResult};
+use crate::{Args, Scenario, mono_us};
+use ahash::AHashMap;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use hdrhistogram::Histogram;
+use ringchat::model::{ConvId, Seq, UserId, conv_kind};
+use ringchat::wire::{self, Enc, FrameBuf, fb};
+use std::cell::{Cell, RefCell};
+use std::io::BufRead;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::FromRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// Latency histograms in µs, 1 µs .. 60 s at 3 significant digits: the
+/// default auto-resizing histogram would be fine too, but fixed bounds make
+/// merged histograms from several workers compatible by construction.
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// Wakes one waiting task; a notify before the wait is kept.
+#[derive(Default)]
+struct Signal {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.flag.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.flag.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+type Shared = Rc<RefCell<TcpStream>>;
+struct Half(Shared);
+
+impl futures_lite::AsyncRead for Half {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl futures_lite::AsyncWrite for Half {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// A send waiting for its `SendOk`.
+struct Sent {
+    sched_us: u64,
+}
+
+/// One connection's state shared between its reader, its writer and the
+/// scheduler that hands it messages to send.
+#[derive(Default)]
+struct Conn {
+    out: RefCell<Vec<u8>>,
+    ready: Signal,
+    closing: Cell<bool>,
+    /// Logged in and past `SyncDone`.
+    live: Cell<bool>,
+    synced: Cell<bool>,
+    user_id: Cell<UserId>,
+    group_id: Cell<u64>,
+    token: RefCell<String>,
+    next_req: Cell<u64>,
+    sent: RefCell<AHashMap<u64, Sent>>,
+    /// Highest seq seen per conversation (ordering check).
+    last_seq: RefCell<AHashMap<ConvId, Seq>>,
+    done: Signal,
+    finished: Cell<bool>,
+}
+
+impl Conn {
+    fn push(&self, f: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(f);
+        self.ready.notify();
+    }
+    fn req(&self) -> u64 {
+        let r = self.next_req.get() + 1;
+        self.next_req.set(r);
+        r
+    }
+    fn close(&self) {
+        self.closing.set(true);
+        self.ready.notify();
+    }
+}
+
+/// Delivery bookkeeping for one `(conv, seq)` of this run.
+#[derive(Default, Clone, Copy)]
+struct Entry {
+    expected: u32,
+    delivered: u32,
+    acked: bool,
+}
+
+#[derive(Default)]
+struct Stats {
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    send_errors: u64,
+    out_of_order: u64,
+    stale: u64,
+    conn_failures: u64,
+    connected: u64,
+    live: u64,
+    errors: AHashMap<String, u64>,
+    /// Per second since GO: (sent, acked, delivered).
+    timeline: Vec<[u64; 3]>,
+}
+
+struct Worker {
+    args: Args,
+    /// First user index of this worker.
+    base: usize,
+    n: usize,
+    run: u64,
+    conns: Vec<Rc<Conn>>,
+    enc: RefCell<Enc>,
+    stats: RefCell<Stats>,
+    ack: RefCell<Histogram<u64>>,
+    e2e: RefCell<Histogram<u64>>,
+    login: RefCell<Histogram<u64>>,
+    entries: RefCell<AHashMap<(ConvId, Seq), Entry>>,
+    /// Limits connects+logins in flight (the ramp).
+    gate: glommio::sync::Semaphore,
+    go_us: Cell<u64>,
+    src_ip: Ipv4Addr,
+    server: SocketAddr,
+}
+
+impl Worker {
+    fn tick(&self, col: usize) {
+        let go = self.go_us.get();
+        if go == 0 {
+            return;
+        }
+        let sec = (mono_us().saturating_sub(go) / 1_000_000) as usize;
+        let mut st = self.stats.borrow_mut();
+        if st.timeline.len() <= sec {
+            st.timeline.resize(sec + 1, [0; 3]);
+        }
+        st.timeline[sec][col] += 1;
+    }
+
+    fn expected_recipients(&self, conv: ConvId) -> u32 {
+        match conv_kind(conv) {
+            ringchat::model::ConvKind::Direct { .. } => 1,
+            ringchat::model::ConvKind::Group(_) => self.args.group_size.saturating_sub(1) as u32,
+        }
+    }
+}
+
+/// Creates a non-blocking TCP socket bound to `src` (port chosen at connect
+/// time thanks to IP_BIND_ADDRESS_NO_PORT, so 20k sockets per source IP do
+/// not exhaust the ephemeral range at bind time) and starts connecting.
+/// The connect finishes in the background; glommio's first write waits for
+/// writability, which is exactly "connected".
+fn start_connect(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(dst) = dst else {
+        return Err(std::io::Error::other("IPv4 server address expected"));
+    };
+    // SAFETY: plain socket syscalls on a fresh fd we own; sockaddr structs are zeroed and filled.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const _ as *const libc::c_void,
+            sz,
+        );
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const _ as *const libc::c_void,
+            sz,
+        );
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(src).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        sa.sin_port = dst.port().to_be();
+        sa.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
+        if libc::connect(fd, &sa as *const _ as *const libc::sockaddr, len) != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+        }
+        Ok(stream)
+    }
+}
+
+/// Waits for a non-blocking connect to finish by polling the fd every
+/// millisecond. Handing a still-connecting socket to glommio left some
+/// connections silently stuck (their first write never completed until
+/// unrelated ring activity), so the connection is handed over only once
+/// established; at most `--max-inflight` sockets are polled at a time.
+async fn connected(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let t0 = mono_us();
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n > 0 {
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: valid out-pointers of the right size.
+            unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    &mut err as *mut _ as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            return if err == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(err))
+            };
+        }
+        if mono_us() - t0 > 30_000_000 {
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn writer(conn: Rc<Conn>, stream: Shared) {
+    let mut w = Half(stream.clone());
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        std::mem::swap(&mut buf, &mut *conn.out.borrow_mut());
+        if buf.is_empty() {
+            if conn.closing.get() {
+                break;
+            }
+            conn.ready.wait().await;
+            continue;
+        }
+        if w.write_all(&buf).await.is_err() {
+            break;
+        }
+        buf.clear();
+    }
+    conn.closing.set(true);
+    use std::os::fd::AsRawFd;
+    let fd = stream.borrow().as_raw_fd();
+    // SAFETY: fd is owned by the live stream; shutdown wakes the reader.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+enum Auth {
+    Login,
+    Resume,
+}
+
+/// Connects, authenticates, syncs, then processes frames until closed.
+async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
+    let conn = w.conns[idx].clone();
+    conn.closing.set(false);
+    conn.finished.set(false);
+    conn.synced.set(false);
+    let permit = w.gate.acquire_permit(1).await.ok();
+    let t0 = mono_us();
+    let stream = match start_connect(w.src_ip, w.server) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(&w, &conn, &format!("connect: {e}"));
+            return;
+        }
+    };
+    if let Err(e) = connected(&stream).await {
+        fail(&w, &conn, &format!("connect: {e}"));
+        return;
+    }
+    let stream = Rc::new(RefCell::new(stream));
+    *conn.out.borrow_mut() = Vec::new();
+    {
+        let mut enc = w.enc.borrow_mut();
+        let r = conn.req();
+        conn.push(enc.hello(r, "loadgen"));
+        let r = conn.req();
+        match auth {
+            Auth::Login => {
+                let name = format!("{}{}", w.args.prefix, w.base + idx);
+                conn.push(enc.login(r, &name, &w.args.password));
+            }
+            Auth::Resume => {
+                let since: Vec<_> = conn
+                    .last_seq
+                    .borrow()
+                    .iter()
+                    .map(|(c, s)| (*c, *s))
+                    .collect();
+                let tok = conn.token.borrow().clone();
+                conn.push(enc.resume(r, &tok, &since));
+            }
+        }
+    }
+    let wr = glommio::spawn_local(writer(conn.clone(), stream.clone()));
+    let mut rd = Half(stream.clone());
+    let mut fbuf = FrameBuf::with_capacity(1 << 20, 8192);
+    let mut permit = permit;
+    // LOADGEN_TRACE=<index>: print every frame one connection receives.
+    let trace: Option<usize> = std::env::var("LOADGEN_TRACE").ok().and_then(|v| {
+        if v == "all" {
+            Some(usize::MAX)
+        } else {
+            v.parse().ok()
+        }
+    });
+    let mut need_groups = matches!(w.args.scenario, Scenario::Group | Scenario::Mixed);
+    'outer: loop {
+        loop {
+            let range = match fbuf.next_frame() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    w.note_error(&format!("frame: {e:?}"));
+                    break 'outer;
+                }
+            };
+            let Ok(env) = wire::decode(fbuf.get(range)) else {
+                w.note_error("frame failed verification");
+                break 'outer;
+            };
+            if trace == Some(idx) || trace == Some(usize::MAX) {
+                eprintln!(
+                    "trace conn {idx}: +{} µs req {} {:?}",
+                    mono_us() - t0,
+                    env.req_id(),
+                    env.body_type()
+                );
+            }
+            if !handle(&w, &conn, env, t0, &mut need_groups) {
+                break 'outer;
+            }
+            if permit.is_some() && conn.live.get() {
+                permit = None;
+                w.stats.borrow_mut().live += 1;
+                w.login.borrow_mut().record(mono_us() - t0).ok();
+            }
+        }
+        let buf = fbuf.spare(8192);
+        match rd.read(buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => fbuf.filled(n),
+        }
+    }
+    if permit.is_some() && !conn.closing.get() {
+        w.stats.borrow_mut().conn_failures += 1;
+    }
+    drop(permit);
+    if conn.live.replace(false) {
+        w.stats.borrow_mut().live -= 1;
+    }
+    conn.close();
+    wr.await;
+    conn.finished.set(true);
+    conn.done.notify();
+}
+
+fn fail(w: &Worker, conn: &Conn, what: &str) {
+    w.note_error(what);
+    w.stats.borrow_mut().conn_failures += 1;
+    conn.finished.set(true);
+    conn.done.notify();
+}
+
+impl Worker {
+    fn note_error(&self, what: &str) {
+        *self
+            .stats
+            .borrow_mut()
+            .errors
+            .entry(what.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// Handles one frame; false closes the connection.
+fn handle(
+    w: &Rc<Worker>,
+    conn: &Rc<Conn>,
+    env: fb::Envelope<'_>,
+    _t0: u64,
+    need_groups: &mut bool,
+) -> bool {
+    let now = mono_us();
+    if let Some(ok) = env.body_as_login_ok() {
+        conn.user_id.set(ok.user_id());
+        *conn.token.borrow_mut() = ok.token().unwrap_or("").to_string();
+        w.stats.borrow_mut().connected += 1;
+        if *need_groups {
+            let r = conn.req();
+            let f = w.enc.borrow_mut().list_groups(r).to_vec();
+            conn.push(&f);
+        }
+        return true;
+    }
+    if let Some(gl) = env.body_as_group_list() {
+        let want = format!("{}g", w.args.prefix);
+        if let Some(gs) = gl.groups() {
+            for g in gs.iter() {
+                if g.name().is_some_and(|n| n.starts_with(&want)) {
+                    conn.group_id.set(g.group_id());
+                }
+            }
+        }
+        *need_groups = false;
+        if conn.synced.get() {
+            conn.live.set(true);
+        }
+        if conn.group_id.get() == 0 {
+            w.note_error("user is in no provisioned group (run ringchat provision --groups)");
+        }
+        return true;
+    }
+    if env.body_as_sync_done().is_some() {
+        // Live once synced and (for group scenarios) the group id is known.
+        conn.synced.set(true);
+        if !*need_groups {
+            conn.live.set(true);
+        }
+        return true;
+    }
+    if let Some(ok) = env.body_as_send_ok() {
+        let Some(s) = conn.sent.borrow_mut().remove(&env.req_id()) else {
+            w.note_error("SendOk for unknown req_id");
+            return true;
+        };
+        w.ack
+            .borrow_mut()
+            .saturating_record(now.saturating_sub(s.sched_us).max(1));
+        w.stats.borrow_mut().acked += 1;
+        w.tick(1);
+        let exp = w.expected_recipients(ok.conversation());
+        let mut es = w.entries.borrow_mut();
+        let e = es.entry((ok.conversation(), ok.seq())).or_default();
+        e.expected = exp;
+        if e.acked {
+            w.note_error("two SendOk for one (conv, seq)");
+        }
+        e.acked = true;
+        return true;
+    }
+    if let Some(ms) = env.body_as_messages() {
+        let Some(list) = ms.messages() else {
+            return true;
+        };
+        let tag = format!("lg {} ", w.run);
+        let mut acks: AHashMap<ConvId, Seq> = AHashMap::new();
+        for m in list.iter() {
+            let (conv, seq) = (m.conversation(), m.seq());
+            let a = acks.entry(conv).or_default();
+            *a = (*a).max(seq);
+            {
+                let mut ls = conn.last_seq.borrow_mut();
+                let last = ls.entry(conv).or_default();
+                if seq <= *last && conn.live.get() {
+                    if seq < *last {
+                        w.stats.borrow_mut().out_of_order += 1;
+                    }
+                    // seq == last is a duplicate; counted below via the entry.
+                } else if seq > *last {
+                    *last = seq;
+                }
+            }
+            let body = m.body().unwrap_or("");
+            let Some(rest) = body.strip_prefix(&tag) else {
+                w.stats.borrow_mut().stale += 1;
+                continue;
+            };
+            let sched: u64 = rest
+                .split(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(now);
+            w.e2e
+                .borrow_mut()
+                .saturating_record(now.saturating_sub(sched).max(1));
+            w.stats.borrow_mut().delivered += 1;
+            w.tick(2);
+            let exp = w.expected_recipients(conv);
+            let mut es = w.entries.borrow_mut();
+            let e = es.entry((conv, seq)).or_default();
+            e.expected = exp;
+            e.delivered += 1;
+        }
+        if !acks.is_empty() {
+            let items: Vec<_> = acks.into_iter().collect();
+            let f = w.enc.borrow_mut().ack(&items).to_vec();
+            conn.push(&f);
+        }
+        return true;
+    }
+    if let Some(er) = env.body_as_error_reply() {
+        let name = format!("ErrorReply {}", wire::error_name(er.code()));
+        if conn.sent.borrow_mut().remove(&env.req_id()).is_some() {
+            w.stats.borrow_mut().send_errors += 1;
+        }
+        w.note_error(&name);
+        // A failed login/resume ends this connection.
+        return conn.user_id.get() != 0;
+    }
+    if let Some(g) = env.body_as_goodbye() {
+        w.note_error(&format!("Goodbye {}", wire::error_name(g.code())));
+        return false;
+    }
+    true
+}
+
+/// Partner index (within the worker) for direct messages.
+fn partner(idx: usize) -> usize {
+    idx ^ 1
+}
+
+/// Open-loop sender: message `i` is *scheduled* at `go + i/rate`, and its
+/// latency is measured from that instant, not from when it was actually
+/// written. If the client or server stalls, the backlog is sent as fast as
+/// possible and the stall shows up in the latencies (no coordinated omission).
+async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
+    if rate <= 0.0 || w.conns.is_empty() {
+        return;
+    }
+    let n = w.conns.len();
+    let body_pad = w.args.body_size;
+    let mut i: u64 = 0;
+    let mut next_conn = 0usize;
+    loop {
+        let now = mono_us();
+        if now >= end {
+            break;
+        }
+        let due = ((now - go) as f64 * rate / 1e6) as u64 + 1;
+        while i < due {
+            let sched = go + (i as f64 * 1e6 / rate) as u64;
+            if sched >= end {
+                break;
+            }
+            // Skip connections that are down (they would never ack).
+            let mut tries = 0;
+            let idx = loop {
+                let c = next_conn;
+                next_conn = (next_conn + 1) % n;
+                tries += 1;
+                if w.conns[c].live.get() || tries > n {
+                    break c;
+                }
+            };
+            let conn = &w.conns[idx];
+            let group = match w.args.scenario {
+                Scenario::Group => true,
+                Scenario::Mixed => i % 5 == 4,
+                _ => false,
+            };
+            let (to, gid) = if group {
+                (0, conn.group_id.get())
+            } else {
+                (w.conns[partner(idx)].user_id.get(), 0)
+            };
+            let mut body = format!("lg {} {} ", w.run, sched);
+            while body.len() < body_pad {
+                body.push('x');
+            }
+            let r = conn.req();
+            let cmid = (w.run << 24) ^ i;
+            let f = w
+                .enc
+                .borrow_mut()
+                .send_message(r, to, gid, cmid, &body)
+                .to_vec();
+            conn.sent.borrow_mut().insert(r, Sent { sched_us: sched });
+            conn.push(&f);
+            w.stats.borrow_mut().sent += 1;
+            w.tick(0);
+            i += 1;
+        }
+        glommio::timer::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+/// Keeps idle connections alive: the server closes connections silent for
+/// its idle timeout (60 s by default), clients ping at a third of it.
+async fn pinger(w: Rc<Worker>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(w.args.ping_secs.max(1))).await;
+        for c in &w.conns {
+            if c.live.get() {
+                let r = c.req();
+                let f = w.enc.borrow_mut().ping(r, r).to_vec();
+                c.push(&f);
+            }
+        }
+    }
+}
+
+/// Prints a progress line to the parent once a second.
+async fn progress(w: Rc<Worker>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        let st = w.stats.borrow();
+        ipc::send_progress(
+            st.live,
+            st.sent,
+            st.acked,
+            st.delivered,
+            w.ack.borrow().value_at_quantile(0.99),
+            w.e2e.borrow().value_at_quantile(0.99),
+        );
+    }
+}
+
+fn wait_line() -> String {
+    let mut s = String::new();
+    std::io::stdin().lock().read_line(&mut s).ok();
+    s
+}
+
+/// Entry point of a worker process.
+pub fn run(args: Args, widx: usize, base: usize, n: usize) -> ! {
+    let builder = LocalExecutorBuilder::new(Placement::Unbound)
+        .name(&format!("lg-worker-{widx}"))
+        .ring_depth(args.ring_depth)
+        .io_memory(args.io_memory_kib << 10);
+    let res = builder
+        .spawn(move || async move { run_async(args, widx, base, n).await })
+        .and_then(|h| {
+            h.join().map_err(|e| {
+                glommio::GlommioError::IoError(std::io::Error::other(format!("{e:?}")))
+            })
+        });
+    match res {
+        Ok(r) => {
+            ipc::send_result(&r);
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("loadgen worker {widx}: {e}");
+            std::process::exit(3)
+        }
+    }
+}
+
+async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResult {
+    let src_ip = if args.procs > 1 || args.spread_source {
+        Ipv4Addr::new(127, 0, 0, 2 + widx as u8)
+    } else {
+        Ipv4Addr::new(127, 0, 0, 1)
+    };
+    let server = args.server;
+    let conns: Vec<Rc<Conn>> = (0..n).map(|_| Rc::new(Conn::default())).collect();
+    let w = Rc::new(Worker {
+        gate: glommio::sync::Semaphore::new(args.max_inflight as u64),
+        run: args.run_id,
+        args,
+        base,
+        n,
+        conns,
+        enc: RefCell::new(Enc::new()),
+        stats: RefCell::new(Stats::default()),
+        ack: RefCell::new(new_hist()),
+        e2e: RefCell::new(new_hist()),
+        login: RefCell::new(new_hist()),
+        entries: RefCell::new(AHashMap::new()),
+        go_us: Cell::new(0),
+        src_ip,
+        server,
+    });
+    glommio::spawn_local(progress(w.clone())).detach();
+    glommio::spawn_local(pinger(w.clone())).detach();
+    // Ramp: every connection task starts now; the semaphore keeps at most
+    // `max_inflight` connecting/logging in at once.
+    let ramp0 = mono_us();
+    for i in 0..w.n {
+        glommio::spawn_local(conn_task(w.clone(), i, Auth::Login)).detach();
+    }
+    loop {
+        let settled = {
+            let st = w.stats.borrow();
+            st.live + st.conn_failures
+        };
+        if settled >= w.n as u64 {
+            break;
+        }
+        if mono_us() - ramp0 > w.args.connect_timeout_s * 1_000_000 {
+            w.note_error("connect/login phase timed out");
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let ramp_us = mono_us() - ramp0;
+    ipc::send_ready(w.stats.borrow().live);
+    // The parent answers with GO <start µs> once every worker is ready.
+    let line = glommio::executor().spawn_blocking(wait_line).await;
+    let go: u64 = line
+        .trim()
+        .strip_prefix("GO ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(mono_us);
+    while mono_us() < go {
+        glommio::timer::sleep(Duration::from_micros((go - mono_us()).min(100_000))).await;
+    }
+    w.go_us.set(go);
+    let dur = w.args.duration * 1_000_000;
+    let end = go + dur;
+    let mut storm = None;
+    match w.args.scenario {
+        Scenario::Direct | Scenario::Group | Scenario::Mixed => {
+            let rate = w.args.rate * w.n as f64 / w.args.connections as f64;
+            sender(w.clone(), rate, go, end).await;
+            // Drain: wait for outstanding acks and deliveries, at most --drain s.
+            let dl = mono_us() + w.args.drain * 1_000_000;
+            while mono_us() < dl {
+                let pending_acks: usize = w.conns.iter().map(|c| c.sent.borrow().len()).sum();
+                let undelivered = w
+                    .entries
+                    .borrow()
+                    .values()
+                    .any(|e| e.acked && e.delivered < e.expected);
+                if pending_acks == 0 && !undelivered {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Scenario::Connect => {
+            glommio::timer::sleep(Duration::from_micros(dur)).await;
+        }
+        Scenario::LoginStorm => {
+            // Everyone drops at once, then reconnects with the resume token.
+            for c in &w.conns {
+                c.close();
+            }
+            for c in &w.conns {
+                while !c.finished.get() {
+                    c.done.wait().await;
+                }
+            }
+            let before = w.stats.borrow().live;
+            *w.login.borrow_mut() = new_hist();
+            w.stats.borrow_mut().conn_failures = 0;
+            let t0 = mono_us();
+            for i in 0..w.n {
+                glommio::spawn_local(conn_task(w.clone(), i, Auth::Resume)).detach();
+            }
+            loop {
+                let settled = {
+                    let st = w.stats.borrow();
+                    st.live + st.conn_failures
+                };
+                if settled >= w.n as u64 || mono_us() - t0 > w.args.connect_timeout_s * 1_000_000 {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            storm = Some((mono_us() - t0, before));
+            let rest = end.saturating_sub(mono_us());
+            glommio::timer::sleep(Duration::from_micros(rest)).await;
+        }
+    }
+    let elapsed_us = mono_us() - go;
+    let st = w.stats.borrow();
+    let (mut lost, mut dup, mut unacked_delivered) = (0u64, 0u64, 0u64);
+    for e in w.entries.borrow().values() {
+        if e.acked {
+            lost += e.expected.saturating_sub(e.delivered) as u64;
+        } else {
+            unacked_delivered += 1;
+        }
+        dup += e.delivered.saturating_sub(e.expected) as u64;
+    }
+    let unacked: u64 = w.conns.iter().map(|c| c.sent.borrow().len() as u64).sum();
+    WorkerResult {
+        worker: widx,
+        connections: st.live,
+        conn_failures: st.conn_failures,
+        ramp_us,
+        storm_us: storm.map(|s| s.0).unwrap_or(0),
+        sent: st.sent,
+        acked: st.acked,
+        delivered: st.delivered,
+        expected: w
+            .entries
+            .borrow()
+            .values()
+            .filter(|e| e.acked)
+            .map(|e| e.expected as u64)
+            .sum(),
+        lost,
+        duplicated: dup,
+        out_of_order: st.out_of_order,
+        unacked,
+        unacked_delivered,
+        send_errors: st.send_errors,
+        stale: st.stale,
+        elapsed_us,
+        errors: st.errors.clone().into_iter().collect(),
+        timeline: st.timeline.clone(),
+        ack: w.ack.borrow().clone(),
+        e2e: w.e2e.borrow().clone(),
+        login: w.login.borrow().clone(),
+    }
+}
