@@ -263,6 +263,7 @@ impl Cluster {
         }
         for (i, rx) in waiting {
             if let Err(e) = c.await_ready(i, rx) {
+                eprintln!("node n{} did not start, retrying: {e}", i + 1);
                 let mut ok = false;
                 for _ in 0..3 {
                     c.nodes[i].addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -408,7 +409,7 @@ impl Cluster {
         for n in &self.nodes {
             let log = n.log.lock().unwrap_or_else(|e| e.into_inner());
             let lines: Vec<&str> = log.lines().collect();
-            let from = lines.len().saturating_sub(60);
+            let from = lines.len().saturating_sub(200);
             s.push_str(&format!("---- {} ({}) ----\n", n.name, n.addr));
             for l in &lines[from..] {
                 s.push_str(l);
@@ -547,7 +548,7 @@ impl Drop for Cluster {
 fn delete_keys(url: &str, pattern: &str) -> redis::RedisResult<()> {
     let mut conn =
         redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
-    let keys: Vec<String> = conn.scan_match(pattern)?.collect();
+    let keys: Vec<String> = conn.scan_match(pattern)?.collect::<Result<_, _>>()?;
     for chunk in keys.chunks(500) {
         redis::cmd("DEL").arg(chunk).query::<()>(&mut conn)?;
     }
@@ -802,9 +803,11 @@ fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
     let since: Vec<(ConvId, Seq)> = held.into_iter().collect();
     r2.resume_since(&r.session.token, &since)
         .unwrap_or_else(|e| panic!("resume: {e}; logs:\n{}", c.logs()));
+    // (The dead node may still be listed until the key's TTL: it never got
+    // to remove itself. Senders skip nodes that are not live.)
     let on = c.nodes_of(r.id);
     assert!(
-        !on.contains(&victim) && !on.is_empty(),
+        on.iter().any(|n| *n != victim),
         "resumed session should be on a surviving node, Redis says {on:?}"
     );
     let got = r2.wait_messages(N, T, |m| m.conversation == conv);
@@ -895,12 +898,15 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
     redis.kill9();
     redis.spawn();
 
-    // The nodes re-subscribe and ask their sessions to resume (messages
-    // published while they were away are lost to the bus, not to the store).
-    // Sessions may or may not be closed for that; either way, a client that
-    // resumes must get everything and live delivery must work again.
+    // The nodes re-subscribe and close their sessions with a Goodbye asking
+    // them to resume (messages published while they were away are lost to
+    // the bus, not to the store). A client that resumes gets everything and
+    // live delivery works again.
     let reconnect = |u: &User, addr: SocketAddr| -> Client {
-        let _ = u.c.wait_for(QUIET, |e| matches!(e, Event::Closed));
+        wait(&u.c, "Goodbye after the Redis restart", |e| {
+            matches!(e, Event::Goodbye { .. })
+        });
+        common::wait_closed(&u.c);
         let cl = c.client(addr);
         let since: Vec<(ConvId, Seq)> = u.c.seen().into_iter().collect();
         cl.resume_since(&u.session.token, &since)
