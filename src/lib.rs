@@ -8,7 +8,9 @@
 //! - [`server`]: the glommio shell that wires sockets, shards and the store
 //!   around the core.
 //! - [`client`]: a Rust client used by the tests, `ringchat chat` and loadgen.
+//! - [`chat`]: the interactive console client (`ringchat chat`).
 
+pub mod chat;
 pub mod client;
 pub mod cluster;
 pub mod core;

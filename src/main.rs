@@ -15,6 +15,18 @@ struct Cli {
 enum Cmd {
     /// Run the server (embedded store by default).
     Serve(ServeArgs),
+    /// Line-based chat client (interactive on a terminal, scriptable on a pipe).
+    Chat(ChatArgs),
+}
+
+#[derive(clap::Args)]
+struct ChatArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    server: String,
+    /// Log in as user:password before reading commands.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    login: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -48,6 +60,10 @@ struct ServeArgs {
     /// Blocking threads per shard for store calls and password hashing.
     #[arg(long, default_value_t = 4)]
     blocking_threads: usize,
+    /// Cut off a connection whose unwritten output exceeds this (slow
+    /// consumer); it catches up from the store when it comes back.
+    #[arg(long, default_value_t = 16384)]
+    max_outbound_kib: usize,
     /// Serve Prometheus metrics on this address (GET /metrics).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -73,6 +89,10 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
+        Cmd::Chat(a) => std::process::exit(ringchat::chat::run(ringchat::chat::ChatOptions {
+            server: a.server,
+            login: a.login,
+        })),
         Cmd::Serve(a) => cluster_config(&a).and_then(|cluster| {
             ringchat::server::serve(ringchat::server::Config {
                 listen: a.listen,
@@ -85,6 +105,8 @@ fn main() {
                 io_memory: a.io_memory_kib << 10,
                 blocking_threads: a.blocking_threads.max(1),
                 metrics: a.metrics,
+                // At least a few frames, so a catch-up page never overflows it.
+                out_limit: (a.max_outbound_kib << 10).max(4 * a.max_frame),
                 cluster,
                 ..Default::default()
             })

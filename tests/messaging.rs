@@ -387,3 +387,46 @@ fn acknowledged_sends_survive_kill_9() {
     let got: Vec<(u64, String)> = h.into_iter().map(|m| (m.seq, m.body)).collect();
     assert_eq!(got, acked);
 }
+
+/// A recipient that stops reading is cut off once its unwritten output
+/// passes `--max-outbound-kib`; nothing is dropped silently: after it comes
+/// back, the catch-up delivers every message, in order, once.
+#[test]
+fn slow_consumer_is_cut_off_then_catches_up_everything() {
+    let s = TestServer::start_with(&["--max-outbound-kib", "64"]);
+    let alice = s.user(&uname("slow_a"));
+    let bob_name = uname("slow_b");
+    let bob_id = {
+        let bob = s.user(&bob_name);
+        befriend(&alice, &bob);
+        bob.id
+    };
+    // Bob logs in on a raw socket and then never reads again.
+    let mut raw = Raw::hello(s.addr);
+    let f = raw.enc.login(2, &bob_name, PASSWORD).to_vec();
+    raw.write(&f);
+    let body = "x".repeat(50_000);
+    let mut seqs = Vec::new();
+    for i in 0..120 {
+        let sent = alice.send_direct(bob_id, &format!("{i} {body}")).unwrap();
+        seqs.push(sent.seq);
+    }
+    // The server gave up on the silent connection: reading what it managed
+    // to write ends in EOF rather than all 120 messages.
+    let mut frames = 0;
+    while let Some(f) = raw.read() {
+        frames += 1;
+        assert_ne!(f.body, ringchat::wire::fb::Body::ErrorReply, "{f:?}");
+    }
+    assert!(frames < 120, "the slow connection was never cut off");
+    // Back with a normal client: everything arrives, in order, once.
+    let c = s.client();
+    c.login(&bob_name, PASSWORD).unwrap();
+    let (msgs, _) = until_sync_done(&c);
+    let got: Vec<_> = msgs.iter().map(|m| m.seq).collect();
+    assert_eq!(got, seqs);
+    for (i, m) in msgs.iter().enumerate() {
+        assert!(m.body.starts_with(&format!("{i} ")));
+        assert_eq!(m.body.len(), format!("{i} ").len() + body.len());
+    }
+}

@@ -111,6 +111,10 @@ pub enum NodeMsg {
         users: Vec<UserId>,
         frame: Vec<u8>,
         msg: Option<(ConvId, Seq)>,
+        /// The sending connection, which must not get its own message
+        /// (empty node: none).
+        skip_node: String,
+        skip_conn: u64,
     },
     FriendSet {
         user: UserId,
@@ -168,14 +172,23 @@ mod tests {
             users: vec![1, 2],
             frame: vec![9, 8, 7],
             msg: Some((5, 6)),
+            skip_node: "n1".into(),
+            skip_conn: 3,
         };
         let b = encode(&m);
         match decode::<NodeMsg>(&b).unwrap() {
-            NodeMsg::Push { users, frame, msg } => {
+            NodeMsg::Push {
+                users,
+                frame,
+                msg,
+                skip_node,
+                skip_conn,
+            } => {
                 assert_eq!(
                     (users, frame, msg),
                     (vec![1, 2], vec![9, 8, 7], Some((5, 6)))
                 );
+                assert_eq!((skip_node.as_str(), skip_conn), ("n1", 3));
             }
             _ => panic!("wrong variant"),
         }

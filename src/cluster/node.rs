@@ -28,6 +28,8 @@ enum Outgoing {
         users: Vec<UserId>,
         frame: Arc<[u8]>,
         msg: Option<(ConvId, Seq)>,
+        /// The sending connection (node, conn), which must not get its own message.
+        skip: Option<(Arc<str>, u64)>,
     },
     FriendSet {
         user: UserId,
@@ -100,11 +102,18 @@ impl ClusterShard {
 
     /// Live delivery to users' sessions on other nodes (looked up in Redis
     /// after the message is durable; see the module docs of `cluster`).
-    pub fn push_remote(&self, users: &[UserId], frame: &Arc<[u8]>, msg: Option<(ConvId, Seq)>) {
+    pub fn push_remote(
+        &self,
+        users: &[UserId],
+        frame: &Arc<[u8]>,
+        msg: Option<(ConvId, Seq)>,
+        skip: Option<(Arc<str>, u64)>,
+    ) {
         self.push(Outgoing::Push {
             users: users.to_vec(),
             frame: frame.clone(),
             msg,
+            skip,
         });
     }
 
@@ -381,9 +390,16 @@ impl ClusterShard {
                         c.out.push(Frame::Own(frame));
                     }
                 }
-                NodeMsg::Push { users, frame, msg } => {
+                NodeMsg::Push {
+                    users,
+                    frame,
+                    msg,
+                    skip_node,
+                    skip_conn,
+                } => {
                     let f: Arc<[u8]> = frame.into();
-                    shard.deliver_local(&users, &f, 0, msg);
+                    let skip = if skip_node == *self.me { skip_conn } else { 0 };
+                    shard.deliver_local(&users, &f, skip, msg);
                 }
                 NodeMsg::FriendSet {
                     user,
@@ -572,7 +588,14 @@ async fn outgoing_loop(shard: Rc<Shard>) {
         for it in items {
             match it {
                 Outgoing::To { node, shard, msg } => bucket(&node, shard, msg),
-                Outgoing::Push { users, frame, msg } => {
+                Outgoing::Push {
+                    users,
+                    frame,
+                    msg,
+                    skip,
+                } => {
+                    let (skip_node, skip_conn) =
+                        skip.map(|(n, c)| (n.to_string(), c)).unwrap_or_default();
                     let mut per: Vec<(Dest, Vec<UserId>)> = Vec::new();
                     for u in users {
                         for (n, shards) in nodes_of.get(&u).into_iter().flatten() {
@@ -591,6 +614,8 @@ async fn outgoing_loop(shard: Rc<Shard>) {
                                 users: us,
                                 frame: frame.to_vec(),
                                 msg,
+                                skip_node: skip_node.clone(),
+                                skip_conn,
                             },
                         );
                     }

@@ -51,8 +51,7 @@ async fn connect_tcp(addr: &RedisAddr) -> Result<TcpStream, String> {
     for _ in 0..3 {
         let target = (addr.host.clone(), addr.port);
         let attempt = glommio::timer::timeout(std::time::Duration::from_secs(2), async move {
-            TcpStream::connect((target.0.as_str(), target.1))
-                .await
+            TcpStream::connect((target.0.as_str(), target.1)).await
         })
         .await;
         match attempt {

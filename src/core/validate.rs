@@ -55,6 +55,27 @@ pub fn max_body(max_frame: usize) -> usize {
     max_frame.saturating_sub(1024)
 }
 
+/// Per-message bytes of a `ChatMessage` besides its strings (fields,
+/// vtable, offsets, alignment), generously rounded up.
+const MESSAGE_OVERHEAD: usize = 128;
+
+/// How many messages, of the given string sizes in order, fit in one frame
+/// of `max_frame` bytes. Always at least one (every stored body was accepted
+/// under the same limit), so a page never stalls.
+pub fn fit_in_frame(sizes: impl IntoIterator<Item = usize>, max_frame: usize) -> usize {
+    let budget = max_frame.saturating_sub(256);
+    let mut used = 0;
+    let mut n = 0;
+    for s in sizes {
+        used += s + MESSAGE_OVERHEAD;
+        if used > budget && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 pub fn body(text: &str, max_frame: usize) -> Decision<()> {
     if text.is_empty() {
         return Err(Reject(ErrorCode::BadRequest, "message body is empty"));
@@ -68,6 +89,15 @@ pub fn body(text: &str, max_frame: usize) -> Decision<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_fit_the_frame_limit() {
+        assert_eq!(fit_in_frame([10usize; 5], 65536), 5);
+        assert_eq!(fit_in_frame([30_000usize; 5], 65536), 2);
+        // One oversized message still goes alone rather than stalling.
+        assert_eq!(fit_in_frame([65_100usize, 10], 65536), 1);
+        assert_eq!(fit_in_frame(Vec::<usize>::new(), 65536), 0);
+    }
 
     #[test]
     fn usernames() {

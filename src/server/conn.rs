@@ -32,8 +32,6 @@ const HOLD_CAP: usize = 4096;
 const PAGE: u32 = 256;
 /// Catch-up pauses while this many bytes wait for the socket.
 const REPLAY_HIGH_WATER: usize = 1 << 20;
-/// A connection whose unwritten output exceeds this is cut off (slow consumer).
-const OUT_LIMIT: usize = 16 << 20;
 
 /// Who a connection authenticated as.
 struct Login {
@@ -135,7 +133,8 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                 return;
             }
         }
-        let buf = fbuf.spare(4096);
+        fbuf.shrink_if_idle();
+        let buf = fbuf.spare(1024);
         match stream.read(buf).await {
             Ok(0) => return,
             Ok(n) => fbuf.filled(n),
@@ -346,7 +345,13 @@ pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
         req_id: h.req_id,
         since: h.since,
     };
-    super::spawn_guarded(run_session(shard, stream, fbuf, login));
+    super::spawn_guarded(async move {
+        let m = &shard.metrics;
+        m.connections.set(m.connections.get() + 1);
+        run_session(shard.clone(), stream, fbuf, login).await;
+        let m = &shard.metrics;
+        m.connections.set(m.connections.get() - 1);
+    });
 }
 
 /// The logged-in life of a connection on its user's home shard.
@@ -355,7 +360,7 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
     let conn = Rc::new(Conn {
         id: shard.new_conn_id(),
         user: login.user,
-        out: Rc::new(Outbound::new(OUT_LIMIT)),
+        out: Rc::new(Outbound::new(shard.cfg.out_limit)),
         hold: RefCell::new(Some(Hold::new(HOLD_CAP))),
     });
     let ok = shard
@@ -383,11 +388,35 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
         })
         .detach();
     }
-    glommio::spawn_local(replay(shard.clone(), conn.clone(), login.since.clone())).detach();
+    {
+        // A failed replay must not leave the session half-synced: close it
+        // (the client resumes and replays again).
+        let (s2, c2, since) = (shard.clone(), conn.clone(), login.since.clone());
+        super::spawn_guarded(async move {
+            let mut guard = CloseOnDrop(Some(c2.clone()));
+            replay(s2, c2, since).await;
+            guard.0 = None;
+        });
+    }
     read_loop(&shard, &conn, &stream, fbuf, &login).await;
+    if conn.out.overflowed.get() {
+        super::metrics::Metrics::inc(&shard.metrics.slow_consumers);
+        tracing::info!(user = conn.user, "slow consumer cut off");
+    }
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
+}
+
+/// Closes a connection's output if dropped (i.e. when a task unwinds).
+struct CloseOnDrop(Option<Rc<Conn>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.out.close();
+        }
+    }
 }
 
 /// Sends every stored message after the session's cursors, then switches
@@ -432,9 +461,24 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
                 after = last.seq;
                 count += page.len() as u64;
                 replayed.insert(conv, after);
-                let f = shard.enc.borrow_mut().messages(0, page.iter()).to_vec();
-                conn.out.push(Frame::Own(f));
-                conn.out.wait_below(REPLAY_HIGH_WATER).await;
+                // Several frames when the page is too big for one.
+                let mut rest = &page[..];
+                while !rest.is_empty() {
+                    let n = validate::fit_in_frame(
+                        rest.iter().map(|m| m.body.len() + m.sender_name.len()),
+                        shard.cfg.max_frame,
+                    );
+                    let f = shard
+                        .enc
+                        .borrow_mut()
+                        .messages(0, rest[..n].iter())
+                        .to_vec();
+                    conn.out.push(Frame::Own(f));
+                    rest = &rest[n..];
+                    conn.out
+                        .wait_below(REPLAY_HIGH_WATER.min(shard.cfg.out_limit / 2))
+                        .await;
+                }
                 if conn.out.is_closing() {
                     return;
                 }
@@ -502,7 +546,8 @@ async fn read_loop(
         while shard.outbox_full() {
             shard.outbox_room.wait().await;
         }
-        let buf = fbuf.spare(4096);
+        fbuf.shrink_if_idle();
+        let buf = fbuf.spare(1024);
         match rd.read(buf).await {
             Ok(0) => return,
             Ok(n) => fbuf.filled(n),
@@ -844,7 +889,13 @@ async fn session_request(
         }
         Body::Register => {
             let r = env.body_as_register().expect("type checked");
-            let f = register(shard, req_id, r.username().unwrap_or(""), r.password().unwrap_or("")).await;
+            let f = register(
+                shard,
+                req_id,
+                r.username().unwrap_or(""),
+                r.password().unwrap_or(""),
+            )
+            .await;
             reply(&f);
         }
         _ => {
@@ -868,10 +919,18 @@ pub async fn reply_history(
         .await
     {
         Ok(msgs) => {
+            // Keep the newest messages that fit one frame; the client pages
+            // on with `before_seq` = the first seq it got.
+            let n = validate::fit_in_frame(
+                msgs.iter()
+                    .rev()
+                    .map(|m| m.body.len() + m.sender_name.len()),
+                shard.cfg.max_frame,
+            );
             let f = shard
                 .enc
                 .borrow_mut()
-                .messages(origin.req_id, msgs.iter())
+                .messages(origin.req_id, msgs[msgs.len() - n..].iter())
                 .to_vec();
             shard.reply(origin, &f);
         }

@@ -186,11 +186,14 @@ const MAX_WRITE: usize = 256 << 10;
 pub async fn writer_loop(out: Rc<Outbound>, stream: SharedStream) {
     use futures_lite::AsyncWriteExt;
     let mut w = WriteHalf(stream.clone());
-    let mut buf = Vec::with_capacity(16 << 10);
+    // Allocated on demand and released when the queue runs dry: 10k idle
+    // connections must not each hold a write buffer.
+    let mut buf = Vec::new();
     loop {
         buf.clear();
         out.drain_into(&mut buf, MAX_WRITE);
         if buf.is_empty() {
+            buf = Vec::new();
             out.drained.notify();
             if out.is_closing() {
                 break;
@@ -203,9 +206,6 @@ pub async fn writer_loop(out: Rc<Outbound>, stream: SharedStream) {
             break;
         }
         out.drained.notify();
-        if buf.capacity() > 1 << 20 {
-            buf = Vec::with_capacity(16 << 10);
-        }
     }
     // Drop anything still queued and wake the reader out of its read.
     out.q.borrow_mut().clear();

@@ -37,6 +37,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Capacity of each cross-shard channel.
     pub mesh_capacity: usize,
+    /// Unwritten bytes after which a connection is cut off as a slow consumer.
+    pub out_limit: usize,
     /// Cluster mode (Redis bus and presence); `None` for a single node.
     pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
 }
@@ -55,6 +57,7 @@ impl Default for Config {
             blocking_threads: 4,
             metrics: None,
             mesh_capacity: 4096,
+            out_limit: 16 << 20,
             cluster: None,
         }
     }
@@ -120,6 +123,10 @@ pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Conversations whose owner state a shard keeps cached (~1-30 KiB each
+/// with the dedup window); idle ones beyond this are dropped.
+const MAX_CACHED_CONVS: usize = 100_000;
 
 /// Asks a running server to stop (what SIGINT/SIGTERM do).
 pub fn request_stop() {
@@ -266,6 +273,7 @@ async fn shard_main(
                     shard.flush_cursors();
                 }
                 if ticks.is_multiple_of(20) {
+                    shard.evict_idle_convs(MAX_CACHED_CONVS);
                     shard
                         .metrics
                         .task_panics

@@ -64,7 +64,7 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
             if !st.busy {
                 st.busy = true;
                 drop(convs);
-                glommio::spawn_local(process(shard.clone(), conv)).detach();
+                spawn_process(shard.clone(), conv);
             }
         }
     }
@@ -121,6 +121,7 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
                     queue: waiting.into(),
                     busy: true,
                     dup_waiters: Vec::new(),
+                    inflight: 0,
                 };
                 shard
                     .convs
@@ -136,6 +137,27 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
                         fb::ErrorCode::Internal,
                         "storage unavailable, retry",
                     );
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+/// Runs `process` so that a bug in one conversation's handling (a panic)
+/// fails that conversation's queued requests and drops its cached state
+/// (reloaded on next use) instead of killing the executor or wedging it.
+fn spawn_process(shard: Rc<Shard>, conv: ConvId) {
+    use futures_lite::FutureExt;
+    glommio::spawn_local(async move {
+        let res = std::panic::AssertUnwindSafe(process(shard.clone(), conv))
+            .catch_unwind()
+            .await;
+        if res.is_err() {
+            tracing::error!(conv, "conversation handler panicked; state dropped");
+            if let Some(ConvEntry::Ready(st)) = shard.convs.borrow_mut().remove(&conv) {
+                for (o, _) in st.queue {
+                    shard.reply_error(&o, fb::ErrorCode::Internal, "internal error, retry");
                 }
             }
         }
@@ -221,11 +243,14 @@ fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: 
             }
         };
         Ok(match st.seq.assign(origin.user, client_msg_id, now_ms()) {
-            Assign::New { seq, ts } => SendDecision::New {
-                seq,
-                ts,
-                recipients,
-            },
+            Assign::New { seq, ts } => {
+                st.inflight += 1;
+                SendDecision::New {
+                    seq,
+                    ts,
+                    recipients,
+                }
+            }
             Assign::Duplicate {
                 seq,
                 ts,
@@ -299,6 +324,7 @@ pub fn complete(shard: &Shard, c: Completion) {
     } = c;
     let waiters = with_conv(shard, conv, |st| {
         st.seq.mark_durable(origin.user, client_msg_id);
+        st.inflight = st.inflight.saturating_sub(1);
         let mut w = Vec::new();
         st.dup_waiters.retain(|(u, id, o)| {
             if *u == origin.user && *id == client_msg_id {
@@ -325,7 +351,7 @@ pub fn complete(shard: &Shard, c: Completion) {
             .to_vec();
         shard.reply(&o, &f);
     }
-    shard.push_users(&recipients, frame, origin.conn, Some((conv, seq)));
+    shard.push_message(&recipients, frame, &origin, (conv, seq));
 }
 
 /// A batch failed: tell the senders (they retry with the same client_msg_id)

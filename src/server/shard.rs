@@ -149,6 +149,17 @@ pub struct ConvState {
     pub busy: bool,
     /// Resends that arrived while their original was still being written.
     pub dup_waiters: Vec<(UserId, u64, Origin)>,
+    /// Messages sequenced but not yet durable: the state must not be
+    /// evicted meanwhile (a reload would hand their seqs out again).
+    pub inflight: u32,
+}
+
+impl ConvState {
+    /// Nothing queued, running or in flight: safe to forget (reloaded from
+    /// the store on next use).
+    pub fn idle(&self) -> bool {
+        !self.busy && self.queue.is_empty() && self.inflight == 0 && self.dup_waiters.is_empty()
+    }
 }
 
 pub enum ConvData {
@@ -470,8 +481,40 @@ impl Shard {
         msg: Option<(ConvId, Seq)>,
     ) {
         if let Some(c) = &self.cluster {
-            c.push_remote(users, &frame, msg);
+            c.push_remote(users, &frame, msg, None);
         }
+        self.push_local(users, frame, skip, msg);
+    }
+
+    /// Delivers a chat message to every session of `users`, except the
+    /// connection that sent it (wherever in the cluster it is).
+    pub fn push_message(
+        &self,
+        users: &[UserId],
+        frame: Arc<[u8]>,
+        origin: &Origin,
+        msg: (ConvId, Seq),
+    ) {
+        let local_skip = if origin.node.is_none() {
+            origin.conn
+        } else {
+            0
+        };
+        if let Some(c) = &self.cluster {
+            let node = origin.node.clone().unwrap_or_else(|| c.me().clone());
+            c.push_remote(users, &frame, Some(msg), Some((node, origin.conn)));
+        }
+        self.push_local(users, frame, local_skip, Some(msg));
+    }
+
+    /// The node-local part of a push: one mesh message per home shard.
+    fn push_local(
+        &self,
+        users: &[UserId],
+        frame: Arc<[u8]>,
+        skip: ConnId,
+        msg: Option<(ConvId, Seq)>,
+    ) {
         if self.n == 1 {
             self.deliver_local(users, &frame, skip, msg);
             return;
@@ -727,6 +770,30 @@ impl Shard {
         while self.writer.finished.get() < target {
             sig.wait().await;
         }
+    }
+
+    /// Bounds the owner cache: past `max` conversations, idle ones are
+    /// dropped (oldest-loaded first is not tracked; any idle one will do —
+    /// they reload from the store in one query when used again).
+    pub fn evict_idle_convs(&self, max: usize) {
+        let mut convs = self.convs.borrow_mut();
+        if convs.len() <= max {
+            return;
+        }
+        let target = max - max / 10;
+        let mut excess = convs.len() - target;
+        convs.retain(|_, e| {
+            if excess == 0 {
+                return true;
+            }
+            match e {
+                ConvEntry::Ready(st) if st.idle() => {
+                    excess -= 1;
+                    false
+                }
+                _ => true,
+            }
+        });
     }
 
     /// Moves acked cursors into the writer (batched, every `interval`).

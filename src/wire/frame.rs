@@ -31,7 +31,17 @@ pub struct FrameBuf {
 
 impl FrameBuf {
     pub fn new(max_frame: usize) -> FrameBuf {
-        FrameBuf::with_capacity(max_frame, 4096)
+        FrameBuf::with_capacity(max_frame, 1024)
+    }
+
+    /// Gives back a large buffer once everything in it was consumed, so an
+    /// idle connection that once received a big frame costs 1 KiB again.
+    pub fn shrink_if_idle(&mut self) {
+        if self.start == self.end && self.buf.len() > 16 << 10 {
+            self.buf = vec![0; 1024];
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
     pub fn with_capacity(max_frame: usize, cap: usize) -> FrameBuf {
