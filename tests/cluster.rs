@@ -14,9 +14,9 @@
 mod common;
 
 use common::{PASSWORD, T, User, befriend, login_synced, uname, wait, wait_msg};
+use redis::Commands as _;
 use ringchat::client::{ChatMsg, Client, ClientError, ClientOptions, Event, FriendEventKind};
 use ringchat::model::{ConvId, Seq, UserId};
-use redis::Commands as _;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -60,7 +60,9 @@ fn nginx_binary() -> Option<PathBuf> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
-    dirs.into_iter().map(|d| d.join("nginx")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
 }
 
 /// Whether the services a test needs are here; prints `SKIPPED` or panics
@@ -176,7 +178,10 @@ impl PrivateRedis {
         let addr = format!("127.0.0.1:{}", self.port);
         let deadline = Instant::now() + T;
         while port_open(&addr).is_err() {
-            assert!(Instant::now() < deadline, "redis-server on {addr} did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {addr} did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -498,6 +503,30 @@ impl Cluster {
         }
     }
 
+    /// Logs `name` in through nginx until its session lands on a node
+    /// `want` accepts: nginx balances by open connections, so each new
+    /// connection of an otherwise idle cluster goes to another node.
+    fn login_via_nginx(&self, name: &str, id: UserId, want: impl Fn(&str) -> bool) -> User {
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            let cl = self.client(self.nginx_addr());
+            let session = login_synced(&cl, name);
+            let on = self.nodes_of(id);
+            if on.len() == 1 && on.iter().all(|n| want(n)) {
+                return User {
+                    id,
+                    name: name.to_string(),
+                    session,
+                    c: cl,
+                };
+            }
+            seen.push(on);
+            cl.close();
+            self.wait_nodes_of(id, &[]);
+        }
+        panic!("nginx never put {name} on a wanted node: {seen:?}");
+    }
+
     fn index_of(&self, node: &str) -> usize {
         self.nodes.iter().position(|n| n.name == node).unwrap()
     }
@@ -546,15 +575,13 @@ impl Drop for Cluster {
 }
 
 fn delete_keys(url: &str, pattern: &str) -> redis::RedisResult<()> {
-    let mut conn =
-        redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
     let keys: Vec<String> = conn.scan_match(pattern)?.collect::<Result<_, _>>()?;
     for chunk in keys.chunks(500) {
         redis::cmd("DEL").arg(chunk).query::<()>(&mut conn)?;
     }
     Ok(())
 }
-
 
 /// The nginx template with the placeholders filled in outside comments
 /// (`{{NODE}}` lines repeated per node), as `tools/cluster` renders it.
@@ -585,9 +612,10 @@ fn render_nginx(listen: SocketAddr, dir: &Path, nodes: &[String]) -> String {
 
 fn wait_presence(c: &Client, who: UserId, online: bool, within: Duration) -> Duration {
     let t0 = Instant::now();
-    match c.wait_for(within, |e| {
-        matches!(e, Event::Presence { user_id, online: o } if *user_id == who && *o == online)
-    }) {
+    match c.wait_for(
+        within,
+        |e| matches!(e, Event::Presence { user_id, online: o } if *user_id == who && *o == online),
+    ) {
         Some(_) => t0.elapsed(),
         None => panic!(
             "no presence {} for user {who} within {within:?}; queued events: {:?}",
@@ -599,7 +627,12 @@ fn wait_presence(c: &Client, who: UserId, online: bool, within: Duration) -> Dur
 
 /// Sends like a real client: on a timeout or a server error, resends with
 /// the same `client_msg_id` until `deadline`.
-fn send_retrying(c: &Client, to: UserId, body: &str, deadline: Instant) -> (ringchat::client::Sent, u32) {
+fn send_retrying(
+    c: &Client,
+    to: UserId,
+    body: &str,
+    deadline: Instant,
+) -> (ringchat::client::Sent, u32) {
     let mid = c.next_msg_id();
     let mut tries = 0;
     loop {
@@ -629,8 +662,12 @@ fn seqs_of(msgs: &[ChatMsg], conv: ConvId) -> Vec<Seq> {
 /// friends, chat one-to-one and in a group, and see each other come and go.
 #[test]
 fn two_nodes_chat_groups_presence_and_friend_requests() {
-    let Some(c) = Cluster::start("two_nodes_chat_groups_presence_and_friend_requests", 2, 2, false)
-    else {
+    let Some(c) = Cluster::start(
+        "two_nodes_chat_groups_presence_and_friend_requests",
+        2,
+        2,
+        false,
+    ) else {
         return;
     };
     let a = c.user(c.addr(0), "a");
@@ -650,10 +687,16 @@ fn two_nodes_chat_groups_presence_and_friend_requests() {
     // One-to-one, both directions.
     let s1 = a.send_direct(b.id, "hello from n1").unwrap();
     let m = wait_msg(&b.c, "a's message on n2");
-    assert_eq!((m.body.as_str(), m.sender, m.seq), ("hello from n1", a.id, s1.seq));
+    assert_eq!(
+        (m.body.as_str(), m.sender, m.seq),
+        ("hello from n1", a.id, s1.seq)
+    );
     let s2 = b.send_direct(a.id, "hello from n2").unwrap();
     let m = wait_msg(&a.c, "b's message on n1");
-    assert_eq!((m.body.as_str(), m.sender, m.seq), ("hello from n2", b.id, s2.seq));
+    assert_eq!(
+        (m.body.as_str(), m.sender, m.seq),
+        ("hello from n2", b.id, s2.seq)
+    );
     assert_eq!((s1.seq, s2.seq), (1, 2), "one conversation, dense seqs");
 
     // A second device of b on the other node gets the next message too.
@@ -669,7 +712,11 @@ fn two_nodes_chat_groups_presence_and_friend_requests() {
             .wait_for(T, |e| matches!(e, Event::Message(m) if m.seq == s3.seq))
             .unwrap_or_else(|| panic!("{what}: no seq {}; logs:\n{}", s3.seq, c.logs()));
         let Event::Message(m) = m else { unreachable!() };
-        assert_eq!((m.conversation, m.body.as_str()), (s1.conversation, "to both devices"), "{what}");
+        assert_eq!(
+            (m.conversation, m.body.as_str()),
+            (s1.conversation, "to both devices"),
+            "{what}"
+        );
     }
 
     // A group spanning both nodes: creator on n1, members on n1 and n2.
@@ -683,10 +730,16 @@ fn two_nodes_chat_groups_presence_and_friend_requests() {
     assert_eq!(sent.conversation, gconv);
     for (who, cl) in [("a on n1", &a.c), ("b on n2", &b.c), ("b on n1", &b2)] {
         let m = cl
-            .wait_for(T, |e| matches!(e, Event::Message(m) if m.conversation == gconv))
+            .wait_for(
+                T,
+                |e| matches!(e, Event::Message(m) if m.conversation == gconv),
+            )
             .unwrap_or_else(|| panic!("group message to {who}; logs:\n{}", c.logs()));
         let Event::Message(m) = m else { unreachable!() };
-        assert_eq!((m.seq, m.sender, m.body.as_str()), (sent.seq, d.id, "group hello from n2"));
+        assert_eq!(
+            (m.seq, m.sender, m.body.as_str()),
+            (sent.seq, d.id, "group hello from n2")
+        );
     }
     let s = a.send_group(g, "group reply from n1").unwrap();
     let m = wait_msg(&d.c, "a's group message on n2");
@@ -706,9 +759,11 @@ fn two_nodes_chat_groups_presence_and_friend_requests() {
         "a's friend list should show b offline: {fa:?}"
     );
     // While b was offline a single "offline" was shown, not one per device.
-    common::assert_quiet(&a.c, "second offline notice", |e| {
-        matches!(e, Event::Presence { user_id, .. } if *user_id == b.id)
-    });
+    common::assert_quiet(
+        &a.c,
+        "second offline notice",
+        |e| matches!(e, Event::Presence { user_id, .. } if *user_id == b.id),
+    );
     let b3 = c.client(c.addr(1));
     login_synced(&b3, &b.name);
     wait_presence(&a.c, b.id, true, T);
@@ -727,9 +782,11 @@ fn two_nodes_chat_groups_presence_and_friend_requests() {
     );
     // And live between online users on different nodes.
     d.friend_request(a.id, "").unwrap();
-    wait(&a.c, "friend request from n2", |ev| {
-        matches!(ev, Event::Friend { kind: FriendEventKind::Requested, user_id, .. } if *user_id == d.id)
-    });
+    wait(
+        &a.c,
+        "friend request from n2",
+        |ev| matches!(ev, Event::Friend { kind: FriendEventKind::Requested, user_id, .. } if *user_id == d.id),
+    );
 }
 
 /// Three nodes behind nginx. The receiver's node is killed with SIGKILL;
@@ -747,42 +804,31 @@ fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
         return;
     };
     let lb = c.nginx_addr();
-    let r = c.user(lb, "r");
-    let r_nodes = c.nodes_of(r.id);
-    assert_eq!(r_nodes.len(), 1, "r on one node: {r_nodes:?}");
-    let victim = r_nodes.into_iter().next().unwrap();
-
-    // The sender must sit on another node: nginx balances by open
-    // connections, so a new connection normally lands elsewhere; retry a
-    // few times if not.
-    let s_name = uname("s");
+    let (r_name, s_name) = (uname("r"), uname("s"));
     let reg = c.client(lb);
+    let r_id = reg.register(&r_name, PASSWORD).unwrap();
     let s_id = reg.register(&s_name, PASSWORD).unwrap();
     drop(reg);
-    let mut s = None;
-    for _ in 0..6 {
-        let cl = c.client(lb);
-        let session = login_synced(&cl, &s_name);
-        let on = c.nodes_of(s_id);
-        if on.len() == 1 && !on.contains(&victim) {
-            s = Some(User {
-                id: s_id,
-                name: s_name.clone(),
-                session,
-                c: cl,
-            });
-            break;
-        }
-        cl.close();
-        c.wait_nodes_of(s_id, &[]);
-    }
-    let s = s.unwrap_or_else(|| panic!("nginx kept sending s to {victim}"));
+    // The hardest case: the node that dies holds the receiver's session
+    // *and* owns (sequences) their conversation, so sends in flight to it
+    // are lost and must be retried, and the conversation moves.
+    let conv = ringchat::model::direct_conv(r_id, s_id);
+    let view = ringchat::cluster::NodeView {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str().into(), 1))
+            .collect(),
+    };
+    let victim = view.owner(conv).unwrap().0.to_string();
+    let r = c.login_via_nginx(&r_name, r_id, |n| n == victim);
+    let s = c.login_via_nginx(&s_name, s_id, |n| n != victim);
     befriend(&s, &r);
 
     let first = s.send_direct(r.id, "before the crash").unwrap();
     let m = wait_msg(&r.c, "message before the crash");
     assert_eq!(m.seq, first.seq);
-    let conv = first.conversation;
+    assert_eq!(first.conversation, conv);
     let held = r.c.seen();
 
     c.kill9(c.index_of(&victim));
@@ -796,11 +842,18 @@ fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
     const N: usize = 10;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut sent = Vec::new();
+    let t0 = Instant::now();
+    let mut tries = 0;
     for i in 0..N {
-        let (ok, _) = send_retrying(&s_c, r.id, &format!("while down {i}"), deadline);
+        let (ok, n) = send_retrying(&s_c, r.id, &format!("while down {i}"), deadline);
         assert_eq!(ok.conversation, conv);
         sent.push(ok.seq);
+        tries += n;
     }
+    eprintln!(
+        "{N} sends took {tries} tries and {:?} after the owner died",
+        t0.elapsed()
+    );
     let want: Vec<Seq> = (first.seq + 1..=first.seq + N as u64).collect();
     assert_eq!(sent, want, "SendOk seqs must be dense and unique");
 
@@ -829,9 +882,11 @@ fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
         assert_eq!(m.sender, s_id);
     }
     // Nothing twice: no further copy arrives (dedup is off on r2).
-    common::assert_quiet(&r2, "duplicate delivery", |e| {
-        matches!(e, Event::Message(m) if m.conversation == conv)
-    });
+    common::assert_quiet(
+        &r2,
+        "duplicate delivery",
+        |e| matches!(e, Event::Message(m) if m.conversation == conv),
+    );
 
     // The conversation keeps working live across the surviving nodes.
     let after = s_c.send_direct(r.id, "after the resume").unwrap();
@@ -840,15 +895,40 @@ fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
     assert_eq!(m.seq, after.seq);
     let hist = r2.history(conv, 0, 100).unwrap();
     let hs: Vec<Seq> = hist.iter().map(|m| m.seq).collect();
-    assert_eq!(hs, (1..=after.seq).collect::<Vec<_>>(), "stored history is dense");
+    assert_eq!(
+        hs,
+        (1..=after.seq).collect::<Vec<_>>(),
+        "stored history is dense"
+    );
+
+    // The dead node comes back: it owns the conversation again (rendezvous)
+    // and must carry on from the stored seqs, not from its old memory.
+    let v = c.index_of(&victim);
+    c.restart(v);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (back, _) = send_retrying(&s_c, r.id, "after the rejoin", deadline);
+    assert_eq!(
+        back.seq,
+        after.seq + 1,
+        "seqs stay dense when the owner returns"
+    );
+    let m = wait_msg(&r2, "message after the node rejoined");
+    assert_eq!((m.seq, m.body.as_str()), (back.seq, "after the rejoin"));
+    common::assert_quiet(&r2, "duplicate delivery after the rejoin", |e| {
+        matches!(e, Event::Message(_))
+    });
 }
 
 /// A crashed node's users turn offline for their friends on other nodes
 /// within the liveness TTL, and online again when they come back.
 #[test]
 fn crashed_node_turns_its_users_offline_within_ttl() {
-    let Some(mut c) = Cluster::start("crashed_node_turns_its_users_offline_within_ttl", 2, 1, false)
-    else {
+    let Some(mut c) = Cluster::start(
+        "crashed_node_turns_its_users_offline_within_ttl",
+        2,
+        1,
+        false,
+    ) else {
         return;
     };
     let a = c.user(c.addr(0), "a");
@@ -863,13 +943,17 @@ fn crashed_node_turns_its_users_offline_within_ttl() {
         "b should be listed offline: {fl:?}"
     );
     // Not flapping back: no "online" for b while its node is down.
-    common::assert_quiet(&a.c, "b online while its node is dead", |e| {
-        matches!(e, Event::Presence { user_id, online: true } if *user_id == b.id)
-    });
+    common::assert_quiet(
+        &a.c,
+        "b online while its node is dead",
+        |e| matches!(e, Event::Presence { user_id, online: true } if *user_id == b.id),
+    );
     c.restart(1);
     let b2 = c.client(c.addr(1));
     b2.resume(&b.session.token).unwrap();
-    wait(&b2, "SyncDone after resume", |e| matches!(e, Event::SyncDone { .. }));
+    wait(&b2, "SyncDone after resume", |e| {
+        matches!(e, Event::SyncDone { .. })
+    });
     wait_presence(&a.c, b.id, true, T);
     let s = a.send_direct(b.id, "welcome back").unwrap();
     let m = wait_msg(&b2, "message after the node restarted");
@@ -884,11 +968,17 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
     if !services_ready(test, false) {
         return;
     }
-    if Command::new("redis-server").arg("--version").output().is_err() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         if required("RINGCHAT_REQUIRE_REDIS") {
             panic!("{test}: redis-server binary not available and RINGCHAT_REQUIRE_REDIS=1");
         }
-        eprintln!("SKIPPED: Redis not available (no redis-server binary to run a private one) [{test}]");
+        eprintln!(
+            "SKIPPED: Redis not available (no redis-server binary to run a private one) [{test}]"
+        );
         return;
     }
     let mut redis = PrivateRedis::start();
@@ -917,7 +1007,9 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
         let since: Vec<(ConvId, Seq)> = u.c.seen().into_iter().collect();
         cl.resume_since(&u.session.token, &since)
             .unwrap_or_else(|e| panic!("resume {}: {e}; logs:\n{}", u.name, c.logs()));
-        wait(&cl, "SyncDone after resume", |e| matches!(e, Event::SyncDone { .. }));
+        wait(&cl, "SyncDone after resume", |e| {
+            matches!(e, Event::SyncDone { .. })
+        });
         u.c.close();
         cl
     };
@@ -937,7 +1029,11 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
         if live.is_some() && live1.is_some() {
             break;
         }
-        assert!(Instant::now() < deadline, "nodes did not re-register; logs:\n{}", c.logs());
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not re-register; logs:\n{}",
+            c.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut a2 = a2;
