@@ -895,6 +895,17 @@ fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
         |e| matches!(e, Event::Message(m) if m.conversation == conv),
     );
 
+    // s saw r go offline with the crash (at the latest when the dead node's
+    // key expired) and online again after the resume elsewhere — and r
+    // stays online once the dead node is gone for good.
+    wait_presence(&s_c, r.id, false, T);
+    wait_presence(&s_c, r.id, true, T);
+    let fl = s_c.list_friends().unwrap();
+    assert!(
+        fl.iter().any(|f| f.user_id == r.id && f.online),
+        "r resumed on a live node, so s should list r online: {fl:?}"
+    );
+
     // The conversation keeps working live across the surviving nodes.
     let after = s_c.send_direct(r.id, "after the resume").unwrap();
     assert_eq!(after.seq, first.seq + N as u64 + 1);
