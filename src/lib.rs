@@ -14,6 +14,7 @@ pub mod chat;
 pub mod client;
 pub mod cluster;
 pub mod core;
+pub mod legacy;
 pub mod model;
 pub mod server;
 pub mod store;

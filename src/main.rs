@@ -15,6 +15,10 @@ struct Cli {
 enum Cmd {
     /// Run the server (embedded store by default).
     Serve(ServeArgs),
+    /// Import a cc_ChatServer MySQL database (users with their ids,
+    /// friendships, groups, pending offline messages); run it with the
+    /// server stopped. See docs/MIGRATING.md.
+    ImportLegacy(ImportArgs),
     /// Line-based chat client (interactive on a terminal, scriptable on a pipe).
     Chat(ChatArgs),
 }
@@ -27,6 +31,19 @@ struct ChatArgs {
     /// Log in as user:password before reading commands.
     #[arg(long, value_name = "USER:PASSWORD")]
     login: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The old database: mysql://user:pass@host:port/db
+    #[arg(long)]
+    from: String,
+    /// Target store, as for `serve --store` (empty: the embedded store in --data-dir).
+    #[arg(long, default_value = "")]
+    store: String,
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -77,6 +94,10 @@ struct ServeArgs {
     /// Prefix of every Redis key and channel, so clusters can share a Redis.
     #[arg(long, default_value = "ringchat:")]
     redis_prefix: String,
+    /// Also serve the old cc_ChatServer JSON protocol on this address (off
+    /// by default; see docs/MIGRATING.md).
+    #[arg(long)]
+    legacy_listen: Option<SocketAddr>,
 }
 
 fn main() {
@@ -93,6 +114,10 @@ fn main() {
             server: a.server,
             login: a.login,
         })),
+        Cmd::ImportLegacy(a) => ringchat::store::open(&a.store, &a.data_dir)
+            .map_err(|e| format!("opening the store: {e}"))
+            .and_then(|store| ringchat::legacy::import::import(&a.from, &*store))
+            .map(|r| println!("imported: {r:?}")),
         Cmd::Serve(a) => cluster_config(&a).and_then(|cluster| {
             ringchat::server::serve(ringchat::server::Config {
                 listen: a.listen,
@@ -108,6 +133,7 @@ fn main() {
                 // At least a few frames, so a catch-up page never overflows it.
                 out_limit: (a.max_outbound_kib << 10).max(4 * a.max_frame),
                 cluster,
+                legacy_listen: a.legacy_listen,
                 ..Default::default()
             })
         }),

@@ -11,11 +11,22 @@ use crate::store::{PairRecord, PairState};
 /// What `actor` asks to do to `other`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PairAction {
-    Request { note: String },
-    Respond { accept: bool },
+    Request {
+        note: String,
+    },
+    Respond {
+        accept: bool,
+    },
     Remove,
     Block,
     Unblock,
+    /// Instant friendship (the legacy protocol's "add friend", which has no
+    /// accept step): friends at once unless a block stands; already friends
+    /// is a silent success so an old client's repeat is harmless. Pending
+    /// requests either way are consumed.
+    Befriend {
+        note: String,
+    },
 }
 
 /// Who must hear about a transition, besides the actor's reply.
@@ -140,6 +151,19 @@ pub fn apply(
             set_view(s, lo_actor, i_req, they_req, false);
             PairEffect::Silent
         }
+        PairAction::Befriend { .. } => {
+            if i_block || they_block {
+                return Err(Reject(ErrorCode::Blocked, "you cannot befriend this user"));
+            }
+            if s.friends {
+                PairEffect::Silent
+            } else {
+                s.friends = true;
+                set_view(s, lo_actor, false, false, false);
+                next.note.clear();
+                PairEffect::BecameFriends { mutual: false }
+            }
+        }
     };
     Ok((next, effect))
 }
@@ -217,6 +241,29 @@ mod tests {
         let (r4, _) = apply(&r3, 2, 1, &PairAction::Unblock).unwrap();
         assert_eq!(r4.state, PairState::default());
         assert_eq!(apply(&r4, 1, 2, &req()).unwrap().1, PairEffect::Requested);
+    }
+
+    #[test]
+    fn befriend_is_instant_unless_blocked() {
+        let bf = || PairAction::Befriend { note: "yo".into() };
+        let (r1, e) = apply(&PairRecord::default(), 2, 1, &bf()).unwrap();
+        assert_eq!(e, PairEffect::BecameFriends { mutual: false });
+        assert!(r1.state.friends && may_message(&r1).is_ok());
+        // Repeat (either side) is a silent success.
+        assert_eq!(
+            apply(&r1, 1, 2, &bf()).unwrap(),
+            (r1.clone(), PairEffect::Silent)
+        );
+        // A pending native request either way is consumed.
+        let (p, _) = apply(&PairRecord::default(), 1, 2, &req()).unwrap();
+        let (r2, e) = apply(&p, 2, 1, &bf()).unwrap();
+        assert_eq!(e, PairEffect::BecameFriends { mutual: false });
+        assert!(r2.state.friends && !r2.state.request_lo_to_hi && r2.note.is_empty());
+        // Blocks win, from either side.
+        let (b, _) = apply(&PairRecord::default(), 1, 2, &PairAction::Block).unwrap();
+        assert_eq!(apply(&b, 2, 1, &bf()).unwrap_err().0, ErrorCode::Blocked);
+        assert_eq!(apply(&b, 1, 2, &bf()).unwrap_err().0, ErrorCode::Blocked);
+        assert_eq!(apply(&b, 1, 1, &bf()).unwrap_err().0, ErrorCode::SelfTarget);
     }
 
     #[test]

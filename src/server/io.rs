@@ -43,12 +43,15 @@ impl Signal {
 pub enum Frame {
     Own(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Bytes already in another protocol's encoding (legacy JSON), written
+    /// as they are; every other frame is FlatBuffers.
+    Raw(Vec<u8>),
 }
 
 impl Frame {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Frame::Own(v) => v,
+            Frame::Own(v) | Frame::Raw(v) => v,
             Frame::Shared(a) => a,
         }
     }
@@ -115,6 +118,21 @@ impl Outbound {
 
     pub fn queued_bytes(&self) -> usize {
         self.bytes.get()
+    }
+
+    /// Takes the oldest queued frame, for writers that transform frames
+    /// before writing them (the legacy protocol's).
+    pub fn pop(&self) -> Option<Frame> {
+        let f = self.q.borrow_mut().pop_front()?;
+        self.bytes.set(self.bytes.get() - f.bytes().len());
+        Some(f)
+    }
+
+    /// Drops everything queued (the writer is gone).
+    pub fn discard(&self) {
+        self.q.borrow_mut().clear();
+        self.bytes.set(0);
+        self.drained.notify();
     }
 
     /// Moves queued frames into `buf` (coalescing into one write) up to `max` bytes.

@@ -41,6 +41,8 @@ pub struct Config {
     pub out_limit: usize,
     /// Cluster mode (Redis bus and presence); `None` for a single node.
     pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
+    /// Also serve the old cc_ChatServer JSON protocol here (`src/legacy`).
+    pub legacy_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             mesh_capacity: 4096,
             out_limit: 16 << 20,
             cluster: None,
+            legacy_listen: None,
         }
     }
 }
@@ -212,6 +215,9 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a shard failed to start".into()),
         }
     }
+    if let Some(l) = cfg.legacy_listen {
+        eprintln!("legacy JSON protocol on {l}");
+    }
     println!("ringchat listening on {} ({n} shards)", cfg.listen);
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -234,6 +240,17 @@ async fn shard_main(
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("binding {}: {e}", cfg.listen)));
+            return;
+        }
+    };
+    let legacy_listener = match cfg.legacy_listen.map(glommio::net::TcpListener::bind) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let _ = ready.send(Err(format!(
+                "binding the legacy listener {:?}: {e}",
+                cfg.legacy_listen
+            )));
             return;
         }
     };
@@ -307,7 +324,9 @@ async fn shard_main(
             }
         })
     };
+    let legacy_accept = legacy_listener.map(|l| crate::legacy::conn::accept_loop(shard.clone(), l));
     ticker.await;
+    drop(legacy_accept);
     // Graceful stop: no new connections, make acked cursors durable, wait for
     // in-flight writes, tell sessions goodbye.
     drop(accept);

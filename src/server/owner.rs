@@ -472,7 +472,12 @@ async fn pair_op(
             shard.push_users(&[other], f, 0, None);
         }
         PairEffect::BecameFriends { mutual } => {
-            let f = friend_frame(shard, fb::FriendEventKind::Accepted, me, &origin.name, "");
+            // A legacy "add friend" (Befriend) carries its message along.
+            let note = match &action {
+                PairAction::Befriend { note } => note.as_str(),
+                _ => "",
+            };
+            let f = friend_frame(shard, fb::FriendEventKind::Accepted, me, &origin.name, note);
             shard.push_users(&[other], f, 0, None);
             if mutual {
                 let f = friend_frame(shard, fb::FriendEventKind::Accepted, other, &other_name, "");

@@ -37,6 +37,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("check_conversations_of", check_conversations_of),
     ("check_body_roundtrip", check_body_roundtrip),
     ("check_concurrent_access", check_concurrent_access),
+    ("check_legacy_ids_and_desc", check_legacy_ids_and_desc),
 ];
 
 /// Runs every check in [`CHECKS`] against one store. [`check_survives_reopen`]
@@ -815,4 +816,47 @@ pub fn check_survives_reopen(open: &dyn Fn() -> Arc<dyn Store>) {
         s.create_user("cr_a", "x"),
         Err(StoreError::Conflict)
     ));
+}
+
+/// Users and groups created with chosen ids (import) and group descriptions.
+pub fn check_legacy_ids_and_desc(s: &dyn Store) {
+    let id = 1_000_000 + (crate::model::now_ms() % 1_000_000);
+    s.create_user_with_id(id, "legacy_imp_a", "$argon2id$v=19$x")
+        .unwrap();
+    let u = s.user_by_id(id).unwrap().expect("imported user");
+    assert_eq!(u.username, "legacy_imp_a");
+    assert!(matches!(
+        s.create_user_with_id(id, "legacy_imp_b", "h"),
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        s.create_user_with_id(id + 1, "legacy_imp_a", "h"),
+        Err(StoreError::Conflict)
+    ));
+    // Ids assigned later continue above the imported one.
+    let next = user(s, "legacy_imp_c");
+    assert!(next > id, "{next} <= {id}");
+
+    let g = 2_000_000 + (crate::model::now_ms() % 1_000_000);
+    s.create_group_with_id(g, "legacy imported group", id)
+        .unwrap();
+    let rec = s.get_group(g).unwrap().expect("imported group");
+    assert_eq!((rec.owner, rec.dissolved), (id, false));
+    assert_eq!(s.group_members(g).unwrap()[0].role, Role::Owner);
+    assert!(
+        s.conversations_of(id)
+            .unwrap()
+            .iter()
+            .any(|c| c.conv == group_conv(g))
+    );
+    assert!(matches!(
+        s.create_group_with_id(g + 1, "legacy imported group", id),
+        Err(StoreError::Conflict)
+    ));
+    assert!(s.create_group("legacy later group", next).unwrap() > g);
+
+    assert_eq!(s.group_desc(g).unwrap(), "");
+    s.set_group_desc(g, "a \"quoted\" desc 😀").unwrap();
+    assert_eq!(s.group_desc(g).unwrap(), "a \"quoted\" desc 😀");
+    assert_eq!(s.group_desc(g + 12345).unwrap(), "");
 }

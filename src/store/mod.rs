@@ -212,6 +212,19 @@ pub trait Store: Send + Sync + 'static {
     fn history(&self, conv: ConvId, before: Seq, limit: u32) -> Result<Vec<StoredMessage>>;
     /// Every conversation the user is a member of (cursor rows), ordered by conv.
     fn conversations_of(&self, user: UserId) -> Result<Vec<ConvCursor>>;
+
+    // ---- legacy protocol and import (src/legacy, docs/MIGRATING.md)
+    /// Creates a user with a chosen id, so users imported from another
+    /// server keep the numeric ids their clients log in with. `Conflict` if
+    /// the id or the name is taken. Later `create_user` ids continue above.
+    fn create_user_with_id(&self, id: UserId, username: &str, password_hash: &str) -> Result<()>;
+    /// `create_group` with a chosen id (import); `Conflict` if the id or a
+    /// live group's name is taken.
+    fn create_group_with_id(&self, id: GroupId, name: &str, owner: UserId) -> Result<()>;
+    /// Sets a group's description (the legacy protocol's `groupdesc`).
+    fn set_group_desc(&self, id: GroupId, desc: &str) -> Result<()>;
+    /// A group's description; empty if never set or no such group.
+    fn group_desc(&self, id: GroupId) -> Result<String>;
 }
 
 /// Opens the store named by `--store` (`sqlite:PATH` or a data dir, or

@@ -97,6 +97,14 @@ impl TestServer {
         panic!("server did not start: {last_err}");
     }
 
+    /// Starts with the legacy JSON protocol also served (`--legacy-listen`)
+    /// on a second free port; returns that address too.
+    pub fn start_legacy() -> (TestServer, SocketAddr) {
+        let legacy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let s = TestServer::start_with(&["--legacy-listen", &legacy.to_string()]);
+        (s, legacy)
+    }
+
     /// Spawns the binary and waits for its `listening on` line.
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringchat"));

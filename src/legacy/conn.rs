@@ -1,0 +1,971 @@
+//! A legacy-protocol connection: the anonymous phase on the accepting
+//! shard, then a session on the user's home shard.
+//!
+//! The session is an ordinary [`Conn`] registered with the home shard, so
+//! owners, delivery, presence and the catch-up hold treat it exactly like a
+//! native one; only its writer differs: it decodes each queued FlatBuffers
+//! frame and writes the legacy JSON equivalent (or nothing: pushes the old
+//! protocol has no words for, such as presence, are dropped). Requests the
+//! shared machinery answers (sends, friend and group operations) carry a
+//! connection-local `req_id`; the reply is matched to the legacy request it
+//! answers through [`Ctx::pending`].
+//!
+//! Identity comes only from the login of the connection: `id` and `from`
+//! fields in later requests are ignored.
+
+use super::codec::{self, Request, Split, Splitter};
+use crate::core::group::GroupAction;
+use crate::core::pair::PairAction;
+use crate::core::sync::{self, Hold};
+use crate::core::{Reject, validate};
+use crate::model::{
+    ConvId, ConvKind, GroupId, MAX_USER_ID, Seq, UserId, direct_conv, group_conv, now_ms,
+    owner_shard,
+};
+use crate::server::auth;
+use crate::server::io::{Frame, Outbound, ReadHalf, SharedStream, WriteHalf, shutdown_now};
+use crate::server::shard::{Conn, HandOff, Origin, OwnerOp, Shard, ShardMsg};
+use crate::store::{FriendKind, StoreError, StoredMessage};
+use crate::wire::{self, fb};
+use ahash::AHashMap;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use serde_json::Value;
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Live pushes held while the login catch-up is collected.
+const HOLD_CAP: usize = 4096;
+/// Messages per catch-up store read.
+const PAGE: u32 = 256;
+/// A connection whose unwritten output exceeds this is cut off.
+const OUT_LIMIT: usize = 16 << 20;
+/// Largest single coalesced write.
+const MAX_WRITE: usize = 256 << 10;
+/// Up to this many queued objects are written one `write` each.
+const SEPARATE_WRITES: usize = 16;
+
+/// Largest JSON object accepted. Escapes (`\"`, `\uXXXX`) make the JSON of
+/// a message longer than its text, so the limit is a multiple of the frame
+/// limit; the text itself is still held to the native body limit.
+fn max_object(shard: &Shard) -> usize {
+    shard.cfg.max_frame * 4 + 4096
+}
+
+/// Accepts legacy connections on this shard's listener until dropped.
+pub fn accept_loop(shard: Rc<Shard>, listener: TcpListener) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    crate::server::metrics::Metrics::inc(&shard.metrics.accepted);
+                    let s = shard.clone();
+                    crate::server::spawn_guarded(async move {
+                        s.metrics.connections.set(s.metrics.connections.get() + 1);
+                        handle_new(s.clone(), stream).await;
+                        s.metrics.connections.set(s.metrics.connections.get() - 1);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(shard = shard.id, error = %e, "legacy accept failed");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Old clients never ping and may sit idle for hours, so legacy connections
+/// get no idle timeout; TCP keepalive reaps peers that vanished instead.
+fn keepalive(stream: &TcpStream) {
+    let fd = stream.as_raw_fd();
+    let set = |level, opt, v: libc::c_int| {
+        // SAFETY: setsockopt on a socket we own, with an int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
+}
+
+pub async fn handle_new(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    keepalive(&stream);
+    anonymous(shard, stream, Vec::new()).await;
+}
+
+/// A legacy connection arriving from another shard after login.
+pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the OwnedFd is a valid socket descriptor we own.
+    let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    crate::server::spawn_guarded(async move {
+        if let Some((stream, pending)) =
+            session(shard.clone(), stream, h.pending, h.user, h.name).await
+        {
+            anonymous(shard, stream, pending).await;
+        }
+    });
+}
+
+/// Register and login, until a login moves the connection into a session.
+/// After a logout (msgid 13) the old client shows its menu again on the same
+/// connection, so the connection comes back here.
+async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, pending: Vec<u8>) {
+    let mut sp = Splitter::new(max_object(&shard));
+    sp.push(&pending);
+    let mut rbuf = vec![0u8; 4096];
+    loop {
+        loop {
+            let o = match sp.next_object() {
+                Split::NeedMore => break,
+                Split::Garbage(why) => {
+                    let _ = stream.write_all(&codec::error(0, 1, &why, &[])).await;
+                    return;
+                }
+                Split::Object(o) => o,
+            };
+            let (reply, login) = match codec::parse_request(&o) {
+                Err(b) => (Some(codec::bad_request(&b)), None),
+                Ok(Request::Register { name, password }) => {
+                    (Some(register(&shard, name, password).await), None)
+                }
+                Ok(Request::Login { id, password }) => match login(&shard, id, password).await {
+                    Ok(who) => (None, Some(who)),
+                    Err(reply) => (Some(reply), None),
+                },
+                // Logging out while logged out: nothing to do, as before.
+                Ok(Request::Logout) => (None, None),
+                Ok(r) => (
+                    Some(codec::error(
+                        codec::reply_msgid(r.msgid()),
+                        1,
+                        "not logged in",
+                        &[],
+                    )),
+                    None,
+                ),
+            };
+            if let Some(r) = reply
+                && stream.write_all(&r).await.is_err()
+            {
+                return;
+            }
+            let Some((user, name)) = login else { continue };
+            let pending = sp.pending().to_vec();
+            let home = shard.home(user);
+            if home == shard.id {
+                match session(shard.clone(), stream, pending, user, name).await {
+                    Some((s, p)) => {
+                        stream = s;
+                        sp = Splitter::new(max_object(&shard));
+                        sp.push(&p);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            // SAFETY: dup returns a new descriptor we own; the glommio stream
+            // closes only its own one when dropped.
+            let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+            drop(stream);
+            if dup < 0 {
+                return;
+            }
+            let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+            shard.send(
+                home,
+                ShardMsg::LegacyHandOff(Box::new(HandOff {
+                    fd,
+                    pending,
+                    req_id: 0,
+                    user,
+                    name,
+                    token: String::new(),
+                    since: Vec::new(),
+                })),
+            );
+            return;
+        }
+        match stream.read(&mut rbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => sp.push(&rbuf[..n]),
+        }
+    }
+}
+
+fn storage_error(msgid: i64) -> Vec<u8> {
+    codec::error(msgid, 3, "storage unavailable, retry", &[])
+}
+
+/// Login by numeric id. A wrong id and a wrong password look the same.
+async fn login(
+    shard: &Rc<Shard>,
+    id: u64,
+    password: String,
+) -> Result<(UserId, Arc<str>), Vec<u8>> {
+    let res = shard
+        .blocking(move |s| {
+            let rec = if id == 0 || id > MAX_USER_ID {
+                None
+            } else {
+                s.user_by_id(id)?
+            };
+            let ok = match &rec {
+                Some(r) => auth::verify_password(&password, &r.password_hash),
+                None => {
+                    auth::verify_password(&password, auth::dummy_hash());
+                    false
+                }
+            };
+            Ok(rec.filter(|_| ok).map(|r| (r.id, r.username)))
+        })
+        .await;
+    match res {
+        Ok(Some((id, name))) => Ok((id, name.into())),
+        Ok(None) => Err(codec::error(
+            codec::LOGIN_ACK,
+            1,
+            "id or password is invalid!",
+            &[],
+        )),
+        Err(_) => Err(storage_error(codec::LOGIN_ACK)),
+    }
+}
+
+/// Registration follows the native rules for names and passwords, so every
+/// account can also log in on the native protocol.
+async fn register(shard: &Rc<Shard>, name: String, password: String) -> Vec<u8> {
+    if let Err(Reject(_, text)) =
+        validate::username(&name).and_then(|_| validate::password(&password))
+    {
+        return codec::error(codec::REGISTER_ACK, 1, text, &[]);
+    }
+    let res = shard
+        .blocking(move |s| {
+            let hash = auth::hash_password(&password).map_err(StoreError::Backend)?;
+            s.create_user(&name, &hash)
+        })
+        .await;
+    match res {
+        Ok(id) => codec::register_ok(id),
+        Err(StoreError::Conflict) => {
+            codec::error(codec::REGISTER_ACK, 1, "name is already taken", &[])
+        }
+        Err(_) => storage_error(codec::REGISTER_ACK),
+    }
+}
+
+/// A legacy request waiting for its answer from the shared machinery.
+enum Pending {
+    /// Chat (5 or 9): success is silent, an error is reported.
+    Chat {
+        msgid: i64,
+        group: GroupId,
+    },
+    AddFriend {
+        friend: UserId,
+        name: String,
+    },
+    /// Join (8), leave (10), dissolve (11). `name` to remember on join.
+    GroupOp {
+        msgid: i64,
+        group: GroupId,
+        name: String,
+    },
+    GroupInfo {
+        group: GroupId,
+        name: String,
+        desc: String,
+    },
+}
+
+/// State shared by a session's reader and writer.
+struct Ctx {
+    user: UserId,
+    name: Arc<str>,
+    pending: RefCell<AHashMap<u64, Pending>>,
+    /// Group names for the `groupname` of group chat pushes (a stored
+    /// message does not carry it): groups at login, created or joined since.
+    group_names: RefCell<AHashMap<GroupId, String>>,
+    next_req: Cell<u64>,
+    /// `client_msg_id`s: a random base per session plus a counter, so ids
+    /// are unique per sender across sessions (the owner dedups on them).
+    msg_base: u64,
+    msg_ctr: Cell<u64>,
+    /// Logout: the writer leaves the socket open for the anonymous phase.
+    keep_open: Cell<bool>,
+    /// A write failed: the socket is dead.
+    broken: Cell<bool>,
+}
+
+/// The logged-in life of a legacy connection on its user's home shard.
+/// Returns the stream (and unread bytes) after a logout, `None` once the
+/// connection is gone.
+async fn session(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    pending: Vec<u8>,
+    user: UserId,
+    name: Arc<str>,
+) -> Option<(TcpStream, Vec<u8>)> {
+    let stream: SharedStream = Rc::new(RefCell::new(stream));
+    let conn = Rc::new(Conn {
+        id: shard.new_conn_id(),
+        user,
+        out: Rc::new(Outbound::new(OUT_LIMIT)),
+        hold: RefCell::new(Some(Hold::new(HOLD_CAP))),
+    });
+    let ctx = Rc::new(Ctx {
+        user,
+        name,
+        pending: RefCell::new(AHashMap::new()),
+        group_names: RefCell::new(AHashMap::new()),
+        next_req: Cell::new(1),
+        msg_base: (rand::random::<u64>() << 24) | 1 << 23,
+        msg_ctr: Cell::new(0),
+        keep_open: Cell::new(false),
+        broken: Cell::new(false),
+    });
+    if shard.register(conn.clone()) {
+        if let Some(c) = &shard.cluster {
+            c.register_user(user).await;
+        }
+        let s2 = shard.clone();
+        glommio::spawn_local(async move {
+            if let Ok(rows) = s2.blocking(move |s| s.friends_of(user)).await {
+                let set = rows
+                    .into_iter()
+                    .filter(|r| r.kind == FriendKind::Friend)
+                    .map(|r| r.user_id)
+                    .collect();
+                s2.announce_online(user, set);
+            }
+        })
+        .detach();
+    }
+    // The login reply goes out first, before anything queued meanwhile (the
+    // old client takes the first read after login as the reply), so it is
+    // written here and the writer starts only afterwards.
+    let started = match login_reply(&shard, &ctx).await {
+        Ok((reply, replayed)) => {
+            let ok = WriteHalf(stream.clone()).write_all(&reply).await.is_ok();
+            if ok {
+                // The legacy client cannot ack: on the socket counts as delivered.
+                advance(&shard, user, replayed.iter().map(|(c, s)| (*c, *s)));
+                release_hold(&shard, &conn, replayed).await;
+            }
+            ok
+        }
+        Err(reply) => {
+            let _ = WriteHalf(stream.clone()).write_all(&reply).await;
+            false
+        }
+    };
+    let writer = glommio::spawn_local(writer_loop(
+        shard.clone(),
+        conn.clone(),
+        ctx.clone(),
+        stream.clone(),
+    ));
+    let mut sp = Splitter::new(max_object(&shard));
+    sp.push(&pending);
+    let logout = started && read_loop(&shard, &conn, &ctx, &stream, &mut sp).await;
+    ctx.keep_open.set(logout);
+    conn.out.close();
+    writer.await;
+    shard.unregister(&conn);
+    if !logout || ctx.broken.get() {
+        shutdown_now(&stream);
+        return None;
+    }
+    match Rc::try_unwrap(stream) {
+        Ok(s) => Some((s.into_inner(), sp.pending().to_vec())),
+        Err(s) => {
+            shutdown_now(&s);
+            None
+        }
+    }
+}
+
+/// Moves `user`'s delivered cursors forward (batched to the store by the
+/// shard's cursor flush, as native acks are).
+fn advance(shard: &Shard, user: UserId, items: impl IntoIterator<Item = (ConvId, Seq)>) {
+    let mut cursors = shard.cursors.borrow_mut();
+    for (conv, seq) in items {
+        let e = cursors.entry((user, conv)).or_insert(0);
+        *e = (*e).max(seq);
+    }
+}
+
+/// Everything stored after the user's cursors (or after `replayed` where it
+/// has an entry), per conversation in seq order; `replayed` is updated.
+async fn collect(
+    shard: &Rc<Shard>,
+    user: UserId,
+    replayed: &mut AHashMap<ConvId, Seq>,
+) -> crate::store::Result<Vec<StoredMessage>> {
+    let convs = shard.blocking(move |s| s.conversations_of(user)).await?;
+    let overrides: Vec<(ConvId, Seq)> = replayed.iter().map(|(c, s)| (*c, *s)).collect();
+    let mut out = Vec::new();
+    for r in sync::plan(&convs, &overrides) {
+        let (conv, mut after) = (r.conv, r.after);
+        loop {
+            let page = shard
+                .blocking(move |s| s.messages_after(conv, after, PAGE))
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            replayed.insert(conv, after);
+            let full = page.len() == PAGE as usize;
+            out.extend(page);
+            if !full {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the login reply: catch-up as `offlinemsg`, friends, groups.
+async fn login_reply(
+    shard: &Rc<Shard>,
+    ctx: &Ctx,
+) -> Result<(Vec<u8>, AHashMap<ConvId, Seq>), Vec<u8>> {
+    let user = ctx.user;
+    shard.sync_point().await;
+    let lists = shard
+        .blocking(move |s| {
+            let friends = s.friends_of(user)?;
+            let mut groups = Vec::new();
+            for (g, _) in s.groups_of(user)? {
+                let members = s.group_members(g.id)?;
+                let desc = s.group_desc(g.id)?;
+                groups.push((g, desc, members));
+            }
+            Ok((friends, groups))
+        })
+        .await;
+    let mut replayed = AHashMap::new();
+    let msgs = collect(shard, user, &mut replayed).await;
+    let (Ok((friends, groups)), Ok(msgs)) = (lists, msgs) else {
+        return Err(storage_error(codec::LOGIN_ACK));
+    };
+    let friends: Vec<String> = friends
+        .iter()
+        .filter(|f| f.kind == FriendKind::Friend)
+        .map(|f| codec::friend_entry(f.user_id, &f.username, shard.is_online(f.user_id)))
+        .collect();
+    let mut names = ctx.group_names.borrow_mut();
+    let groups: Vec<String> = groups
+        .into_iter()
+        .map(|(g, desc, members)| {
+            names.insert(g.id, g.name.clone());
+            let users = members
+                .iter()
+                .map(|m| member_entry(shard, m.user_id, &m.username, m.role))
+                .collect();
+            codec::group_entry(g.id, &g.name, &desc, users)
+        })
+        .collect();
+    drop(names);
+    let offline: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| {
+            chat_json(
+                ctx,
+                m.conv,
+                m.sender,
+                &m.sender_name,
+                m.timestamp_ms,
+                &m.body,
+            )
+        })
+        .map(|v| v.to_string())
+        .collect();
+    Ok((
+        codec::login_ok(user, &ctx.name, offline, friends, groups),
+        replayed,
+    ))
+}
+
+fn member_entry(shard: &Shard, id: UserId, name: &str, role: crate::store::Role) -> String {
+    codec::member_entry(
+        id,
+        name,
+        role == crate::store::Role::Owner,
+        shard.is_online(id),
+    )
+}
+
+/// The legacy object for a chat message, or `None` for the user's own
+/// messages (the old server never echoed them back).
+fn chat_json(
+    ctx: &Ctx,
+    conv: ConvId,
+    sender: UserId,
+    sender_name: &str,
+    ts: u64,
+    body: &str,
+) -> Option<Value> {
+    if sender == ctx.user {
+        return None;
+    }
+    Some(match crate::model::conv_kind(conv) {
+        ConvKind::Group(g) => {
+            let names = ctx.group_names.borrow();
+            let gname = names.get(&g).map(String::as_str).unwrap_or("");
+            codec::group_chat(sender, g, gname, sender_name, ts, body)
+        }
+        ConvKind::Direct { .. } => codec::one_chat(sender, ctx.user, sender_name, ts, body),
+    })
+}
+
+/// Switches the session to live delivery. Pushes held during the catch-up
+/// that it did not cover are queued; if the hold overflowed, the gap is read
+/// from the store and queued as pushes, until a release succeeds.
+async fn release_hold(shard: &Rc<Shard>, conn: &Rc<Conn>, mut replayed: AHashMap<ConvId, Seq>) {
+    loop {
+        let released = match conn.hold.borrow_mut().as_mut() {
+            Some(h) => h.release(&replayed),
+            None => Ok(Vec::new()),
+        };
+        if let Ok(frames) = released {
+            *conn.hold.borrow_mut() = None;
+            for f in frames {
+                conn.out.push(Frame::Shared(f));
+            }
+            return;
+        }
+        match collect(shard, conn.user, &mut replayed).await {
+            Ok(msgs) => {
+                for page in msgs.chunks(PAGE as usize) {
+                    let f = shard.enc.borrow_mut().messages(0, page.iter()).to_vec();
+                    conn.out.push(Frame::Own(f));
+                }
+            }
+            Err(_) => {
+                conn.out.close();
+                return;
+            }
+        }
+    }
+}
+
+/// Reads and handles requests; true when the client logged out (the
+/// connection then returns to the anonymous phase).
+async fn read_loop(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    ctx: &Rc<Ctx>,
+    stream: &SharedStream,
+    sp: &mut Splitter,
+) -> bool {
+    let mut rd = ReadHalf(stream.clone());
+    let mut rbuf = vec![0u8; 4096];
+    loop {
+        loop {
+            match sp.next_object() {
+                Split::NeedMore => break,
+                Split::Garbage(why) => {
+                    conn.out.push(Frame::Raw(codec::error(0, 1, &why, &[])));
+                    return false;
+                }
+                Split::Object(o) => match codec::parse_request(&o) {
+                    Err(b) => {
+                        conn.out.push(Frame::Raw(codec::bad_request(&b)));
+                    }
+                    Ok(Request::Logout) => return true,
+                    Ok(r) => request(shard, conn, ctx, r).await,
+                },
+            }
+            if conn.out.is_closing() {
+                return false;
+            }
+        }
+        // Backpressure: stop reading while this shard's outbox is saturated.
+        while shard.outbox_full() {
+            shard.outbox_room.wait().await;
+        }
+        match rd.read(&mut rbuf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => sp.push(&rbuf[..n]),
+        }
+    }
+}
+
+/// One request of a logged-in legacy client.
+async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, ctx: &Rc<Ctx>, r: Request) {
+    let me = ctx.user;
+    let raw = |b: Vec<u8>| {
+        conn.out.push(Frame::Raw(b));
+    };
+    let gid = |g: GroupId| [("groupid", Value::from(g))];
+    // Sends an operation to the conversation's owner; its reply comes back
+    // through the writer, which matches it with `pending`.
+    let to_owner = |conv: ConvId, op: OwnerOp, p: Pending| {
+        let req_id = ctx.next_req.get();
+        ctx.next_req.set(req_id + 1);
+        ctx.pending.borrow_mut().insert(req_id, p);
+        let origin = Origin {
+            node: None,
+            shard: shard.id,
+            conn: conn.id,
+            req_id,
+            user: me,
+            name: ctx.name.clone(),
+        };
+        if let Some((o, op)) = crate::cluster::node::route_owner(shard, conv, origin, op) {
+            shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(o, op));
+        }
+    };
+    let valid_group = |g: GroupId| g != 0 && group_conv(g) == g;
+    match r {
+        Request::Login { .. } => raw(codec::error(
+            codec::LOGIN_ACK,
+            2,
+            "this connection is already logged in",
+            &[],
+        )),
+        Request::Register { name, password } => raw(register(shard, name, password).await),
+        Request::Logout => {} // handled by the read loop
+        Request::OneChat { to, msg } => {
+            let m = codec::ONE_CHAT;
+            if let Err(Reject(_, text)) = validate::body(&msg, shard.cfg.max_frame) {
+                return raw(codec::error(m, 1, text, &[]));
+            }
+            if to == me {
+                return raw(codec::error(m, 1, "you cannot message yourself", &[]));
+            }
+            if to == 0 || to > MAX_USER_ID {
+                return raw(codec::error(m, 1, "you can only message friends", &[]));
+            }
+            let conv = direct_conv(me, to);
+            let op = send_op(ctx, conv, msg);
+            to_owner(conv, op, Pending::Chat { msgid: m, group: 0 });
+        }
+        Request::GroupChat { group, msg } => {
+            let m = codec::GROUP_CHAT;
+            if let Err(Reject(_, text)) = validate::body(&msg, shard.cfg.max_frame) {
+                return raw(codec::error(m, 1, text, &gid(group)));
+            }
+            if !valid_group(group) {
+                return raw(codec::error(m, 1, "no such group", &gid(group)));
+            }
+            let op = send_op(ctx, group, msg);
+            to_owner(group, op, Pending::Chat { msgid: m, group });
+        }
+        Request::AddFriend { to, note } => {
+            let m = codec::ADD_FRIEND;
+            if to == me {
+                return raw(codec::error(m, 1, "that is you", &[]));
+            }
+            if to == 0 || to > MAX_USER_ID {
+                return raw(codec::error(m, 1, "no such user", &[]));
+            }
+            match shard.blocking(move |s| s.user_by_id(to)).await {
+                Ok(Some(u)) => {
+                    let note: String = note.chars().take(256).collect();
+                    to_owner(
+                        direct_conv(me, to),
+                        OwnerOp::Pair {
+                            other: to,
+                            action: PairAction::Befriend { note },
+                        },
+                        Pending::AddFriend {
+                            friend: to,
+                            name: u.username,
+                        },
+                    );
+                }
+                Ok(None) => raw(codec::error(m, 1, "no such user", &[])),
+                Err(_) => raw(storage_error(m)),
+            }
+        }
+        Request::CreateGroup { name, desc } => {
+            let m = codec::CREATE_GROUP;
+            if let Err(Reject(_, text)) = validate::group_name(&name) {
+                return raw(codec::error(m, 1, text, &[]));
+            }
+            let desc: String = desc.chars().filter(|c| !c.is_control()).take(256).collect();
+            let n2 = name.clone();
+            let res = shard
+                .blocking(move |s| {
+                    let g = s.create_group(&n2, me)?;
+                    if !desc.is_empty() {
+                        s.set_group_desc(g, &desc)?;
+                    }
+                    Ok(g)
+                })
+                .await;
+            match res {
+                Ok(g) => {
+                    ctx.group_names.borrow_mut().insert(g, name);
+                    raw(codec::create_group_ok(g));
+                }
+                Err(StoreError::Conflict) => {
+                    raw(codec::error(m, 1, "a group with that name exists", &[]))
+                }
+                Err(_) => raw(storage_error(m)),
+            }
+        }
+        Request::JoinGroup { group }
+        | Request::LeaveGroup { group }
+        | Request::DissolveGroup { group } => {
+            let (m, action) = match r {
+                Request::JoinGroup { .. } => (codec::JOIN_GROUP, GroupAction::Join),
+                Request::LeaveGroup { .. } => (codec::LEAVE_GROUP, GroupAction::Leave),
+                _ => (codec::DISSOLVE_GROUP, GroupAction::Dissolve),
+            };
+            if !valid_group(group) {
+                return raw(codec::error(m, 1, "no such group", &gid(group)));
+            }
+            // The name is only needed to label later group chat pushes.
+            let name = if m == codec::JOIN_GROUP {
+                match shard.blocking(move |s| s.get_group(group)).await {
+                    Ok(Some(g)) => g.name,
+                    Ok(None) => return raw(codec::error(m, 1, "no such group", &gid(group))),
+                    Err(_) => return raw(storage_error(m)),
+                }
+            } else {
+                String::new()
+            };
+            to_owner(
+                group,
+                OwnerOp::Group { group, action },
+                Pending::GroupOp {
+                    msgid: m,
+                    group,
+                    name,
+                },
+            );
+        }
+        Request::GroupInfo { group } => {
+            let m = codec::GROUP_INFO;
+            if !valid_group(group) {
+                return raw(codec::error(m, 1, "no such group", &gid(group)));
+            }
+            let res = shard
+                .blocking(move |s| {
+                    Ok(match s.get_group(group)? {
+                        Some(g) if !g.dissolved => Some((g.name, s.group_desc(group)?)),
+                        _ => None,
+                    })
+                })
+                .await;
+            match res {
+                // Membership is checked by the owner (members only, as natively).
+                Ok(Some((name, desc))) => to_owner(
+                    group,
+                    OwnerOp::Members { group },
+                    Pending::GroupInfo { group, name, desc },
+                ),
+                Ok(None) => raw(codec::error(m, 1, "no such group", &gid(group))),
+                Err(_) => raw(storage_error(m)),
+            }
+        }
+    }
+}
+
+fn send_op(ctx: &Ctx, conv: ConvId, body: String) -> OwnerOp {
+    let n = ctx.msg_ctr.get() + 1;
+    ctx.msg_ctr.set(n);
+    OwnerOp::Send {
+        conv,
+        client_msg_id: ctx.msg_base.wrapping_add(n),
+        body,
+    }
+}
+
+/// Drains the session's queue into the socket, translating FlatBuffers
+/// frames into legacy JSON. Chat messages written are the legacy client's
+/// delivery: their cursors advance once the write succeeded.
+async fn writer_loop(shard: Rc<Shard>, conn: Rc<Conn>, ctx: Rc<Ctx>, stream: SharedStream) {
+    let mut w = WriteHalf(stream.clone());
+    let mut buf = Vec::with_capacity(16 << 10);
+    let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
+    // Object boundaries in `buf`.
+    let mut cuts: Vec<usize> = Vec::new();
+    loop {
+        buf.clear();
+        delivered.clear();
+        cuts.clear();
+        while buf.len() < MAX_WRITE {
+            let Some(f) = conn.out.pop() else { break };
+            match f {
+                Frame::Raw(b) => {
+                    buf.extend_from_slice(&b);
+                    cuts.push(buf.len());
+                }
+                f => translate(&shard, &ctx, f.bytes(), &mut buf, &mut cuts, &mut delivered),
+            }
+        }
+        if buf.is_empty() {
+            // Nothing to write (the queue is empty, or held only frames
+            // without a legacy form, such as the user's own messages).
+            advance(&shard, ctx.user, delivered.drain(..));
+            conn.out.drained.notify();
+            if conn.out.is_closing() {
+                break;
+            }
+            conn.out.ready.wait().await;
+            continue;
+        }
+        // The old console client takes one read for one object, so a few
+        // objects go out in separate writes (one segment each, nodelay);
+        // a burst is coalesced, where that client would misread anyway.
+        let ok = if cuts.len() <= SEPARATE_WRITES {
+            let mut start = 0;
+            let mut ok = true;
+            for &end in &cuts {
+                if w.write_all(&buf[start..end]).await.is_err() {
+                    ok = false;
+                    break;
+                }
+                start = end;
+            }
+            ok
+        } else {
+            w.write_all(&buf).await.is_ok()
+        };
+        if !ok {
+            ctx.broken.set(true);
+            conn.out.close();
+            break;
+        }
+        advance(&shard, ctx.user, delivered.drain(..));
+        conn.out.drained.notify();
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(16 << 10);
+        }
+    }
+    conn.out.discard();
+    if ctx.broken.get() || !ctx.keep_open.get() {
+        // Wakes the reader out of its read.
+        shutdown_now(&stream);
+    }
+}
+
+/// Appends the legacy JSON for one queued FlatBuffers frame (possibly
+/// nothing) and records the chat messages it carries.
+fn translate(
+    shard: &Shard,
+    ctx: &Ctx,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+    cuts: &mut Vec<usize>,
+    delivered: &mut Vec<(ConvId, Seq)>,
+) {
+    let Ok(env) = wire::decode(frame) else { return };
+    let req_id = env.req_id();
+    if req_id != 0 {
+        let Some(p) = ctx.pending.borrow_mut().remove(&req_id) else {
+            return;
+        };
+        let err: Option<String> = env
+            .body_as_error_reply()
+            .map(|e| e.message().unwrap_or("error").to_string());
+        let gid = |g: GroupId| [("groupid", Value::from(g))];
+        let bytes = match p {
+            Pending::Chat { msgid, group } => match err {
+                None => return,
+                Some(e) if group != 0 => codec::error(msgid, 1, &e, &gid(group)),
+                Some(e) => codec::error(msgid, 1, &e, &[]),
+            },
+            Pending::AddFriend { friend, name } => match err {
+                None => codec::add_friend_ok(&name, shard.is_online(friend)),
+                Some(e) => codec::error(codec::ADD_FRIEND, 1, &e, &[]),
+            },
+            Pending::GroupOp { msgid, group, name } => match err {
+                None => {
+                    let text = match msgid {
+                        codec::JOIN_GROUP => {
+                            ctx.group_names.borrow_mut().insert(group, name);
+                            "join group success"
+                        }
+                        codec::LEAVE_GROUP => "leave group success",
+                        _ => "dissolve group success",
+                    };
+                    codec::group_op_ok(msgid, group, text)
+                }
+                Some(e) => codec::error(msgid, 1, &e, &gid(group)),
+            },
+            Pending::GroupInfo { group, name, desc } => match env.body_as_member_list() {
+                Some(ml) => {
+                    let users = ml
+                        .members()
+                        .map(|ms| {
+                            ms.iter()
+                                .map(|m| {
+                                    codec::member_entry(
+                                        m.user_id(),
+                                        m.username().unwrap_or(""),
+                                        m.role() == fb::Role::Owner,
+                                        m.online(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    codec::group_info(group, &name, &desc, users)
+                }
+                None => codec::error(
+                    codec::GROUP_INFO,
+                    1,
+                    err.as_deref().unwrap_or("unexpected reply"),
+                    &gid(group),
+                ),
+            },
+        };
+        out.extend_from_slice(&bytes);
+        cuts.push(out.len());
+        return;
+    }
+    if let Some(ms) = env.body_as_messages().and_then(|m| m.messages()) {
+        for m in ms.iter() {
+            delivered.push((m.conversation(), m.seq()));
+            if let Some(v) = chat_json(
+                ctx,
+                m.conversation(),
+                m.sender(),
+                m.sender_name().unwrap_or(""),
+                m.timestamp_ms(),
+                m.body().unwrap_or(""),
+            ) {
+                out.extend_from_slice(&codec::to_bytes(&v));
+                cuts.push(out.len());
+            }
+        }
+        return;
+    }
+    if let Some(ev) = env.body_as_friend_event()
+        && matches!(
+            ev.kind(),
+            fb::FriendEventKind::Requested | fb::FriendEventKind::Accepted
+        )
+    {
+        out.extend_from_slice(&codec::friend_request(
+            ev.user_id(),
+            ctx.user,
+            ev.username().unwrap_or(""),
+            now_ms(),
+            ev.note().unwrap_or(""),
+        ));
+        cuts.push(out.len());
+    }
+    // Presence, group events, SyncDone, Goodbye...: no legacy equivalent.
+}
