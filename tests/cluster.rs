@@ -656,6 +656,18 @@ fn send_retrying(
     }
 }
 
+/// The messages of `conv` already surfaced on `c` (others stay queued).
+fn queued_messages_of(c: &Client, conv: ConvId) -> Vec<ChatMsg> {
+    let mut out = vec![];
+    while let Some(Event::Message(m)) = c.wait_for(
+        Duration::ZERO,
+        |e| matches!(e, Event::Message(m) if m.conversation == conv),
+    ) {
+        out.push(m);
+    }
+    out
+}
+
 fn seqs_of(msgs: &[ChatMsg], conv: ConvId) -> Vec<Seq> {
     msgs.iter()
         .filter(|m| m.conversation == conv)
@@ -1000,39 +1012,140 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
         return;
     }
     let mut redis = PrivateRedis::start();
+    // Declared before the cluster so it outlives it: the cluster's cleanup
+    // deletes its keys there.
+    let kept_redis: Option<PrivateRedis>;
     let Some(c) = Cluster::start_on(test, 2, 1, false, redis.url()) else {
         return;
     };
-    let a = c.user(c.addr(0), "a");
-    let b = c.user(c.addr(1), "b");
+    // a sits on the node owning the conversation: its sends are stored
+    // during the outage, and only the bus can't carry them to b.
+    let (an, bn) = (uname("a"), uname("b"));
+    let reg = c.client(c.addr(0));
+    let (a_id, b_id) = (
+        reg.register(&an, PASSWORD).unwrap(),
+        reg.register(&bn, PASSWORD).unwrap(),
+    );
+    drop(reg);
+    let view = ringchat::cluster::NodeView {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str().into(), 1))
+            .collect(),
+    };
+    let a_at = c.index_of(
+        &view
+            .owner(ringchat::model::direct_conv(a_id, b_id))
+            .unwrap()
+            .0,
+    );
+    let b_at = 1 - a_at;
+    let login = |name: &str, id: UserId, at: usize| {
+        let cl = c.client_with(c.addr(at), |o| o.timeout = Duration::from_secs(2));
+        let session = login_synced(&cl, name);
+        User {
+            id,
+            name: name.to_string(),
+            session,
+            c: cl,
+        }
+    };
+    let a = login(&an, a_id, a_at);
+    let b = login(&bn, b_id, b_at);
     befriend(&a, &b);
     let s = a.send_direct(b.id, "before").unwrap();
     assert_eq!(wait_msg(&b.c, "before the restart").seq, s.seq);
 
+    // Redis goes away for a while; a keeps sending to b meanwhile, like a
+    // real client: resend with the same client_msg_id on a timeout, resume
+    // and resend when the server closes the session.
     redis.kill9();
-    redis.spawn();
+    let t_out = Instant::now();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2)); // the outage
+        redis.spawn();
+        redis
+    });
+    const K: u64 = 4;
+    let mut a_cur: Option<Client> = None; // replaces a.c after a reconnect
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut during = Vec::new();
+    for i in 0..K {
+        let body = format!("during {i}");
+        let mid = a.next_msg_id();
+        loop {
+            let cl = a_cur.as_ref().unwrap_or(&a.c);
+            match cl.send_raw(b.id, 0, mid, &body) {
+                Ok(sent) => {
+                    during.push(sent.seq);
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "send {body:?} still failing: {e}; logs:\n{}",
+                        c.logs()
+                    );
+                    if cl.is_closed() {
+                        common::wait_closed(cl);
+                        let n = c.client_with(c.addr(a_at), |o| o.timeout = Duration::from_secs(2));
+                        let since: Vec<(ConvId, Seq)> = cl.seen().into_iter().collect();
+                        match n.resume_since(&a.session.token, &since) {
+                            Ok(_) => a_cur = Some(n),
+                            Err(e) => eprintln!("resume of a failed (retrying): {e}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{K} sends around the outage done after {:?}; a had to resume: {}",
+        t_out.elapsed(),
+        a_cur.is_some()
+    );
+    kept_redis = Some(restarter.join().unwrap());
+    assert!(kept_redis.is_some());
+    assert_eq!(
+        during,
+        (s.seq + 1..=s.seq + K).collect::<Vec<_>>(),
+        "seqs of the messages sent around the outage"
+    );
 
     // The nodes re-subscribe and close their sessions with a Goodbye asking
     // them to resume (messages published while they were away are lost to
-    // the bus, not to the store). A client that resumes gets everything and
-    // live delivery works again.
-    let reconnect = |u: &User, addr: SocketAddr| -> Client {
-        wait(&u.c, "Goodbye after the Redis restart", |e| {
+    // the bus, not to the store). A client that resumes gets everything
+    // once, and live delivery works again.
+    let reconnect = |u: &User, old: &Client, addr: SocketAddr, dedup: bool| -> Client {
+        wait(old, "Goodbye after the Redis restart", |e| {
             matches!(e, Event::Goodbye { .. })
         });
-        common::wait_closed(&u.c);
-        let cl = c.client(addr);
-        let since: Vec<(ConvId, Seq)> = u.c.seen().into_iter().collect();
+        common::wait_closed(old);
+        let cl = c.client_with(addr, |o| o.dedup = dedup);
+        let since: Vec<(ConvId, Seq)> = old.seen().into_iter().collect();
         cl.resume_since(&u.session.token, &since)
             .unwrap_or_else(|e| panic!("resume {}: {e}; logs:\n{}", u.name, c.logs()));
         wait(&cl, "SyncDone after resume", |e| {
             matches!(e, Event::SyncDone { .. })
         });
-        u.c.close();
         cl
     };
-    let a2 = reconnect(&a, c.addr(0));
-    let b2 = reconnect(&b, c.addr(1));
+    let a2 = match a_cur {
+        Some(cl) => cl, // already resumed after the nodes' Goodbye
+        None => reconnect(&a, &a.c, c.addr(a_at), true),
+    };
+    let b2 = reconnect(&b, &b.c, c.addr(b_at), false);
+    let got: Vec<ChatMsg> = queued_messages_of(&b2, s.conversation);
+    assert_eq!(
+        seqs_of(&got, s.conversation),
+        during,
+        "b must get what was sent around the outage, once each; logs:\n{}",
+        c.logs()
+    );
+    common::assert_quiet(&b2, "duplicate delivery after the outage", |e| {
+        matches!(e, Event::Message(_))
+    });
     // Both nodes are back in Redis.
     let deadline = Instant::now() + T;
     loop {
@@ -1059,7 +1172,7 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
     let deadline = Instant::now() + Duration::from_secs(20);
     for i in 0..5 {
         let (ok, _) = send_retrying(&a2, b.id, &format!("after {i}"), deadline);
-        assert_eq!(ok.seq, s.seq + 1 + i as u64, "dense seqs after the restart");
+        assert_eq!(ok.seq, s.seq + K + 1 + i, "dense seqs after the restart");
         let m = b2
             .wait_for(T, |e| matches!(e, Event::Message(m) if m.seq == ok.seq))
             .unwrap_or_else(|| {
