@@ -990,6 +990,35 @@ fn crashed_node_turns_its_users_offline_within_ttl() {
     assert_eq!(m.seq, s.seq);
 }
 
+/// A node that crashes and is restarted under the same name before its
+/// liveness key expires (a supervisor restarting it at once): the users it
+/// held are gone, so their friends must see them offline — not online
+/// forever because the node never looked dead to the others.
+#[test]
+fn node_restarted_within_ttl_does_not_leave_its_users_online() {
+    let Some(mut c) = Cluster::start(
+        "node_restarted_within_ttl_does_not_leave_its_users_online",
+        2,
+        1,
+        false,
+    ) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "a");
+    let b = c.user(c.addr(1), "b");
+    befriend(&a, &b);
+    let t0 = Instant::now();
+    c.kill9(1);
+    c.restart(1);
+    eprintln!("n2 back after {:?}", t0.elapsed());
+    wait_presence(&a.c, b.id, false, CRASH_NOTICED);
+    let fl = a.list_friends().unwrap();
+    assert!(
+        fl.iter().any(|f| f.user_id == b.id && !f.online),
+        "b has no session anywhere and should be listed offline: {fl:?}"
+    );
+}
+
 /// Redis (a private redis-server, not the shared one) restarts with no
 /// persistence: the nodes reconnect, re-register, and keep delivering.
 #[test]
