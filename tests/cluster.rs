@@ -806,6 +806,30 @@ fn two_nodes_chat_groups_presence_and_friend_requests() {
         "friend request from n2",
         |ev| matches!(ev, Event::Friend { kind: FriendEventKind::Requested, user_id, .. } if *user_id == d.id),
     );
+
+    // Unfriending across nodes: b (now on n2 as b3) is told, messages are
+    // refused both ways, and a no longer follows b's presence.
+    a.friend_remove(b.id).unwrap();
+    wait(
+        &b3,
+        "Removed on n2",
+        |ev| matches!(ev, Event::Friend { kind: FriendEventKind::Removed, user_id, .. } if *user_id == a.id),
+    );
+    common::assert_code(
+        a.send_direct(b.id, "hi"),
+        ringchat::client::ErrorCode::NotFriends,
+    );
+    common::assert_code(
+        b3.send_direct(a.id, "hi"),
+        ringchat::client::ErrorCode::NotFriends,
+    );
+    b3.close();
+    c.wait_nodes_of(b.id, &[]);
+    common::assert_quiet(
+        &a.c,
+        "presence of a former friend",
+        |e| matches!(e, Event::Presence { user_id, .. } if *user_id == b.id),
+    );
 }
 
 /// Three nodes behind nginx. The receiver's node is killed with SIGKILL;
