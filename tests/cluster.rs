@@ -1243,22 +1243,36 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
     wait_presence(&a2, b.id, false, T);
 }
 
-/// A node stopped gracefully (SIGTERM) should leave the cluster before it
-/// goes: conversations it owned move at once, so sends to them keep working
-/// without the client having to time out and resend.
-///
-/// Known bug (reported): the stopping node keeps its liveness key, so the
-/// others route to it until the key expires (~5 s of `SendMessage` timeouts).
-/// Run with `cargo test --test cluster -- --ignored` once fixed.
+/// A node stopped gracefully (SIGTERM) leaves the registry at once, so the
+/// conversations it owned move to a live node by the others' next view
+/// refresh (every second). A send routed to it before that may time out;
+/// resent with the same `client_msg_id` it succeeds, nothing is lost or
+/// stored twice.
 #[test]
-#[ignore = "known bug: a gracefully stopping node does not leave the cluster (sends stall until its liveness key expires)"]
+fn graceful_stop_moves_owned_conversations_within_a_view_refresh() {
+    graceful_stop_of_owner(
+        "graceful_stop_moves_owned_conversations_within_a_view_refresh",
+        Some(Duration::from_millis(1500)),
+    );
+}
+
+/// Stricter: no send times out at all while the owner stops gracefully.
+/// Fails today: a send routed to the stopping node in the second before
+/// the others refresh their view is lost (the node exits without serving
+/// it), so the client times out once and resends. Making it pass needs
+/// the stopping node to keep serving bus traffic for one refresh period
+/// after leaving the registry (as it waits at start-up).
+#[test]
+#[ignore = "known gap: a send routed to a gracefully stopping node in its last second times out once"]
 fn graceful_stop_of_owner_node_does_not_stall_sends() {
-    let Some(mut c) = Cluster::start(
-        "graceful_stop_of_owner_node_does_not_stall_sends",
-        2,
-        1,
-        false,
-    ) else {
+    graceful_stop_of_owner("graceful_stop_of_owner_node_does_not_stall_sends", None);
+}
+
+/// Both users on the node that stays, their conversation owned by the node
+/// that stops; a sends every 100 ms across the stop. Sends that fail must
+/// have started within `window` of the SIGTERM (none at all if `None`).
+fn graceful_stop_of_owner(test: &str, window: Option<Duration>) {
+    let Some(mut c) = Cluster::start(test, 2, 1, false) else {
         return;
     };
     let (an, bn) = (uname("a"), uname("b"));
@@ -1293,19 +1307,32 @@ fn graceful_stop_of_owner_node_does_not_stall_sends() {
     let mut a = a;
     a.set_timeout(Duration::from_secs(2));
     let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(20);
     let mut failures = Vec::new();
-    while t0.elapsed() < Duration::from_secs(8) {
-        if let Err(e) = a.send_direct(b_id, "during the stop") {
-            failures.push(format!("{:?}: {e}", t0.elapsed()));
+    let mut seqs = Vec::new();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let started = t0.elapsed();
+        let (sent, tries) = send_retrying(&a, b_id, "during the stop", deadline);
+        if tries > 1 {
+            failures.push(started);
         }
+        seqs.push(sent.seq);
         std::thread::sleep(Duration::from_millis(100));
     }
     let st = c.nodes[owner].child.as_mut().unwrap().wait().unwrap();
     c.nodes[owner].child = None;
     assert!(st.success(), "node exited with {st} on SIGTERM");
+    assert_eq!(
+        seqs,
+        (2..2 + seqs.len() as u64).collect::<Vec<_>>(),
+        "every send stored once, seqs dense"
+    );
+    let limit = window.unwrap_or(Duration::ZERO);
+    let late: Vec<_> = failures.iter().filter(|t| **t >= limit).collect();
     assert!(
-        failures.is_empty(),
-        "sends failed while the owner node stopped gracefully: {failures:?}; logs:\n{}",
+        late.is_empty(),
+        "sends started at {late:?} after SIGTERM had to be resent (allowed only \
+         within {limit:?}; all resent: {failures:?}); logs:\n{}",
         c.logs()
     );
 }

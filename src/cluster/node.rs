@@ -51,6 +51,8 @@ pub struct ClusterShard {
     wake: Signal,
     /// Bumped when the live node set changes: owner caches older than this reload.
     pub view_gen: Cell<u64>,
+    /// Set when the node leaves: no more heartbeats or re-registration.
+    leaving: Cell<bool>,
 }
 
 fn as_strings(v: Value) -> Vec<String> {
@@ -80,6 +82,7 @@ impl ClusterShard {
             queue: RefCell::new(Vec::new()),
             wake: Signal::default(),
             view_gen: Cell::new(0),
+            leaving: Cell::new(false),
         }
     }
 
@@ -261,9 +264,47 @@ impl ClusterShard {
         Ok(())
     }
 
+    /// Graceful exit: sends what is queued for other nodes, then removes
+    /// this node (shard 0) and this shard's users from the registry.
+    pub async fn leave(&self, shard: &Shard) {
+        self.leaving.set(true);
+        for _ in 0..100 {
+            if self.queue.borrow().is_empty() {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let Some(c) = self.conn() else { return };
+        let mut last = Vec::new();
+        if self.shard == 0 {
+            last.push(c.start(redis::cmd("DEL").arg(self.cfg.alive_key(&self.me))));
+            last.push(
+                c.start(
+                    redis::cmd("SREM")
+                        .arg(self.cfg.nodes_key())
+                        .arg(self.me.as_ref()),
+                ),
+            );
+            last.push(c.start(redis::cmd("DEL").arg(self.cfg.users_key(&self.me))));
+        }
+        let users: Vec<UserId> = shard.users.borrow().keys().copied().collect();
+        for u in users {
+            last.push(
+                c.start(
+                    redis::cmd("SREM")
+                        .arg(self.cfg.loc_key(u))
+                        .arg(self.me.as_ref()),
+                ),
+            );
+        }
+        for p in last {
+            let _ = p.wait().await;
+        }
+    }
+
     /// Shard 0 keeps the node's liveness key and membership alive.
     async fn heartbeat(&self, shards: usize) -> Result<(), String> {
-        if self.shard != 0 {
+        if self.shard != 0 || self.leaving.get() {
             return Ok(());
         }
         let Some(c) = self.conn() else {
@@ -561,7 +602,7 @@ async fn refresh_loop(shard: Rc<Shard>) {
         }
         let _ = c.heartbeat(shard.n).await;
         c.refresh_view(&shard).await;
-        if tick.is_multiple_of(PRESENCE_TTL_S / 3) {
+        if tick.is_multiple_of(PRESENCE_TTL_S / 3) && !c.leaving.get() {
             c.reregister(&shard);
         }
     }

@@ -127,6 +127,29 @@ pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// Re-poll interval for futures woken from other threads.
+pub const REPOLL: Duration = Duration::from_millis(2);
+
+/// Polls `fut` again every `every` even without a wake-up.
+///
+/// glommio's cross-executor wake-ups can be lost when the machine is
+/// overloaded (seen here: `MeshBuilder::join` never returning on one shard
+/// while two other processes kept both CPUs busy). Re-polling on a timer
+/// turns such a lost wake-up into a delay of at most `every`.
+pub async fn repoll<F: std::future::Future>(fut: F, every: Duration) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let step = futures_lite::future::or(async { Some(fut.as_mut().await) }, async {
+            glommio::timer::sleep(every).await;
+            None
+        })
+        .await;
+        if let Some(v) = step {
+            return v;
+        }
+    }
+}
+
 /// Conversations whose owner state a shard keeps cached (~1-30 KiB each
 /// with the dedup window); idle ones beyond this are dropped.
 const MAX_CACHED_CONVS: usize = 100_000;
@@ -254,7 +277,7 @@ async fn shard_main(
             return;
         }
     };
-    let (senders, receivers) = match mesh.join().await {
+    let (senders, receivers) = match repoll(mesh.join(), Duration::from_millis(5)).await {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(format!("joining the shard mesh failed: {e}")));
@@ -333,6 +356,11 @@ async fn shard_main(
     shard.stopping.set(true);
     shard.flush_cursors();
     shard.flush_writes().await;
+    if let Some(c) = &shard.cluster {
+        // Leave the cluster now instead of when our liveness key expires:
+        // the other nodes take over our conversations within a second.
+        c.leave(&shard).await;
+    }
     let conns: Vec<_> = shard.conns.borrow().values().cloned().collect();
     for c in conns {
         let f = shard

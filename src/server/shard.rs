@@ -318,7 +318,10 @@ impl Shard {
                     if self.outbox_len.get() == OUTBOX_HIGH / 2 {
                         self.outbox_room.notify();
                     }
-                    if self.senders.send_to(to, m).await.is_err() {
+                    if super::repoll(self.senders.send_to(to, m), super::REPOLL)
+                        .await
+                        .is_err()
+                    {
                         // Peer is gone (shutting down): nothing to deliver to.
                         if self.stopping.get() {
                             return;
@@ -348,8 +351,13 @@ impl Shard {
             glommio::spawn_local(async move {
                 use futures_lite::StreamExt;
                 let mut rx = rx;
-                while let Some(m) = rx.next().await {
+                // Re-polled on a timer: see `server::repoll` (lost wake-ups).
+                while let Some(m) = super::repoll(rx.next(), super::REPOLL).await {
                     me.handle(m);
+                    // Drain what is already there without another wait.
+                    while let Some(m) = futures_lite::future::poll_once(rx.next()).await.flatten() {
+                        me.handle(m);
+                    }
                 }
             })
             .detach();
@@ -675,16 +683,16 @@ impl Shard {
         R: Send + 'static,
     {
         let store = self.store.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&*store)))
-                    .unwrap_or_else(|_| {
-                        Err(crate::store::StoreError::Backend(
-                            "store call panicked".into(),
-                        ))
-                    })
-            })
-            .await
+        let job = glommio::executor().spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&*store))).unwrap_or_else(
+                |_| {
+                    Err(crate::store::StoreError::Backend(
+                        "store call panicked".into(),
+                    ))
+                },
+            )
+        });
+        super::repoll(job, super::REPOLL).await
     }
 
     /// Queues a hot-path write for the next group commit.
