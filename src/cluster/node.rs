@@ -194,6 +194,7 @@ impl ClusterShard {
         let conn = RedisConn::connect(&c.cfg.redis).await?;
         tracing::debug!(shard = c.shard, "redis connected");
         *c.conn.borrow_mut() = Some(conn);
+        c.forget_previous_sessions().await?;
         c.heartbeat(shard.n).await?;
         tracing::debug!(shard = c.shard, "registered");
         c.refresh_view(&shard).await;
@@ -208,6 +209,58 @@ impl ClusterShard {
         // conversation owners from our first request on.
         glommio::timer::sleep(Duration::from_millis(1500)).await;
         c.refresh_view(&shard).await;
+        Ok(())
+    }
+
+    /// Shard 0, before announcing this node: sessions that a previous
+    /// process of the same name held are gone. A node restarted before its
+    /// liveness key expired never looked dead to the others, so nothing else
+    /// would turn those users offline for their friends (they would stay
+    /// online forever). This process holds no session yet: announce each of
+    /// them offline and clear their registry entries.
+    async fn forget_previous_sessions(&self) -> Result<(), String> {
+        if self.shard != 0 {
+            return Ok(());
+        }
+        let Some(c) = self.conn() else {
+            return Err("redis connection lost".into());
+        };
+        let users_key = self.cfg.users_key(&self.me);
+        let v = c
+            .query(redis::cmd("SMEMBERS").arg(&users_key))
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        let users: Vec<UserId> = as_strings(v)
+            .into_iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            users = users.len(),
+            "sessions of a previous process of this node: announcing them offline"
+        );
+        for &user in &users {
+            c.fire(
+                redis::cmd("SREM")
+                    .arg(self.cfg.loc_key(user))
+                    .arg(self.me.as_ref()),
+            );
+            let p = PresenceMsg {
+                node: self.me.to_string(),
+                user,
+                online: false,
+            };
+            c.fire(
+                redis::cmd("PUBLISH")
+                    .arg(self.cfg.presence_channel())
+                    .arg(super::encode(&p)),
+            );
+        }
+        c.query(redis::cmd("DEL").arg(&users_key))
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
         Ok(())
     }
 

@@ -1,0 +1,1338 @@
+//! Cluster tests: real `ringchat` nodes sharing this machine's MariaDB and
+//! Redis, nginx (stream proxy, the rendered `nginx/ringchat.conf`) in front.
+//!
+//! Each test starts its own cluster: database and Redis prefix
+//! `ringchat_ct_<pid>_<n>`, node processes, nginx with its own pid file and
+//! logs in a temporary directory; all of it is removed when the cluster is
+//! dropped (even after a failed assertion). Tests run one at a time (a global
+//! lock): nodes pin their executors and the machine may have 2 cores.
+//!
+//! A missing service skips a test with `SKIPPED: ...` on stderr, unless
+//! `RINGCHAT_REQUIRE_MYSQL=1`, `RINGCHAT_REQUIRE_REDIS=1` or
+//! `RINGCHAT_REQUIRE_NGINX=1` is set (CI sets all three): then it fails.
+
+mod common;
+
+use common::{PASSWORD, T, User, befriend, login_synced, uname, wait, wait_msg};
+use redis::Commands as _;
+use ringchat::client::{ChatMsg, Client, ClientError, ClientOptions, Event, FriendEventKind};
+use ringchat::model::{ConvId, Seq, UserId};
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+const MYSQL_ADDR: &str = "127.0.0.1:3306";
+const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306";
+const REDIS_ADDR: &str = "127.0.0.1:6379";
+const NGINX_TEMPLATE: &str = include_str!("../nginx/ringchat.conf");
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+/// A node's start: store connect, Redis registration, the 1.5 s warm-up.
+const STARTUP: Duration = Duration::from_secs(30);
+/// A crashed node's liveness key expires after `cluster::ALIVE_TTL_MS`; the
+/// others read the live set every second. Allow a little on top.
+const CRASH_NOTICED: Duration =
+    Duration::from_millis(ringchat::cluster::ALIVE_TTL_MS + 1000 + 2500);
+
+/// One cluster at a time (see the module docs).
+static TURN: Mutex<()> = Mutex::new(());
+
+// ------------------------------------------------------------------ skips
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+fn port_open(addr: &str) -> Result<(), String> {
+    let a: SocketAddr = addr.parse().unwrap();
+    TcpStream::connect_timeout(&a, Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| format!("nothing accepts on {addr}: {e}"))
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
+    dirs.into_iter()
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// Says `SKIPPED: ...` on the real stderr: the test harness captures
+/// `eprintln!` of passing tests, and a skip must never be silent.
+fn skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+}
+
+/// Whether the services a test needs are here; prints `SKIPPED` or panics
+/// (when required) otherwise.
+fn services_ready(test: &str, nginx: bool) -> bool {
+    let mut checks: Vec<(&str, &str, Result<(), String>)> = vec![
+        ("MySQL", "RINGCHAT_REQUIRE_MYSQL", port_open(MYSQL_ADDR)),
+        ("Redis", "RINGCHAT_REQUIRE_REDIS", port_open(REDIS_ADDR)),
+    ];
+    if nginx {
+        let r = match nginx_binary() {
+            None => Err("no nginx binary in PATH or /usr/sbin".to_string()),
+            Some(_) if !Path::new(STREAM_MODULE).exists() => {
+                Err(format!("stream module {STREAM_MODULE} missing"))
+            }
+            Some(_) => Ok(()),
+        };
+        checks.push(("nginx", "RINGCHAT_REQUIRE_NGINX", r));
+    }
+    for (what, var, r) in checks {
+        if let Err(why) = r {
+            if required(var) {
+                panic!("{test}: {what} not available ({why}) and {var}=1");
+            }
+            skipped(&format!("{what} not available ({why}) [{test}]"));
+            return false;
+        }
+    }
+    true
+}
+
+// ------------------------------------------------------------------ harness
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn ncpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Collects a child's output lines; `ready` fires on `listening on`.
+fn drain(
+    r: impl std::io::Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    ready: Option<mpsc::Sender<()>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if line.contains("listening on")
+                && let Some(tx) = &ready
+            {
+                let _ = tx.send(());
+            }
+            let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+}
+
+struct Node {
+    name: String,
+    addr: SocketAddr,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+struct Nginx {
+    addr: SocketAddr,
+    child: Child,
+    dir: PathBuf,
+}
+
+/// A redis-server of the test's own (for the restart test), so the shared
+/// one is never disturbed.
+struct PrivateRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let dir = std::env::temp_dir().join(format!(
+            "ringchat-ct-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = PrivateRedis {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + T;
+        while port_open(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {addr} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Cluster {
+    /// Database name and Redis prefix (with `:`) of this cluster.
+    tag: String,
+    redis_url: String,
+    shards: usize,
+    nodes: Vec<Node>,
+    nginx: Option<Nginx>,
+    dir: PathBuf,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// `k` nodes with `shards` shards each (and nginx in front if asked),
+    /// or `None` when the test is skipped.
+    fn start(test: &str, k: usize, shards: usize, nginx: bool) -> Option<Cluster> {
+        Cluster::start_on(test, k, shards, nginx, format!("redis://{REDIS_ADDR}"))
+    }
+
+    fn start_on(
+        test: &str,
+        k: usize,
+        shards: usize,
+        nginx: bool,
+        redis_url: String,
+    ) -> Option<Cluster> {
+        if !services_ready(test, nginx) {
+            return None;
+        }
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        static N: AtomicU64 = AtomicU64::new(0);
+        let tag = format!(
+            "ringchat_ct_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Cluster {
+            tag,
+            redis_url,
+            shards,
+            nodes: Vec::new(),
+            nginx: None,
+            dir,
+            _turn: turn,
+        };
+        for i in 0..k {
+            c.nodes.push(Node {
+                name: format!("n{}", i + 1),
+                addr: "127.0.0.1:0".parse().unwrap(),
+                child: None,
+                log: Arc::new(Mutex::new(String::new())),
+            });
+        }
+        // Start every node at once (each waits out its warm-up), retrying
+        // a node whose picked port was taken meanwhile.
+        let mut waiting = Vec::new();
+        for i in 0..k {
+            c.nodes[i].addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            waiting.push((i, c.spawn_node(i)));
+        }
+        for (i, rx) in waiting {
+            if let Err(e) = c.await_ready(i, rx) {
+                eprintln!("node n{} did not start, retrying: {e}", i + 1);
+                let mut ok = false;
+                for _ in 0..3 {
+                    c.nodes[i].addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                    let rx = c.spawn_node(i);
+                    if c.await_ready(i, rx).is_ok() {
+                        ok = true;
+                        break;
+                    }
+                }
+                assert!(ok, "node n{} did not start: {e}", i + 1);
+            }
+        }
+        if nginx {
+            c.start_nginx();
+        }
+        Some(c)
+    }
+
+    fn spawn_node(&mut self, i: usize) -> mpsc::Receiver<()> {
+        let store = format!("{MYSQL_URL}/{}", self.tag);
+        let prefix = format!("{}:", self.tag);
+        let node = &mut self.nodes[i];
+        node.log.lock().unwrap().clear();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringchat"));
+        cmd.arg("serve")
+            .args(["--listen", &node.addr.to_string()])
+            .args(["--shards", &self.shards.to_string()])
+            .args(["--store", &store])
+            .args(["--redis", &self.redis_url])
+            .args(["--node-id", &node.name])
+            .args(["--redis-prefix", &prefix])
+            .arg("--data-dir")
+            .arg(self.dir.join(&node.name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if self.shards == 1 {
+            // One executor per node: spread the nodes over the CPUs rather
+            // than pinning them all to the first.
+            let cpu = i % ncpus();
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn ringchat");
+        let (tx, rx) = mpsc::channel();
+        drain(child.stdout.take().unwrap(), node.log.clone(), Some(tx));
+        drain(child.stderr.take().unwrap(), node.log.clone(), None);
+        node.child = Some(child);
+        rx
+    }
+
+    fn await_ready(&mut self, i: usize, rx: mpsc::Receiver<()>) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP;
+        let node = &mut self.nodes[i];
+        loop {
+            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return Ok(());
+            }
+            let child = node.child.as_mut().unwrap();
+            if let Ok(Some(st)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                node.child = None;
+                return Err(format!(
+                    "exited with {st}; output:\n{}",
+                    node.log.lock().unwrap()
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                node.child = None;
+                return Err(format!(
+                    "no `listening on` within {STARTUP:?}; output:\n{}",
+                    node.log.lock().unwrap()
+                ));
+            }
+        }
+    }
+
+    fn start_nginx(&mut self) {
+        let bin = nginx_binary().expect("nginx");
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let dir = self.dir.join("nginx");
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("nginx.conf");
+            let nodes: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+            std::fs::write(&conf, render_nginx(addr, &dir, &nodes)).unwrap();
+            let log = dir.join("error.log");
+            let mut child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(&log)
+                .args(["-g", "daemon off;"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nginx");
+            let deadline = Instant::now() + T;
+            loop {
+                if port_open(&addr.to_string()).is_ok() {
+                    self.nginx = Some(Nginx { addr, child, dir });
+                    return;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken meanwhile, most likely: retry
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!(
+                "nginx did not start on {addr}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        panic!("nginx did not start");
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    fn nginx_addr(&self) -> SocketAddr {
+        self.nginx.as_ref().expect("nginx").addr
+    }
+
+    /// Every node's output and nginx's error log, for failure messages.
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            let log = n.log.lock().unwrap_or_else(|e| e.into_inner());
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(200);
+            s.push_str(&format!("---- {} ({}) ----\n", n.name, n.addr));
+            for l in &lines[from..] {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        if let Some(ng) = &self.nginx {
+            s.push_str("---- nginx error.log ----\n");
+            s.push_str(&std::fs::read_to_string(ng.dir.join("error.log")).unwrap_or_default());
+        }
+        s
+    }
+
+    fn kill9(&mut self, i: usize) {
+        let mut c = self.nodes[i].child.take().expect("node not running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// Starts a stopped node again on its address.
+    fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node still running");
+        let rx = self.spawn_node(i);
+        if let Err(e) = self.await_ready(i, rx) {
+            panic!("restart of n{} failed: {e}", i + 1);
+        }
+    }
+
+    fn client_with(&self, addr: SocketAddr, f: impl FnOnce(&mut ClientOptions)) -> Client {
+        let mut o = ClientOptions::default();
+        f(&mut o);
+        Client::connect_with(addr, o)
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}; logs:\n{}", self.logs()))
+    }
+
+    fn client(&self, addr: SocketAddr) -> Client {
+        self.client_with(addr, |_| {})
+    }
+
+    /// Registers a fresh user through `addr` and logs in there.
+    fn user(&self, addr: SocketAddr, prefix: &str) -> User {
+        let name = uname(prefix);
+        let c = self.client(addr);
+        let id = c
+            .register(&name, PASSWORD)
+            .unwrap_or_else(|e| panic!("register {name}: {e}; logs:\n{}", self.logs()));
+        let session = login_synced(&c, &name);
+        assert_eq!(session.user_id, id);
+        User {
+            id,
+            name,
+            session,
+            c,
+        }
+    }
+
+    fn redis(&self) -> redis::Connection {
+        redis::Client::open(self.redis_url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .expect("redis connection")
+    }
+
+    /// The nodes Redis says hold `user`'s sessions.
+    fn nodes_of(&self, user: UserId) -> BTreeSet<String> {
+        redis::cmd("SMEMBERS")
+            .arg(format!("{}:loc:{user}", self.tag))
+            .query(&mut self.redis())
+            .expect("SMEMBERS")
+    }
+
+    /// Waits until Redis places `user` on exactly `want` (by node name).
+    fn wait_nodes_of(&self, user: UserId, want: &[&str]) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let deadline = Instant::now() + T;
+        loop {
+            let got = self.nodes_of(user);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "user {user} is on {got:?} in Redis, expected {want:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Logs `name` in through nginx until its session lands on a node
+    /// `want` accepts: nginx balances by open connections, so each new
+    /// connection of an otherwise idle cluster goes to another node.
+    fn login_via_nginx(&self, name: &str, id: UserId, want: impl Fn(&str) -> bool) -> User {
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            let cl = self.client(self.nginx_addr());
+            let session = login_synced(&cl, name);
+            let on = self.nodes_of(id);
+            if on.len() == 1 && on.iter().all(|n| want(n)) {
+                return User {
+                    id,
+                    name: name.to_string(),
+                    session,
+                    c: cl,
+                };
+            }
+            seen.push(on);
+            cl.close();
+            self.wait_nodes_of(id, &[]);
+        }
+        panic!("nginx never put {name} on a wanted node: {seen:?}");
+    }
+
+    fn index_of(&self, node: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == node).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut ng) = self.nginx.take() {
+            // SIGTERM: the master stops its workers and exits.
+            unsafe {
+                libc::kill(ng.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ng.child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = ng.child.kill();
+                    let _ = ng.child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("cluster {} logs:\n{}", self.tag, self.logs());
+        }
+        let db = self.tag.clone();
+        let drop_db = || -> Result<(), mysql::Error> {
+            use mysql::prelude::Queryable;
+            let mut conn = mysql::Conn::new(mysql::Opts::from_url(MYSQL_URL)?)?;
+            conn.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+        };
+        if let Err(e) = drop_db() {
+            eprintln!("cleanup: DROP DATABASE {db}: {e}");
+        }
+        if let Err(e) = delete_keys(&self.redis_url, &format!("{}:*", self.tag)) {
+            eprintln!("cleanup: redis keys {}:*: {e}", self.tag);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn delete_keys(url: &str, pattern: &str) -> redis::RedisResult<()> {
+    let mut conn = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    let keys: Vec<String> = conn.scan_match(pattern)?.collect::<Result<_, _>>()?;
+    for chunk in keys.chunks(500) {
+        redis::cmd("DEL").arg(chunk).query::<()>(&mut conn)?;
+    }
+    Ok(())
+}
+
+/// The nginx template with the placeholders filled in outside comments
+/// (`{{NODE}}` lines repeated per node), as `tools/cluster` renders it.
+fn render_nginx(listen: SocketAddr, dir: &Path, nodes: &[String]) -> String {
+    let mut out = String::new();
+    for line in NGINX_TEMPLATE.lines() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+        } else if line.contains("{{NODE}}") {
+            for n in nodes {
+                out.push_str(&line.replace("{{NODE}}", n));
+                out.push('\n');
+            }
+        } else {
+            out.push_str(
+                &line
+                    .replace("{{LISTEN}}", &listen.to_string())
+                    .replace("{{RUN_DIR}}", &dir.to_string_lossy()),
+            );
+            out.push('\n');
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn wait_presence(c: &Client, who: UserId, online: bool, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    match c.wait_for(
+        within,
+        |e| matches!(e, Event::Presence { user_id, online: o } if *user_id == who && *o == online),
+    ) {
+        Some(_) => t0.elapsed(),
+        None => panic!(
+            "no presence {} for user {who} within {within:?}; queued events: {:?}",
+            if online { "online" } else { "offline" },
+            c.drain_events()
+        ),
+    }
+}
+
+/// Sends like a real client: on a timeout or a server error, resends with
+/// the same `client_msg_id` until `deadline`.
+fn send_retrying(
+    c: &Client,
+    to: UserId,
+    body: &str,
+    deadline: Instant,
+) -> (ringchat::client::Sent, u32) {
+    let mid = c.next_msg_id();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match c.send_raw(to, 0, mid, body) {
+            Ok(s) => return (s, tries),
+            Err(ClientError::Timeout) | Err(ClientError::Server { .. })
+                if Instant::now() < deadline =>
+            {
+                continue;
+            }
+            Err(e) => panic!("send {body:?} failed after {tries} tries: {e}"),
+        }
+    }
+}
+
+/// The messages of `conv` already surfaced on `c` (others stay queued).
+fn queued_messages_of(c: &Client, conv: ConvId) -> Vec<ChatMsg> {
+    let mut out = vec![];
+    while let Some(Event::Message(m)) = c.wait_for(
+        Duration::ZERO,
+        |e| matches!(e, Event::Message(m) if m.conversation == conv),
+    ) {
+        out.push(m);
+    }
+    out
+}
+
+fn seqs_of(msgs: &[ChatMsg], conv: ConvId) -> Vec<Seq> {
+    msgs.iter()
+        .filter(|m| m.conversation == conv)
+        .map(|m| m.seq)
+        .collect()
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Users on different nodes (connected straight to each node) become
+/// friends, chat one-to-one and in a group, and see each other come and go.
+#[test]
+fn two_nodes_chat_groups_presence_and_friend_requests() {
+    let Some(c) = Cluster::start(
+        "two_nodes_chat_groups_presence_and_friend_requests",
+        2,
+        2,
+        false,
+    ) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "a");
+    let b = c.user(c.addr(1), "b");
+    c.wait_nodes_of(a.id, &["n1"]);
+    c.wait_nodes_of(b.id, &["n2"]);
+
+    // Friend request across nodes, both ways of the flow (helper waits for
+    // the Requested/Accepted events and both presence notices).
+    befriend(&a, &b);
+    let fa = a.list_friends().unwrap();
+    assert!(
+        fa.iter().any(|f| f.user_id == b.id && f.online),
+        "a's friend list should show b online: {fa:?}"
+    );
+
+    // One-to-one, both directions.
+    let s1 = a.send_direct(b.id, "hello from n1").unwrap();
+    let m = wait_msg(&b.c, "a's message on n2");
+    assert_eq!(
+        (m.body.as_str(), m.sender, m.seq),
+        ("hello from n1", a.id, s1.seq)
+    );
+    let s2 = b.send_direct(a.id, "hello from n2").unwrap();
+    let m = wait_msg(&a.c, "b's message on n1");
+    assert_eq!(
+        (m.body.as_str(), m.sender, m.seq),
+        ("hello from n2", b.id, s2.seq)
+    );
+    assert_eq!((s1.seq, s2.seq), (1, 2), "one conversation, dense seqs");
+
+    // A second device of b on the other node gets the next message too.
+    let b2 = c.client(c.addr(0));
+    login_synced(&b2, &b.name);
+    c.wait_nodes_of(b.id, &["n1", "n2"]);
+    let s3 = a.send_direct(b.id, "to both devices").unwrap();
+    // (b2's catch-up may replay seq 1-2: b's ack of them was taken on n2 and
+    // is flushed to the store in the background, which n1's catch-up query
+    // does not wait for. Only the live message is looked at here.)
+    for (dev, what) in [(&b.c, "b on n2"), (&b2, "b on n1")] {
+        let m = dev
+            .wait_for(T, |e| matches!(e, Event::Message(m) if m.seq == s3.seq))
+            .unwrap_or_else(|| panic!("{what}: no seq {}; logs:\n{}", s3.seq, c.logs()));
+        let Event::Message(m) = m else { unreachable!() };
+        assert_eq!(
+            (m.conversation, m.body.as_str()),
+            (s1.conversation, "to both devices"),
+            "{what}"
+        );
+    }
+
+    // A group spanning both nodes: creator on n1, members on n1 and n2.
+    let d = c.user(c.addr(1), "d");
+    let (g, gconv) = a.create_group_conv("spanning").unwrap();
+    b.join_group(g).unwrap();
+    d.join_group(g).unwrap();
+    let members = a.group_members(g).unwrap();
+    assert_eq!(members.len(), 3, "{members:?}");
+    let sent = d.send_group(g, "group hello from n2").unwrap();
+    assert_eq!(sent.conversation, gconv);
+    for (who, cl) in [("a on n1", &a.c), ("b on n2", &b.c), ("b on n1", &b2)] {
+        let m = cl
+            .wait_for(
+                T,
+                |e| matches!(e, Event::Message(m) if m.conversation == gconv),
+            )
+            .unwrap_or_else(|| panic!("group message to {who}; logs:\n{}", c.logs()));
+        let Event::Message(m) = m else { unreachable!() };
+        assert_eq!(
+            (m.seq, m.sender, m.body.as_str()),
+            (sent.seq, d.id, "group hello from n2")
+        );
+    }
+    let s = a.send_group(g, "group reply from n1").unwrap();
+    let m = wait_msg(&d.c, "a's group message on n2");
+    assert_eq!((m.conversation, m.seq), (gconv, s.seq));
+    assert_eq!(s.seq, sent.seq + 1);
+
+    // Presence: b goes offline only when its last device (on either node)
+    // is gone, and comes back online when it logs in again.
+    b2.close();
+    c.wait_nodes_of(b.id, &["n2"]);
+    b.c.close();
+    wait_presence(&a.c, b.id, false, T);
+    c.wait_nodes_of(b.id, &[]);
+    let fa = a.list_friends().unwrap();
+    assert!(
+        fa.iter().any(|f| f.user_id == b.id && !f.online),
+        "a's friend list should show b offline: {fa:?}"
+    );
+    // While b was offline a single "offline" was shown, not one per device.
+    common::assert_quiet(
+        &a.c,
+        "second offline notice",
+        |e| matches!(e, Event::Presence { user_id, .. } if *user_id == b.id),
+    );
+    let b3 = c.client(c.addr(1));
+    login_synced(&b3, &b.name);
+    wait_presence(&a.c, b.id, true, T);
+
+    // A friend request to an offline user on the other node arrives at login.
+    let e = c.user(c.addr(1), "e");
+    e.c.close();
+    a.friend_request(e.id, "hi from n1").unwrap();
+    let e2 = c.client(c.addr(1));
+    login_synced(&e2, &e.name);
+    let fl = e2.list_friends().unwrap();
+    assert!(
+        fl.iter()
+            .any(|f| f.user_id == a.id && f.note == "hi from n1"),
+        "pending request should be listed for e: {fl:?}"
+    );
+    // And live between online users on different nodes.
+    d.friend_request(a.id, "").unwrap();
+    wait(
+        &a.c,
+        "friend request from n2",
+        |ev| matches!(ev, Event::Friend { kind: FriendEventKind::Requested, user_id, .. } if *user_id == d.id),
+    );
+
+    // Unfriending across nodes: b (now on n2 as b3) is told, messages are
+    // refused both ways, and a no longer follows b's presence.
+    a.friend_remove(b.id).unwrap();
+    wait(
+        &b3,
+        "Removed on n2",
+        |ev| matches!(ev, Event::Friend { kind: FriendEventKind::Removed, user_id, .. } if *user_id == a.id),
+    );
+    common::assert_code(
+        a.send_direct(b.id, "hi"),
+        ringchat::client::ErrorCode::NotFriends,
+    );
+    common::assert_code(
+        b3.send_direct(a.id, "hi"),
+        ringchat::client::ErrorCode::NotFriends,
+    );
+    b3.close();
+    c.wait_nodes_of(b.id, &[]);
+    common::assert_quiet(
+        &a.c,
+        "presence of a former friend",
+        |e| matches!(e, Event::Presence { user_id, .. } if *user_id == b.id),
+    );
+}
+
+/// Three nodes behind nginx. The receiver's node is killed with SIGKILL;
+/// what is sent to the receiver meanwhile reaches it when it resumes
+/// (through nginx, so on a surviving node): all of it, each message once,
+/// with dense seqs.
+#[test]
+fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
+    let Some(mut c) = Cluster::start(
+        "three_nodes_behind_nginx_kill9_then_resume_loses_nothing",
+        3,
+        1,
+        true,
+    ) else {
+        return;
+    };
+    let lb = c.nginx_addr();
+    let (r_name, s_name) = (uname("r"), uname("s"));
+    let reg = c.client(lb);
+    let r_id = reg.register(&r_name, PASSWORD).unwrap();
+    let s_id = reg.register(&s_name, PASSWORD).unwrap();
+    drop(reg);
+    // The hardest case: the node that dies holds the receiver's session
+    // *and* owns (sequences) their conversation, so sends in flight to it
+    // are lost and must be retried, and the conversation moves.
+    let conv = ringchat::model::direct_conv(r_id, s_id);
+    let view = ringchat::cluster::NodeView {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str().into(), 1))
+            .collect(),
+    };
+    let victim = view.owner(conv).unwrap().0.to_string();
+    let r = c.login_via_nginx(&r_name, r_id, |n| n == victim);
+    let s = c.login_via_nginx(&s_name, s_id, |n| n != victim);
+    befriend(&s, &r);
+
+    let first = s.send_direct(r.id, "before the crash").unwrap();
+    let m = wait_msg(&r.c, "message before the crash");
+    assert_eq!(m.seq, first.seq);
+    assert_eq!(first.conversation, conv);
+    let held = r.c.seen();
+
+    c.kill9(c.index_of(&victim));
+    common::wait_closed(&r.c);
+
+    // While r is down, send a batch. Requests routed to the dead node
+    // (until its liveness key expires) time out; the sender resends with
+    // the same client_msg_id, as PROTOCOL.md prescribes.
+    let mut s_c = s.c;
+    s_c.set_timeout(Duration::from_secs(2));
+    const N: usize = 10;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = Vec::new();
+    let t0 = Instant::now();
+    let mut tries = 0;
+    for i in 0..N {
+        let (ok, n) = send_retrying(&s_c, r.id, &format!("while down {i}"), deadline);
+        assert_eq!(ok.conversation, conv);
+        sent.push(ok.seq);
+        tries += n;
+    }
+    eprintln!(
+        "{N} sends took {tries} tries and {:?} after the owner died",
+        t0.elapsed()
+    );
+    let want: Vec<Seq> = (first.seq + 1..=first.seq + N as u64).collect();
+    assert_eq!(sent, want, "SendOk seqs must be dense and unique");
+
+    // r comes back through nginx with its token and what it held.
+    let r2 = c.client_with(lb, |o| o.dedup = false);
+    let since: Vec<(ConvId, Seq)> = held.into_iter().collect();
+    r2.resume_since(&r.session.token, &since)
+        .unwrap_or_else(|e| panic!("resume: {e}; logs:\n{}", c.logs()));
+    // (The dead node may still be listed until the key's TTL: it never got
+    // to remove itself. Senders skip nodes that are not live.)
+    let on = c.nodes_of(r.id);
+    assert!(
+        on.iter().any(|n| *n != victim),
+        "resumed session should be on a surviving node, Redis says {on:?}"
+    );
+    let got = r2.wait_messages(N, T, |m| m.conversation == conv);
+    let got_seqs = seqs_of(&got, conv);
+    assert_eq!(
+        got_seqs,
+        want,
+        "after resume r must get every message sent while down, once, in order; logs:\n{}",
+        c.logs()
+    );
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.body, format!("while down {i}"));
+        assert_eq!(m.sender, s_id);
+    }
+    // Nothing twice: no further copy arrives (dedup is off on r2).
+    common::assert_quiet(
+        &r2,
+        "duplicate delivery",
+        |e| matches!(e, Event::Message(m) if m.conversation == conv),
+    );
+
+    // s saw r go offline with the crash (at the latest when the dead node's
+    // key expired) and online again after the resume elsewhere — and r
+    // stays online once the dead node is gone for good.
+    wait_presence(&s_c, r.id, false, T);
+    wait_presence(&s_c, r.id, true, T);
+    let fl = s_c.list_friends().unwrap();
+    assert!(
+        fl.iter().any(|f| f.user_id == r.id && f.online),
+        "r resumed on a live node, so s should list r online: {fl:?}"
+    );
+
+    // The conversation keeps working live across the surviving nodes.
+    let after = s_c.send_direct(r.id, "after the resume").unwrap();
+    assert_eq!(after.seq, first.seq + N as u64 + 1);
+    let m = wait_msg(&r2, "live message after the resume");
+    assert_eq!(m.seq, after.seq);
+    let hist = r2.history(conv, 0, 100).unwrap();
+    let hs: Vec<Seq> = hist.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        hs,
+        (1..=after.seq).collect::<Vec<_>>(),
+        "stored history is dense"
+    );
+
+    // The dead node comes back: it owns the conversation again (rendezvous)
+    // and must carry on from the stored seqs, not from its old memory.
+    let v = c.index_of(&victim);
+    c.restart(v);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (back, _) = send_retrying(&s_c, r.id, "after the rejoin", deadline);
+    assert_eq!(
+        back.seq,
+        after.seq + 1,
+        "seqs stay dense when the owner returns"
+    );
+    let m = wait_msg(&r2, "message after the node rejoined");
+    assert_eq!((m.seq, m.body.as_str()), (back.seq, "after the rejoin"));
+    common::assert_quiet(&r2, "duplicate delivery after the rejoin", |e| {
+        matches!(e, Event::Message(_))
+    });
+}
+
+/// A crashed node's users turn offline for their friends on other nodes
+/// within the liveness TTL, and online again when they come back.
+#[test]
+fn crashed_node_turns_its_users_offline_within_ttl() {
+    let Some(mut c) = Cluster::start(
+        "crashed_node_turns_its_users_offline_within_ttl",
+        2,
+        1,
+        false,
+    ) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "a");
+    let b = c.user(c.addr(1), "b");
+    befriend(&a, &b);
+    c.kill9(1);
+    let took = wait_presence(&a.c, b.id, false, CRASH_NOTICED);
+    eprintln!("offline noticed after {took:?}");
+    let fl = a.list_friends().unwrap();
+    assert!(
+        fl.iter().any(|f| f.user_id == b.id && !f.online),
+        "b should be listed offline: {fl:?}"
+    );
+    // Not flapping back: no "online" for b while its node is down.
+    common::assert_quiet(
+        &a.c,
+        "b online while its node is dead",
+        |e| matches!(e, Event::Presence { user_id, online: true } if *user_id == b.id),
+    );
+    c.restart(1);
+    let b2 = c.client(c.addr(1));
+    b2.resume(&b.session.token).unwrap();
+    wait(&b2, "SyncDone after resume", |e| {
+        matches!(e, Event::SyncDone { .. })
+    });
+    wait_presence(&a.c, b.id, true, T);
+    let s = a.send_direct(b.id, "welcome back").unwrap();
+    let m = wait_msg(&b2, "message after the node restarted");
+    assert_eq!(m.seq, s.seq);
+}
+
+/// A node that crashes and is restarted under the same name before its
+/// liveness key expires (a supervisor restarting it at once): the users it
+/// held are gone, so their friends must see them offline — not online
+/// forever because the node never looked dead to the others.
+#[test]
+fn node_restarted_within_ttl_does_not_leave_its_users_online() {
+    let Some(mut c) = Cluster::start(
+        "node_restarted_within_ttl_does_not_leave_its_users_online",
+        2,
+        1,
+        false,
+    ) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "a");
+    let b = c.user(c.addr(1), "b");
+    befriend(&a, &b);
+    let t0 = Instant::now();
+    c.kill9(1);
+    c.restart(1);
+    eprintln!("n2 back after {:?}", t0.elapsed());
+    wait_presence(&a.c, b.id, false, CRASH_NOTICED);
+    let fl = a.list_friends().unwrap();
+    assert!(
+        fl.iter().any(|f| f.user_id == b.id && !f.online),
+        "b has no session anywhere and should be listed offline: {fl:?}"
+    );
+}
+
+/// Redis (a private redis-server, not the shared one) restarts with no
+/// persistence: the nodes reconnect, re-register, and keep delivering.
+#[test]
+fn redis_restart_nodes_reconnect_and_keep_delivering() {
+    let test = "redis_restart_nodes_reconnect_and_keep_delivering";
+    if !services_ready(test, false) {
+        return;
+    }
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if required("RINGCHAT_REQUIRE_REDIS") {
+            panic!("{test}: redis-server binary not available and RINGCHAT_REQUIRE_REDIS=1");
+        }
+        skipped(&format!(
+            "Redis not available (no redis-server binary to run a private one) [{test}]"
+        ));
+        return;
+    }
+    let mut redis = PrivateRedis::start();
+    // Declared before the cluster so it outlives it: the cluster's cleanup
+    // deletes its keys there.
+    let kept_redis: Option<PrivateRedis>;
+    let Some(c) = Cluster::start_on(test, 2, 1, false, redis.url()) else {
+        return;
+    };
+    // a sits on the node owning the conversation: its sends are stored
+    // during the outage, and only the bus can't carry them to b.
+    let (an, bn) = (uname("a"), uname("b"));
+    let reg = c.client(c.addr(0));
+    let (a_id, b_id) = (
+        reg.register(&an, PASSWORD).unwrap(),
+        reg.register(&bn, PASSWORD).unwrap(),
+    );
+    drop(reg);
+    let view = ringchat::cluster::NodeView {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str().into(), 1))
+            .collect(),
+    };
+    let a_at = c.index_of(
+        &view
+            .owner(ringchat::model::direct_conv(a_id, b_id))
+            .unwrap()
+            .0,
+    );
+    let b_at = 1 - a_at;
+    let login = |name: &str, id: UserId, at: usize| {
+        let cl = c.client_with(c.addr(at), |o| o.timeout = Duration::from_secs(2));
+        let session = login_synced(&cl, name);
+        User {
+            id,
+            name: name.to_string(),
+            session,
+            c: cl,
+        }
+    };
+    let a = login(&an, a_id, a_at);
+    let b = login(&bn, b_id, b_at);
+    befriend(&a, &b);
+    let s = a.send_direct(b.id, "before").unwrap();
+    assert_eq!(wait_msg(&b.c, "before the restart").seq, s.seq);
+
+    // Redis goes away for a while; a keeps sending to b meanwhile, like a
+    // real client: resend with the same client_msg_id on a timeout, resume
+    // and resend when the server closes the session.
+    redis.kill9();
+    let t_out = Instant::now();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2)); // the outage
+        redis.spawn();
+        redis
+    });
+    const K: u64 = 4;
+    let mut a_cur: Option<Client> = None; // replaces a.c after a reconnect
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut during = Vec::new();
+    for i in 0..K {
+        let body = format!("during {i}");
+        let mid = a.next_msg_id();
+        loop {
+            let cl = a_cur.as_ref().unwrap_or(&a.c);
+            match cl.send_raw(b.id, 0, mid, &body) {
+                Ok(sent) => {
+                    during.push(sent.seq);
+                    break;
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "send {body:?} still failing: {e}; logs:\n{}",
+                        c.logs()
+                    );
+                    if cl.is_closed() {
+                        common::wait_closed(cl);
+                        let n = c.client_with(c.addr(a_at), |o| o.timeout = Duration::from_secs(2));
+                        let since: Vec<(ConvId, Seq)> = cl.seen().into_iter().collect();
+                        match n.resume_since(&a.session.token, &since) {
+                            Ok(_) => a_cur = Some(n),
+                            Err(e) => eprintln!("resume of a failed (retrying): {e}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{K} sends around the outage done after {:?}; a had to resume: {}",
+        t_out.elapsed(),
+        a_cur.is_some()
+    );
+    kept_redis = Some(restarter.join().unwrap());
+    assert!(kept_redis.is_some());
+    assert_eq!(
+        during,
+        (s.seq + 1..=s.seq + K).collect::<Vec<_>>(),
+        "seqs of the messages sent around the outage"
+    );
+
+    // The nodes re-subscribe and close their sessions with a Goodbye asking
+    // them to resume (messages published while they were away are lost to
+    // the bus, not to the store). A client that resumes gets everything
+    // once, and live delivery works again.
+    let reconnect = |u: &User, old: &Client, addr: SocketAddr, dedup: bool| -> Client {
+        wait(old, "Goodbye after the Redis restart", |e| {
+            matches!(e, Event::Goodbye { .. })
+        });
+        common::wait_closed(old);
+        let cl = c.client_with(addr, |o| o.dedup = dedup);
+        let since: Vec<(ConvId, Seq)> = old.seen().into_iter().collect();
+        cl.resume_since(&u.session.token, &since)
+            .unwrap_or_else(|e| panic!("resume {}: {e}; logs:\n{}", u.name, c.logs()));
+        wait(&cl, "SyncDone after resume", |e| {
+            matches!(e, Event::SyncDone { .. })
+        });
+        cl
+    };
+    let a2 = match a_cur {
+        Some(cl) => cl, // already resumed after the nodes' Goodbye
+        None => reconnect(&a, &a.c, c.addr(a_at), true),
+    };
+    let b2 = reconnect(&b, &b.c, c.addr(b_at), false);
+    let got: Vec<ChatMsg> = queued_messages_of(&b2, s.conversation);
+    assert_eq!(
+        seqs_of(&got, s.conversation),
+        during,
+        "b must get what was sent around the outage, once each; logs:\n{}",
+        c.logs()
+    );
+    common::assert_quiet(&b2, "duplicate delivery after the outage", |e| {
+        matches!(e, Event::Message(_))
+    });
+    // Both nodes are back in Redis.
+    let deadline = Instant::now() + T;
+    loop {
+        let live: Option<String> = redis::cmd("GET")
+            .arg(format!("{}:node:n2", c.tag))
+            .query(&mut c.redis())
+            .unwrap();
+        let live1: Option<String> = redis::cmd("GET")
+            .arg(format!("{}:node:n1", c.tag))
+            .query(&mut c.redis())
+            .unwrap();
+        if live.is_some() && live1.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not re-register; logs:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut a2 = a2;
+    a2.set_timeout(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..5 {
+        let (ok, _) = send_retrying(&a2, b.id, &format!("after {i}"), deadline);
+        assert_eq!(ok.seq, s.seq + K + 1 + i, "dense seqs after the restart");
+        let m = b2
+            .wait_for(T, |e| matches!(e, Event::Message(m) if m.seq == ok.seq))
+            .unwrap_or_else(|| {
+                panic!(
+                    "message {i} not delivered after the Redis restart; queued {:?}; logs:\n{}",
+                    b2.drain_events(),
+                    c.logs()
+                )
+            });
+        let Event::Message(m) = m else { unreachable!() };
+        assert_eq!(m.body, format!("after {i}"));
+    }
+    // Presence works again across nodes.
+    b2.close();
+    wait_presence(&a2, b.id, false, T);
+}
+
+/// A node stopped gracefully (SIGTERM) leaves the registry at once, so the
+/// conversations it owned move to a live node by the others' next view
+/// refresh (every second). A send routed to it before that may time out;
+/// resent with the same `client_msg_id` it succeeds, nothing is lost or
+/// stored twice.
+#[test]
+fn graceful_stop_moves_owned_conversations_within_a_view_refresh() {
+    graceful_stop_of_owner(
+        "graceful_stop_moves_owned_conversations_within_a_view_refresh",
+        Some(Duration::from_millis(1500)),
+    );
+}
+
+/// Stricter: no send times out at all while the owner stops gracefully.
+/// Fails today: a send routed to the stopping node in the second before
+/// the others refresh their view is lost (the node exits without serving
+/// it), so the client times out once and resends. Making it pass needs
+/// the stopping node to keep serving bus traffic for one refresh period
+/// after leaving the registry (as it waits at start-up).
+#[test]
+#[ignore = "known gap: a send routed to a gracefully stopping node in its last second times out once"]
+fn graceful_stop_of_owner_node_does_not_stall_sends() {
+    graceful_stop_of_owner("graceful_stop_of_owner_node_does_not_stall_sends", None);
+}
+
+/// Both users on the node that stays, their conversation owned by the node
+/// that stops; a sends every 100 ms across the stop. Sends that fail must
+/// have started within `window` of the SIGTERM (none at all if `None`).
+fn graceful_stop_of_owner(test: &str, window: Option<Duration>) {
+    let Some(mut c) = Cluster::start(test, 2, 1, false) else {
+        return;
+    };
+    let (an, bn) = (uname("a"), uname("b"));
+    let reg = c.client(c.addr(0));
+    let a_id = reg.register(&an, PASSWORD).unwrap();
+    let b_id = reg.register(&bn, PASSWORD).unwrap();
+    drop(reg);
+    // Both users on the node that stays; their conversation owned by the
+    // node that stops.
+    let conv = ringchat::model::direct_conv(a_id, b_id);
+    let view = ringchat::cluster::NodeView {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str().into(), 1))
+            .collect(),
+    };
+    let owner = c.index_of(&view.owner(conv).unwrap().0);
+    let stay = 1 - owner;
+    let a = c.client(c.addr(stay));
+    login_synced(&a, &an);
+    let b = c.client(c.addr(stay));
+    login_synced(&b, &bn);
+    a.friend_request(b_id, "").unwrap();
+    b.friend_respond(a_id, true).unwrap();
+    a.send_direct(b_id, "before").unwrap();
+
+    let pid = c.nodes[owner].child.as_ref().unwrap().id();
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    let mut a = a;
+    a.set_timeout(Duration::from_secs(2));
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(20);
+    let mut failures = Vec::new();
+    let mut seqs = Vec::new();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let started = t0.elapsed();
+        let (sent, tries) = send_retrying(&a, b_id, "during the stop", deadline);
+        if tries > 1 {
+            failures.push(started);
+        }
+        seqs.push(sent.seq);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = c.nodes[owner].child.as_mut().unwrap().wait().unwrap();
+    c.nodes[owner].child = None;
+    assert!(st.success(), "node exited with {st} on SIGTERM");
+    assert_eq!(
+        seqs,
+        (2..2 + seqs.len() as u64).collect::<Vec<_>>(),
+        "every send stored once, seqs dense"
+    );
+    let limit = window.unwrap_or(Duration::ZERO);
+    let late: Vec<_> = failures.iter().filter(|t| **t >= limit).collect();
+    assert!(
+        late.is_empty(),
+        "sends started at {late:?} after SIGTERM had to be resent (allowed only \
+         within {limit:?}; all resent: {failures:?}); logs:\n{}",
+        c.logs()
+    );
+}
