@@ -1256,14 +1256,10 @@ fn graceful_stop_moves_owned_conversations_within_a_view_refresh() {
     );
 }
 
-/// Stricter: no send times out at all while the owner stops gracefully.
-/// Fails today: a send routed to the stopping node in the second before
-/// the others refresh their view is lost (the node exits without serving
-/// it), so the client times out once and resends. Making it pass needs
-/// the stopping node to keep serving bus traffic for one refresh period
-/// after leaving the registry (as it waits at start-up).
+/// Stricter: no send times out at all while the owner stops gracefully:
+/// the stopping node leaves the registry, then keeps serving bus traffic
+/// for one view-refresh period before it exits.
 #[test]
-#[ignore = "known gap: a send routed to a gracefully stopping node in its last second times out once"]
 fn graceful_stop_of_owner_node_does_not_stall_sends() {
     graceful_stop_of_owner("graceful_stop_of_owner_node_does_not_stall_sends", None);
 }

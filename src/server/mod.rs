@@ -364,6 +364,11 @@ async fn shard_main(
         // Leave the cluster now instead of when our liveness key expires:
         // the other nodes take over our conversations within a second.
         c.leave(&shard).await;
+        // Other nodes refresh their view every second: until then they may
+        // still route requests for our conversations here, so keep serving
+        // the bus (and flushing what it produces) a little longer.
+        glommio::timer::sleep(Duration::from_millis(1300)).await;
+        shard.flush_writes().await;
     }
     let conns: Vec<_> = shard.conns.borrow().values().cloned().collect();
     for c in conns {
