@@ -32,7 +32,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,14 +179,9 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, pending: Vec<u8>) {
                     None => return,
                 }
             }
-            // SAFETY: dup returns a new descriptor we own; the glommio stream
-            // closes only its own one when dropped.
-            let dup = unsafe { libc::dup(stream.as_raw_fd()) };
-            drop(stream);
-            if dup < 0 {
+            let Some(fd) = crate::server::conn::detach_fd(stream) else {
                 return;
-            }
-            let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+            };
             shard.send(
                 home,
                 ShardMsg::LegacyHandOff(Box::new(HandOff {

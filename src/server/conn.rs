@@ -59,6 +59,50 @@ fn frame_error_reply(shard: &Shard, e: FrameError) -> Vec<u8> {
     }
 }
 
+/// What one read from a socket brought.
+pub(crate) enum Filled {
+    Data,
+    /// EOF or an error: the peer is gone.
+    Closed,
+    /// Nothing arrived within the idle timeout (the stream's read timeout).
+    IdleTimeout,
+}
+
+/// Reads more bytes into `fbuf` (which keeps its buffer small when idle).
+pub(crate) async fn fill(
+    r: &mut (impl futures_lite::AsyncRead + Unpin),
+    fbuf: &mut FrameBuf,
+) -> Filled {
+    fbuf.shrink_if_idle();
+    match r.read(fbuf.spare(1024)).await {
+        Ok(0) => Filled::Closed,
+        Ok(n) => {
+            fbuf.filled(n);
+            Filled::Data
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Filled::IdleTimeout,
+        Err(_) => Filled::Closed,
+    }
+}
+
+pub(crate) fn idle_goodbye(shard: &Shard) -> Vec<u8> {
+    shard
+        .enc
+        .borrow_mut()
+        .goodbye(fb::ErrorCode::IdleTimeout, "idle timeout")
+        .to_vec()
+}
+
+/// Takes the socket away from this executor for another shard: glommio's
+/// `TcpStream` has `FromRawFd` but no `IntoRawFd`, so the descriptor is
+/// duplicated and the stream (closing only its own descriptor) dropped.
+pub(crate) fn detach_fd(stream: TcpStream) -> Option<OwnedFd> {
+    // SAFETY: dup returns a new descriptor that we own from here on.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    drop(stream);
+    (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
 /// Serves a freshly accepted connection until it logs in (then hands it to
 /// the session) or goes away.
 pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
@@ -109,14 +153,7 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                     fb2.push(&pending);
                     run_session(shard, stream, fb2, login).await;
                 } else {
-                    // SAFETY: dup returns a new descriptor we own; the glommio
-                    // stream closes only its own one when dropped.
-                    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
-                    drop(stream);
-                    if dup < 0 {
-                        return;
-                    }
-                    let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+                    let Some(fd) = detach_fd(stream) else { return };
                     shard.send(
                         home,
                         ShardMsg::HandOff(Box::new(HandOff {
@@ -133,21 +170,13 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                 return;
             }
         }
-        fbuf.shrink_if_idle();
-        let buf = fbuf.spare(1024);
-        match stream.read(buf).await {
-            Ok(0) => return,
-            Ok(n) => fbuf.filled(n),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let f = shard
-                    .enc
-                    .borrow_mut()
-                    .goodbye(fb::ErrorCode::IdleTimeout, "idle timeout")
-                    .to_vec();
-                let _ = stream.write_all(&f).await;
+        match fill(&mut stream, &mut fbuf).await {
+            Filled::Data => {}
+            Filled::Closed => return,
+            Filled::IdleTimeout => {
+                let _ = stream.write_all(&idle_goodbye(&shard)).await;
                 return;
             }
-            Err(_) => return,
         }
     }
 }
@@ -546,21 +575,13 @@ async fn read_loop(
         while shard.outbox_full() {
             shard.outbox_room.wait().await;
         }
-        fbuf.shrink_if_idle();
-        let buf = fbuf.spare(1024);
-        match rd.read(buf).await {
-            Ok(0) => return,
-            Ok(n) => fbuf.filled(n),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                let f = shard
-                    .enc
-                    .borrow_mut()
-                    .goodbye(fb::ErrorCode::IdleTimeout, "idle timeout")
-                    .to_vec();
-                conn.out.push(Frame::Own(f));
+        match fill(&mut rd, &mut fbuf).await {
+            Filled::Data => {}
+            Filled::Closed => return,
+            Filled::IdleTimeout => {
+                conn.out.push(Frame::Own(idle_goodbye(shard)));
                 return;
             }
-            Err(_) => return,
         }
     }
 }
