@@ -7,7 +7,9 @@
 # Usage: bench/compare.sh ADDR_A ADDR_B [--protocol legacy|native]
 #            [--connections N] [--rate R] [--duration S] [--scenario direct|group|connect|mixed]
 #            [--prefix P] [--id-base-a N] [--id-base-b N] [--id-map-a F] [--id-map-b F]
-#            [-- extra loadgen args...]
+#            [--protocol-a P] [--protocol-b P] [-- extra loadgen args...]
+# --protocol-a/-b override --protocol for one side, e.g. the old server over
+# legacy (A) against ringchat's native port (B).
 # defaults: --protocol legacy --connections 1000 --rate 1000 --duration 20 --scenario direct
 #
 # Users must exist on both servers, named by loadgen's contract (users
@@ -28,10 +30,12 @@ usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 2 ] || usage
 A=$1; B=$2; shift 2
 PROTO=legacy; CONNS=1000; RATE=1000; DUR=20; SCEN=direct; PREFIX=lg
-IDA=(); IDB=(); EXTRA=()
+IDA=(); IDB=(); EXTRA=(); PA=; PB=
 while [ $# -gt 0 ]; do
     case "$1" in
         --protocol) PROTO=$2; shift 2 ;;
+        --protocol-a) PA=$2; shift 2 ;;
+        --protocol-b) PB=$2; shift 2 ;;
         --connections) CONNS=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --duration) DUR=$2; shift 2 ;;
@@ -46,15 +50,16 @@ while [ $# -gt 0 ]; do
         *) echo "compare: unknown argument $1" >&2; usage ;;
     esac
 done
+PA=${PA:-$PROTO}; PB=${PB:-$PROTO}
 LOADGEN=${LOADGEN:-target/release/loadgen}
 [ -x "$LOADGEN" ] || cargo build --release -p loadgen
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; else OUT=$(mktemp -d /tmp/ringchat-compare.XXXXXX); trap 'rm -rf "$OUT"' EXIT; fi
 
 status=0
-run() { # name addr id-args...
-    local name=$1 addr=$2; shift 2
-    echo "== $name: $addr ($PROTO $SCEN, $CONNS connections, $RATE msgs/s, ${DUR}s)" >&2
-    if ! "$LOADGEN" --server "$addr" --protocol "$PROTO" --scenario "$SCEN" --prefix "$PREFIX" \
+run() { # name addr protocol id-args...
+    local name=$1 addr=$2 proto=$3; shift 3
+    echo "== $name: $addr ($proto $SCEN, $CONNS connections, $RATE msgs/s, ${DUR}s)" >&2
+    if ! "$LOADGEN" --server "$addr" --protocol "$proto" --scenario "$SCEN" --prefix "$PREFIX" \
         --connections "$CONNS" --rate "$RATE" --duration "$DUR" --report "$OUT/$name" \
         "$@" ${EXTRA[@]+"${EXTRA[@]}"} > "$OUT/$name.txt" 2> "$OUT/$name.stderr"; then
         status=1
@@ -62,8 +67,8 @@ run() { # name addr id-args...
         grep -E "FAIL|error" "$OUT/$name.stderr" >&2 || tail -5 "$OUT/$name.stderr" >&2
     fi
 }
-run A "$A" ${IDA[@]+"${IDA[@]}"}
-run B "$B" ${IDB[@]+"${IDB[@]}"}
+run A "$A" "$PA" ${IDA[@]+"${IDA[@]}"}
+run B "$B" "$PB" ${IDB[@]+"${IDB[@]}"}
 
 python3 - "$OUT/A/report.json" "$OUT/B/report.json" "$A" "$B" <<'PY'
 import json, sys
@@ -87,8 +92,8 @@ rows = [
     ("e2e p99 ms", lambda d: d["e2e_ms"]["p99"]),
     ("e2e max ms", lambda d: d["e2e_ms"]["max"]),
 ]
-if a.get("protocol") != "legacy":
-    rows.append(("ack p99 ms", lambda d: d["ack_ms"]["p99"]))
+if "native" in (a.get("protocol"), b.get("protocol")):
+    rows.append(("ack p99 ms", lambda d: d["ack_ms"]["p99"] if d.get("protocol") != "legacy" else None))
 rows += [
     ("login p99 ms", lambda d: d["login_ms"]["p99"]),
     ("lost", lambda d: d["lost"]),
@@ -97,15 +102,21 @@ rows += [
     ("errors", errs),
 ]
 def fmt(v):
+    if v is None:
+        return "n/a"
     return f"{v:.3f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
 w = max(len(sys.argv[3]), len(sys.argv[4]), 12)
 print(f"\n{'':<18} {'A':>{w}} {'B':>{w}} {'B/A':>8}")
 print(f"{'server':<18} {sys.argv[3]:>{w}} {sys.argv[4]:>{w}}")
+print(f"{'protocol':<18} {a.get('protocol', '?'):>{w}} {b.get('protocol', '?'):>{w}}")
 for name, f in rows:
     va, vb = f(a), f(b)
-    ratio = f"{vb / va:.2f}" if va else ("-" if not vb else "inf")
+    if va is None or vb is None:
+        ratio = "-"
+    else:
+        ratio = f"{vb / va:.2f}" if va else ("-" if not vb else "inf")
     print(f"{name:<18} {fmt(va):>{w}} {fmt(vb):>{w}} {ratio:>8}")
-if a.get("protocol") == "legacy":
+if "legacy" in (a.get("protocol"), b.get("protocol")):
     print("legacy protocol: no send acks, so no ack latency; rate = messages written")
 for tag, d in (("A", a), ("B", b)):
     if d["errors"]:
