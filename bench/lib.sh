@@ -6,13 +6,14 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_server BIN DATA_DIR LOG -> sets SERVER_PID, SERVER_ADDR, METRICS_ADDR
+# start_server BIN DATA_DIR LOG [extra serve args...] -> sets SERVER_PID, SERVER_ADDR, METRICS_ADDR
 start_server() {
     local bin=$1 dir=$2 log=$3 port mport
+    shift 3
     port=$(free_port); mport=$(free_port)
     SERVER_ADDR=127.0.0.1:$port
     METRICS_ADDR=127.0.0.1:$mport
-    "$bin" serve --listen "$SERVER_ADDR" --data-dir "$dir" --metrics "$METRICS_ADDR" >"$log" 2>&1 &
+    "$bin" serve --listen "$SERVER_ADDR" --data-dir "$dir" --metrics "$METRICS_ADDR" "$@" >"$log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         grep -q "ringchat listening on" "$log" && return 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI smoke test for loadgen + server: 500 connections, 10 s of direct and
-# 5 s of group messages at a modest rate; fails on any lost, duplicated or
-# out-of-order message (no latency thresholds: CI machines are noisy).
+# 5 s of group messages at a modest rate, 5 s of direct over the legacy JSON
+# protocol, and a login storm; fails on any lost, duplicated or out-of-order
+# message (no latency thresholds: CI machines are noisy).
 # Uses existing binaries if present (PROFILE=release|debug, default release),
 # else builds them. Prints `loadgen smoke: N passed, 0 failed` on success.
 set -euo pipefail
@@ -17,11 +18,12 @@ trap 'stop_server; rm -rf "$WORK"' EXIT
 # Users must exist before the server starts (provision writes the store directly).
 "$BIN/ringchat" provision --data-dir "$WORK/data" --users 500 --prefix sm \
     --friends-pairs --groups 50 --group-size 10 --fast-hash
-start_server "$BIN/ringchat" "$WORK/data" "$WORK/server.log"
+LEGACY_ADDR=127.0.0.1:$(free_port)
+start_server "$BIN/ringchat" "$WORK/data" "$WORK/server.log" --legacy-listen "$LEGACY_ADDR"
 pass=0; fail=0
 run() {
     local name=$1; shift
-    if "$BIN/loadgen" --server "$SERVER_ADDR" --prefix sm --server-pid "$SERVER_PID" \
+    if "$BIN/loadgen" --server "${SRV:-$SERVER_ADDR}" --prefix sm --server-pid "$SERVER_PID" \
         --report "$WORK/$name" "$@" >"$WORK/$name.out" 2>&1; then
         pass=$((pass + 1)); echo "ok   $name"
     else
@@ -30,6 +32,8 @@ run() {
 }
 run direct --scenario direct --connections 500 --rate 500 --duration 10 --drain 10
 run group --scenario group --connections 500 --group-size 10 --rate 100 --duration 5 --drain 10
+# Legacy JSON protocol (fresh store: user sm<i> has id i+1, loadgen's default).
+SRV=$LEGACY_ADDR run legacy --protocol legacy --scenario direct --connections 500 --rate 250 --duration 5 --drain 10
 run storm --scenario login-storm --connections 500 --duration 2 --expect-connections 500
 echo "loadgen smoke: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

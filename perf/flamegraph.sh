@@ -5,12 +5,15 @@
 #
 # Usage: perf/flamegraph.sh [loadgen args...]
 #   default: --scenario direct --connections 4000 --rate 4000 --duration 20
-# Env: OUT (default perf/out), FREQ (sampling Hz, default 499).
+# Env: OUT (default perf/out, git-ignored), FREQ (sampling Hz, default 499),
+# MINWIDTH (inferno --minwidth in pixels, default 0.5: frames narrower than
+# that are left out, which keeps the SVG around 200 KB instead of several MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 OUT=${OUT:-perf/out}
 FREQ=${FREQ:-499}
+MINWIDTH=${MINWIDTH:-0.5}
 mkdir -p "$OUT"
 command -v perf >/dev/null || { echo "perf not installed (apt-get install linux-perf / linux-tools)"; exit 1; }
 if ! command -v inferno-flamegraph >/dev/null; then
@@ -37,5 +40,5 @@ sleep 1
 target/release/loadgen --server "$SERVER_ADDR" --server-pid "$SERVER_PID" --report "$OUT/report" "${ARGS[@]}" || true
 kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=
 perf script -i "$OUT/perf.data" 2>/dev/null | inferno-collapse-perf > "$OUT/stacks.folded"
-inferno-flamegraph --title "ringchat server: ${ARGS[*]}" < "$OUT/stacks.folded" > "$OUT/flamegraph.svg"
+inferno-flamegraph --minwidth "$MINWIDTH" --title "ringchat server: ${ARGS[*]}" < "$OUT/stacks.folded" > "$OUT/flamegraph.svg"
 echo "wrote $OUT/flamegraph.svg ($(wc -l < "$OUT/stacks.folded") unique stacks)"

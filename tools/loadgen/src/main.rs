@@ -36,6 +36,19 @@ pub enum Scenario {
     LoginStorm,
 }
 
+/// Wire protocol spoken to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// ringchat's FlatBuffers protocol (SendOk acks, seqs, resume).
+    Native,
+    /// The cc_ChatServer JSON protocol (`ringchat serve --legacy-listen`, or
+    /// the old server itself): no send acks, so only e2e latency; users are
+    /// logged in by numeric id (--id-base / --id-map). Scenarios: connect,
+    /// direct, group, mixed.
+    Legacy,
+}
+
 #[derive(Parser, Clone, Debug)]
 #[command(
     about = "ringchat load generator (users must be provisioned first: `ringchat provision`)"
@@ -53,6 +66,15 @@ pub struct Args {
     pub duration: u64,
     #[arg(long, value_enum, default_value = "direct")]
     pub scenario: Scenario,
+    #[arg(long, value_enum, default_value = "native")]
+    pub protocol: Protocol,
+    /// Legacy protocol: user `<prefix><i>` has id `id_base + i` (ringchat
+    /// provision on a fresh store assigns 1, 2, ... in order).
+    #[arg(long, default_value_t = 1)]
+    pub id_base: u64,
+    /// Legacy protocol: file of `name id` lines, overriding --id-base.
+    #[arg(long)]
+    pub id_map: Option<PathBuf>,
     /// Write report.json and report.html here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -167,6 +189,10 @@ fn main() {
         worker::run(args, w, b, n);
     }
     args.procs = args.procs.clamp(1, 250);
+    if args.protocol == Protocol::Legacy && args.scenario == Scenario::LoginStorm {
+        eprintln!("loadgen: the legacy protocol has no resume; login-storm is native only");
+        std::process::exit(2);
+    }
     let u = unit(&args);
     let units = args.connections / u;
     if units == 0 {

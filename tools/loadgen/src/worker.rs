@@ -10,8 +10,11 @@
 //! locally: for each acknowledged `(conv, seq)` the worker knows how many
 //! recipients must see it and counts what they actually see.
 
+mod legacy;
+pub use legacy::read_id_map;
+
 use crate::ipc::{self, WorkerResult};
-use crate::{Args, Scenario, mono_us};
+use crate::{Args, Protocol, Scenario, mono_us};
 use ahash::AHashMap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -115,6 +118,12 @@ struct Conn {
     last_seq: RefCell<AHashMap<ConvId, Seq>>,
     done: Signal,
     finished: Cell<bool>,
+    /// Legacy protocol: objects waiting to be written, one per write.
+    lq: RefCell<std::collections::VecDeque<Vec<u8>>>,
+    /// Legacy protocol: the friend's id (from the login reply).
+    partner_id: Cell<UserId>,
+    /// Legacy protocol: last sequence number sent per stream (direct, group).
+    legacy_seq: Cell<[u64; 2]>,
 }
 
 impl Conn {
@@ -175,6 +184,8 @@ struct Worker {
     go_us: Cell<u64>,
     src_ip: Ipv4Addr,
     server: SocketAddr,
+    /// `--id-map`: legacy user ids by user index.
+    id_map: Option<Vec<u64>>,
 }
 
 impl Worker {
@@ -736,6 +747,17 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
         Ipv4Addr::new(127, 0, 0, 1)
     };
     let server = args.server;
+    let legacy = args.protocol == Protocol::Legacy;
+    let id_map = match &args.id_map {
+        Some(p) if legacy => match read_id_map(p, &args.prefix) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("loadgen worker {widx}: --id-map: {e}");
+                std::process::exit(2)
+            }
+        },
+        _ => None,
+    };
     let conns: Vec<Rc<Conn>> = (0..n).map(|_| Rc::new(Conn::default())).collect();
     let w = Rc::new(Worker {
         gate: glommio::sync::Semaphore::new(args.max_inflight as u64),
@@ -753,14 +775,22 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
         go_us: Cell::new(0),
         src_ip,
         server,
+        id_map,
     });
     glommio::spawn_local(progress(w.clone())).detach();
-    glommio::spawn_local(pinger(w.clone())).detach();
+    // Legacy connections are never timed out for silence (and cannot ping).
+    if !legacy {
+        glommio::spawn_local(pinger(w.clone())).detach();
+    }
     // Ramp: every connection task starts now; the semaphore keeps at most
     // `max_inflight` connecting/logging in at once.
     let ramp0 = mono_us();
     for i in 0..w.n {
-        glommio::spawn_local(conn_task(w.clone(), i, Auth::Login)).detach();
+        if legacy {
+            glommio::spawn_local(legacy::conn_task(w.clone(), i)).detach();
+        } else {
+            glommio::spawn_local(conn_task(w.clone(), i, Auth::Login)).detach();
+        }
     }
     loop {
         let settled = {
@@ -795,11 +825,19 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
     match w.args.scenario {
         Scenario::Direct | Scenario::Group | Scenario::Mixed => {
             let rate = w.args.rate * w.n as f64 / w.args.connections as f64;
-            sender(w.clone(), rate, go, end).await;
+            if legacy {
+                legacy::sender(w.clone(), rate, go, end).await;
+            } else {
+                sender(w.clone(), rate, go, end).await;
+            }
             // Drain: wait for outstanding acks and deliveries, at most --drain s.
             let dl = mono_us() + w.args.drain * 1_000_000;
             while mono_us() < dl {
-                let pending_acks: usize = w.conns.iter().map(|c| c.sent.borrow().len()).sum();
+                let pending_acks: usize = w
+                    .conns
+                    .iter()
+                    .map(|c| c.sent.borrow().len() + c.lq.borrow().len())
+                    .sum();
                 let undelivered = w
                     .entries
                     .borrow()
