@@ -860,3 +860,44 @@ pub fn check_legacy_ids_and_desc(s: &dyn Store) {
     assert_eq!(s.group_desc(g).unwrap(), "a \"quoted\" desc 😀");
     assert_eq!(s.group_desc(g + 12345).unwrap(), "");
 }
+
+/// Not a check: times `write_batch` at batch sizes 1, 64 and 256 (the
+/// group-commit measurement in docs/STORAGE.md); run by each backend's
+/// ignored `bench_write_batch_sizes` test.
+pub fn bench_write_batch_sizes(store: &dyn Store) {
+    let u = store.create_user("bench", "x").unwrap();
+    let g = store.create_group("bench", u).unwrap();
+    let conv = group_conv(g);
+    let body = "x".repeat(100);
+    let mut seq = 0u64;
+    for batch in [1usize, 64, 256] {
+        let total = if batch == 1 { 500 } else { 20_000 };
+        let start = std::time::Instant::now();
+        let mut written = 0;
+        while written < total {
+            let ops: Vec<WriteOp> = (0..batch)
+                .map(|_| {
+                    seq += 1;
+                    WriteOp::Message(StoredMessage {
+                        conv,
+                        seq,
+                        sender: u,
+                        timestamp_ms: seq,
+                        client_msg_id: seq,
+                        body: body.clone(),
+                        sender_name: String::new(),
+                    })
+                })
+                .collect();
+            store.write_batch(&ops).unwrap();
+            written += batch;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "batch {batch:>3}: {written} msgs in {secs:.3}s = {:.0} msgs/s ({:.2} ms/commit)",
+            written as f64 / secs,
+            secs * 1000.0 / (written / batch) as f64
+        );
+    }
+    assert_eq!(store.conv_tail(conv, 1).unwrap().last_seq, seq);
+}
