@@ -336,23 +336,7 @@ async fn session(
         keep_open: Cell::new(false),
         broken: Cell::new(false),
     });
-    if shard.register(conn.clone()) {
-        if let Some(c) = &shard.cluster {
-            c.register_user(user).await;
-        }
-        let s2 = shard.clone();
-        glommio::spawn_local(async move {
-            if let Ok(rows) = s2.blocking(move |s| s.friends_of(user)).await {
-                let set = rows
-                    .into_iter()
-                    .filter(|r| r.kind == FriendKind::Friend)
-                    .map(|r| r.user_id)
-                    .collect();
-                s2.announce_online(user, set);
-            }
-        })
-        .detach();
-    }
+    crate::server::conn::register_session(&shard, &conn).await;
     // The login reply goes out first, before anything queued meanwhile (the
     // old client takes the first read after login as the reply), so it is
     // written here and the writer starts only afterwards.

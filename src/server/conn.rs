@@ -59,6 +59,32 @@ fn frame_error_reply(shard: &Shard, e: FrameError) -> Vec<u8> {
     }
 }
 
+/// Registers a logged-in connection on its home shard. For the user's first
+/// session it also records them in the cluster registry (awaited: it must
+/// precede the catch-up query, see `ClusterShard::register_user`) and, in
+/// the background, loads their friends and announces them online.
+pub(crate) async fn register_session(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    if !shard.register(conn.clone()) {
+        return;
+    }
+    let user = conn.user;
+    if let Some(c) = &shard.cluster {
+        c.register_user(user).await;
+    }
+    let s2 = shard.clone();
+    glommio::spawn_local(async move {
+        if let Ok(rows) = s2.blocking(move |s| s.friends_of(user)).await {
+            let set = rows
+                .into_iter()
+                .filter(|r| r.kind == FriendKind::Friend)
+                .map(|r| r.user_id)
+                .collect();
+            s2.announce_online(user, set);
+        }
+    })
+    .detach();
+}
+
 /// What one read from a socket brought.
 pub(crate) enum Filled {
     Data,
@@ -399,24 +425,7 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
         .to_vec();
     conn.out.push(Frame::Own(ok));
     let writer = glommio::spawn_local(io::writer_loop(conn.out.clone(), stream.clone()));
-    if shard.register(conn.clone()) {
-        if let Some(c) = &shard.cluster {
-            // Before the catch-up query: see ClusterShard::register_user.
-            c.register_user(login.user).await;
-        }
-        let (s2, user) = (shard.clone(), login.user);
-        glommio::spawn_local(async move {
-            if let Ok(rows) = s2.blocking(move |s| s.friends_of(user)).await {
-                let set = rows
-                    .into_iter()
-                    .filter(|r| r.kind == FriendKind::Friend)
-                    .map(|r| r.user_id)
-                    .collect();
-                s2.announce_online(user, set);
-            }
-        })
-        .detach();
-    }
+    register_session(&shard, &conn).await;
     {
         // A failed replay must not leave the session half-synced: close it
         // (the client resumes and replays again).
