@@ -291,29 +291,13 @@ async fn anonymous_request(
                 }
             })
             .await;
-        return match res {
-            Ok(Some((user, name, token))) => (
-                None,
-                Some(Login {
-                    user,
-                    name: name.into(),
-                    token,
-                    req_id,
-                    since: Vec::new(),
-                }),
-                false,
-            ),
-            Ok(None) => (
-                err(fb::ErrorCode::BadCredentials, "wrong username or password"),
-                None,
-                false,
-            ),
-            Err(_) => (
-                err(fb::ErrorCode::Internal, "storage unavailable, retry"),
-                None,
-                false,
-            ),
-        };
+        return authenticated(
+            shard,
+            req_id,
+            res,
+            Vec::new(),
+            (fb::ErrorCode::BadCredentials, "wrong username or password"),
+        );
     }
     if let Some(r) = env.body_as_resume() {
         let token = r.token().unwrap_or("").to_string();
@@ -321,39 +305,53 @@ async fn anonymous_request(
             .since()
             .map(|v| v.iter().map(|c| (c.conversation(), c.seq())).collect())
             .unwrap_or_default();
-        let t2 = token.clone();
         let res = shard
-            .blocking(move |s| match s.session_user(&auth::token_hash(&t2))? {
-                Some(uid) => Ok(s.user_by_id(uid)?.map(|u| (u.id, u.username))),
+            .blocking(move |s| match s.session_user(&auth::token_hash(&token))? {
+                Some(uid) => Ok(s.user_by_id(uid)?.map(|u| (u.id, u.username, token))),
                 None => Ok(None),
             })
             .await;
-        return match res {
-            Ok(Some((user, name))) => (
-                None,
-                Some(Login {
-                    user,
-                    name: name.into(),
-                    token,
-                    req_id,
-                    since,
-                }),
-                false,
-            ),
-            Ok(None) => (
-                err(fb::ErrorCode::BadToken, "unknown or expired session token"),
-                None,
-                false,
-            ),
-            Err(_) => (
-                err(fb::ErrorCode::Internal, "storage unavailable, retry"),
-                None,
-                false,
-            ),
-        };
+        return authenticated(
+            shard,
+            req_id,
+            res,
+            since,
+            (fb::ErrorCode::BadToken, "unknown or expired session token"),
+        );
     }
     // Ack before login: nothing to do (gate allowed it; it carries no reply).
     (None, None, false)
+}
+
+/// The outcome of a Login or Resume check: (user id, name, token) on
+/// success, `None` when refused with `denied`.
+fn authenticated(
+    shard: &Shard,
+    req_id: u64,
+    res: crate::store::Result<Option<(UserId, String, String)>>,
+    since: Vec<(ConvId, Seq)>,
+    denied: (fb::ErrorCode, &str),
+) -> (Option<Vec<u8>>, Option<Login>, bool) {
+    let err = |code, text: &str| Some(shard.enc.borrow_mut().error(req_id, code, text).to_vec());
+    match res {
+        Ok(Some((user, name, token))) => (
+            None,
+            Some(Login {
+                user,
+                name: name.into(),
+                token,
+                req_id,
+                since,
+            }),
+            false,
+        ),
+        Ok(None) => (err(denied.0, denied.1), None, false),
+        Err(_) => (
+            err(fb::ErrorCode::Internal, "storage unavailable, retry"),
+            None,
+            false,
+        ),
+    }
 }
 
 async fn register(shard: &Rc<Shard>, req_id: u64, user: &str, pass: &str) -> Vec<u8> {
