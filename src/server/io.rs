@@ -242,3 +242,57 @@ pub fn shutdown_now(stream: &SharedStream) {
         libc::shutdown(fd, libc::SHUT_RDWR);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_is_bounded_and_cuts_off_instead_of_dropping() {
+        let out = Outbound::new(100);
+        assert!(out.push_own(&[1; 40]));
+        assert!(out.push(Frame::Shared(Arc::from(&[2u8; 40][..]))));
+        assert_eq!(out.queued_bytes(), 80);
+        // The frame that would pass the limit is refused and the connection
+        // is marked for closing: it is never queued partially or silently lost.
+        assert!(!out.push_own(&[3; 40]));
+        assert!(out.overflowed.get());
+        assert!(out.is_closing());
+        assert!(
+            !out.push_own(&[4; 1]),
+            "nothing is queued after the cut-off"
+        );
+        // What was queued before still drains, coalesced into one buffer.
+        let mut buf = Vec::new();
+        out.drain_into(&mut buf, 1 << 20);
+        assert_eq!(buf.len(), 80);
+        assert_eq!((buf[0], buf[79]), (1, 2));
+        assert_eq!(out.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_notification_before_the_wait_is_not_lost() {
+        let s = Signal::default();
+        s.notify();
+        futures_lite::future::block_on(s.wait());
+        // Consumed: the next wait would block until the next notify.
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(s.wait())).is_none()
+        );
+    }
+
+    #[test]
+    fn coalescing_respects_the_write_size() {
+        let out = Outbound::new(1 << 20);
+        for i in 0..10u8 {
+            out.push_own(&[i; 100]);
+        }
+        let mut buf = Vec::new();
+        out.drain_into(&mut buf, 250);
+        assert_eq!(buf.len(), 200, "whole frames only, up to the limit");
+        buf.clear();
+        out.drain_into(&mut buf, 1 << 20);
+        assert_eq!(buf.len(), 800);
+        assert_eq!(buf[0], 2);
+    }
+}
