@@ -136,7 +136,7 @@ impl<O: Out> Engine<O> {
             backoff: BACKOFF_MIN,
             failed: false,
             quit: false,
-            mid_base: random_u64(),
+            mid_base: rand::random::<u64>(),
             mid_next: 0,
         }
     }
@@ -1035,20 +1035,8 @@ fn role(r: crate::store::Role) -> &'static str {
 /// 50–100 % of `d`, so clients dropped together do not reconnect together.
 fn jitter(d: Duration) -> Duration {
     let half = d / 2;
-    let extra = random_u64() % (half.as_nanos() as u64).max(1);
+    let extra = rand::random::<u64>() % (half.as_nanos() as u64).max(1);
     half + Duration::from_nanos(extra)
-}
-
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }
 
 #[cfg(test)]

@@ -202,7 +202,7 @@ impl Client {
                 idle_timeout_ms: 0,
             },
             session: Mutex::new(None),
-            msg_id_base: random_u64(),
+            msg_id_base: rand::random::<u64>(),
             msg_id_next: AtomicU64::new(0),
             options,
             reader: Some(reader),
@@ -408,7 +408,7 @@ impl Client {
 
     /// Round-trips a `Ping`; returns the nonce the server echoed.
     pub fn ping(&self) -> Result<u64> {
-        let nonce = random_u64();
+        let nonce = rand::random::<u64>();
         let got = self.request(
             |e, id| e.ping(id, nonce),
             |r| match r {
@@ -738,20 +738,6 @@ fn reader_loop(mut stream: TcpStream, shared: Arc<Shared>, events: Sender<Event>
     shared.close_pending();
     let _ = stream.shutdown(Shutdown::Both);
     let _ = events.send(Event::Closed);
-}
-
-/// A random u64 without pulling in an RNG: std's `RandomState` is seeded
-/// from the OS per instance, mixed here with the time for good measure.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }
 
 /// Re-exported so callers can match on error codes without naming `wire`.
