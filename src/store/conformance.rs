@@ -18,6 +18,31 @@ use std::sync::Arc;
 /// A conformance check: panics if `store` breaks the contract.
 pub type Check = fn(&dyn Store);
 
+/// Calls `$m!(check_users, check_search_users, ...)` with every check, so
+/// each backend expands one `#[test]` per check from this single list.
+#[macro_export]
+macro_rules! for_each_conformance_check {
+    ($m:ident) => {
+        $m!(
+            check_users,
+            check_search_users,
+            check_sessions,
+            check_pairs,
+            check_friends_of,
+            check_groups,
+            check_group_members,
+            check_write_batch_atomic,
+            check_cursors,
+            check_conv_tail,
+            check_messages_after_and_history,
+            check_conversations_of,
+            check_body_roundtrip,
+            check_concurrent_access,
+            check_legacy_ids_and_desc,
+        );
+    };
+}
+
 /// Every check that needs only a store, by name.
 pub const CHECKS: &[(&str, Check)] = &[
     ("check_users", check_users),
