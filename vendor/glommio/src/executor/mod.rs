@@ -1320,20 +1320,25 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until preempted or out of work.
+    ///
+    /// Returns `false` only when no task queue is runnable: the caller parks
+    /// on `false`. (ringchat patch: 0.9.0 also returned `false` when it was
+    /// preempted before running anything, e.g. when the preempt timer fired
+    /// while the thread was descheduled; the executor then parked with
+    /// runnable tasks and nothing left to wake it. See RINGCHAT-PATCH.md.)
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // Preempted: queues may still hold runnable tasks. Poll I/O
+                // and come back; never let the caller park on this.
+                return true;
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
