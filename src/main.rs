@@ -127,6 +127,14 @@ struct ServeArgs {
     /// by default; see docs/MIGRATING.md).
     #[arg(long)]
     legacy_listen: Option<SocketAddr>,
+    /// Exit (status 70) when a shard makes no progress for this many
+    /// seconds, so a supervisor restarts the node instead of it staying
+    /// deaf; 0 disables the watchdog.
+    #[arg(long, default_value_t = 10)]
+    watchdog_secs: u64,
+    /// Test hook: `stall:SHARD:AFTER_MS` or `panic:SHARD:AFTER_MS`.
+    #[arg(long, hide = true)]
+    test_fault: Option<ringchat::server::watchdog::Fault>,
 }
 
 fn main() {
@@ -163,6 +171,8 @@ fn main() {
                 out_limit: (a.max_outbound_kib << 10).max(4 * a.max_frame),
                 cluster,
                 legacy_listen: a.legacy_listen,
+                watchdog: Duration::from_secs(a.watchdog_secs),
+                fault: a.test_fault,
                 ..Default::default()
             })
         }),

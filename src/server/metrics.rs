@@ -189,8 +189,27 @@ impl Published {
     }
 }
 
+/// Appends the watchdog's view: seconds since each shard last made progress
+/// (computed at scrape time, so a stalled shard shows a growing value even
+/// though it no longer publishes anything itself).
+pub fn render_progress(out: &mut String, ages: &[f64]) {
+    out.push_str(
+        "# HELP ringchat_shard_last_progress_seconds seconds since the shard's executor last ran its ticker\n\
+         # TYPE ringchat_shard_last_progress_seconds gauge\n",
+    );
+    for (shard, age) in ages.iter().enumerate() {
+        out.push_str(&format!(
+            "ringchat_shard_last_progress_seconds{{shard=\"{shard}\"}} {age:.3}\n"
+        ));
+    }
+}
+
 /// Serves `GET /metrics` on a plain thread (never on an executor).
-pub fn spawn_exporter(addr: SocketAddr, published: Arc<Published>) -> std::io::Result<SocketAddr> {
+pub fn spawn_exporter(
+    addr: SocketAddr,
+    published: Arc<Published>,
+    progress: Arc<super::watchdog::Progress>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -207,7 +226,9 @@ pub fn spawn_exporter(addr: SocketAddr, published: Arc<Published>) -> std::io::R
                 h.clear();
             }
             let (status, body) = if line.starts_with("GET /metrics") {
-                ("200 OK", published.render())
+                let mut body = published.render();
+                render_progress(&mut body, &progress.ages());
+                ("200 OK", body)
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())
             };

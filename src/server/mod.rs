@@ -9,7 +9,9 @@ pub mod conn;
 pub mod io;
 pub mod metrics;
 pub mod owner;
+pub mod listen;
 pub mod shard;
+pub mod watchdog;
 
 use crate::store::Store;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -43,6 +45,11 @@ pub struct Config {
     pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
     /// Also serve the old cc_ChatServer JSON protocol here (`src/legacy`).
     pub legacy_listen: Option<SocketAddr>,
+    /// Exit when a shard makes no progress for this long (`Duration::ZERO`:
+    /// never). See `watchdog`.
+    pub watchdog: Duration,
+    /// Test hook: a deliberate stall or panic on one shard.
+    pub fault: Option<watchdog::Fault>,
 }
 
 impl Default for Config {
@@ -62,6 +69,8 @@ impl Default for Config {
             out_limit: 16 << 20,
             cluster: None,
             legacy_listen: None,
+            watchdog: Duration::from_secs(10),
+            fault: None,
         }
     }
 }
@@ -127,29 +136,6 @@ pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// Re-poll interval for futures woken from other threads.
-pub const REPOLL: Duration = Duration::from_millis(2);
-
-/// Polls `fut` again every `every` even without a wake-up.
-///
-/// glommio's cross-executor wake-ups can be lost when the machine is
-/// overloaded (seen here: `MeshBuilder::join` never returning on one shard
-/// while two other processes kept both CPUs busy). Re-polling on a timer
-/// turns such a lost wake-up into a delay of at most `every`.
-pub async fn repoll<F: std::future::Future>(fut: F, every: Duration) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        let step = futures_lite::future::or(async { Some(fut.as_mut().await) }, async {
-            glommio::timer::sleep(every).await;
-            None
-        })
-        .await;
-        if let Some(v) = step {
-            return v;
-        }
-    }
-}
-
 /// Conversations whose owner state a shard keeps cached (~1-30 KiB each
 /// with the dedup window); idle ones beyond this are dropped.
 const MAX_CACHED_CONVS: usize = 100_000;
@@ -188,6 +174,20 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     }
     let n = cfg.shards;
     preflight(&cfg, n)?;
+    // Before anything else touches the data dir or the address: a second
+    // server on either must fail here, not half-start (see `listen`).
+    let _lock = listen::lock_data_dir(&cfg.data_dir)?;
+    let (socks, bound) = listen::bind_group(cfg.listen, n, "listen")?;
+    cfg.listen = bound;
+    let mut legacy_socks = match cfg.legacy_listen {
+        Some(a) => {
+            let (s, b) = listen::bind_group(a, n, "legacy-listen")?;
+            cfg.legacy_listen = Some(b);
+            s.into_iter().map(Some).collect()
+        }
+        None => Vec::new(),
+    };
+    legacy_socks.resize_with(n, || None);
     let store: Arc<dyn Store> = crate::store::open(&cfg.store, &cfg.data_dir)
         .map_err(|e| format!("opening the store: {e}"))?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -198,8 +198,9 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
         }
     }
     let published = metrics::Published::new(n);
+    let progress = Arc::new(watchdog::Progress::new(n));
     if let Some(addr) = cfg.metrics {
-        let a = metrics::spawn_exporter(addr, published.clone())
+        let a = metrics::spawn_exporter(addr, published.clone(), progress.clone())
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
         eprintln!("metrics on http://{a}/metrics");
     }
@@ -208,14 +209,15 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(n, cfg.mesh_capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
-    for i in 0..n {
+    for (i, (sock, legacy_sock)) in socks.into_iter().zip(legacy_socks).enumerate() {
         let committer = committer.clone();
-        let (cfg, store, mesh, ready, published) = (
+        let (cfg, store, mesh, ready, published, progress) = (
             cfg.clone(),
             store.clone(),
             mesh.clone(),
             ready_tx.clone(),
             published.clone(),
+            progress.clone(),
         );
         let cpu = cpus[i % cpus.len()];
         let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -224,8 +226,22 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
             .io_memory(cfg.io_memory)
             .preempt_timer(Duration::from_millis(5))
             .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.blocking_threads));
+        let listeners = Listeners {
+            native: sock,
+            legacy: legacy_sock,
+        };
         let h = builder
-            .spawn(move || shard_main(i, n, cfg, (store, committer), mesh, ready, published))
+            .spawn(move || {
+                shard_main(
+                    i,
+                    n,
+                    cfg,
+                    (store, committer),
+                    mesh,
+                    (ready, published, progress),
+                    listeners,
+                )
+            })
             .map_err(|e| format!("starting shard {i}: {e}"))?;
         handles.push(h);
     }
@@ -246,10 +262,48 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     println!("ringchat listening on {} ({n} shards)", cfg.listen);
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    supervise(&progress, cfg.watchdog);
     for h in handles {
         let _ = h.join();
     }
     Ok(())
+}
+
+/// The main thread's job while shards run: return once a stop was
+/// requested; exit the process if a shard stopped making progress, whether
+/// its executor is stalled or dead (a panic that escapes a task kills it).
+/// A deaf process must not keep its listeners: see `watchdog`.
+fn supervise(progress: &watchdog::Progress, limit: Duration) {
+    progress.restart_clocks();
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if STOP.load(Ordering::SeqCst) || limit.is_zero() {
+            continue;
+        }
+        if let Some((i, silent)) = progress.stalled(limit) {
+            tracing::error!(
+                shard = i,
+                silent_ms = silent.as_millis() as u64,
+                "shard {i} made no progress for {:.1} s (its executor is stalled or died: \
+                 a blocking call, a stopped reactor or an escaped panic); exiting so that \
+                 a supervisor restarts this node",
+                silent.as_secs_f64()
+            );
+            std::process::exit(watchdog::EXIT_STALLED);
+        }
+    }
+}
+
+/// A shard's listening sockets, bound by `serve` (see `listen`).
+struct Listeners {
+    native: std::os::fd::OwnedFd,
+    legacy: Option<std::os::fd::OwnedFd>,
+}
+
+fn adopt(fd: std::os::fd::OwnedFd) -> glommio::net::TcpListener {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: a bound, listening TCP socket whose ownership moves here.
+    unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) }
 }
 
 async fn shard_main(
@@ -258,28 +312,16 @@ async fn shard_main(
     cfg: Arc<Config>,
     (store, committer): (Arc<dyn Store>, crate::store::commit::GroupCommitter),
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
-    published: Arc<metrics::Published>,
+    (ready, published, progress): (
+        std::sync::mpsc::Sender<Result<(), String>>,
+        Arc<metrics::Published>,
+        Arc<watchdog::Progress>,
+    ),
+    listeners: Listeners,
 ) {
-    let listener = match glommio::net::TcpListener::bind(cfg.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("binding {}: {e}", cfg.listen)));
-            return;
-        }
-    };
-    let legacy_listener = match cfg.legacy_listen.map(glommio::net::TcpListener::bind) {
-        None => None,
-        Some(Ok(l)) => Some(l),
-        Some(Err(e)) => {
-            let _ = ready.send(Err(format!(
-                "binding the legacy listener {:?}: {e}",
-                cfg.legacy_listen
-            )));
-            return;
-        }
-    };
-    let (senders, receivers) = match repoll(mesh.join(), Duration::from_millis(5)).await {
+    let listener = adopt(listeners.native);
+    let legacy_listener = listeners.legacy.map(adopt);
+    let (senders, receivers) = match mesh.join().await {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(format!("joining the shard mesh failed: {e}")));
@@ -311,6 +353,10 @@ async fn shard_main(
             while !STOP.load(Ordering::SeqCst) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 ticks += 1;
+                // The watchdog's evidence that this executor still runs.
+                if ticks.is_multiple_of(5) {
+                    progress.beat(shard.id);
+                }
                 // Cursors are coalesced for 2 s: losing them costs a client a
                 // few replayed (deduplicated) messages, writing them costs I/O.
                 if ticks.is_multiple_of(40) {
@@ -328,6 +374,7 @@ async fn shard_main(
         })
     };
     let _ = ready.send(Ok(()));
+    watchdog::inject(cfg.fault, id);
     let accept = {
         let shard = shard.clone();
         glommio::spawn_local(async move {

@@ -322,10 +322,7 @@ impl Shard {
                     if self.outbox_len.get() == OUTBOX_HIGH / 2 {
                         self.outbox_room.notify();
                     }
-                    if super::repoll(self.senders.send_to(to, m), super::REPOLL)
-                        .await
-                        .is_err()
-                    {
+                    if self.senders.send_to(to, m).await.is_err() {
                         // Peer is gone (shutting down): nothing to deliver to.
                         if self.stopping.get() {
                             return;
@@ -355,13 +352,12 @@ impl Shard {
             glommio::spawn_local(async move {
                 use futures_lite::StreamExt;
                 let mut rx = rx;
-                // Re-polled on a timer: see `server::repoll` (lost wake-ups).
-                while let Some(m) = super::repoll(rx.next(), super::REPOLL).await {
+                // One await per message: `next()` on a non-empty channel is
+                // Ready without parking, and a Pending poll registers exactly
+                // one waker, which the next send drains (docs/WAKEUPS.md).
+                // Never poll this receiver from anywhere else.
+                while let Some(m) = rx.next().await {
                     me.handle(m);
-                    // Drain what is already there without another wait.
-                    while let Some(m) = futures_lite::future::poll_once(rx.next()).await.flatten() {
-                        me.handle(m);
-                    }
                 }
             })
             .detach();
@@ -696,7 +692,7 @@ impl Shard {
                 },
             )
         });
-        super::repoll(job, super::REPOLL).await
+        job.await
     }
 
     /// Queues a hot-path write for the next group commit.
@@ -725,7 +721,7 @@ impl Shard {
             let started = std::time::Instant::now();
             let committer = self.committer.clone();
             let job = glommio::executor().spawn_blocking(move || committer.write(ops));
-            let res = super::repoll(job, super::REPOLL).await;
+            let res = job.await;
             self.metrics.record_batch(n, started.elapsed());
             match res {
                 Ok(()) => {
