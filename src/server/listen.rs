@@ -23,7 +23,11 @@ use std::path::Path;
 /// Binds `n` listening sockets to `addr` in one SO_REUSEPORT group (port 0:
 /// the first socket's port for all), and fails if any other process
 /// listens on the same address. Returns the sockets and the bound address.
-pub fn bind_group(addr: SocketAddr, n: usize, what: &str) -> Result<(Vec<OwnedFd>, SocketAddr), String> {
+pub fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    what: &str,
+) -> Result<(Vec<OwnedFd>, SocketAddr), String> {
     let mut socks = Vec::with_capacity(n);
     let mut bound = addr;
     for _ in 0..n.max(1) {
@@ -134,7 +138,8 @@ fn proc_hex_ip(ip: std::net::IpAddr) -> String {
 /// Holds an exclusive `flock` on `<dir>/ringchat.lock` (created with the
 /// directory if missing) for as long as the returned file lives.
 pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating data dir {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("creating data dir {}: {e}", dir.display()))?;
     let path = dir.join("ringchat.lock");
     let f = File::options()
         .create(true)

@@ -7,9 +7,9 @@
 pub mod auth;
 pub mod conn;
 pub mod io;
+pub mod listen;
 pub mod metrics;
 pub mod owner;
-pub mod listen;
 pub mod shard;
 pub mod watchdog;
 

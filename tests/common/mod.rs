@@ -35,7 +35,7 @@ pub struct TestServer {
     stderr: Arc<Mutex<String>>,
     /// Held for the server's life: see [`ONE_SERVER`]. Dropped after `drop`
     /// has killed the child (fields drop after `Drop::drop`).
-    _turn: MutexGuard<'static, ()>,
+    _turn: Option<MutexGuard<'static, ()>>,
 }
 
 /// One server per test binary at a time. Each server pins one executor per
@@ -72,10 +72,21 @@ impl TestServer {
 
     /// Starts with extra `serve` arguments, e.g. `["--idle-timeout-secs", "1"]`.
     pub fn start_with(extra: &[&str]) -> TestServer {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A test that panicked while holding the turn poisons it; the lock
         // only orders servers, so the poison carries no meaning here.
         let turn = ONE_SERVER.lock().unwrap_or_else(|e| e.into_inner());
+        TestServer::start_turn(extra, Some(turn))
+    }
+
+    /// Starts without waiting for the one-server turn: for a test that
+    /// keeps a server mostly idle for a long time, so it runs alongside the
+    /// other tests of its binary instead of adding its length to the suite.
+    pub fn start_alongside(extra: &[&str]) -> TestServer {
+        TestServer::start_turn(extra, None)
+    }
+
+    fn start_turn(extra: &[&str], turn: Option<MutexGuard<'static, ()>>) -> TestServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = TestServer {
             addr: "127.0.0.1:0".parse().unwrap(),
             data_dir: fresh_dir(),
@@ -192,6 +203,24 @@ impl TestServer {
                     "server ignored SIGTERM for {STARTUP:?}; stderr:\n{}",
                     self.stderr()
                 );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `limit` for the server to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("server not running");
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                // Let the stderr thread collect the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
