@@ -5,6 +5,8 @@
 //!
 //! - `PROGRESS live sent acked delivered ack_p99_us e2e_p99_us`
 //! - `READY live`
+//! - `WINDOW <ack bytes> <e2e bytes> <login bytes>` + payloads: latencies
+//!   recorded since the previous `WINDOW` (only with `--window-report`)
 //! - `RESULT <json bytes> <ack bytes> <e2e bytes> <login bytes>` + payloads
 
 use crate::worker::new_hist;
@@ -69,6 +71,17 @@ fn ser(h: &Histogram<u64>) -> Vec<u8> {
     v
 }
 
+/// Latencies recorded since the previous call (ack, e2e, login).
+pub fn send_window(h: &[Histogram<u64>; 3]) {
+    let b: Vec<Vec<u8>> = h.iter().map(ser).collect();
+    let mut o = out();
+    let _ = writeln!(o, "WINDOW {} {} {}", b[0].len(), b[1].len(), b[2].len());
+    for x in &b {
+        let _ = o.write_all(x);
+    }
+    let _ = o.flush();
+}
+
 pub fn send_result(r: &WorkerResult) {
     let j = serde_json::to_vec(r).expect("serializable");
     let (a, e, l) = (ser(&r.ack), ser(&r.e2e), ser(&r.login));
@@ -83,6 +96,7 @@ pub fn send_result(r: &WorkerResult) {
 pub enum Msg {
     Progress([u64; 6]),
     Ready(u64),
+    Window(Box<[Histogram<u64>; 3]>),
     Result(Box<WorkerResult>),
 }
 
@@ -108,6 +122,20 @@ pub fn read_msg(r: &mut impl BufRead) -> Option<Msg> {
                 return Some(Msg::Progress(a));
             }
             Some("READY") => return Some(Msg::Ready(nums(it).first().copied().unwrap_or(0))),
+            Some("WINDOW") => {
+                let v = nums(it);
+                if v.len() != 3 {
+                    return None;
+                }
+                let mut d = Deserializer::new();
+                let mut hs = [new_hist(), new_hist(), new_hist()];
+                for (h, n) in hs.iter_mut().zip(v) {
+                    let mut b = vec![0u8; n as usize];
+                    r.read_exact(&mut b).ok()?;
+                    *h = d.deserialize(&mut &b[..]).ok()?;
+                }
+                return Some(Msg::Window(Box::new(hs)));
+            }
             Some("RESULT") => {
                 let v = nums(it);
                 if v.len() != 4 {

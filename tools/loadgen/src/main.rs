@@ -78,6 +78,14 @@ pub struct Args {
     /// Write report.json and report.html here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Append one JSON line per `--window-secs` to this file: count and
+    /// percentiles of the ack, e2e and login latencies completed in that
+    /// window (`ack_ms.count` = messages acked then), and live connections.
+    /// For soak tests; the last line covers the partial window at exit.
+    #[arg(long)]
+    pub window_report: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub window_secs: u64,
     /// Server pid, to sample its RSS and CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -279,12 +287,18 @@ fn parent(args: Args) -> i32 {
     let mut last_line = Instant::now();
     let mut last_sent = 0u64;
     let mut samples: Vec<(f64, u64)> = Vec::new();
+    let mut win = args.window_report.as_ref().map(|p| Window::open(p, &args));
     while results.iter().zip(&dead).any(|(r, d)| r.is_none() && !d) {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok((w, Some(Msg::Progress(p)))) => progress[w] = p,
             Ok((w, Some(Msg::Ready(n)))) => {
                 ready[w] = Some(n);
                 progress[w][0] = n;
+            }
+            Ok((_, Some(Msg::Window(h)))) => {
+                if let Some(win) = &mut win {
+                    win.add(&h);
+                }
             }
             Ok((w, Some(Msg::Result(r)))) => results[w] = Some(*r),
             Ok((w, None)) => {
@@ -322,6 +336,11 @@ fn parent(args: Args) -> i32 {
             cpu_end = pid.and_then(proc_cpu_s);
             rss_end = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
         }
+        if let Some(win) = &mut win
+            && win.start.elapsed() >= Duration::from_secs(args.window_secs.max(1))
+        {
+            win.flush(&progress);
+        }
         if last_line.elapsed() >= Duration::from_secs(1) {
             let dt = last_line.elapsed().as_secs_f64();
             last_line = Instant::now();
@@ -349,6 +368,9 @@ fn parent(args: Args) -> i32 {
     for mut p in procs {
         let _ = p.child.wait();
     }
+    if let Some(win) = &mut win {
+        win.flush(&progress);
+    }
     let results: Vec<WorkerResult> = results.into_iter().flatten().collect();
     let missing = k - results.len();
     let cpu = match (cpu_go, cpu_end.or_else(|| pid.and_then(proc_cpu_s))) {
@@ -373,6 +395,65 @@ fn parent(args: Args) -> i32 {
         eprintln!("loadgen: FAIL: {f}");
     }
     if fails.is_empty() { 0 } else { 1 }
+}
+
+/// `--window-report`: latencies merged from the workers' `WINDOW` deltas,
+/// written as one JSON line per window.
+struct Window {
+    file: Option<std::fs::File>,
+    scenario: Scenario,
+    start: Instant,
+    t0: Instant,
+    hist: [Histogram<u64>; 3],
+}
+
+impl Window {
+    fn open(path: &std::path::Path, args: &Args) -> Window {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| eprintln!("loadgen: --window-report {}: {e}", path.display()))
+            .ok();
+        let now = Instant::now();
+        Window {
+            file,
+            scenario: args.scenario,
+            start: now,
+            t0: now,
+            hist: [worker::new_hist(), worker::new_hist(), worker::new_hist()],
+        }
+    }
+
+    fn add(&mut self, h: &[Histogram<u64>; 3]) {
+        for (m, d) in self.hist.iter_mut().zip(h) {
+            let _ = m.add(d);
+        }
+    }
+
+    fn flush(&mut self, progress: &[[u64; 6]]) {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let line = serde_json::json!({
+            "unix_s": (unix * 1000.0).round() / 1000.0,
+            "t_s": (self.t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "window_s": (self.start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "scenario": self.scenario,
+            "conns": progress.iter().map(|p| p[0]).sum::<u64>(),
+            "ack_ms": report::pct(&self.hist[0]),
+            "e2e_ms": report::pct(&self.hist[1]),
+            "login_ms": report::pct(&self.hist[2]),
+        });
+        if let Some(f) = &mut self.file {
+            let _ = writeln!(f, "{line}");
+        }
+        self.start = Instant::now();
+        for h in &mut self.hist {
+            *h = worker::new_hist();
+        }
+    }
 }
 
 /// Merges worker histograms (all share the same bounds).

@@ -24,7 +24,7 @@ pub struct Report {
     pub timeline: Vec<[u64; 3]>,
 }
 
-fn pct(h: &Histogram<u64>) -> Value {
+pub fn pct(h: &Histogram<u64>) -> Value {
     let ms = |v: u64| (v as f64 / 1000.0 * 1000.0).round() / 1000.0;
     json!({
         "count": h.len(),

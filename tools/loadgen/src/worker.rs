@@ -178,6 +178,8 @@ struct Worker {
     ack: RefCell<Histogram<u64>>,
     e2e: RefCell<Histogram<u64>>,
     login: RefCell<Histogram<u64>>,
+    /// `--window-report`: the histograms as of the last `WINDOW` message.
+    win_prev: RefCell<[Histogram<u64>; 3]>,
     entries: RefCell<AHashMap<(ConvId, Seq), Entry>>,
     /// Limits connects+logins in flight (the ramp).
     gate: glommio::sync::Semaphore,
@@ -693,10 +695,41 @@ async fn pinger(w: Rc<Worker>) {
     }
 }
 
+/// `cur - prev` (`cur` itself if `prev` does not fit in it, which would mean
+/// `cur` was reset without resetting `prev`).
+fn hist_delta(cur: &Histogram<u64>, prev: &Histogram<u64>) -> Histogram<u64> {
+    let mut d = cur.clone();
+    if d.subtract(prev).is_err() {
+        d = cur.clone();
+    }
+    d
+}
+
+/// `--window-report`: sends the parent what was recorded since the last call.
+fn send_window(w: &Worker) {
+    if w.args.window_report.is_none() {
+        return;
+    }
+    let cur = [
+        w.ack.borrow().clone(),
+        w.e2e.borrow().clone(),
+        w.login.borrow().clone(),
+    ];
+    let mut prev = w.win_prev.borrow_mut();
+    let d = [
+        hist_delta(&cur[0], &prev[0]),
+        hist_delta(&cur[1], &prev[1]),
+        hist_delta(&cur[2], &prev[2]),
+    ];
+    ipc::send_window(&d);
+    *prev = cur;
+}
+
 /// Prints a progress line to the parent once a second.
 async fn progress(w: Rc<Worker>) {
     loop {
         glommio::timer::sleep(Duration::from_secs(1)).await;
+        send_window(&w);
         let st = w.stats.borrow();
         ipc::send_progress(
             st.live,
@@ -771,6 +804,7 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
         ack: RefCell::new(new_hist()),
         e2e: RefCell::new(new_hist()),
         login: RefCell::new(new_hist()),
+        win_prev: RefCell::new([new_hist(), new_hist(), new_hist()]),
         entries: RefCell::new(AHashMap::new()),
         go_us: Cell::new(0),
         src_ip,
@@ -864,6 +898,7 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
             }
             let before = w.stats.borrow().live;
             *w.login.borrow_mut() = new_hist();
+            w.win_prev.borrow_mut()[2] = new_hist();
             w.stats.borrow_mut().conn_failures = 0;
             let t0 = mono_us();
             for i in 0..w.n {
@@ -885,6 +920,7 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
         }
     }
     let elapsed_us = mono_us() - go;
+    send_window(&w);
     let st = w.stats.borrow();
     let (mut lost, mut dup, mut unacked_delivered) = (0u64, 0u64, 0u64);
     for e in w.entries.borrow().values() {
