@@ -103,7 +103,8 @@ struct ServeArgs {
     /// Locked I/O memory per shard, KiB.
     #[arg(long, default_value_t = 256)]
     io_memory_kib: usize,
-    /// Blocking threads per shard for store calls and password hashing.
+    /// Blocking threads per shard for store calls (passwords are hashed on
+    /// their own pool: --hash-threads).
     #[arg(long, default_value_t = 4)]
     blocking_threads: usize,
     /// Cut off a connection whose unwritten output exceeds this (slow
@@ -132,6 +133,14 @@ struct ServeArgs {
     /// deaf; 0 disables the watchdog.
     #[arg(long, default_value_t = 10)]
     watchdog_secs: u64,
+    /// Threads that hash passwords (argon2), node-wide; 0: half the CPUs.
+    /// They run at a lower priority than message traffic.
+    #[arg(long, default_value_t = 0)]
+    hash_threads: usize,
+    /// Logins/registrations waiting for a hashing thread; beyond this they
+    /// are refused at once with RateLimited (clients retry).
+    #[arg(long, default_value_t = 16)]
+    hash_queue: usize,
     /// Test hook: `stall:SHARD:AFTER_MS` or `panic:SHARD:AFTER_MS`.
     #[arg(long, hide = true)]
     test_fault: Option<ringchat::server::watchdog::Fault>,
@@ -194,6 +203,8 @@ fn main() {
                 legacy_listen: a.legacy_listen,
                 watchdog: Duration::from_secs(a.watchdog_secs),
                 fault: a.test_fault,
+                hash_threads: a.hash_threads,
+                hash_queue: a.hash_queue,
                 ..Default::default()
             })
         }),

@@ -167,3 +167,111 @@ fn same_user_on_two_connections_both_receive_a_message() {
         assert_eq!(m.sender, bob.id);
     }
 }
+
+// ------------------------------------------------------------ login floods
+// (argon2 costs tens of ms of CPU per attempt: floods are refused before
+// hashing, and hashing never runs on the store's threads)
+
+#[test]
+fn failed_logins_are_throttled_per_username_before_hashing() {
+    let s = TestServer::start();
+    let c = s.client();
+    let victim = uname("thr_v");
+    c.register(&victim, PASSWORD).unwrap();
+    for _ in 0..5 {
+        assert_code(
+            c.login(&victim, "wrong password!"),
+            ErrorCode::BadCredentials,
+        );
+    }
+    // Past the free failures: refused at once, even the right password,
+    // and the reply says when to retry.
+    match c.login(&victim, "wrong password!") {
+        Err(e) if e.code() == Some(ErrorCode::RateLimited) => {
+            assert!(e.to_string().contains("retry in"), "{e}");
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    assert_code(c.login(&victim, PASSWORD), ErrorCode::RateLimited);
+    // Another account from the same address is not affected.
+    let other = uname("thr_o");
+    c.register(&other, PASSWORD).unwrap();
+    let c2 = s.client();
+    login_synced(&c2, &other);
+    // After the back-off (1 s for the first step) the owner gets in.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let c3 = s.client();
+    login_synced(&c3, &victim);
+}
+
+#[test]
+fn failed_logins_are_throttled_per_source_address() {
+    let s = TestServer::start();
+    let c = s.client();
+    // 20 failures spread over 10 unknown names (2 each: no single name is
+    // throttled) exhaust this address's budget.
+    for i in 0..20 {
+        assert_code(
+            c.login(&format!("nobody{}", i % 10), "wrong password!"),
+            ErrorCode::BadCredentials,
+        );
+    }
+    assert_code(
+        c.login("nobody0x", "wrong password!"),
+        ErrorCode::RateLimited,
+    );
+    // Even a valid account is refused from this address until the back-off ends.
+    let name = uname("thr_a");
+    c.register(&name, PASSWORD).unwrap();
+    assert_code(c.login(&name, PASSWORD), ErrorCode::RateLimited);
+}
+
+#[test]
+fn overlong_passwords_are_refused_without_hashing() {
+    let s = TestServer::start();
+    let c = s.client();
+    let name = uname("longpw");
+    c.register(&name, PASSWORD).unwrap();
+    assert_code(
+        c.login(&name, &"x".repeat(60_000)),
+        ErrorCode::BadCredentials,
+    );
+    login_synced(&c, &name);
+}
+
+#[test]
+fn a_full_hashing_queue_refuses_at_once_and_retries_succeed() {
+    // One hashing thread, one queued job: concurrent registrations beyond
+    // that are refused with RateLimited instead of queueing.
+    let s = TestServer::start_with(&["--hash-threads", "1", "--hash-queue", "1"]);
+    let addr = s.addr;
+    let results: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let c = ringchat::client::Client::connect(addr).unwrap();
+                let name = format!("hq{}x{i}", std::process::id() % 100_000);
+                let mut last = c.register(&name, PASSWORD).map(|_| ());
+                let refused = last.is_err();
+                // Retry until admitted: the refusal is temporary.
+                let mut tries = 0;
+                while let Err(e) = &last {
+                    assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+                    tries += 1;
+                    assert!(tries < 200, "never admitted");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    last = c.register(&name, PASSWORD).map(|_| ());
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused = results
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|r| *r)
+        .count();
+    assert!(
+        refused > 0,
+        "8 concurrent hashes on a 1+1 pool: some must be refused"
+    );
+}

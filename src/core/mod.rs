@@ -12,6 +12,7 @@ pub mod group;
 pub mod pair;
 pub mod session;
 pub mod sync;
+pub mod throttle;
 pub mod validate;
 
 pub use crate::wire::fb::ErrorCode;

@@ -135,6 +135,7 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(shard.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
     let mut fbuf = FrameBuf::new(shard.cfg.max_frame);
     let mut phase = Phase::AwaitHello;
     loop {
@@ -160,7 +161,7 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                             .to_vec();
                         (Some(f), None, true)
                     }
-                    Ok(env) => anonymous_request(&shard, &mut phase, env).await,
+                    Ok(env) => anonymous_request(&shard, &mut phase, env, peer).await,
                 }
             };
             if let Some(f) = reply
@@ -212,6 +213,7 @@ async fn anonymous_request(
     shard: &Rc<Shard>,
     phase: &mut Phase,
     env: fb::Envelope<'_>,
+    peer: Option<std::net::IpAddr>,
 ) -> (Option<Vec<u8>>, Option<Login>, bool) {
     let req_id = env.req_id();
     let body = env.body_type();
@@ -271,33 +273,7 @@ async fn anonymous_request(
             l.username().unwrap_or("").to_string(),
             l.password().unwrap_or("").to_string(),
         );
-        let res = shard
-            .blocking(move |s| {
-                let rec = s.user_by_name(&user)?;
-                let ok = match &rec {
-                    Some(r) => auth::verify_password(&pass, &r.password_hash),
-                    None => {
-                        auth::verify_password(&pass, auth::dummy_hash());
-                        false
-                    }
-                };
-                match rec {
-                    Some(r) if ok => {
-                        let token = auth::new_token();
-                        s.create_session(&auth::token_hash(&token), r.id, crate::model::now_ms())?;
-                        Ok(Some((r.id, r.username, token)))
-                    }
-                    _ => Ok(None),
-                }
-            })
-            .await;
-        return authenticated(
-            shard,
-            req_id,
-            res,
-            Vec::new(),
-            (fb::ErrorCode::BadCredentials, "wrong username or password"),
-        );
+        return login(shard, req_id, user, pass, peer).await;
     }
     if let Some(r) = env.body_as_resume() {
         let token = r.token().unwrap_or("").to_string();
@@ -321,6 +297,63 @@ async fn anonymous_request(
     }
     // Ack before login: nothing to do (gate allowed it; it carries no reply).
     (None, None, false)
+}
+
+/// Login: throttle check, user lookup (store pool), password check
+/// (hashing pool), session creation (store pool). Refusals that cost no
+/// hashing come first: an over-long password (argon2 cost grows with it),
+/// a throttled username or address, a full hashing queue.
+async fn login(
+    shard: &Rc<Shard>,
+    req_id: u64,
+    user: String,
+    pass: String,
+    peer: Option<std::net::IpAddr>,
+) -> (Option<Vec<u8>>, Option<Login>, bool) {
+    let err = |code, text: &str| Some(shard.enc.borrow_mut().error(req_id, code, text).to_vec());
+    let denied = (fb::ErrorCode::BadCredentials, "wrong username or password");
+    if pass.len() > validate::MAX_PASSWORD || user.len() > validate::MAX_USERNAME {
+        return (err(denied.0, denied.1), None, false);
+    }
+    if let Err(d) = shard.hasher.admit(&user, peer) {
+        return (err(fb::ErrorCode::RateLimited, &d.text()), None, false);
+    }
+    let name = user.clone();
+    let rec = match shard.blocking(move |s| s.user_by_name(&name)).await {
+        Ok(r) => r,
+        Err(e) => return authenticated(shard, req_id, Err(e), Vec::new(), denied),
+    };
+    let phc = rec.as_ref().map(|r| r.password_hash.clone());
+    let checked = shard
+        .hasher
+        .run(move || match phc {
+            Some(h) => auth::verify_password(&pass, &h),
+            // Unknown user: same cost as a wrong password (no enumeration
+            // by timing).
+            None => {
+                auth::verify_password(&pass, auth::dummy_hash());
+                false
+            }
+        })
+        .await;
+    let ok = match checked {
+        Ok(ok) => ok,
+        Err(d) => return (err(fb::ErrorCode::RateLimited, &d.text()), None, false),
+    };
+    shard.hasher.outcome(&user, peer, ok);
+    let res = match rec {
+        Some(r) if ok => {
+            shard
+                .blocking(move |s| {
+                    let token = auth::new_token();
+                    s.create_session(&auth::token_hash(&token), r.id, crate::model::now_ms())?;
+                    Ok(Some((r.id, r.username, token)))
+                })
+                .await
+        }
+        _ => Ok(None),
+    };
+    authenticated(shard, req_id, res, Vec::new(), denied)
 }
 
 /// The outcome of a Login or Resume check: (user id, name, token) on
@@ -360,12 +393,24 @@ async fn register(shard: &Rc<Shard>, req_id: u64, user: &str, pass: &str) -> Vec
         return shard.enc.borrow_mut().error(req_id, code, text).to_vec();
     }
     let (user, pass) = (user.to_string(), pass.to_string());
-    let res = shard
-        .blocking(move |s| {
-            let hash = auth::hash_password(&pass).map_err(StoreError::Backend)?;
-            s.create_user(&user, &hash)
-        })
-        .await;
+    let hash = match shard.hasher.run(move || auth::hash_password(&pass)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(_)) => {
+            return shard
+                .enc
+                .borrow_mut()
+                .error(req_id, fb::ErrorCode::Internal, "password hashing failed")
+                .to_vec();
+        }
+        Err(d) => {
+            return shard
+                .enc
+                .borrow_mut()
+                .error(req_id, fb::ErrorCode::RateLimited, &d.text())
+                .to_vec();
+        }
+    };
+    let res = shard.blocking(move |s| s.create_user(&user, &hash)).await;
     let mut enc = shard.enc.borrow_mut();
     match res {
         Ok(id) => enc.register_ok(req_id, id).to_vec(),

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod hasher;
 pub mod io;
 pub mod listen;
 pub mod metrics;
@@ -50,6 +51,10 @@ pub struct Config {
     pub watchdog: Duration,
     /// Test hook: a deliberate stall or panic on one shard.
     pub fault: Option<watchdog::Fault>,
+    /// Password-hashing threads (node-wide) and the queue in front of them
+    /// (see `hasher`).
+    pub hash_threads: usize,
+    pub hash_queue: usize,
 }
 
 impl Default for Config {
@@ -71,6 +76,8 @@ impl Default for Config {
             legacy_listen: None,
             watchdog: Duration::from_secs(10),
             fault: None,
+            hash_threads: 0,
+            hash_queue: 16,
         }
     }
 }
@@ -206,11 +213,17 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     }
     let cfg = Arc::new(cfg);
     let committer = crate::store::commit::GroupCommitter::new(store.clone());
+    let hash_threads = match cfg.hash_threads {
+        0 => (cpus.len() / 2).max(1),
+        t => t,
+    };
+    let hasher = Arc::new(hasher::Hasher::new(hash_threads, cfg.hash_queue));
     let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(n, cfg.mesh_capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
     for (i, (sock, legacy_sock)) in socks.into_iter().zip(legacy_socks).enumerate() {
         let committer = committer.clone();
+        let hasher = hasher.clone();
         let (cfg, store, mesh, ready, published, progress) = (
             cfg.clone(),
             store.clone(),
@@ -236,7 +249,7 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
                     i,
                     n,
                     cfg,
-                    (store, committer),
+                    (store, committer, hasher),
                     mesh,
                     (ready, published, progress),
                     listeners,
@@ -310,7 +323,11 @@ async fn shard_main(
     id: usize,
     n: usize,
     cfg: Arc<Config>,
-    (store, committer): (Arc<dyn Store>, crate::store::commit::GroupCommitter),
+    (store, committer, hasher): (
+        Arc<dyn Store>,
+        crate::store::commit::GroupCommitter,
+        Arc<hasher::Hasher>,
+    ),
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     (ready, published, progress): (
         std::sync::mpsc::Sender<Result<(), String>>,
@@ -329,7 +346,13 @@ async fn shard_main(
         }
     };
     tracing::debug!(shard = id, "mesh joined");
-    let shard = Rc::new(Shard::new(id, n, cfg.clone(), store, committer, senders));
+    let shard = Rc::new(Shard::new(
+        id,
+        n,
+        cfg.clone(),
+        (store, committer, hasher),
+        senders,
+    ));
     shard.spawn_receivers(receivers);
     for to in 0..n {
         if to != id {

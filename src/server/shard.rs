@@ -212,6 +212,8 @@ pub struct Shard {
     pub store: Arc<dyn Store>,
     /// Node-wide group commit of hot writes (see `store::commit`).
     pub committer: crate::store::commit::GroupCommitter,
+    /// Password hashing and login throttling (node-wide, see `hasher`).
+    pub hasher: Arc<super::hasher::Hasher>,
     pub metrics: Metrics,
     senders: Senders<ShardMsg>,
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
@@ -245,8 +247,11 @@ impl Shard {
         id: usize,
         n: usize,
         cfg: Arc<Config>,
-        store: Arc<dyn Store>,
-        committer: crate::store::commit::GroupCommitter,
+        (store, committer, hasher): (
+            Arc<dyn Store>,
+            crate::store::commit::GroupCommitter,
+            Arc<super::hasher::Hasher>,
+        ),
         senders: Senders<ShardMsg>,
     ) -> Shard {
         let cluster = cfg.cluster.clone();
@@ -256,6 +261,7 @@ impl Shard {
             cfg,
             store,
             committer,
+            hasher,
             metrics: Metrics::new(id),
             senders,
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
