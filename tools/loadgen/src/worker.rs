@@ -124,6 +124,11 @@ struct Conn {
     partner_id: Cell<UserId>,
     /// Legacy protocol: last sequence number sent per stream (direct, group).
     legacy_seq: Cell<[u64; 2]>,
+    /// The Login/Resume frame of the current attempt (resent on RateLimited).
+    auth_frame: RefCell<Vec<u8>>,
+    auth_retries: Cell<u32>,
+    /// LoginOk received on this connection.
+    authed: Cell<bool>,
 }
 
 impl Conn {
@@ -347,6 +352,8 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
     conn.closing.set(false);
     conn.finished.set(false);
     conn.synced.set(false);
+    conn.authed.set(false);
+    conn.auth_retries.set(0);
     let permit = w.gate.acquire_permit(1).await.ok();
     let t0 = mono_us();
     let stream = match start_connect(w.src_ip, w.server) {
@@ -367,10 +374,10 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
         let r = conn.req();
         conn.push(enc.hello(r, "loadgen"));
         let r = conn.req();
-        match auth {
+        let f = match auth {
             Auth::Login => {
                 let name = format!("{}{}", w.args.prefix, w.base + idx);
-                conn.push(enc.login(r, &name, &w.args.password));
+                enc.login(r, &name, &w.args.password).to_vec()
             }
             Auth::Resume => {
                 let since: Vec<_> = conn
@@ -380,9 +387,11 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
                     .map(|(c, s)| (*c, *s))
                     .collect();
                 let tok = conn.token.borrow().clone();
-                conn.push(enc.resume(r, &tok, &since));
+                enc.resume(r, &tok, &since).to_vec()
             }
-        }
+        };
+        conn.push(&f);
+        *conn.auth_frame.borrow_mut() = f;
     }
     let wr = glommio::spawn_local(writer(conn.clone(), stream.clone()));
     let mut rd = Half(stream.clone());
@@ -475,6 +484,7 @@ fn handle(
 ) -> bool {
     let now = mono_us();
     if let Some(ok) = env.body_as_login_ok() {
+        conn.authed.set(true);
         conn.user_id.set(ok.user_id());
         *conn.token.borrow_mut() = ok.token().unwrap_or("").to_string();
         w.stats.borrow_mut().connected += 1;
@@ -582,6 +592,29 @@ fn handle(
         return true;
     }
     if let Some(er) = env.body_as_error_reply() {
+        // The server refuses a login at once when its password-hashing queue
+        // is full (and throttles failed logins), expecting the client to
+        // retry with back-off: do that on the same connection, keeping the
+        // ramp slot. The login latency then includes the retries.
+        if !conn.authed.get()
+            && er.code() == fb::ErrorCode::RateLimited
+            && conn.auth_retries.get() < AUTH_RETRIES
+        {
+            let n = conn.auth_retries.get();
+            conn.auth_retries.set(n + 1);
+            w.note_error("login RateLimited (retried)");
+            let ms = (20u64 << n.min(6)).min(1000) + mono_us() % 20;
+            let c = conn.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(Duration::from_millis(ms)).await;
+                if !c.closing.get() {
+                    let f = c.auth_frame.borrow().clone();
+                    c.push(&f);
+                }
+            })
+            .detach();
+            return true;
+        }
         let name = format!("ErrorReply {}", wire::error_name(er.code()));
         if conn.sent.borrow_mut().remove(&env.req_id()).is_some() {
             w.stats.borrow_mut().send_errors += 1;
@@ -596,6 +629,10 @@ fn handle(
     }
     true
 }
+
+/// Login/Resume attempts refused with `RateLimited` that are retried (the
+/// back-off reaches 1 s after 6, so this is about 45 s of trying).
+const AUTH_RETRIES: u32 = 50;
 
 /// Partner index (within the worker) for direct messages.
 fn partner(idx: usize) -> usize {
