@@ -4,9 +4,9 @@
 #      for LOAD_SECS (3000 x 1500/s x 180 s; 60 s when --minutes < 10),
 #   2. a login storm (everyone drops and resumes with its token),
 #   3. an idle gap - nothing connected for IDLE_SECS (75 s; 45 s when short).
-#      Always longer than 35 s: an old bug killed every shard ~35 s after
-#      start, and only a server left alone shows that kind of thing. The last
-#      idle gap stretches to the end of the run.
+#      Always longer than 35 s: an old bug killed every shard after ~35 s
+#      without traffic (docs/WAKEUPS.md), and only a server left alone shows
+#      that kind of thing. The last idle gap stretches to the end of the run.
 # Every loadgen run checks exactly-once, in-order delivery (and that every
 # connection logged in). A sampler (bench/soak_tool.py) records every 10 s the
 # server's RSS, open fds, CPU and the worst p99 of loadgen's 10 s windows
@@ -84,6 +84,17 @@ STATE=$WORK/state
 mkdir -p "$STATE/windows"
 : > "$OUT/phases.csv"; : > "$OUT/runs.csv"; : > "$OUT/windows.jsonl"
 TOOL="python3 bench/soak_tool.py"
+# Run private copies: a rebuild of target/release during the run must not
+# change what is being soaked (nor make the summary describe another binary).
+describe() { echo "$1 (built $(date -u -r "$1" '+%F %T') UTC, sha256 $(sha256sum "$1" | cut -c1-12))"; }
+SERVER_DESC=$(describe "$BIN/ringchat")
+SERVER_SHA=$(sha256sum "$BIN/ringchat" | cut -c1-12)
+LOADGEN_DESC=$(describe "$LOADGEN")
+mkdir -p "$WORK/bin"
+cp "$BIN/ringchat" "$WORK/bin/ringchat" && cp "$LOADGEN" "$WORK/bin/loadgen" \
+    || { echo "soak: FAIL copying the binaries"; rm -rf "$WORK"; exit 2; }
+RINGCHAT=$WORK/bin/ringchat
+LOADGEN=$WORK/bin/loadgen
 
 say() { local m; m="[$(date -u +%H:%M:%S)] $*"; echo "$m"; echo "$m" >> "$OUT/soak.log"; }
 failed() { [ -s "$STATE/fail" ]; }
@@ -97,7 +108,10 @@ LG_PID=
 SERVER_PID=
 cleanup() {
     touch "$STATE/stop" 2>/dev/null
-    if [ -n "$LG_PID" ]; then kill -KILL -- "-$LG_PID" 2>/dev/null || kill -KILL "$LG_PID" 2>/dev/null; fi
+    if [ -n "$LG_PID" ]; then
+        kill -KILL -- "-$LG_PID" 2>/dev/null || kill -KILL "$LG_PID" 2>/dev/null
+        { wait "$LG_PID"; } 2>/dev/null
+    fi
     if [ -n "$SAMPLER_PID" ]; then
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$SAMPLER_PID" 2>/dev/null || break; sleep 0.2; done
         kill "$SAMPLER_PID" 2>/dev/null
@@ -110,18 +124,18 @@ trap 'echo "soak: FAIL interrupted"; exit 130' INT TERM
 
 # --- setup: users first (provision writes the store directly), then the server.
 say "soak: $MINUTES min, load ${LOAD_S}s mixed $CONNS conns x $RATE msgs/s, storm $STORM_CONNS conns, idle ${IDLE_S}s; out $OUT"
-"$BIN/ringchat" provision --data-dir "$WORK/data" --users "$USERS" --prefix sk \
+"$RINGCHAT" provision --data-dir "$WORK/data" --users "$USERS" --prefix sk \
     --friends-pairs --groups $(( USERS / 10 )) --group-size 10 --fast-hash >> "$OUT/soak.log" 2>&1 \
     || { echo "soak: FAIL provisioning users"; exit 1; }
-"$BIN/ringchat" provision --data-dir "$WORK/data" --users 2 --prefix sp --friends-pairs --fast-hash \
+"$RINGCHAT" provision --data-dir "$WORK/data" --users 2 --prefix sp --friends-pairs --fast-hash \
     >> "$OUT/soak.log" 2>&1 || { echo "soak: FAIL provisioning probe users"; exit 1; }
 SERVE_ARGS=()
 [ -z "${SHARDS:-}" ] || SERVE_ARGS+=(--shards "$SHARDS")
-start_server "$BIN/ringchat" "$WORK/data" "$OUT/server.log" "${SERVE_ARGS[@]}" \
+start_server "$RINGCHAT" "$WORK/data" "$OUT/server.log" "${SERVE_ARGS[@]}" \
     || { echo "soak: FAIL server did not start"; exit 1; }
 T0_MS=$(now_ms)
 T_END=$(( T0_MS / 1000 + MINUTES * 60 ))
-say "server pid $SERVER_PID on $SERVER_ADDR (metrics $METRICS_ADDR), binary $BIN/ringchat built $(date -u -r "$BIN/ringchat" '+%F %T')"
+say "server pid $SERVER_PID on $SERVER_ADDR (metrics $METRICS_ADDR); server $SERVER_DESC"
 
 # Liveness probe: two probe users log in, exchange 4 messages, must all arrive.
 PROBE=("$LOADGEN" --server "$SERVER_ADDR" --prefix sp --scenario direct --connections 2
@@ -135,6 +149,19 @@ set_phase() { echo "$1" > "$STATE/phase.tmp" && mv -f "$STATE/phase.tmp" "$STATE
 phase_begin() { PHASE=$1; PHASE_T=$(rel); set_phase "$1"; say "phase $1 (t=${PHASE_T}s, $(left)s left)"; }
 phase_end() { echo "$PHASE_T,$(rel),$PHASE" >> "$OUT/phases.csv"; set_phase between; }
 
+# server_up: false (and the failure noted, with the exit status) once the
+# server process is gone.
+server_up() {
+    kill -0 "$SERVER_PID" 2>/dev/null && return 0
+    if [ -z "${SERVER_GONE:-}" ]; then
+        SERVER_GONE=1
+        local st=0
+        { wait "$SERVER_PID"; } 2>/dev/null || st=$?
+        note_fail "server process $SERVER_PID exited (status $st) at t=$(rel)s during $PHASE"
+    fi
+    return 1
+}
+
 # run_lg NAME LIMIT_SECS loadgen-args...: runs loadgen in its own process
 # group, stops it early if the sampler saw a failure or the server died.
 run_lg() {
@@ -147,7 +174,7 @@ run_lg() {
     LG_PID=$!
     deadline=$(( $(date +%s) + limit ))
     while kill -0 "$LG_PID" 2>/dev/null; do
-        if failed || ! kill -0 "$SERVER_PID" 2>/dev/null || [ "$(date +%s)" -gt "$deadline" ]; then
+        if failed || ! server_up || [ "$(date +%s)" -gt "$deadline" ]; then
             [ "$(date +%s)" -le "$deadline" ] || note_fail "loadgen $name still running after ${limit}s (server hung?)"
             kill -KILL -- "-$LG_PID" 2>/dev/null || kill -KILL "$LG_PID" 2>/dev/null
             break
@@ -172,7 +199,7 @@ idle_gap() {
     phase_begin idle
     while [ "$(date +%s)" -lt "$until" ]; do
         failed && break
-        kill -0 "$SERVER_PID" 2>/dev/null || { sleep 2; break; }
+        server_up || break
         sleep 1
     done
     phase_end
@@ -222,10 +249,13 @@ if kill -0 "$SERVER_PID" 2>/dev/null; then
         failed || note_fail "server did not stop within 15 s of SIGTERM"
         kill -KILL "$SERVER_PID" 2>/dev/null
     fi
-elif ! failed; then
-    note_fail "server process died"
+else
+    server_up
 fi
-wait "$SERVER_PID" 2>/dev/null
+if [ -z "${SERVER_GONE:-}" ]; then
+    st=0; { wait "$SERVER_PID"; } 2>/dev/null || st=$?
+    say "server stopped (exit status $st)"
+fi
 SERVER_PID=
 if ! failed && grep -q -E "panicked|Panic while" "$OUT/server.log"; then
     note_fail "server log: $(grep -m1 -E "panicked|Panic while" "$OUT/server.log" | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-200)"
@@ -252,7 +282,8 @@ COMMIT=$(git describe --always --dirty 2>/dev/null || echo -)
     echo "command             $CMD"
     echo "started             $STAMP UTC, ran ${ELAPSED}s of $(( MINUTES * 60 ))s"
     echo "commit              $COMMIT"
-    echo "server binary       $BIN/ringchat (built $(date -u -r "$BIN/ringchat" '+%F %T') UTC, sha256 $(sha256sum "$BIN/ringchat" | cut -c1-12))"
+    echo "server binary       $SERVER_DESC"
+    echo "loadgen binary      $LOADGEN_DESC"
     echo "machine             $(uname -m) $(nproc) cpu, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
     echo "phases              load ${LOAD_S}s mixed $CONNS conns x $RATE msgs/s, storm $STORM_CONNS conns, idle ${IDLE_S}s"
     echo
@@ -273,7 +304,7 @@ rm -f "$OUT/analysis.txt"
 
 MINCOL=$MINUTES
 [ "$RESULT" = PASS ] || MINCOL="$MINUTES (failed at $(awk -v s="$ELAPSED" 'BEGIN { printf "%d:%02d", s / 60, s % 60 }'))"
-ROW="| $STAMP | $MINCOL | $RESULT | $A_MAX_RSS | $A_END_RSS | $A_WORST_P99 | $A_ACKED | $COMMIT | \`$CMD\` |"
+ROW="| $STAMP | $MINCOL | $RESULT | $A_MAX_RSS | $A_END_RSS | $A_WORST_P99 | $A_ACKED | $COMMIT / $SERVER_SHA | \`$CMD\` |"
 RESULTS_MD=${RESULTS_MD:-bench/RESULTS.md}
 [ "$RESULTS_MD" = - ] || $TOOL results-row "$RESULTS_MD" "$ROW"
 

@@ -492,9 +492,11 @@ HEADER = """
 One server, cycling mixed load (direct + group), idle gaps (nothing connected, a liveness probe
 every 10 s) and login storms; fails on any lost/duplicated/out-of-order message, a panic, a dead
 or deaf server, or idle RSS that keeps growing. RSS is the server's VmRSS; p99 is the worst
-10 s window (send → SendOk / delivered). Details in `bench/results/soak-*/summary.txt`.
+10 s window (send → SendOk / delivered); "checkout" is `git describe --dirty` of the tree the
+script ran in, the binary is identified by its sha256. Details in
+`bench/results/soak-*/summary.txt`.
 
-| date | minutes | result | max RSS | RSS at end | worst window p99 | messages acked | commit | command |
+| date | minutes | result | max RSS | RSS at end | worst window p99 | messages acked | checkout / server sha256 | command |
 |---|---|---|---|---|---|---|---|---|
 """
 
