@@ -50,7 +50,7 @@ pub fn bind_group(
         }
         socks.push(OwnedFd::from(s));
     }
-    let ours: Vec<u64> = socks.iter().filter_map(|s| inode_of(s)).collect();
+    let ours: Vec<u64> = socks.iter().filter_map(inode_of).collect();
     let foreign: Vec<u64> = listening_inodes(bound)
         .into_iter()
         .filter(|i| !ours.contains(i))
