@@ -54,10 +54,10 @@ fn burst(a: &User, b: &User, n: usize, tag: &str) {
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "seqs not dense: {seqs:?}"
     );
-    for i in 0..n {
+    for (i, seq) in seqs.iter().enumerate() {
         let m = wait_msg(&b.c, &format!("{tag} {i}"));
         assert_eq!(m.body, format!("{tag} {i}"), "out of order or lost");
-        assert_eq!(m.seq, seqs[i]);
+        assert_eq!(m.seq, *seq);
     }
     assert_quiet(&b.c, "a duplicate", |e| matches!(e, Event::Message(_)));
 }
