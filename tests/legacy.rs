@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ringchat::client::Event;
+use ringchat::client::{Event, FriendEventKind};
 use ringchat::legacy::codec::{Split, Splitter};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -154,12 +154,33 @@ fn nested(v: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// Two old clients become friends the only way they can: each adds the
+/// other (msgid 6). The first add is a request the other receives; adding
+/// back accepts it, and the first hears of it as a msgid 6 object too.
 fn befriend(a: &mut Legacy, b: &mut Legacy, b_id: u64) {
     a.send(json!({"msgid": 6, "from": 0, "to": b_id, "msg": "hi", "sendname": "x", "time": "t"}));
     let r = a.reply();
-    assert_eq!(r["errno"], 0, "{r}");
+    assert_eq!(
+        (r["errno"].as_i64(), r["friendstate"].as_str()),
+        (Some(0), Some("pending")),
+        "{r}"
+    );
     let push = b.next();
     assert_eq!(push["msgid"], 6, "{push}");
+    let a_id = push["from"].as_u64().unwrap();
+    b.send(json!({"msgid": 6, "to": a_id, "msg": "hi back"}));
+    let r = b.reply();
+    assert_eq!(
+        (r["errno"].as_i64(), r["friendstate"].as_str()),
+        (Some(0), Some("online")),
+        "{r}"
+    );
+    let push = a.next();
+    assert_eq!(
+        (push["msgid"].as_i64(), push["from"].as_u64()),
+        (Some(6), Some(b_id)),
+        "{push}"
+    );
 }
 
 #[test]
@@ -227,12 +248,13 @@ fn every_msgid_between_legacy_users() {
     );
     b.quiet();
 
-    // 6: instant friendship; the other side gets the request object.
+    // 6: a request; the other side gets the request object, and the reply
+    // does not tell whether they are online.
     a.send(json!({"msgid": 6, "from": a_id, "to": b_id, "msg": "be my friend", "sendname": a_name, "time": "t"}));
     let r = a.reply();
     assert_eq!(
         r,
-        json!({"msgid": 6, "errno": 0, "friendname": b_name, "friendstate": "online"})
+        json!({"msgid": 6, "errno": 0, "friendname": b_name, "friendstate": "pending"})
     );
     let push = b.reply();
     assert_eq!(push["msgid"], 6);
@@ -240,6 +262,35 @@ fn every_msgid_between_legacy_users() {
     assert_eq!(push["to"], b_id);
     assert_eq!(push["sendname"], a_name.as_str());
     assert_eq!(push["msg"], "be my friend");
+    // Still not friends.
+    a.send(json!({"msgid": 5, "to": b_id, "msg": "too early"}));
+    assert_eq!(a.reply()["errno"], 1);
+    b.quiet();
+    // 6 back: friends (the old client has no accept command; this is it).
+    b.send(
+        json!({"msgid": 6, "from": b_id, "to": a_id, "msg": "ok", "sendname": b_name, "time": "t"}),
+    );
+    let r = b.reply();
+    assert_eq!(
+        r,
+        json!({"msgid": 6, "errno": 0, "friendname": a_name, "friendstate": "online"})
+    );
+    let push = a.reply();
+    assert_eq!(
+        (
+            push["msgid"].as_i64(),
+            push["from"].as_u64(),
+            push["to"].as_u64()
+        ),
+        (Some(6), Some(b_id), Some(a_id)),
+        "{push}"
+    );
+    assert_eq!(push["sendname"], b_name.as_str());
+    assert_eq!(push["msg"], "accepted your friend request");
+    // 6 again between friends: errno 0, nobody is notified.
+    a.send(json!({"msgid": 6, "to": b_id, "msg": "again"}));
+    assert_eq!(a.reply()["friendstate"], "online");
+    b.quiet();
     // 6 to nobody.
     a.send(json!({"msgid": 6, "from": a_id, "to": 999_999, "msg": "", "sendname": a_name, "time": "t"}));
     let r = a.reply();
@@ -652,12 +703,13 @@ fn legacy_and_native_users_chat_both_ways() {
     let (srv, addr) = TestServer::start_legacy();
     let n = srv.user(&uname("lgnat"));
     let (mut l, l_id, l_name) = user(addr, "lgleg");
-    // Legacy add-friend: instant; the native side hears Accepted and presence.
+    // Legacy add-friend: a native friend request; accepted natively, the
+    // legacy side hears it as msgid 6, the native side gets presence.
     l.send(json!({"msgid": 6, "to": n.id, "msg": "hello native"}));
     let r = l.reply();
     assert_eq!(
         r,
-        json!({"msgid": 6, "errno": 0, "friendname": n.name, "friendstate": "online"})
+        json!({"msgid": 6, "errno": 0, "friendname": n.name, "friendstate": "pending"})
     );
     let ev = wait(&n.c, "friend event", |e| matches!(e, Event::Friend { .. }));
     match ev {
@@ -667,7 +719,7 @@ fn legacy_and_native_users_chat_both_ways() {
             username,
             note,
         } => {
-            assert_eq!(kind, ringchat::wire::fb::FriendEventKind::Accepted);
+            assert_eq!(kind, FriendEventKind::Requested);
             assert_eq!(
                 (user_id, username.as_str(), note.as_str()),
                 (l_id, l_name.as_str(), "hello native")
@@ -675,6 +727,13 @@ fn legacy_and_native_users_chat_both_ways() {
         }
         _ => unreachable!(),
     }
+    n.friend_respond(l_id, true).unwrap();
+    let push = l.reply();
+    assert_eq!(
+        (push["msgid"].as_i64(), push["from"].as_u64()),
+        (Some(6), Some(n.id)),
+        "{push}"
+    );
     wait(
         &n.c,
         "presence of the legacy friend",
@@ -933,4 +992,335 @@ fn import_legacy_from_mysql() {
     // The imported friendship carries chat.
     alice.send(json!({"msgid": 5, "to": 9, "msg": "hello again"}));
     assert_eq!(bob.next()["msg"], "hello again");
+}
+
+// ------------------------------------------------- security (issue 15)
+
+/// Like `TestServer::start_legacy`, with extra `serve` arguments.
+fn start_legacy_with(extra: &[&str]) -> (TestServer, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let legacy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let l = legacy.to_string();
+    let mut args = vec!["--legacy-listen", l.as_str()];
+    args.extend_from_slice(extra);
+    (TestServer::start_with(&args), legacy)
+}
+
+/// The next friend event on a native client.
+fn friend_event(c: &ringchat::client::Client, what: &str) -> (FriendEventKind, u64, String) {
+    match wait(c, what, |e| matches!(e, Event::Friend { .. })) {
+        Event::Friend {
+            kind,
+            user_id,
+            note,
+            ..
+        } => (kind, user_id, note),
+        _ => unreachable!(),
+    }
+}
+
+/// Finding 1: msgid 6 used to force a friendship on the target (instant,
+/// `Accepted` on the native side, online state in the reply, and a removed
+/// friend could re-add themselves). Now it is a friend request: friends
+/// only with the other side's consent.
+#[test]
+fn add_friend_is_a_request_not_a_forced_friendship() {
+    let (srv, addr) = TestServer::start_legacy();
+    let n = srv.user(&uname("lgsfn"));
+    let (mut l, l_id, _) = user(addr, "lgsfl");
+
+    // A request: the reply does not say whether the target is online.
+    l.send(json!({"msgid": 6, "to": n.id, "msg": "let me in"}));
+    let r = l.reply();
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(6), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["friendname"], n.name.as_str(), "{r}");
+    assert_eq!(r["friendstate"], "pending", "presence leaked: {r}");
+    // The native user sees an ordinary request it can answer.
+    assert_eq!(
+        friend_event(&n.c, "friend request"),
+        (FriendEventKind::Requested, l_id, "let me in".to_string())
+    );
+    // Not friends: no messages, no presence.
+    l.send(json!({"msgid": 5, "to": n.id, "msg": "unsolicited"}));
+    assert_eq!(l.reply()["errno"], 1);
+    assert_quiet(&n.c, "message from a non-friend", |e| {
+        matches!(e, Event::Message(_) | Event::Presence { .. })
+    });
+    // A repeat is no new notification.
+    l.send(json!({"msgid": 6, "to": n.id, "msg": "let me in!!"}));
+    assert_eq!(l.reply()["friendstate"], "pending");
+    assert_quiet(&n.c, "a second request event", |e| {
+        matches!(e, Event::Friend { .. })
+    });
+    // Rejected: still nothing.
+    n.friend_respond(l_id, false).unwrap();
+    l.send(json!({"msgid": 5, "to": n.id, "msg": "after reject"}));
+    assert_eq!(l.reply()["errno"], 1);
+    assert_quiet(&n.c, "message after reject", |e| {
+        matches!(e, Event::Message(_))
+    });
+
+    // Asked again and accepted: friends; the legacy user hears it as msgid 6.
+    l.send(json!({"msgid": 6, "to": n.id, "msg": "please"}));
+    assert_eq!(l.reply()["friendstate"], "pending");
+    assert_eq!(
+        friend_event(&n.c, "second request").0,
+        FriendEventKind::Requested
+    );
+    n.friend_respond(l_id, true).unwrap();
+    let push = l.reply();
+    assert_eq!(
+        (
+            push["msgid"].as_i64(),
+            push["from"].as_u64(),
+            push["to"].as_u64()
+        ),
+        (Some(6), Some(n.id), Some(l_id)),
+        "{push}"
+    );
+    l.send(json!({"msgid": 5, "to": n.id, "msg": "now friends"}));
+    assert_eq!(
+        wait_msg(&n.c, "message from the new friend").body,
+        "now friends"
+    );
+    // Adding an existing friend is harmless, and now the state is theirs to see.
+    l.send(json!({"msgid": 6, "to": n.id, "msg": ""}));
+    assert_eq!(
+        l.reply(),
+        json!({"msgid": 6, "errno": 0, "friendname": n.name, "friendstate": "online"})
+    );
+    assert_quiet(&n.c, "an event for a repeat add", |e| {
+        matches!(e, Event::Friend { .. })
+    });
+
+    // Removed: msgid 6 does not undo the removal, it asks again.
+    n.friend_remove(l_id).unwrap();
+    l.send(json!({"msgid": 6, "to": n.id, "msg": "why"}));
+    let r = l.reply();
+    assert_eq!(
+        (r["errno"].as_i64(), r["friendstate"].as_str()),
+        (Some(0), Some("pending")),
+        "{r}"
+    );
+    let (kind, who, _) = friend_event(&n.c, "request after removal");
+    assert_eq!((kind, who), (FriendEventKind::Requested, l_id));
+    l.send(json!({"msgid": 5, "to": n.id, "msg": "still here"}));
+    assert_eq!(l.reply()["errno"], 1);
+    assert_quiet(&n.c, "message after removal", |e| {
+        matches!(e, Event::Message(_))
+    });
+
+    // Mutual consent: the native user asks a legacy user; msgid 6 back accepts.
+    let (mut m, m_id, _) = user(addr, "lgsfm");
+    n.friend_request(m_id, "hi m").unwrap();
+    let push = m.reply();
+    assert_eq!(
+        (
+            push["msgid"].as_i64(),
+            push["from"].as_u64(),
+            push["msg"].as_str()
+        ),
+        (Some(6), Some(n.id), Some("hi m"))
+    );
+    m.send(json!({"msgid": 6, "to": n.id, "msg": "sure"}));
+    assert_eq!(
+        m.reply(),
+        json!({"msgid": 6, "errno": 0, "friendname": n.name, "friendstate": "online"})
+    );
+    let (kind, who, _) = friend_event(&n.c, "accepted by the legacy user");
+    assert_eq!((kind, who), (FriendEventKind::Accepted, m_id));
+    n.send_direct(m_id, "welcome").unwrap();
+    assert_eq!(m.reply()["msg"], "welcome");
+}
+
+/// `a` creates a group and `b` joins: a way for two users to talk that
+/// does not depend on how friendships are made.
+fn shared_group(a: &mut Legacy, b: &mut Legacy) -> u64 {
+    a.send(json!({"msgid": 7, "groupname": uname("lgsg")}));
+    let g = a.reply()["groupid"].as_u64().unwrap();
+    b.send(json!({"msgid": 8, "groupid": g}));
+    assert_eq!(b.reply()["errno"], 0);
+    g
+}
+
+/// Finding 2: before login, a legacy connection is held only as long as the
+/// native listener holds one (`--idle-timeout-secs` without a byte), must
+/// log in within two of those, and may buffer only a small object.
+#[test]
+fn unauthenticated_connections_have_deadlines_and_a_small_buffer() {
+    let (_srv, addr) = start_legacy_with(&["--idle-timeout-secs", "3"]);
+    let (mut a, _, _) = user(addr, "lgdla");
+    let (mut b, _, _) = user(addr, "lgdlb");
+    let g = shared_group(&mut a, &mut b);
+    let t0 = std::time::Instant::now();
+    // A partial object, then nothing.
+    let mut partial = Legacy::connect(addr);
+    partial.send_raw(br#"{"msgid":1,"id":"#);
+    // Nothing at all.
+    let mut silent = Legacy::connect(addr);
+    // Complete but useless objects (logout while logged out), forever.
+    let mut chatty = Legacy::connect(addr);
+    let chatty_s = chatty.s.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let ticker = std::thread::spawn(move || {
+        let mut s = chatty_s;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if s.write_all(b"{\"msgid\":13}\0").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+
+    // An over-long object before login: a clear error, then the close.
+    let mut big = Legacy::connect(addr);
+    let mut obj = br#"{"msgid":3,"name":""#.to_vec();
+    obj.extend(std::iter::repeat_n(b'a', 5000));
+    big.send_raw(&obj);
+    let got = big.closed();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0]["msgid"].as_i64(), got[0]["errno"].as_i64()),
+        (Some(0), Some(1))
+    );
+    let why = got[0]["errmsg"].as_str().unwrap();
+    assert!(why.contains("4096") && why.contains("login"), "{why}");
+
+    for (c, what) in [(&mut partial, "partial object"), (&mut silent, "silent")] {
+        let got = c.closed();
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(2500) && took < Duration::from_secs(9),
+            "{what}: closed after {took:?}"
+        );
+        assert!(got.iter().all(|v| v["errno"] == 1), "{what}: {got:?}");
+    }
+    // Logged-in users are not timed out (old clients never ping)...
+    a.send(json!({"msgid": 9, "groupid": g, "msg": "still here after the deadline"}));
+    assert_eq!(b.reply()["msg"], "still here after the deadline");
+    // ... but an unauthenticated one that keeps talking without logging in is
+    // closed at the login deadline (2 × 3 s).
+    let got = chatty.closed();
+    let took = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.join().unwrap();
+    assert!(
+        took >= Duration::from_millis(5500) && took < Duration::from_secs(12),
+        "login deadline: closed after {took:?}"
+    );
+    assert!(got.iter().all(|v| v["errno"] == 1), "{got:?}");
+    // A logged-in user that stops in the middle of an object is closed too.
+    let (mut c, _, _) = user(addr, "lgdlc");
+    c.send_raw(br#"{"msgid":5,"to":1,"msg":"never finish"#);
+    let t1 = std::time::Instant::now();
+    let got = c.closed();
+    assert!(
+        t1.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t1.elapsed()
+    );
+    assert!(got.iter().all(|v| v["errno"] == 1), "{got:?}");
+    // Nobody else noticed.
+    b.send(json!({"msgid": 9, "groupid": g, "msg": "unharmed"}));
+    assert_eq!(a.reply()["msg"], "unharmed");
+}
+
+/// Finding 2: unauthenticated legacy connections per source address are
+/// capped; logged-in users and logins once a slot is free are unaffected.
+#[test]
+fn unauthenticated_connections_per_address_are_capped() {
+    use ringchat::legacy::conn::MAX_UNAUTH_PER_ADDR;
+    let (_srv, addr) = TestServer::start_legacy();
+    let (mut a, a_id, _) = user(addr, "lgcpa");
+    let (mut b, b_id, _) = user(addr, "lgcpb");
+    let g = shared_group(&mut a, &mut b);
+    let mut held: Vec<Legacy> = (0..MAX_UNAUTH_PER_ADDR)
+        .map(|_| Legacy::connect(addr))
+        .collect();
+    // Let both shards accept them all.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut over = Legacy::connect(addr);
+    let got = over.closed();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["errno"], 1, "{got:?}");
+    assert!(
+        got[0]["errmsg"].as_str().unwrap().contains("too many"),
+        "{got:?}"
+    );
+    // Logged-in users keep working.
+    a.send(json!({"msgid": 9, "groupid": g, "msg": "while capped"}));
+    assert_eq!(b.reply()["msg"], "while capped");
+    // A held connection that logs in frees its slot for the next one.
+    let mut h = held.pop().unwrap();
+    h.login(a_id);
+    let mut next = None;
+    for _ in 0..50 {
+        let mut c = Legacy::connect(addr);
+        c.send(json!({"msgid": 1, "id": b_id, "password": PASSWORD}));
+        match c.next_within(T) {
+            Some(r) if r["errno"] == 0 => {
+                next = Some(c);
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    assert!(next.is_some(), "no slot after a held connection logged in");
+    drop(held);
+    a.send(json!({"msgid": 9, "groupid": g, "msg": "after"}));
+    assert_eq!(b.reply()["msg"], "after");
+}
+
+/// Legacy logins go through the same failed-login throttle as native ones
+/// (per account, shared by both protocols, and per address): the old port
+/// is no way around it.
+#[test]
+fn failed_legacy_logins_are_throttled_with_native_ones() {
+    let (srv, addr) = TestServer::start_legacy();
+    let name = uname("lgthr");
+    let id = register(addr, &name);
+    let mut c = Legacy::connect(addr);
+    let free = ringchat::server::hasher::USER_POLICY.free;
+    for _ in 0..free {
+        c.send(json!({"msgid": 1, "id": id, "password": "wrong password"}));
+        let r = c.reply();
+        assert_eq!(
+            (r["msgid"].as_i64(), r["errno"].as_i64()),
+            (Some(2), Some(1)),
+            "{r}"
+        );
+    }
+    // Now even the right password waits out the back-off...
+    c.send(json!({"msgid": 1, "id": id, "password": PASSWORD}));
+    let r = c.reply();
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    assert!(
+        r["errmsg"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed logins"),
+        "{r}"
+    );
+    // ... on the native port too (one budget per account).
+    assert_code(
+        srv.client().login(&name, PASSWORD),
+        ringchat::client::ErrorCode::RateLimited,
+    );
+    // After the back-off the right password works.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = c.login(id);
+    assert_eq!(r["name"], name.as_str());
 }

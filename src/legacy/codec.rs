@@ -59,6 +59,8 @@ pub struct Splitter {
     depth: usize,
     in_str: bool,
     esc: bool,
+    /// The last `Garbage` was an object over `max`.
+    over_limit: bool,
 }
 
 impl Splitter {
@@ -71,6 +73,33 @@ impl Splitter {
             depth: 0,
             in_str: false,
             esc: false,
+            over_limit: false,
+        }
+    }
+
+    /// The largest object accepted.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether the last [`Split::Garbage`] was an object over [`Self::max`]
+    /// (rather than bytes that are not JSON).
+    pub fn over_limit(&self) -> bool {
+        self.over_limit
+    }
+
+    /// Whether part of an object is buffered (meaningful after
+    /// [`Self::next_object`] returned [`Split::NeedMore`]).
+    pub fn in_object(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Releases the buffer's memory after a large object, once nothing is
+    /// buffered, so an idle connection does not keep its largest object's
+    /// worth of capacity.
+    pub fn shrink_if_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 16 << 10 {
+            self.buf = Vec::new();
         }
     }
 
@@ -126,11 +155,13 @@ impl Splitter {
         let Some(end) = end else {
             self.pos = self.buf.len();
             if self.buf.len() > self.max {
+                self.over_limit = true;
                 return Split::Garbage(format!("object larger than {} bytes", self.max));
             }
             return Split::NeedMore;
         };
         if end > self.max {
+            self.over_limit = true;
             return Split::Garbage(format!("object larger than {} bytes", self.max));
         }
         let parsed = serde_json::from_slice::<Value>(&self.buf[..end]);
@@ -353,9 +384,22 @@ pub fn register_ok(id: u64) -> Vec<u8> {
     bytes(json!({"msgid": REGISTER_ACK, "errno": 0, "id": id}))
 }
 
+/// The reply to an add-friend (msgid 6) that made or found a friendship:
+/// the friend's state is theirs to see.
 pub fn add_friend_ok(friend_name: &str, online: bool) -> Vec<u8> {
+    add_friend_reply(friend_name, state(online))
+}
+
+/// The reply to an add-friend (msgid 6) that is waiting for the other
+/// user's consent: `friendstate` is `"pending"`, never their presence.
+/// Same fields as [`add_friend_ok`], so old clients read it the same way.
+pub fn add_friend_pending(friend_name: &str) -> Vec<u8> {
+    add_friend_reply(friend_name, "pending")
+}
+
+fn add_friend_reply(friend_name: &str, friendstate: &str) -> Vec<u8> {
     bytes(
-        json!({"msgid": ADD_FRIEND, "errno": 0, "friendname": friend_name, "friendstate": state(online)}),
+        json!({"msgid": ADD_FRIEND, "errno": 0, "friendname": friend_name, "friendstate": friendstate}),
     )
 }
 
@@ -539,6 +583,11 @@ mod tests {
         let mut sp = Splitter::new(16);
         sp.push(br#"{"msg":"0123456789012345"#);
         assert!(matches!(sp.next_object(), Split::Garbage(_)));
+        assert!(sp.over_limit());
+        let mut sp = Splitter::new(16);
+        sp.push(b"[1]");
+        assert!(matches!(sp.next_object(), Split::Garbage(_)));
+        assert!(!sp.over_limit());
         // Deep nesting is refused by serde_json's recursion limit, not a crash.
         let mut sp = Splitter::new(1 << 20);
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(5000), "]".repeat(5000));
@@ -610,6 +659,39 @@ mod tests {
         let u: Value = serde_json::from_str(g["groupusers"][0].as_str().unwrap()).unwrap();
         assert_eq!(u["role"], "creator");
         assert_eq!(u["state"], "offline");
+    }
+
+    #[test]
+    fn partial_objects_and_shrinking() {
+        let mut sp = Splitter::new(1 << 20);
+        sp.push(b"\0 ");
+        assert_eq!(sp.next_object(), Split::NeedMore);
+        assert!(!sp.in_object(), "separators alone are not an object");
+        sp.push(b"{\"msgid\":13");
+        assert_eq!(sp.next_object(), Split::NeedMore);
+        assert!(sp.in_object());
+        let big = format!("}}{{\"msg\":\"{}\"}}\0", "x".repeat(100_000));
+        sp.push(big.as_bytes());
+        assert!(matches!(sp.next_object(), Split::Object(_)));
+        assert!(matches!(sp.next_object(), Split::Object(_)));
+        assert_eq!(sp.next_object(), Split::NeedMore);
+        assert!(!sp.in_object());
+        sp.shrink_if_idle();
+        assert!(sp.buf.capacity() <= 16 << 10);
+    }
+
+    #[test]
+    fn add_friend_replies_have_the_old_fields() {
+        for (r, st) in [
+            (add_friend_pending("bob"), "pending"),
+            (add_friend_ok("bob", false), "offline"),
+        ] {
+            let v: Value = serde_json::from_slice(&r).unwrap();
+            assert_eq!(
+                v,
+                json!({"msgid": 6, "errno": 0, "friendname": "bob", "friendstate": st})
+            );
+        }
     }
 
     #[test]

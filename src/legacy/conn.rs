@@ -23,8 +23,9 @@ use crate::model::{
     owner_shard,
 };
 use crate::server::auth;
+use crate::server::hasher::Denied;
 use crate::server::io::{Frame, Outbound, ReadHalf, SharedStream, WriteHalf, shutdown_now};
-use crate::server::shard::{Conn, HandOff, Origin, OwnerOp, Shard, ShardMsg};
+use crate::server::shard::{Conn, ConnId, HandOff, Origin, OwnerOp, Shard, ShardMsg};
 use crate::store::{FriendKind, StoreError, StoredMessage};
 use crate::wire::{self, fb};
 use ahash::AHashMap;
@@ -32,10 +33,25 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+/// Legacy connections not (yet, or no longer) logged in, per source address
+/// (an IPv4 address or an IPv6 /64), node-wide. One more is answered with an
+/// error and closed. See docs/SECURITY.md.
+pub const MAX_UNAUTH_PER_ADDR: usize = 64;
+/// Largest object before login: a login or registration is well under 1 KiB
+/// (names of at most 32 characters, passwords of at most 128 bytes, even
+/// with every character escaped), so nothing larger is buffered for a
+/// connection nobody has vouched for.
+pub const MAX_PRELOGIN_OBJECT: usize = 4096;
+/// An unauthenticated connection must log in within this many idle
+/// timeouts (`--idle-timeout-secs`) of connecting (or of logging out).
+pub const LOGIN_WINDOW_IDLES: u32 = 2;
 
 /// Live pushes held while the login catch-up is collected.
 const HOLD_CAP: usize = 4096;
@@ -78,8 +94,10 @@ pub fn accept_loop(shard: Rc<Shard>, listener: TcpListener) -> glommio::Task<()>
     })
 }
 
-/// Old clients never ping and may sit idle for hours, so legacy connections
-/// get no idle timeout; TCP keepalive reaps peers that vanished instead.
+/// Old clients never ping and may sit idle for hours, so logged-in legacy
+/// connections get no idle timeout between objects; TCP keepalive reaps
+/// peers that vanished instead. (Before login, and in the middle of an
+/// object, the idle timeout applies: see `pre_login` and `read_loop`.)
 fn keepalive(stream: &TcpStream) {
     let fd = stream.as_raw_fd();
     let set = |level, opt, v: libc::c_int| {
@@ -125,8 +143,117 @@ pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
 /// Register and login, until a login moves the connection into a session.
 /// After a logout (msgid 13) the old client shows its menu again on the same
 /// connection, so the connection comes back here.
-async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, pending: Vec<u8>) {
-    let mut sp = Splitter::new(max_object(&shard));
+async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>) {
+    loop {
+        let Some((s, user, name, rest)) = pre_login(&shard, stream, pending).await else {
+            return;
+        };
+        stream = s;
+        let home = shard.home(user);
+        if home == shard.id {
+            match session(shard.clone(), stream, rest, user, name).await {
+                Some((s, p)) => {
+                    (stream, pending) = (s, p);
+                    continue;
+                }
+                None => return,
+            }
+        }
+        let Some(fd) = crate::server::conn::detach_fd(stream) else {
+            return;
+        };
+        shard.send(
+            home,
+            ShardMsg::LegacyHandOff(Box::new(HandOff {
+                fd,
+                pending: rest,
+                req_id: 0,
+                user,
+                name,
+                token: String::new(),
+                since: Vec::new(),
+            })),
+        );
+        return;
+    }
+}
+
+/// Unauthenticated legacy connections per source key (see [`source_key`]).
+static UNAUTH: LazyLock<Mutex<HashMap<IpAddr, usize>>> = LazyLock::new(Default::default);
+
+/// The address a per-source limit counts against: IPv4 addresses (also when
+/// mapped into IPv6) one by one, IPv6 by /64, the smallest block a single
+/// host is usually given.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+    }
+}
+
+/// One unauthenticated connection counted against its source; released on
+/// drop (login, close).
+struct UnauthSlot(IpAddr);
+
+impl UnauthSlot {
+    /// `None` when the source already has [`MAX_UNAUTH_PER_ADDR`].
+    fn take(ip: IpAddr) -> Option<UnauthSlot> {
+        let key = source_key(ip);
+        let mut m = UNAUTH.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= MAX_UNAUTH_PER_ADDR {
+            return None;
+        }
+        *n += 1;
+        Some(UnauthSlot(key))
+    }
+}
+
+impl Drop for UnauthSlot {
+    fn drop(&mut self) {
+        let mut m = UNAUTH.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// The anonymous phase: register and login requests until a login succeeds
+/// (returns the stream, the user and the bytes after the login object), or
+/// the connection ends. Bounded like the native anonymous phase, and more
+/// (docs/SECURITY.md): a slot per source address, objects of at most
+/// [`MAX_PRELOGIN_OBJECT`] bytes, closed after `--idle-timeout-secs` without
+/// a byte and after [`LOGIN_WINDOW_IDLES`] of those without a login.
+async fn pre_login(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    pending: Vec<u8>,
+) -> Option<(TcpStream, UserId, Arc<str>, Vec<u8>)> {
+    let close_with = |why: &str| codec::error(0, 1, why, &[]);
+    let ip = stream.peer_addr().ok()?.ip();
+    let Some(_slot) = UnauthSlot::take(ip) else {
+        tracing::debug!(shard = shard.id, %ip, "legacy: too many unauthenticated connections");
+        let why = format!(
+            "too many connections from your address are waiting to log in \
+             (at most {MAX_UNAUTH_PER_ADDR}); try again later"
+        );
+        let _ = stream.write_all(&close_with(&why)).await;
+        return None;
+    };
+    let idle = shard.cfg.idle_timeout;
+    let window = idle * LOGIN_WINDOW_IDLES;
+    let deadline = Instant::now() + window;
+    let mut sp = Splitter::new(MAX_PRELOGIN_OBJECT);
     sp.push(&pending);
     let mut rbuf = vec![0u8; 4096];
     loop {
@@ -134,20 +261,30 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, pending: Vec<u8>) {
             let o = match sp.next_object() {
                 Split::NeedMore => break,
                 Split::Garbage(why) => {
-                    let _ = stream.write_all(&codec::error(0, 1, &why, &[])).await;
-                    return;
+                    let why = if sp.over_limit() {
+                        format!(
+                            "object larger than {} bytes before login (log in first)",
+                            sp.max()
+                        )
+                    } else {
+                        why
+                    };
+                    let _ = stream.write_all(&close_with(&why)).await;
+                    return None;
                 }
                 Split::Object(o) => o,
             };
             let (reply, login) = match codec::parse_request(&o) {
                 Err(b) => (Some(codec::bad_request(&b)), None),
                 Ok(Request::Register { name, password }) => {
-                    (Some(register(&shard, name, password).await), None)
+                    (Some(register(shard, name, password).await), None)
                 }
-                Ok(Request::Login { id, password }) => match login(&shard, id, password).await {
-                    Ok(who) => (None, Some(who)),
-                    Err(reply) => (Some(reply), None),
-                },
+                Ok(Request::Login { id, password }) => {
+                    match login(shard, id, password, Some(ip)).await {
+                        Ok(who) => (None, Some(who)),
+                        Err(reply) => (Some(reply), None),
+                    }
+                }
                 // Logging out while logged out: nothing to do, as before.
                 Ok(Request::Logout) => (None, None),
                 Ok(r) => (
@@ -163,42 +300,34 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, pending: Vec<u8>) {
             if let Some(r) = reply
                 && stream.write_all(&r).await.is_err()
             {
-                return;
+                return None;
             }
-            let Some((user, name)) = login else { continue };
-            let pending = sp.pending().to_vec();
-            let home = shard.home(user);
-            if home == shard.id {
-                match session(shard.clone(), stream, pending, user, name).await {
-                    Some((s, p)) => {
-                        stream = s;
-                        sp = Splitter::new(max_object(&shard));
-                        sp.push(&p);
-                        continue;
-                    }
-                    None => return,
-                }
+            if let Some((user, name)) = login {
+                // Logged-in sessions set their own read timeouts.
+                let _ = stream.set_read_timeout(None);
+                return Some((stream, user, name, sp.pending().to_vec()));
             }
-            let Some(fd) = crate::server::conn::detach_fd(stream) else {
-                return;
-            };
-            shard.send(
-                home,
-                ShardMsg::LegacyHandOff(Box::new(HandOff {
-                    fd,
-                    pending,
-                    req_id: 0,
-                    user,
-                    name,
-                    token: String::new(),
-                    since: Vec::new(),
-                })),
-            );
-            return;
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let why = format!("not logged in within {} s", window.as_secs());
+            let _ = stream.write_all(&close_with(&why)).await;
+            return None;
+        }
+        let _ = stream.set_read_timeout(Some(left.min(idle)));
         match stream.read(&mut rbuf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return None,
             Ok(n) => sp.push(&rbuf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let why = if Instant::now() >= deadline {
+                    format!("not logged in within {} s", window.as_secs())
+                } else {
+                    format!("idle timeout: nothing received for {} s", idle.as_secs())
+                };
+                let _ = stream.write_all(&close_with(&why)).await;
+                return None;
+            }
+            Err(_) => return None,
         }
     }
 }
@@ -208,38 +337,67 @@ fn storage_error(msgid: i64) -> Vec<u8> {
 }
 
 /// Login by numeric id. A wrong id and a wrong password look the same.
+/// As natively (`server::conn`), the password is checked on the hashing
+/// pool and failed logins are throttled per account and per address before
+/// any hashing; the account's budget is its name, shared with native logins
+/// (an unknown id is counted as `#id`).
 async fn login(
     shard: &Rc<Shard>,
     id: u64,
     password: String,
+    peer: Option<IpAddr>,
 ) -> Result<(UserId, Arc<str>), Vec<u8>> {
-    let res = shard
-        .blocking(move |s| {
-            let rec = if id == 0 || id > MAX_USER_ID {
-                None
-            } else {
-                s.user_by_id(id)?
-            };
-            let ok = match &rec {
-                Some(r) => auth::verify_password(&password, &r.password_hash),
-                None => {
-                    auth::verify_password(&password, auth::dummy_hash());
-                    false
-                }
-            };
-            Ok(rec.filter(|_| ok).map(|r| (r.id, r.username)))
-        })
-        .await;
-    match res {
-        Ok(Some((id, name))) => Ok((id, name.into())),
-        Ok(None) => Err(codec::error(
-            codec::LOGIN_ACK,
-            1,
-            "id or password is invalid!",
-            &[],
-        )),
-        Err(_) => Err(storage_error(codec::LOGIN_ACK)),
+    let invalid = || codec::error(codec::LOGIN_ACK, 1, "id or password is invalid!", &[]);
+    if password.len() > validate::MAX_PASSWORD {
+        return Err(invalid());
     }
+    let id_key = format!("#{id}");
+    // The address's budget first: a throttled address costs no store read.
+    shard
+        .hasher
+        .admit(&id_key, peer)
+        .map_err(|d| refused(codec::LOGIN_ACK, d))?;
+    let rec = if id == 0 || id > MAX_USER_ID {
+        None
+    } else {
+        shard
+            .blocking(move |s| s.user_by_id(id))
+            .await
+            .map_err(|_| storage_error(codec::LOGIN_ACK))?
+    };
+    let key = rec.as_ref().map_or(id_key, |r| r.username.clone());
+    shard
+        .hasher
+        .admit(&key, peer)
+        .map_err(|d| refused(codec::LOGIN_ACK, d))?;
+    let phc = rec.as_ref().map(|r| r.password_hash.clone());
+    let ok = shard
+        .hasher
+        .run(move || match phc {
+            Some(h) => auth::verify_password(&password, &h),
+            // Unknown id: the same cost as a wrong password.
+            None => {
+                auth::verify_password(&password, auth::dummy_hash());
+                false
+            }
+        })
+        .await
+        .map_err(|d| refused(codec::LOGIN_ACK, d))?;
+    shard.hasher.outcome(&key, peer, ok);
+    match rec {
+        Some(r) if ok => Ok((r.id, r.username.into())),
+        _ => Err(invalid()),
+    }
+}
+
+/// A login or registration refused before hashing: throttled (`errno` 1,
+/// with when to retry) or the hashing queue is full (`errno` 3, retry).
+fn refused(msgid: i64, d: Denied) -> Vec<u8> {
+    let errno = match d {
+        Denied::Throttled(_) => 1,
+        Denied::Busy => 3,
+    };
+    codec::error(msgid, errno, &d.text(), &[])
 }
 
 /// Registration follows the native rules for names and passwords, so every
@@ -250,12 +408,16 @@ async fn register(shard: &Rc<Shard>, name: String, password: String) -> Vec<u8> 
     {
         return codec::error(codec::REGISTER_ACK, 1, text, &[]);
     }
-    let res = shard
-        .blocking(move |s| {
-            let hash = auth::hash_password(&password).map_err(StoreError::Backend)?;
-            s.create_user(&name, &hash)
-        })
-        .await;
+    let hash = match shard
+        .hasher
+        .run(move || auth::hash_password(&password))
+        .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(_)) => return storage_error(codec::REGISTER_ACK),
+        Err(d) => return refused(codec::REGISTER_ACK, d),
+    };
+    let res = shard.blocking(move |s| s.create_user(&name, &hash)).await;
     match res {
         Ok(id) => codec::register_ok(id),
         Err(StoreError::Conflict) => {
@@ -268,13 +430,15 @@ async fn register(shard: &Rc<Shard>, name: String, password: String) -> Vec<u8> 
 /// A legacy request waiting for its answer from the shared machinery.
 enum Pending {
     /// Chat (5 or 9): success is silent, an error is reported.
-    Chat {
-        msgid: i64,
-        group: GroupId,
-    },
+    Chat { msgid: i64, group: GroupId },
+    /// Add friend (6), a friend request with the old reply: first an
+    /// accept of the target's request to us (mutual consent), and when there
+    /// is none, a request of our own (see [`add_friend_reply`]).
     AddFriend {
         friend: UserId,
         name: String,
+        note: String,
+        step: AddStep,
     },
     /// Join (8), leave (10), dissolve (11). `name` to remember on join.
     GroupOp {
@@ -289,9 +453,19 @@ enum Pending {
     },
 }
 
+/// Where an add-friend (msgid 6) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddStep {
+    /// `PairAction::Respond{accept}`: succeeds only if the target asked us.
+    Accept,
+    /// `PairAction::Request`: a request the target may accept or reject.
+    Ask,
+}
+
 /// State shared by a session's reader and writer.
 struct Ctx {
     user: UserId,
+    conn: ConnId,
     name: Arc<str>,
     pending: RefCell<AHashMap<u64, Pending>>,
     /// Group names for the `groupname` of group chat pushes (a stored
@@ -327,6 +501,7 @@ async fn session(
     });
     let ctx = Rc::new(Ctx {
         user,
+        conn: conn.id,
         name,
         pending: RefCell::new(AHashMap::new()),
         group_names: RefCell::new(AHashMap::new()),
@@ -556,6 +731,9 @@ async fn read_loop(
 ) -> bool {
     let mut rd = ReadHalf(stream.clone());
     let mut rbuf = vec![0u8; 4096];
+    let idle = shard.cfg.idle_timeout;
+    // When the object now buffered in part began (after the last complete one).
+    let mut partial_since: Option<Instant> = None;
     loop {
         loop {
             match sp.next_object() {
@@ -572,6 +750,7 @@ async fn read_loop(
                     Ok(r) => request(shard, conn, ctx, r).await,
                 },
             }
+            partial_since = None;
             if conn.out.is_closing() {
                 return false;
             }
@@ -580,11 +759,37 @@ async fn read_loop(
         while shard.outbox_full() {
             shard.outbox_room.wait().await;
         }
+        // No idle timeout between objects (old clients never ping), but an
+        // object once begun must be complete within the idle timeout, so a
+        // half-sent object cannot pin its buffer forever.
+        let timeout = if sp.in_object() {
+            let since = *partial_since.get_or_insert_with(Instant::now);
+            let left = (since + idle).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                conn.out.push(Frame::Raw(incomplete_object(idle)));
+                return false;
+            }
+            Some(left)
+        } else {
+            sp.shrink_if_idle();
+            None
+        };
+        let _ = stream.borrow().set_read_timeout(timeout);
         match rd.read(&mut rbuf).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) => return false,
             Ok(n) => sp.push(&rbuf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                conn.out.push(Frame::Raw(incomplete_object(idle)));
+                return false;
+            }
+            Err(_) => return false,
         }
     }
+}
+
+fn incomplete_object(idle: Duration) -> Vec<u8> {
+    let why = format!("object not completed within {} s", idle.as_secs());
+    codec::error(0, 1, &why, &[])
 }
 
 /// One request of a logged-in legacy client.
@@ -594,24 +799,7 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, ctx: &Rc<Ctx>, r: Request) 
         conn.out.push(Frame::Raw(b));
     };
     let gid = |g: GroupId| [("groupid", Value::from(g))];
-    // Sends an operation to the conversation's owner; its reply comes back
-    // through the writer, which matches it with `pending`.
-    let to_owner = |conv: ConvId, op: OwnerOp, p: Pending| {
-        let req_id = ctx.next_req.get();
-        ctx.next_req.set(req_id + 1);
-        ctx.pending.borrow_mut().insert(req_id, p);
-        let origin = Origin {
-            node: None,
-            shard: shard.id,
-            conn: conn.id,
-            req_id,
-            user: me,
-            name: ctx.name.clone(),
-        };
-        if let Some((o, op)) = crate::cluster::node::route_owner(shard, conv, origin, op) {
-            shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(o, op));
-        }
-    };
+    let to_owner = |conv: ConvId, op: OwnerOp, p: Pending| to_owner(shard, ctx, conv, op, p);
     let valid_group = |g: GroupId| g != 0 && group_conv(g) == g;
     match r {
         Request::Login { .. } => raw(codec::error(
@@ -657,20 +845,22 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, ctx: &Rc<Ctx>, r: Request) 
                 return raw(codec::error(m, 1, "no such user", &[]));
             }
             match shard.blocking(move |s| s.user_by_id(to)).await {
-                Ok(Some(u)) => {
-                    let note: String = note.chars().take(256).collect();
-                    to_owner(
-                        direct_conv(me, to),
-                        OwnerOp::Pair {
-                            other: to,
-                            action: PairAction::Befriend { note },
-                        },
-                        Pending::AddFriend {
-                            friend: to,
-                            name: u.username,
-                        },
-                    );
-                }
+                // A friend request, never a friendship by itself: first
+                // accept the target's pending request to us, if any (mutual
+                // consent, as when a native user accepts); otherwise ask.
+                Ok(Some(u)) => to_owner(
+                    direct_conv(me, to),
+                    OwnerOp::Pair {
+                        other: to,
+                        action: PairAction::Respond { accept: true },
+                    },
+                    Pending::AddFriend {
+                        friend: to,
+                        name: u.username,
+                        note: note.chars().take(256).collect(),
+                        step: AddStep::Accept,
+                    },
+                ),
                 Ok(None) => raw(codec::error(m, 1, "no such user", &[])),
                 Err(_) => raw(storage_error(m)),
             }
@@ -760,6 +950,25 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, ctx: &Rc<Ctx>, r: Request) 
     }
 }
 
+/// Sends an operation to the conversation's owner; its reply comes back
+/// through the writer, which matches it with `pending`.
+fn to_owner(shard: &Shard, ctx: &Ctx, conv: ConvId, op: OwnerOp, p: Pending) {
+    let req_id = ctx.next_req.get();
+    ctx.next_req.set(req_id + 1);
+    ctx.pending.borrow_mut().insert(req_id, p);
+    let origin = Origin {
+        node: None,
+        shard: shard.id,
+        conn: ctx.conn,
+        req_id,
+        user: ctx.user,
+        name: ctx.name.clone(),
+    };
+    if let Some((o, op)) = crate::cluster::node::route_owner(shard, conv, origin, op) {
+        shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(o, op));
+    }
+}
+
 fn send_op(ctx: &Ctx, conv: ConvId, body: String) -> OwnerOp {
     let n = ctx.msg_ctr.get() + 1;
     ctx.msg_ctr.set(n);
@@ -839,6 +1048,33 @@ async fn writer_loop(shard: Rc<Shard>, conn: Rc<Conn>, ctx: Rc<Ctx>, stream: Sha
     }
 }
 
+/// What an owner's answer to a step of an add-friend (msgid 6) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AddOutcome {
+    /// Friends (just now by consent, or already): reply with their state.
+    Friends,
+    /// A request is pending on their side: reply without their state.
+    Pending,
+    /// They had not asked us: send our own request.
+    AskNext,
+    /// Refused (blocked, no such user, storage): `errno` 1.
+    Failed,
+}
+
+/// Decides the reply to an add-friend step from the owner's answer (`None`:
+/// success, else the error code). The target's online state is only ever
+/// shown to a friend.
+fn add_friend_reply(step: AddStep, err: Option<fb::ErrorCode>) -> AddOutcome {
+    match (step, err) {
+        (AddStep::Accept, None) => AddOutcome::Friends,
+        (AddStep::Accept, Some(fb::ErrorCode::NoSuchRequest)) => AddOutcome::AskNext,
+        (AddStep::Ask, None) => AddOutcome::Pending,
+        // Adding a friend again is harmless, as in the old server.
+        (AddStep::Ask, Some(fb::ErrorCode::AlreadyFriends)) => AddOutcome::Friends,
+        (_, Some(_)) => AddOutcome::Failed,
+    }
+}
+
 /// Appends the legacy JSON for one queued FlatBuffers frame (possibly
 /// nothing) and records the chat messages it carries.
 fn translate(
@@ -865,10 +1101,39 @@ fn translate(
                 Some(e) if group != 0 => codec::error(msgid, 1, &e, &gid(group)),
                 Some(e) => codec::error(msgid, 1, &e, &[]),
             },
-            Pending::AddFriend { friend, name } => match err {
-                None => codec::add_friend_ok(&name, shard.is_online(friend)),
-                Some(e) => codec::error(codec::ADD_FRIEND, 1, &e, &[]),
-            },
+            Pending::AddFriend {
+                friend,
+                name,
+                note,
+                step,
+            } => {
+                let code = env.body_as_error_reply().map(|e| e.code());
+                match add_friend_reply(step, code) {
+                    AddOutcome::Friends => codec::add_friend_ok(&name, shard.is_online(friend)),
+                    AddOutcome::Pending => codec::add_friend_pending(&name),
+                    AddOutcome::AskNext => {
+                        to_owner(
+                            shard,
+                            ctx,
+                            direct_conv(ctx.user, friend),
+                            OwnerOp::Pair {
+                                other: friend,
+                                action: PairAction::Request { note: note.clone() },
+                            },
+                            Pending::AddFriend {
+                                friend,
+                                name,
+                                note,
+                                step: AddStep::Ask,
+                            },
+                        );
+                        return;
+                    }
+                    AddOutcome::Failed => {
+                        codec::error(codec::ADD_FRIEND, 1, err.as_deref().unwrap_or("error"), &[])
+                    }
+                }
+            }
             Pending::GroupOp { msgid, group, name } => match err {
                 None => {
                     let text = match msgid {
@@ -931,20 +1196,78 @@ fn translate(
         }
         return;
     }
-    if let Some(ev) = env.body_as_friend_event()
-        && matches!(
-            ev.kind(),
-            fb::FriendEventKind::Requested | fb::FriendEventKind::Accepted
-        )
-    {
+    // A request to the user, or the acceptance of the user's own: both are
+    // the old msgid 6 object (the old client has one word for both; adding
+    // the sender back accepts a request and is harmless after an accept).
+    if let Some(ev) = env.body_as_friend_event() {
+        let note = ev.note().unwrap_or("");
+        let msg = match ev.kind() {
+            fb::FriendEventKind::Requested => note,
+            fb::FriendEventKind::Accepted if note.is_empty() => "accepted your friend request",
+            fb::FriendEventKind::Accepted => note,
+            _ => return,
+        };
         out.extend_from_slice(&codec::friend_request(
             ev.user_id(),
             ctx.user,
             ev.username().unwrap_or(""),
             now_ms(),
-            ev.note().unwrap_or(""),
+            msg,
         ));
         cuts.push(out.len());
     }
     // Presence, group events, SyncDone, Goodbye...: no legacy equivalent.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_friend_outcomes_never_show_presence_to_a_stranger() {
+        use fb::ErrorCode as E;
+        use {AddOutcome as O, AddStep as S};
+        // Only these two outcomes show the target's state, and both mean
+        // the two are friends.
+        assert_eq!(add_friend_reply(S::Accept, None), O::Friends);
+        assert_eq!(
+            add_friend_reply(S::Ask, Some(E::AlreadyFriends)),
+            O::Friends
+        );
+        assert_eq!(
+            add_friend_reply(S::Accept, Some(E::NoSuchRequest)),
+            O::AskNext
+        );
+        assert_eq!(add_friend_reply(S::Ask, None), O::Pending);
+        for e in [E::Blocked, E::NoSuchUser, E::Internal, E::SelfTarget] {
+            assert_eq!(add_friend_reply(S::Accept, Some(e)), O::Failed);
+            assert_eq!(add_friend_reply(S::Ask, Some(e)), O::Failed);
+        }
+        // A missing request on the second step is an error, not a loop.
+        assert_eq!(add_friend_reply(S::Ask, Some(E::NoSuchRequest)), O::Failed);
+    }
+
+    #[test]
+    fn sources_are_counted_per_address_and_per_ipv6_64() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("10.0.0.1"), k("::ffff:10.0.0.1"));
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn unauth_slots_are_capped_and_released() {
+        // An address no other test uses (the map is process-wide).
+        let ip: IpAddr = "192.0.2.77".parse().unwrap();
+        let slots: Vec<_> = (0..MAX_UNAUTH_PER_ADDR)
+            .map(|_| UnauthSlot::take(ip).expect("under the cap"))
+            .collect();
+        assert!(UnauthSlot::take(ip).is_none());
+        assert!(UnauthSlot::take("192.0.2.78".parse().unwrap()).is_some());
+        drop(slots);
+        assert!(UnauthSlot::take(ip).is_some());
+        let m = UNAUTH.lock().unwrap();
+        assert!(!m.contains_key(&ip), "released entries are removed");
+    }
 }
