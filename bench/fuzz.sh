@@ -97,11 +97,14 @@ done
 
 echo
 echo "== summary (${MINUTES} min per target, ${PROFILE})"
-row=""
+cells=()
 for t in $TARGETS; do
     printf '%-12s %12s executions  %s findings\n' "$t" "${EXECS[$t]}" "${FIND[$t]}"
-    row="$row ${t#prop_}: ${EXECS[$t]} execs, ${FIND[$t]} findings |"
+    cells+=("${t#prop_} ${EXECS[$t]} (${FIND[$t]})")
 done
+result=pass
+[ "$TOTAL_FINDINGS" -eq 0 ] || result="FINDINGS: $(cat "$WORK"/*.failed 2>/dev/null | sort -u | paste -sd, -)"
+row=" $(IFS=';'; echo "${cells[*]}" | sed 's/;/; /g') | $result |"
 if [ "$RECORD" = 1 ]; then
     # One row in the "Fuzzing" table (created at the end the first time).
     ROW="| $(date -u +%Y-%m-%d-%H%M%S) | $(git rev-parse --short HEAD) | $PROFILE | $MINUTES |$row" \
@@ -114,8 +117,8 @@ if not head:
     lines += ["", "## Fuzzing (bench/fuzz.sh: proptest targets tests/prop_*.rs, stable toolchain)", "",
               "Executions = passing proptest cases (one generated input or operation sequence each);",
               "findings = failed properties, crashes or hangs.", "",
-              "| date | commit | profile | min/target | per target: executions, findings |",
-              "|---|---|---|---|---|"]
+              "| date | commit | profile | min/target | executions (findings) per target | result |",
+              "|---|---|---|---|---|---|"]
     at = len(lines)
 else:
     at = head[0] + 1
