@@ -430,3 +430,56 @@ fn slow_consumer_is_cut_off_then_catches_up_everything() {
         assert_eq!(m.body.len(), format!("{i} ").len() + body.len());
     }
 }
+
+/// Reads the node's total of operations written in group-commit batches.
+fn batch_ops(metrics: std::net::SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("ringchat_store_batch_ops_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn acks_for_conversations_the_user_is_not_in_are_dropped() {
+    let metrics: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let s = TestServer::start_with(&["--metrics", &metrics.to_string()]);
+    let (a, b) = pair(&s, "ackf");
+    let c = s.user(&uname("ackf_c"));
+    a.send_direct(b.id, "one").unwrap();
+    let m = wait_msg(&b.c, "one");
+    let before = batch_ops(metrics);
+    // c is in neither conversation: 20,000 ack items for a's and b's chat
+    // and for groups that c never joined.
+    let mut items = vec![(m.conversation, 1)];
+    items.extend((1..20_000u64).map(|g| (ringchat::model::group_conv(g), 1)));
+    for chunk in items.chunks(2_000) {
+        c.ack(chunk).unwrap();
+    }
+    // b's own ack is legitimate and is written (it tells us a flush ran).
+    b.ack(&[(m.conversation, m.seq)]).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while batch_ops(metrics) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's ack never written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Two more flush periods for anything c's acks would have produced.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let written = batch_ops(metrics) - before;
+    assert!(
+        written < 100,
+        "{written} operations written: c's acks for others' conversations reached the store"
+    );
+    // c still works.
+    c.ping().unwrap();
+}

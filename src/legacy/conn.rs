@@ -493,12 +493,12 @@ async fn session(
     name: Arc<str>,
 ) -> Option<(TcpStream, Vec<u8>)> {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let conn = Rc::new(Conn {
-        id: shard.new_conn_id(),
+    let conn = Rc::new(Conn::new(
+        shard.new_conn_id(),
         user,
-        out: Rc::new(Outbound::new(OUT_LIMIT)),
-        hold: RefCell::new(Some(Hold::new(HOLD_CAP))),
-    });
+        Rc::new(Outbound::new(OUT_LIMIT)),
+        HOLD_CAP,
+    ));
     let ctx = Rc::new(Ctx {
         user,
         conn: conn.id,

@@ -455,12 +455,12 @@ pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
 /// The logged-in life of a connection on its user's home shard.
 async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login: Login) {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let conn = Rc::new(Conn {
-        id: shard.new_conn_id(),
-        user: login.user,
-        out: Rc::new(Outbound::new(shard.cfg.out_limit)),
-        hold: RefCell::new(Some(Hold::new(HOLD_CAP))),
-    });
+    let conn = Rc::new(Conn::new(
+        shard.new_conn_id(),
+        login.user,
+        Rc::new(Outbound::new(shard.cfg.out_limit)),
+        HOLD_CAP,
+    ));
     let ok = shard
         .enc
         .borrow_mut()
@@ -521,6 +521,7 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
                 return;
             }
         };
+        conn.convs.borrow_mut().extend(convs.iter().map(|c| c.conv));
         let mut overrides: AHashMap<ConvId, Seq> = since.iter().copied().collect();
         overrides.extend(replayed.iter().map(|(c, s)| (*c, *s)));
         let overrides: Vec<(ConvId, Seq)> = overrides.into_iter().collect();
@@ -745,7 +746,8 @@ async fn session_request(
         Body::Ack => {
             if let Some(items) = env.body_as_ack().and_then(|a| a.items()) {
                 let mut cursors = shard.cursors.borrow_mut();
-                for it in items.iter() {
+                let known = conn.convs.borrow();
+                for it in items.iter().filter(|it| known.contains(&it.conversation())) {
                     let e = cursors.entry((me, it.conversation())).or_insert(0);
                     *e = (*e).max(it.seq());
                 }

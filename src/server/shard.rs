@@ -124,6 +124,23 @@ pub struct Conn {
     pub out: Rc<Outbound>,
     /// Live chat pushes held while the session replays stored messages.
     pub hold: RefCell<Option<crate::core::sync::Hold<Arc<[u8]>>>>,
+    /// Conversations this session may acknowledge: the user's at login,
+    /// plus every one a message was delivered from since. Acks for anything
+    /// else are dropped at the session (they would only fill the cursor
+    /// buffer and the store: a flood of them slowed everyone's sends).
+    pub convs: RefCell<AHashSet<ConvId>>,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, user: UserId, out: Rc<Outbound>, hold_cap: usize) -> Conn {
+        Conn {
+            id,
+            user,
+            out,
+            hold: RefCell::new(Some(crate::core::sync::Hold::new(hold_cap))),
+            convs: RefCell::new(AHashSet::new()),
+        }
+    }
 }
 
 /// Per-user state on the home shard while the user has sessions.
@@ -578,6 +595,7 @@ impl Shard {
                 }
                 let Some(c) = conns.get(cid) else { continue };
                 if let Some((conv, seq)) = msg {
+                    c.convs.borrow_mut().insert(conv);
                     if let Some(h) = c.hold.borrow_mut().as_mut() {
                         h.push(conv, seq, frame.clone());
                         continue;
