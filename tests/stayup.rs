@@ -201,3 +201,164 @@ fn a_healthy_idle_server_is_not_stopped_by_the_watchdog() {
     );
     s.client().ping().expect("answers");
 }
+
+// ------------------------------------------------------------ /healthz, /readyz
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// GET `path` on the metrics address: (status code, JSON body).
+fn probe(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp[9..12].parse().unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn healthz_and_readyz_answer_json() {
+    let m = free_addr();
+    let s = TestServer::start_with(&["--metrics", &m.to_string()]);
+    let (code, v) = probe(m, "/healthz");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["shards"].as_array().unwrap().len(), 2);
+    let (code, v) = probe(m, "/readyz");
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+    s.client().ping().unwrap();
+}
+
+#[test]
+fn a_stalled_shard_fails_both_probes() {
+    let m = free_addr();
+    // Watchdog off: the probes, not the exit, are under test here.
+    let _s = TestServer::start_with(&[
+        "--metrics",
+        &m.to_string(),
+        "--watchdog-secs",
+        "0",
+        "--test-fault",
+        "stall:1:200",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let (code, v) = probe(m, "/healthz");
+        if code == 503 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never unhealthy: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        v["problems"][0].as_str().unwrap().contains("shard 1"),
+        "{v}"
+    );
+    let (code, v) = probe(m, "/readyz");
+    assert_eq!(code, 503, "{v}");
+}
+
+/// A TCP proxy to MariaDB that the test can cut.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    cut: Arc<AtomicBool>,
+}
+
+impl CutProxy {
+    fn start(to: &'static str) -> CutProxy {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        std::thread::spawn(move || {
+            for client in l.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let c = c.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        use std::io::{Read, Write};
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0
+                                || c.load(Ordering::SeqCst)
+                                || into.write_all(&buf[..n]).is_err()
+                            {
+                                break;
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CutProxy { addr, cut }
+    }
+}
+
+#[test]
+fn readyz_reports_an_unreachable_store() {
+    const MYSQL: &str = "127.0.0.1:3306";
+    if std::net::TcpStream::connect(MYSQL).is_err() {
+        assert!(
+            std::env::var("RINGCHAT_REQUIRE_MYSQL").is_err(),
+            "MariaDB is required (RINGCHAT_REQUIRE_MYSQL) but not reachable on {MYSQL}"
+        );
+        eprintln!("SKIPPED: readyz_reports_an_unreachable_store (no MariaDB on {MYSQL})");
+        return;
+    }
+    let db = format!("ringchat_readyz_{}", std::process::id());
+    let proxy = CutProxy::start(MYSQL);
+    let m = free_addr();
+    // prefer_socket=false: the mysql crate would otherwise switch to the
+    // local Unix socket and bypass the proxy.
+    let store = format!(
+        "mysql://root@{}/{db}?pool=2&prefer_socket=false",
+        proxy.addr
+    );
+    let s = TestServer::start_with(&["--metrics", &m.to_string(), "--store", &store]);
+    let (code, v) = probe(m, "/readyz");
+    assert_eq!(code, 200, "{v}");
+    proxy.cut.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let (code, v) = probe(m, "/readyz");
+        if code == 503 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready with the store cut: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        v["problems"].to_string().contains("store unreachable"),
+        "{v}"
+    );
+    // Liveness is not readiness: the shards still run.
+    assert_eq!(probe(m, "/healthz").0, 200);
+    drop(s);
+    let mut conn =
+        mysql::Conn::new(mysql::Opts::from_url(&format!("mysql://root@{MYSQL}")).unwrap()).unwrap();
+    use mysql::prelude::Queryable;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+        .unwrap();
+}

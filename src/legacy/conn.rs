@@ -16,7 +16,7 @@
 use super::codec::{self, Request, Split, Splitter};
 use crate::core::group::GroupAction;
 use crate::core::pair::PairAction;
-use crate::core::sync::{self, Hold};
+use crate::core::sync;
 use crate::core::{Reject, validate};
 use crate::model::{
     ConvId, ConvKind, GroupId, MAX_USER_ID, Seq, UserId, direct_conv, group_conv, now_ms,

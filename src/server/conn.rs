@@ -12,7 +12,7 @@ use super::shard::{Conn, HandOff, Origin, OwnerOp, Shard, ShardMsg};
 use crate::core::group::GroupAction;
 use crate::core::pair::PairAction;
 use crate::core::session::{Gate, Phase, gate};
-use crate::core::sync::{self, Hold};
+use crate::core::sync;
 use crate::core::{Reject, validate};
 use crate::model::{ConvId, ConvKind, MAX_USER_ID, Seq, UserId, direct_peer, owner_shard};
 use crate::store::{FriendKind, StoreError};

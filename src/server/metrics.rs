@@ -208,7 +208,7 @@ pub fn render_progress(out: &mut String, ages: &[f64]) {
 pub fn spawn_exporter(
     addr: SocketAddr,
     published: Arc<Published>,
-    progress: Arc<super::watchdog::Progress>,
+    health: Arc<super::health::Health>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
@@ -225,17 +225,31 @@ pub fn spawn_exporter(
             while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
                 h.clear();
             }
-            let (status, body) = if line.starts_with("GET /metrics") {
-                let mut body = published.render();
-                render_progress(&mut body, &progress.ages());
-                ("200 OK", body)
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, ctype, body) = match (line.starts_with("GET "), path) {
+                (true, "/metrics") => {
+                    let mut body = published.render();
+                    render_progress(&mut body, &health.progress.ages());
+                    ("200 OK", "text/plain; version=0.0.4", body)
+                }
+                (true, "/healthz") => {
+                    let a = health.healthz();
+                    (a.status, "application/json", a.body)
+                }
+                (true, "/readyz") => {
+                    let a = health.readyz();
+                    (a.status, "application/json", a.body)
+                }
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics, /healthz or /readyz\n".to_string(),
+                ),
             };
             let mut s = &stream;
             let _ = write!(
                 s,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
         }

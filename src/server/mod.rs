@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod conn;
 pub mod hasher;
+pub mod health;
 pub mod io;
 pub mod listen;
 pub mod metrics;
@@ -147,6 +148,11 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// with the dedup window); idle ones beyond this are dropped.
 const MAX_CACHED_CONVS: usize = 100_000;
 
+/// Whether a stop was requested (the node is draining).
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
 /// Asks a running server to stop (what SIGINT/SIGTERM do).
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
@@ -206,8 +212,13 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     }
     let published = metrics::Published::new(n);
     let progress = Arc::new(watchdog::Progress::new(n));
+    let health = Arc::new(health::Health {
+        progress: progress.clone(),
+        store: store.clone(),
+        started: AtomicBool::new(false),
+    });
     if let Some(addr) = cfg.metrics {
-        let a = metrics::spawn_exporter(addr, published.clone(), progress.clone())
+        let a = metrics::spawn_exporter(addr, published.clone(), health.clone())
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
         eprintln!("metrics on http://{a}/metrics");
     }
@@ -272,6 +283,7 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     if let Some(l) = cfg.legacy_listen {
         eprintln!("legacy JSON protocol on {l}");
     }
+    health.started.store(true, Ordering::SeqCst);
     println!("ringchat listening on {} ({n} shards)", cfg.listen);
     use std::io::Write;
     let _ = std::io::stdout().flush();
