@@ -286,7 +286,7 @@ fn run_sequencer(
     let commit = |s: &mut Sequencer, m: &mut ConvModel, k: usize| {
         for msg in m.msgs.iter_mut().filter(|m| !m.durable).take(k) {
             msg.durable = true;
-            s.mark_durable(msg.sender, msg.cmid);
+            s.mark_durable(msg.sender, msg.cmid, msg.seq);
         }
     };
     for op in ops {
@@ -343,10 +343,10 @@ proptest! {
         run_sequencer(&ops, window, true)?;
     }
 
-    /// The same without bounding what is in flight: finds the bug shown by
-    /// `sequencer_mark_durable_hits_the_right_message` below.
+    /// The same without bounding what is in flight: found the bug shown by
+    /// `sequencer_mark_durable_hits_the_right_message` below (fixed: the
+    /// commit's `mark_durable` names the seq).
     #[test]
-    #[ignore = "bug: mark_durable(sender, cmid) marks a newer message with the same key (needs >256 in flight)"]
     fn sequencer_matches_model_unbounded_in_flight(window in 1usize..8, ops in seq_ops(3)) {
         run_sequencer(&ops, window, false)?;
     }
@@ -377,13 +377,12 @@ proptest! {
 /// be reused after a failed write. Needs more than `DEDUP_WINDOW` (256)
 /// messages in flight in one conversation.
 #[test]
-#[ignore = "bug: mark_durable(sender, cmid) marks a newer message with the same key (needs >256 in flight)"]
 fn sequencer_mark_durable_hits_the_right_message() {
     let mut s = Sequencer::new(1);
     assert_eq!(s.assign(1, 7, 0), Assign::New { seq: 1, ts: 0 });
     assert_eq!(s.assign(1, 8, 0), Assign::New { seq: 2, ts: 0 }); // evicts (1, 7)
     assert_eq!(s.assign(1, 7, 0), Assign::New { seq: 3, ts: 0 }); // resend: new seq
-    s.mark_durable(1, 7); // seq 1 became durable
+    s.mark_durable(1, 7, 1); // seq 1 became durable
     // seq 3 is still being written: a resend must wait for it.
     assert_eq!(
         s.assign(1, 7, 0),

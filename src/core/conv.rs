@@ -89,9 +89,15 @@ impl Sequencer {
         Assign::New { seq, ts }
     }
 
-    /// The store confirmed the message: later resends are answered at once.
-    pub fn mark_durable(&mut self, sender: UserId, client_msg_id: u64) {
-        if let Some(e) = self.seen.get_mut(&(sender, client_msg_id)) {
+    /// The store confirmed message `seq`: later resends are answered at once.
+    ///
+    /// Matches on the seq too: if the original fell out of the dedup window
+    /// while in flight and a resend got a new seq, the original's commit
+    /// must not mark the resend durable (found by `tests/prop_core.rs`).
+    pub fn mark_durable(&mut self, sender: UserId, client_msg_id: u64, seq: Seq) {
+        if let Some(e) = self.seen.get_mut(&(sender, client_msg_id))
+            && e.0 == seq
+        {
             e.2 = true;
         }
     }
@@ -114,7 +120,7 @@ mod tests {
                 durable: false
             }
         );
-        s.mark_durable(1, 10);
+        s.mark_durable(1, 10, 1);
         assert_eq!(
             s.assign(1, 10, 500),
             Assign::Duplicate {

@@ -323,7 +323,7 @@ pub fn complete(shard: &Shard, c: Completion) {
         recipients,
     } = c;
     let waiters = with_conv(shard, conv, |st| {
-        st.seq.mark_durable(origin.user, client_msg_id);
+        st.seq.mark_durable(origin.user, client_msg_id, seq);
         st.inflight = st.inflight.saturating_sub(1);
         let mut w = Vec::new();
         st.dup_waiters.retain(|(u, id, o)| {
