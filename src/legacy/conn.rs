@@ -373,14 +373,7 @@ async fn login(
     let phc = rec.as_ref().map(|r| r.password_hash.clone());
     let ok = shard
         .hasher
-        .run(move || match phc {
-            Some(h) => auth::verify_password(&password, &h),
-            // Unknown id: the same cost as a wrong password.
-            None => {
-                auth::verify_password(&password, auth::dummy_hash());
-                false
-            }
-        })
+        .verify(phc, password)
         .await
         .map_err(|d| refused(codec::LOGIN_ACK, d))?;
     shard.hasher.outcome(&key, peer, ok);

@@ -324,18 +324,7 @@ async fn login(
         Err(e) => return authenticated(shard, req_id, Err(e), Vec::new(), denied),
     };
     let phc = rec.as_ref().map(|r| r.password_hash.clone());
-    let checked = shard
-        .hasher
-        .run(move || match phc {
-            Some(h) => auth::verify_password(&pass, &h),
-            // Unknown user: same cost as a wrong password (no enumeration
-            // by timing).
-            None => {
-                auth::verify_password(&pass, auth::dummy_hash());
-                false
-            }
-        })
-        .await;
+    let checked = shard.hasher.verify(phc, pass).await;
     let ok = match checked {
         Ok(ok) => ok,
         Err(d) => return (err(fb::ErrorCode::RateLimited, &d.text()), None, false),

@@ -123,6 +123,20 @@ impl Hasher {
         }
     }
 
+    /// Checks `password` against a stored PHC hash on a hashing thread.
+    /// `None` (no such user) costs the same as a wrong password, so users
+    /// cannot be enumerated by timing.
+    pub async fn verify(&self, phc: Option<String>, password: String) -> Result<bool, Denied> {
+        self.run(move || match phc {
+            Some(h) => super::auth::verify_password(&password, &h),
+            None => {
+                super::auth::verify_password(&password, super::auth::dummy_hash());
+                false
+            }
+        })
+        .await
+    }
+
     /// May a login for `user` from `addr` be checked now?
     pub fn admit(&self, user: &str, addr: Option<IpAddr>) -> Result<(), Denied> {
         let now = self.now_ms();
