@@ -632,7 +632,7 @@ fn handle(
 
 /// Login/Resume attempts refused with `RateLimited` that are retried (the
 /// back-off reaches 1 s after 6, so this is about 45 s of trying).
-const AUTH_RETRIES: u32 = 50;
+pub(crate) const AUTH_RETRIES: u32 = 50;
 
 /// Partner index (within the worker) for direct messages.
 fn partner(idx: usize) -> usize {

@@ -232,6 +232,23 @@ fn handle(w: &Rc<Worker>, conn: &Rc<Conn>, idx: usize, o: &Map<String, Value>) -
             conn.live.set(true);
             true
         }
+        // errno 3: the server's password-hashing queue is full; like the
+        // native RateLimited, retry on the same connection with back-off.
+        (2, Some(3)) if conn.auth_retries.get() < super::AUTH_RETRIES => {
+            let n = conn.auth_retries.get();
+            conn.auth_retries.set(n + 1);
+            w.note_error("legacy login busy (retried)");
+            let ms = (20u64 << n.min(6)).min(1000) + mono_us() % 20;
+            let (c, id, pw) = (conn.clone(), conn.user_id.get(), w.args.password.clone());
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(std::time::Duration::from_millis(ms)).await;
+                if !c.closing.get() {
+                    push(&c, frame(&json!({"msgid": 1, "id": id, "password": pw})));
+                }
+            })
+            .detach();
+            true
+        }
         (2, e) => {
             w.note_error(&format!("legacy login errno {e:?}: {errmsg}"));
             false
