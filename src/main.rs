@@ -199,7 +199,8 @@ fn main() {
                 metrics: a.metrics,
                 // At least a few frames, so a catch-up page never overflows it.
                 out_limit: (a.max_outbound_kib << 10).max(4 * a.max_frame),
-                cluster,
+                cluster: cluster
+                    .map(|c| c as std::sync::Arc<dyn ringchat::server::router::RouterFactory>),
                 legacy_listen: a.legacy_listen,
                 watchdog: Duration::from_secs(a.watchdog_secs),
                 fault: a.test_fault,

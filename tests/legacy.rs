@@ -206,8 +206,21 @@ fn register_and_login_errors() {
             (Some(2), Some(1)),
             "{r}"
         );
-        assert!(r["errmsg"].is_string());
+        // The old server's words: its console client prints them.
+        assert_eq!(r["errmsg"], "用户名或密码错误，请重新登录", "{r}");
     }
+    // A password below the minimum: refused, saying why.
+    c.send(json!({"msgid": 3, "name": uname("lgshort"), "password": "abc"}));
+    let r = c.reply();
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(4), Some(1)),
+        "{r}"
+    );
+    assert!(
+        r["errmsg"].as_str().unwrap_or("").contains("8-128"),
+        "the reply says what the rule is: {r}"
+    );
     // Requests that need a login are refused, not executed.
     c.send(json!({"msgid": 7, "from": id, "groupname": "g", "groupdesc": "d"}));
     let r = c.reply();
@@ -299,6 +312,7 @@ fn every_msgid_between_legacy_users() {
         (Some(6), Some(1)),
         "{r}"
     );
+    assert_eq!(r["errmsg"], "该用户不存在", "the old server's words: {r}");
 
     // 5: forwarded; no reply to the sender.
     a.send(json!({"msgid": 5, "from": a_id, "to": b_id, "msg": "hello b", "sendname": a_name, "time": "t"}));
@@ -331,14 +345,27 @@ fn every_msgid_between_legacy_users() {
         "{r}"
     );
 
-    // 12 by a non-member: refused.
+    // 12 by a non-member: answered, as the old server did (its console
+    // client asks for the group info first and joins only if that
+    // succeeds), but members' presence is for members only.
     b.send(json!({"msgid": 12, "groupid": g}));
     let r = b.reply();
     assert_eq!(
         (r["msgid"].as_i64(), r["errno"].as_i64()),
-        (Some(12), Some(1)),
+        (Some(12), Some(0)),
         "{r}"
     );
+    assert_eq!(r["groupname"], gname.as_str());
+    let users = nested(&r["groupusers"]);
+    assert_eq!(users.len(), 1, "{r}");
+    assert_eq!(
+        (users[0]["id"].as_u64(), users[0]["state"].as_str()),
+        (Some(a_id), Some("offline")),
+        "an outsider does not see a member online: {r}"
+    );
+    // An unknown group is still an error.
+    b.send(json!({"msgid": 12, "groupid": g + 1000}));
+    assert_eq!(b.reply()["errno"], 1);
 
     // 8: join; twice is an error; unknown group is an error.
     b.send(json!({"msgid": 8, "from": b_id, "groupid": g}));

@@ -27,10 +27,11 @@ use proptest::test_runner::FileFailurePersistence;
 use ringchat::core::conv::{Assign, Sequencer};
 use ringchat::core::group::{GroupAction, GroupChange, GroupState};
 use ringchat::core::pair::{self, PairAction, PairEffect};
-use ringchat::core::session::{Gate, Phase, gate};
+use ringchat::core::session::{Gate, Phase};
 use ringchat::core::sync::{Hold, Replay, plan};
 use ringchat::core::{ErrorCode, Reject, validate};
 use ringchat::store::{ConvCursor, ConvTail, PairRecord, PairState, Role};
+use ringchat::wire::codec::kind;
 use ringchat::wire::fb::Body;
 use std::collections::BTreeMap;
 
@@ -79,6 +80,11 @@ const REQUESTS: [Body; 23] = [
     Body::History,
     Body::SetAdmin,
 ];
+
+/// The native gate: the codec's request kind, then the protocol-neutral rules.
+fn gate(phase: Phase, body: Body, req_id: u64) -> Gate {
+    ringchat::core::session::gate(phase, kind(body), req_id)
+}
 
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![

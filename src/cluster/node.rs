@@ -7,6 +7,7 @@ use super::{
 };
 use crate::model::{ConvId, Seq, UserId, home_shard};
 use crate::server::io::{Frame, Signal};
+use crate::server::router::{LocalFut, Router, RouterFactory};
 use crate::server::shard::{Origin, OwnerOp, Shard};
 use ahash::{AHashMap, AHashSet};
 use redis::Value;
@@ -188,8 +189,8 @@ impl ClusterShard {
 
     /// Connects, registers, loads the live view and presence, subscribes and
     /// starts this shard's cluster tasks. Returns once subscribed.
-    pub async fn start(shard: Rc<Shard>) -> Result<(), String> {
-        let c = shard.cluster.as_ref().expect("cluster mode");
+    async fn start_shard(self: Rc<Self>, shard: Rc<Shard>) -> Result<(), String> {
+        let c = &self;
         tracing::debug!(shard = c.shard, "connecting to redis");
         let conn = RedisConn::connect(&c.cfg.redis).await?;
         tracing::debug!(shard = c.shard, "redis connected");
@@ -199,11 +200,11 @@ impl ClusterShard {
         tracing::debug!(shard = c.shard, "registered");
         c.refresh_view(&shard).await;
         let (tx, rx) = glommio::channels::local_channel::new_bounded::<()>(1);
-        glommio::spawn_local(subscriber_loop(shard.clone(), tx)).detach();
+        glommio::spawn_local(subscriber_loop(shard.clone(), self.clone(), tx)).detach();
         let _ = rx.recv().await;
         tracing::debug!(shard = c.shard, "subscribed");
-        glommio::spawn_local(outgoing_loop(shard.clone())).detach();
-        glommio::spawn_local(refresh_loop(shard.clone())).detach();
+        glommio::spawn_local(outgoing_loop(shard.clone(), self.clone())).detach();
+        glommio::spawn_local(refresh_loop(shard.clone(), self.clone())).detach();
         // Warm-up: the other nodes refresh their view every second; taking
         // traffic only after they have seen us keeps every node agreeing on
         // conversation owners from our first request on.
@@ -505,50 +506,96 @@ impl ClusterShard {
     }
 }
 
-/// Routes an owner operation to the owning node, or returns it for local handling.
-pub fn route_owner(
-    shard: &Shard,
-    conv: ConvId,
-    origin: Origin,
-    op: OwnerOp,
-) -> Option<(Origin, OwnerOp)> {
-    let Some(c) = &shard.cluster else {
-        return Some((origin, op));
-    };
-    match c.remote_owner(conv) {
-        Some((node, shards)) => {
-            let o = c.wire_origin(&origin);
-            c.send_to(
-                node,
-                crate::model::owner_shard(conv, shards),
-                NodeMsg::Owner(o, op),
-            );
-            None
+impl Router for ClusterShard {
+    fn view_gen(&self) -> u64 {
+        self.view_gen.get()
+    }
+
+    fn route_owner(&self, conv: ConvId, origin: Origin, op: OwnerOp) -> Option<(Origin, OwnerOp)> {
+        match self.remote_owner(conv) {
+            Some((node, shards)) => {
+                let o = self.wire_origin(&origin);
+                self.send_to(
+                    node,
+                    crate::model::owner_shard(conv, shards),
+                    NodeMsg::Owner(o, op),
+                );
+                None
+            }
+            None => Some((origin, op)),
         }
-        None => Some((origin, op)),
+    }
+
+    fn reply_remote(&self, node: Arc<str>, shard: usize, conn: u64, frame: &[u8]) {
+        let msg = NodeMsg::Reply {
+            conn,
+            frame: frame.to_vec(),
+        };
+        self.send_to(node, shard, msg);
+    }
+
+    fn me(&self) -> Arc<str> {
+        self.me.clone()
+    }
+
+    fn push_remote(
+        &self,
+        users: &[UserId],
+        frame: &Arc<[u8]>,
+        msg: Option<(ConvId, Seq)>,
+        skip: Option<(Arc<str>, u64)>,
+    ) {
+        ClusterShard::push_remote(self, users, frame, msg, skip)
+    }
+
+    fn friend_set_remote(&self, user: UserId, friend: UserId, friends: bool) {
+        ClusterShard::friend_set_remote(self, user, friend, friends)
+    }
+
+    fn user_offline(&self, user: UserId) {
+        ClusterShard::user_offline(self, user)
+    }
+
+    fn remote_online(&self, user: UserId) -> bool {
+        ClusterShard::remote_online(self, user)
+    }
+
+    fn register_user(&self, user: UserId) -> LocalFut<'_, ()> {
+        Box::pin(ClusterShard::register_user(self, user))
+    }
+
+    fn start(self: Rc<Self>, shard: Rc<Shard>) -> LocalFut<'static, Result<(), String>> {
+        Box::pin(self.start_shard(shard))
+    }
+
+    fn leave<'a>(&'a self, shard: &'a Shard) -> LocalFut<'a, ()> {
+        Box::pin(ClusterShard::leave(self, shard))
+    }
+}
+
+impl RouterFactory for ClusterConfig {
+    fn for_shard(&self, shard: usize) -> Rc<dyn Router> {
+        Rc::new(ClusterShard::new(Arc::new(self.clone()), shard))
     }
 }
 
 async fn subscriber_loop(
     shard: Rc<Shard>,
+    c: Rc<ClusterShard>,
     ready: glommio::channels::local_channel::LocalSender<()>,
 ) {
-    let c = shard.cluster.as_ref().expect("cluster mode");
     let channels = vec![c.cfg.channel(&c.me, c.shard), c.cfg.presence_channel()];
     let mut first = true;
     loop {
         let sh = shard.clone();
         let sh2 = shard.clone();
+        let c2 = c.clone();
         let was_first = first;
         let ready2 = &ready;
         let res = r::subscribe(
             &c.cfg.redis,
             &channels,
-            |ch, payload| {
-                if let Some(c) = &sh.cluster {
-                    c.on_message(&sh, ch, payload)
-                }
-            },
+            |ch, payload| c2.on_message(&sh, ch, payload),
             || {
                 let _ = ready2.try_send(());
                 if !was_first {
@@ -584,8 +631,7 @@ fn resync_sessions(shard: &Shard) {
     }
 }
 
-async fn refresh_loop(shard: Rc<Shard>) {
-    let c = shard.cluster.as_ref().expect("cluster mode");
+async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
     let mut tick = 0u64;
     loop {
         glommio::timer::sleep(Duration::from_millis(1000)).await;
@@ -610,8 +656,7 @@ async fn refresh_loop(shard: Rc<Shard>) {
 
 /// Sends queued bus traffic in order: one registry lookup round trip for
 /// all recipients of the batch, then one PUBLISH per destination shard.
-async fn outgoing_loop(shard: Rc<Shard>) {
-    let c = shard.cluster.as_ref().expect("cluster mode");
+async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
     loop {
         let items = std::mem::take(&mut *c.queue.borrow_mut());
         if items.is_empty() {

@@ -10,6 +10,7 @@
 pub mod conv;
 pub mod group;
 pub mod pair;
+pub mod request;
 pub mod session;
 pub mod sync;
 pub mod throttle;

@@ -1,12 +1,13 @@
 //! The per-connection protocol state machine: which requests are allowed in
 //! which phase, and which mistakes end the connection.
 
+use super::request::Kind;
 use super::{ErrorCode, Reject};
-use crate::wire::fb::Body;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Nothing received yet: only `Hello` is acceptable.
+    /// Nothing received yet: only `Hello` is acceptable (native protocol;
+    /// the old protocol has no handshake and starts `Anonymous`).
     AwaitHello,
     /// Hello done, not authenticated.
     Anonymous,
@@ -24,66 +25,36 @@ pub enum Gate {
     Close(Reject),
 }
 
-/// Bodies a client may send. Anything else (a reply type, NONE, a future
-/// union member this build does not know) is a protocol violation.
-pub fn is_request(body: Body) -> bool {
-    matches!(
-        body,
-        Body::Hello
-            | Body::Register
-            | Body::Login
-            | Body::Resume
-            | Body::Logout
-            | Body::Ping
-            | Body::SearchUsers
-            | Body::FriendRequest
-            | Body::FriendRespond
-            | Body::FriendRemove
-            | Body::FriendBlock
-            | Body::ListFriends
-            | Body::CreateGroup
-            | Body::JoinGroup
-            | Body::LeaveGroup
-            | Body::GroupMembers
-            | Body::RemoveMember
-            | Body::DissolveGroup
-            | Body::ListGroups
-            | Body::SendMessage
-            | Body::Ack
-            | Body::History
-            | Body::SetAdmin
-    )
-}
-
-/// Decides what to do with a request of type `body` with id `req_id` in `phase`.
-pub fn gate(phase: Phase, body: Body, req_id: u64) -> Gate {
-    if !is_request(body) {
+/// Decides what to do with a request of kind `kind` (`None`: the codec saw
+/// something that is not a request at all) with id `req_id` in `phase`.
+pub fn gate(phase: Phase, kind: Option<Kind>, req_id: u64) -> Gate {
+    let Some(kind) = kind else {
         return Gate::Close(Reject(
             ErrorCode::UnknownBody,
             "unknown or non-request message type",
         ));
-    }
+    };
     match phase {
-        Phase::AwaitHello if body != Body::Hello => Gate::Close(Reject(
+        Phase::AwaitHello if kind != Kind::Hello => Gate::Close(Reject(
             ErrorCode::HelloRequired,
             "the first frame must be Hello",
         )),
-        _ if body == Body::Hello && phase != Phase::AwaitHello => {
+        _ if kind == Kind::Hello && phase != Phase::AwaitHello => {
             Gate::Reject(Reject(ErrorCode::BadRequest, "Hello was already received"))
         }
-        _ if body != Body::Ack && req_id == 0 => Gate::Reject(Reject(
+        _ if kind != Kind::Ack && req_id == 0 => Gate::Reject(Reject(
             ErrorCode::BadRequest,
             "requests need a non-zero req_id",
         )),
         Phase::Anonymous
             if !matches!(
-                body,
-                Body::Register | Body::Login | Body::Resume | Body::Ping | Body::Ack
+                kind,
+                Kind::Register | Kind::Login | Kind::Resume | Kind::Ping | Kind::Ack
             ) =>
         {
             Gate::Reject(Reject(ErrorCode::NotLoggedIn, "log in first"))
         }
-        Phase::LoggedIn if matches!(body, Body::Login | Body::Resume) => Gate::Reject(Reject(
+        Phase::LoggedIn if matches!(kind, Kind::Login | Kind::Resume) => Gate::Reject(Reject(
             ErrorCode::AlreadyLoggedIn,
             "this connection is already logged in",
         )),
@@ -95,30 +66,32 @@ pub fn gate(phase: Phase, body: Body, req_id: u64) -> Gate {
 mod tests {
     use super::*;
 
+    const S: Option<Kind> = Some(Kind::Session);
+
     #[test]
     fn hello_first_then_login_then_everything() {
-        assert_eq!(gate(Phase::AwaitHello, Body::Hello, 1), Gate::Handle);
+        assert_eq!(gate(Phase::AwaitHello, Some(Kind::Hello), 1), Gate::Handle);
         assert!(matches!(
-            gate(Phase::AwaitHello, Body::Ping, 1),
+            gate(Phase::AwaitHello, Some(Kind::Ping), 1),
             Gate::Close(Reject(ErrorCode::HelloRequired, _))
         ));
         assert!(matches!(
-            gate(Phase::Anonymous, Body::SendMessage, 1),
+            gate(Phase::Anonymous, S, 1),
             Gate::Reject(Reject(ErrorCode::NotLoggedIn, _))
         ));
-        assert_eq!(gate(Phase::Anonymous, Body::Login, 1), Gate::Handle);
-        assert_eq!(gate(Phase::LoggedIn, Body::SendMessage, 2), Gate::Handle);
+        assert_eq!(gate(Phase::Anonymous, Some(Kind::Login), 1), Gate::Handle);
+        assert_eq!(gate(Phase::LoggedIn, S, 2), Gate::Handle);
         assert!(matches!(
-            gate(Phase::LoggedIn, Body::Login, 3),
+            gate(Phase::LoggedIn, Some(Kind::Login), 3),
             Gate::Reject(Reject(ErrorCode::AlreadyLoggedIn, _))
         ));
     }
 
     #[test]
-    fn replies_and_unknown_bodies_close() {
-        for b in [Body::OkReply, Body::Messages, Body::NONE, Body(200)] {
+    fn non_requests_close() {
+        for p in [Phase::AwaitHello, Phase::Anonymous, Phase::LoggedIn] {
             assert!(matches!(
-                gate(Phase::LoggedIn, b, 1),
+                gate(p, None, 1),
                 Gate::Close(Reject(ErrorCode::UnknownBody, _))
             ));
         }
@@ -126,9 +99,9 @@ mod tests {
 
     #[test]
     fn zero_req_id_only_for_ack() {
-        assert_eq!(gate(Phase::LoggedIn, Body::Ack, 0), Gate::Handle);
+        assert_eq!(gate(Phase::LoggedIn, Some(Kind::Ack), 0), Gate::Handle);
         assert!(matches!(
-            gate(Phase::LoggedIn, Body::Ping, 0),
+            gate(Phase::LoggedIn, Some(Kind::Ping), 0),
             Gate::Reject(Reject(ErrorCode::BadRequest, _))
         ));
     }

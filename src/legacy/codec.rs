@@ -714,3 +714,30 @@ mod tests {
         }
     }
 }
+
+/// The old server's words. Its console client shows `errmsg` as is, and
+/// users of it read Chinese: where the old server had a text for a case,
+/// the same text is sent; ringchat-only refusals keep their English words.
+pub mod text {
+    use crate::wire::fb::ErrorCode;
+
+    /// A wrong id or password at login (the two look the same).
+    pub const BAD_CREDENTIALS: &str = "用户名或密码错误，请重新登录";
+    /// The user named by a request does not exist.
+    pub const NO_SUCH_USER: &str = "该用户不存在";
+
+    /// The old protocol's text for an error answered with `code`.
+    pub fn translate(code: ErrorCode, text: &str) -> String {
+        match code {
+            ErrorCode::BadCredentials => BAD_CREDENTIALS.into(),
+            ErrorCode::NoSuchUser => NO_SUCH_USER.into(),
+            _ => text.into(),
+        }
+    }
+
+    /// A registration refused for its password's length: the old server
+    /// took any password, so say why (see docs/MIGRATING.md).
+    pub fn short_password(text: &str) -> String {
+        format!("密码不符合要求：{text}")
+    }
+}

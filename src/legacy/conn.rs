@@ -14,19 +14,18 @@
 //! fields in later requests are ignored.
 
 use super::codec::{self, Request, Split, Splitter};
-use crate::core::group::GroupAction;
-use crate::core::pair::PairAction;
-use crate::core::sync;
-use crate::core::{Reject, validate};
-use crate::model::{
-    ConvId, ConvKind, GroupId, MAX_USER_ID, Seq, UserId, direct_conv, group_conv, now_ms,
-    owner_shard,
-};
-use crate::server::auth;
+use crate::core::request::{Account, Request as CoreRequest, Target};
+use crate::model::{ConvId, ConvKind, GroupId, MAX_USER_ID, Seq, UserId, group_conv, now_ms};
+use crate::server::cmd::account::{self, LoginError};
+use crate::server::cmd::friend::MAX_NOTE_CHARS;
+use crate::server::cmd::{self};
 use crate::server::hasher::Denied;
 use crate::server::io::{Frame, Outbound, ReadHalf, SharedStream, WriteHalf, shutdown_now};
-use crate::server::shard::{Conn, ConnId, HandOff, Origin, OwnerOp, Shard, ShardMsg};
-use crate::store::{FriendKind, StoreError, StoredMessage};
+use crate::server::session::{
+    GroupInfo, HOLD_CAP, NativeReplies, Responder, Session, catch_up, go_live,
+};
+use crate::server::shard::{Conn, HandOff, Shard, ShardMsg};
+use crate::store::{FriendKind, FriendRow, GroupRecord, Role, StoredMessage};
 use crate::wire::{self, fb};
 use ahash::AHashMap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -53,12 +52,6 @@ pub const MAX_PRELOGIN_OBJECT: usize = 4096;
 /// timeouts (`--idle-timeout-secs`) of connecting (or of logging out).
 pub const LOGIN_WINDOW_IDLES: u32 = 2;
 
-/// Live pushes held while the login catch-up is collected.
-const HOLD_CAP: usize = 4096;
-/// Messages per catch-up store read.
-const PAGE: u32 = 256;
-/// A connection whose unwritten output exceeds this is cut off.
-const OUT_LIMIT: usize = 16 << 20;
 /// Largest single coalesced write.
 const MAX_WRITE: usize = 256 << 10;
 /// Up to this many queued objects are written one `write` each.
@@ -277,7 +270,7 @@ async fn pre_login(
             let (reply, login) = match codec::parse_request(&o) {
                 Err(b) => (Some(codec::bad_request(&b)), None),
                 Ok(Request::Register { name, password }) => {
-                    (Some(register(shard, name, password).await), None)
+                    (Some(register(shard, &name, &password).await), None)
                 }
                 Ok(Request::Login { id, password }) => {
                     match login(shard, id, password, Some(ip)).await {
@@ -336,50 +329,24 @@ fn storage_error(msgid: i64) -> Vec<u8> {
     codec::error(msgid, 3, "storage unavailable, retry", &[])
 }
 
-/// Login by numeric id. A wrong id and a wrong password look the same.
-/// As natively (`server::conn`), the password is checked on the hashing
-/// pool and failed logins are throttled per account and per address before
-/// any hashing; the account's budget is its name, shared with native logins
-/// (an unknown id is counted as `#id`).
+/// Login by numeric id: the one password check (`cmd::account`), with the
+/// old protocol's replies. A wrong id and a wrong password look the same.
 async fn login(
     shard: &Rc<Shard>,
     id: u64,
     password: String,
     peer: Option<IpAddr>,
 ) -> Result<(UserId, Arc<str>), Vec<u8>> {
-    let invalid = || codec::error(codec::LOGIN_ACK, 1, "id or password is invalid!", &[]);
-    if password.len() > validate::MAX_PASSWORD {
-        return Err(invalid());
-    }
-    let id_key = format!("#{id}");
-    // The address's budget first: a throttled address costs no store read.
-    shard
-        .hasher
-        .admit(&id_key, peer)
-        .map_err(|d| refused(codec::LOGIN_ACK, d))?;
-    let rec = if id == 0 || id > MAX_USER_ID {
-        None
-    } else {
-        shard
-            .blocking(move |s| s.user_by_id(id))
-            .await
-            .map_err(|_| storage_error(codec::LOGIN_ACK))?
-    };
-    let key = rec.as_ref().map_or(id_key, |r| r.username.clone());
-    shard
-        .hasher
-        .admit(&key, peer)
-        .map_err(|d| refused(codec::LOGIN_ACK, d))?;
-    let phc = rec.as_ref().map(|r| r.password_hash.clone());
-    let ok = shard
-        .hasher
-        .verify(phc, password)
-        .await
-        .map_err(|d| refused(codec::LOGIN_ACK, d))?;
-    shard.hasher.outcome(&key, peer, ok);
-    match rec {
-        Some(r) if ok => Ok((r.id, r.username.into())),
-        _ => Err(invalid()),
+    match account::check_password(shard, Account::Id(id), &password, peer).await {
+        Ok(r) => Ok((r.id, r.username.into())),
+        Err(LoginError::BadCredentials) => Err(codec::error(
+            codec::LOGIN_ACK,
+            1,
+            codec::text::BAD_CREDENTIALS,
+            &[],
+        )),
+        Err(LoginError::Denied(d)) => Err(refused(codec::LOGIN_ACK, d)),
+        Err(LoginError::Storage) => Err(storage_error(codec::LOGIN_ACK)),
     }
 }
 
@@ -393,34 +360,37 @@ fn refused(msgid: i64, d: Denied) -> Vec<u8> {
     codec::error(msgid, errno, &d.text(), &[])
 }
 
-/// Registration follows the native rules for names and passwords, so every
-/// account can also log in on the native protocol.
-async fn register(shard: &Rc<Shard>, name: String, password: String) -> Vec<u8> {
-    if let Err(Reject(_, text)) =
-        validate::username(&name).and_then(|_| validate::password(&password))
-    {
-        return codec::error(codec::REGISTER_ACK, 1, text, &[]);
-    }
-    let hash = match shard
-        .hasher
-        .run(move || auth::hash_password(&password))
-        .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(_)) => return storage_error(codec::REGISTER_ACK),
-        Err(d) => return refused(codec::REGISTER_ACK, d),
-    };
-    let res = shard.blocking(move |s| s.create_user(&name, &hash)).await;
-    match res {
+/// Registration: the native rules for names and passwords (`cmd::account`),
+/// so every account can also log in on the native protocol.
+async fn register(shard: &Rc<Shard>, name: &str, password: &str) -> Vec<u8> {
+    match account::register(shard, name, password).await {
         Ok(id) => codec::register_ok(id),
-        Err(StoreError::Conflict) => {
-            codec::error(codec::REGISTER_ACK, 1, "name is already taken", &[])
-        }
-        Err(_) => storage_error(codec::REGISTER_ACK),
+        Err(r) => register_error(r.code, &r.text),
     }
 }
 
-/// A legacy request waiting for its answer from the shared machinery.
+fn register_error(code: fb::ErrorCode, text: &str) -> Vec<u8> {
+    match code {
+        fb::ErrorCode::RateLimited => codec::error(codec::REGISTER_ACK, 3, text, &[]),
+        fb::ErrorCode::Internal => storage_error(codec::REGISTER_ACK),
+        fb::ErrorCode::InvalidPassword => codec::error(
+            codec::REGISTER_ACK,
+            1,
+            &codec::text::short_password(text),
+            &[],
+        ),
+        _ => codec::error(
+            codec::REGISTER_ACK,
+            1,
+            &codec::text::translate(code, text),
+            &[],
+        ),
+    }
+}
+
+/// A legacy request waiting for its answer (a FlatBuffers frame on the
+/// session queue, from the session or from an owner), keyed by the
+/// connection-local `req_id` it was handled under.
 enum Pending {
     /// Chat (5 or 9): success is silent, an error is reported.
     Chat { msgid: i64, group: GroupId },
@@ -433,12 +403,18 @@ enum Pending {
         note: String,
         step: AddStep,
     },
+    /// Register (3) while logged in.
+    Register,
+    /// Create group (7); the name labels later group chat pushes.
+    CreateGroup,
     /// Join (8), leave (10), dissolve (11). `name` to remember on join.
     GroupOp {
         msgid: i64,
         group: GroupId,
         name: String,
     },
+    /// Group info (12); name and description are filled in by the session's
+    /// answer (see [`LegacyReplies::group_info`]).
     GroupInfo {
         group: GroupId,
         name: String,
@@ -455,11 +431,10 @@ enum AddStep {
     Ask,
 }
 
-/// State shared by a session's reader and writer.
+/// The old protocol's codec state for one session, shared by its reader
+/// (requests in) and writer (frames out, as JSON).
 struct Ctx {
     user: UserId,
-    conn: ConnId,
-    name: Arc<str>,
     pending: RefCell<AHashMap<u64, Pending>>,
     /// Group names for the `groupname` of group chat pushes (a stored
     /// message does not carry it): groups at login, created or joined since.
@@ -475,6 +450,73 @@ struct Ctx {
     broken: Cell<bool>,
 }
 
+impl Ctx {
+    /// A fresh `req_id` for a request whose answer `p` will translate.
+    fn expect(&self, p: Pending) -> u64 {
+        let req_id = self.next_req.get();
+        self.next_req.set(req_id + 1);
+        self.pending.borrow_mut().insert(req_id, p);
+        req_id
+    }
+
+    fn next_cmid(&self) -> u64 {
+        let n = self.msg_ctr.get() + 1;
+        self.msg_ctr.set(n);
+        self.msg_base.wrapping_add(n)
+    }
+}
+
+/// The session's own answers for a legacy connection: the native frames
+/// (translated by the writer like every other frame), plus what the old
+/// replies need that the frames do not carry.
+struct LegacyReplies {
+    native: NativeReplies,
+    ctx: Rc<Ctx>,
+}
+
+impl Responder for LegacyReplies {
+    fn ok(&self, req_id: u64) {
+        self.native.ok(req_id)
+    }
+    fn error(&self, req_id: u64, code: fb::ErrorCode, text: &str) {
+        self.native.error(req_id, code, text)
+    }
+    fn pong(&self, req_id: u64, nonce: u64) {
+        self.native.pong(req_id, nonce)
+    }
+    fn register_ok(&self, req_id: u64, user: UserId) {
+        self.native.register_ok(req_id, user)
+    }
+    fn user_list(&self, req_id: u64, items: &[(UserId, &str, bool)], next: UserId) {
+        self.native.user_list(req_id, items, next)
+    }
+    fn friend_list(&self, req_id: u64, rows: &[FriendRow], online: &dyn Fn(UserId) -> bool) {
+        self.native.friend_list(req_id, rows, online)
+    }
+    fn group_created(&self, req_id: u64, group: GroupId, name: &str) {
+        self.ctx
+            .group_names
+            .borrow_mut()
+            .insert(group, name.to_string());
+        self.native.group_created(req_id, group, name)
+    }
+    fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)]) {
+        self.native.group_list(req_id, groups)
+    }
+    fn messages(&self, req_id: u64, msgs: &[StoredMessage]) {
+        self.native.messages(req_id, msgs)
+    }
+    fn group_info(&self, req_id: u64, info: &GroupInfo<'_>, online: &dyn Fn(UserId) -> bool) {
+        if let Some(Pending::GroupInfo { name, desc, .. }) =
+            self.ctx.pending.borrow_mut().get_mut(&req_id)
+        {
+            *name = info.name.to_string();
+            *desc = info.desc.to_string();
+        }
+        self.native.group_info(req_id, info, online)
+    }
+}
+
 /// The logged-in life of a legacy connection on its user's home shard.
 /// Returns the stream (and unread bytes) after a logout, `None` once the
 /// connection is gone.
@@ -486,16 +528,10 @@ async fn session(
     name: Arc<str>,
 ) -> Option<(TcpStream, Vec<u8>)> {
     let stream: SharedStream = Rc::new(RefCell::new(stream));
-    let conn = Rc::new(Conn::new(
-        shard.new_conn_id(),
-        user,
-        Rc::new(Outbound::new(OUT_LIMIT)),
-        HOLD_CAP,
-    ));
+    let out = Rc::new(Outbound::new(shard.cfg.out_limit));
+    let conn = Rc::new(Conn::new(shard.new_conn_id(), user, out.clone(), HOLD_CAP));
     let ctx = Rc::new(Ctx {
         user,
-        conn: conn.id,
-        name,
         pending: RefCell::new(AHashMap::new()),
         group_names: RefCell::new(AHashMap::new()),
         next_req: Cell::new(1),
@@ -504,17 +540,32 @@ async fn session(
         keep_open: Cell::new(false),
         broken: Cell::new(false),
     });
-    crate::server::conn::register_session(&shard, &conn).await;
+    let sess = Rc::new(Session {
+        conn: conn.clone(),
+        user,
+        name,
+        token: None,
+        reply: Rc::new(LegacyReplies {
+            native: NativeReplies {
+                shard: shard.clone(),
+                out,
+            },
+            ctx: ctx.clone(),
+        }),
+    });
+    crate::server::session::register(&shard, &conn).await;
     // The login reply goes out first, before anything queued meanwhile (the
     // old client takes the first read after login as the reply), so it is
     // written here and the writer starts only afterwards.
-    let started = match login_reply(&shard, &ctx).await {
-        Ok((reply, replayed)) => {
+    let started = match login_reply(&shard, &sess, &ctx).await {
+        Ok((reply, mut replayed)) => {
             let ok = WriteHalf(stream.clone()).write_all(&reply).await.is_ok();
             if ok {
                 // The legacy client cannot ack: on the socket counts as delivered.
                 advance(&shard, user, replayed.iter().map(|(c, s)| (*c, *s)));
-                release_hold(&shard, &conn, replayed).await;
+                if go_live(&shard, &conn, &[], &mut replayed).await.is_err() {
+                    conn.out.close();
+                }
             }
             ok
         }
@@ -525,13 +576,13 @@ async fn session(
     };
     let writer = glommio::spawn_local(writer_loop(
         shard.clone(),
-        conn.clone(),
+        sess.clone(),
         ctx.clone(),
         stream.clone(),
     ));
     let mut sp = Splitter::new(max_object(&shard));
     sp.push(&pending);
-    let logout = started && read_loop(&shard, &conn, &ctx, &stream, &mut sp).await;
+    let logout = started && read_loop(&shard, &sess, &ctx, &stream, &mut sp).await;
     ctx.keep_open.set(logout);
     conn.out.close();
     writer.await;
@@ -559,38 +610,10 @@ fn advance(shard: &Shard, user: UserId, items: impl IntoIterator<Item = (ConvId,
     }
 }
 
-/// Everything stored after the user's cursors (or after `replayed` where it
-/// has an entry), per conversation in seq order; `replayed` is updated.
-async fn collect(
-    shard: &Rc<Shard>,
-    user: UserId,
-    replayed: &mut AHashMap<ConvId, Seq>,
-) -> crate::store::Result<Vec<StoredMessage>> {
-    let convs = shard.blocking(move |s| s.conversations_of(user)).await?;
-    let overrides: Vec<(ConvId, Seq)> = replayed.iter().map(|(c, s)| (*c, *s)).collect();
-    let mut out = Vec::new();
-    for r in sync::plan(&convs, &overrides) {
-        let (conv, mut after) = (r.conv, r.after);
-        loop {
-            let page = shard
-                .blocking(move |s| s.messages_after(conv, after, PAGE))
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            replayed.insert(conv, after);
-            let full = page.len() == PAGE as usize;
-            out.extend(page);
-            if !full {
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Builds the login reply: catch-up as `offlinemsg`, friends, groups.
 async fn login_reply(
     shard: &Rc<Shard>,
+    sess: &Session,
     ctx: &Ctx,
 ) -> Result<(Vec<u8>, AHashMap<ConvId, Seq>), Vec<u8>> {
     let user = ctx.user;
@@ -608,8 +631,16 @@ async fn login_reply(
         })
         .await;
     let mut replayed = AHashMap::new();
-    let msgs = collect(shard, user, &mut replayed).await;
-    let (Ok((friends, groups)), Ok(msgs)) = (lists, msgs) else {
+    let mut msgs: Vec<StoredMessage> = Vec::new();
+    let caught_up = catch_up(
+        shard,
+        &sess.conn,
+        &[],
+        &mut replayed,
+        async |m: &[StoredMessage]| msgs.extend_from_slice(m),
+    )
+    .await;
+    let (Ok((friends, groups)), Ok(_)) = (lists, caught_up) else {
         return Err(storage_error(codec::LOGIN_ACK));
     };
     let friends: Vec<String> = friends
@@ -645,7 +676,7 @@ async fn login_reply(
         .map(|v| v.to_string())
         .collect();
     Ok((
-        codec::login_ok(user, &ctx.name, offline, friends, groups),
+        codec::login_ok(user, &sess.name, offline, friends, groups),
         replayed,
     ))
 }
@@ -682,46 +713,16 @@ fn chat_json(
     })
 }
 
-/// Switches the session to live delivery. Pushes held during the catch-up
-/// that it did not cover are queued; if the hold overflowed, the gap is read
-/// from the store and queued as pushes, until a release succeeds.
-async fn release_hold(shard: &Rc<Shard>, conn: &Rc<Conn>, mut replayed: AHashMap<ConvId, Seq>) {
-    loop {
-        let released = match conn.hold.borrow_mut().as_mut() {
-            Some(h) => h.release(&replayed),
-            None => Ok(Vec::new()),
-        };
-        if let Ok(frames) = released {
-            *conn.hold.borrow_mut() = None;
-            for f in frames {
-                conn.out.push(Frame::Shared(f));
-            }
-            return;
-        }
-        match collect(shard, conn.user, &mut replayed).await {
-            Ok(msgs) => {
-                for page in msgs.chunks(PAGE as usize) {
-                    let f = shard.enc.borrow_mut().messages(0, page.iter()).to_vec();
-                    conn.out.push(Frame::Own(f));
-                }
-            }
-            Err(_) => {
-                conn.out.close();
-                return;
-            }
-        }
-    }
-}
-
 /// Reads and handles requests; true when the client logged out (the
 /// connection then returns to the anonymous phase).
 async fn read_loop(
     shard: &Rc<Shard>,
-    conn: &Rc<Conn>,
-    ctx: &Rc<Ctx>,
+    sess: &Session,
+    ctx: &Ctx,
     stream: &SharedStream,
     sp: &mut Splitter,
 ) -> bool {
+    let conn = &sess.conn;
     let mut rd = ReadHalf(stream.clone());
     let mut rbuf = vec![0u8; 4096];
     let idle = shard.cfg.idle_timeout;
@@ -740,7 +741,7 @@ async fn read_loop(
                         conn.out.push(Frame::Raw(codec::bad_request(&b)));
                     }
                     Ok(Request::Logout) => return true,
-                    Ok(r) => request(shard, conn, ctx, r).await,
+                    Ok(r) => request(shard, sess, ctx, r).await,
                 },
             }
             partial_since = None;
@@ -785,15 +786,15 @@ fn incomplete_object(idle: Duration) -> Vec<u8> {
     codec::error(0, 1, &why, &[])
 }
 
-/// One request of a logged-in legacy client.
-async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, ctx: &Rc<Ctx>, r: Request) {
+/// One request of a logged-in legacy client: translated into the one
+/// request model and handled by the shared session (`cmd::dispatch`); the
+/// answer comes back as a frame that [`translate`] turns into the old reply.
+async fn request(shard: &Rc<Shard>, sess: &Session, ctx: &Ctx, r: Request) {
     let me = ctx.user;
     let raw = |b: Vec<u8>| {
-        conn.out.push(Frame::Raw(b));
+        sess.conn.out.push(Frame::Raw(b));
     };
     let gid = |g: GroupId| [("groupid", Value::from(g))];
-    let to_owner = |conv: ConvId, op: OwnerOp, p: Pending| to_owner(shard, ctx, conv, op, p);
-    let valid_group = |g: GroupId| g != 0 && group_conv(g) == g;
     match r {
         Request::Login { .. } => raw(codec::error(
             codec::LOGIN_ACK,
@@ -801,181 +802,114 @@ async fn request(shard: &Rc<Shard>, conn: &Rc<Conn>, ctx: &Rc<Ctx>, r: Request) 
             "this connection is already logged in",
             &[],
         )),
-        Request::Register { name, password } => raw(register(shard, name, password).await),
         Request::Logout => {} // handled by the read loop
+        Request::Register { name, password } => {
+            let req_id = ctx.expect(Pending::Register);
+            let req = CoreRequest::Register {
+                username: &name,
+                password: &password,
+            };
+            cmd::dispatch(shard, sess, req_id, req).await;
+        }
         Request::OneChat { to, msg } => {
-            let m = codec::ONE_CHAT;
-            if let Err(Reject(_, text)) = validate::body(&msg, shard.cfg.max_frame) {
-                return raw(codec::error(m, 1, text, &[]));
-            }
-            if to == me {
-                return raw(codec::error(m, 1, "you cannot message yourself", &[]));
-            }
-            if to == 0 || to > MAX_USER_ID {
-                return raw(codec::error(m, 1, "you can only message friends", &[]));
-            }
-            let conv = direct_conv(me, to);
-            let op = send_op(ctx, conv, msg);
-            to_owner(conv, op, Pending::Chat { msgid: m, group: 0 });
+            let req_id = ctx.expect(Pending::Chat {
+                msgid: codec::ONE_CHAT,
+                group: 0,
+            });
+            let req = CoreRequest::Send {
+                to: Target::User(to),
+                client_msg_id: ctx.next_cmid(),
+                body: &msg,
+            };
+            cmd::dispatch(shard, sess, req_id, req).await;
         }
         Request::GroupChat { group, msg } => {
-            let m = codec::GROUP_CHAT;
-            if let Err(Reject(_, text)) = validate::body(&msg, shard.cfg.max_frame) {
-                return raw(codec::error(m, 1, text, &gid(group)));
-            }
-            if !valid_group(group) {
-                return raw(codec::error(m, 1, "no such group", &gid(group)));
-            }
-            let op = send_op(ctx, group, msg);
-            to_owner(group, op, Pending::Chat { msgid: m, group });
+            let req_id = ctx.expect(Pending::Chat {
+                msgid: codec::GROUP_CHAT,
+                group,
+            });
+            let req = CoreRequest::Send {
+                to: Target::Group(group),
+                client_msg_id: ctx.next_cmid(),
+                body: &msg,
+            };
+            cmd::dispatch(shard, sess, req_id, req).await;
         }
         Request::AddFriend { to, note } => {
             let m = codec::ADD_FRIEND;
-            if to == me {
-                return raw(codec::error(m, 1, "that is you", &[]));
-            }
-            if to == 0 || to > MAX_USER_ID {
-                return raw(codec::error(m, 1, "no such user", &[]));
-            }
-            match shard.blocking(move |s| s.user_by_id(to)).await {
-                // A friend request, never a friendship by itself: first
-                // accept the target's pending request to us, if any (mutual
-                // consent, as when a native user accepts); otherwise ask.
-                Ok(Some(u)) => to_owner(
-                    direct_conv(me, to),
-                    OwnerOp::Pair {
-                        other: to,
-                        action: PairAction::Respond { accept: true },
-                    },
-                    Pending::AddFriend {
-                        friend: to,
-                        name: u.username,
-                        note: note.chars().take(256).collect(),
-                        step: AddStep::Accept,
-                    },
-                ),
-                Ok(None) => raw(codec::error(m, 1, "no such user", &[])),
-                Err(_) => raw(storage_error(m)),
-            }
+            // The old reply names the friend: look them up first (the
+            // session validates the id the same way for every protocol).
+            let name = if to == 0 || to > MAX_USER_ID || to == me {
+                String::new()
+            } else {
+                match shard.blocking(move |s| s.user_by_id(to)).await {
+                    Ok(Some(u)) => u.username,
+                    Ok(None) => {
+                        return raw(codec::error(m, 1, codec::text::NO_SUCH_USER, &[]));
+                    }
+                    Err(_) => return raw(storage_error(m)),
+                }
+            };
+            let note: String = note.chars().take(MAX_NOTE_CHARS).collect();
+            let req_id = ctx.expect(Pending::AddFriend {
+                friend: to,
+                name,
+                note: note.clone(),
+                step: AddStep::Accept,
+            });
+            let req = CoreRequest::FriendAdd {
+                user: to,
+                note: &note,
+            };
+            cmd::dispatch(shard, sess, req_id, req).await;
         }
         Request::CreateGroup { name, desc } => {
-            let m = codec::CREATE_GROUP;
-            if let Err(Reject(_, text)) = validate::group_name(&name) {
-                return raw(codec::error(m, 1, text, &[]));
-            }
-            let desc: String = desc.chars().filter(|c| !c.is_control()).take(256).collect();
-            let n2 = name.clone();
-            let res = shard
-                .blocking(move |s| {
-                    let g = s.create_group(&n2, me)?;
-                    if !desc.is_empty() {
-                        s.set_group_desc(g, &desc)?;
-                    }
-                    Ok(g)
-                })
-                .await;
-            match res {
-                Ok(g) => {
-                    ctx.group_names.borrow_mut().insert(g, name);
-                    raw(codec::create_group_ok(g));
-                }
-                Err(StoreError::Conflict) => {
-                    raw(codec::error(m, 1, "a group with that name exists", &[]))
-                }
-                Err(_) => raw(storage_error(m)),
-            }
+            let req_id = ctx.expect(Pending::CreateGroup);
+            let req = CoreRequest::CreateGroup {
+                name: &name,
+                desc: &desc,
+            };
+            cmd::dispatch(shard, sess, req_id, req).await;
         }
         Request::JoinGroup { group }
         | Request::LeaveGroup { group }
         | Request::DissolveGroup { group } => {
-            let (m, action) = match r {
-                Request::JoinGroup { .. } => (codec::JOIN_GROUP, GroupAction::Join),
-                Request::LeaveGroup { .. } => (codec::LEAVE_GROUP, GroupAction::Leave),
-                _ => (codec::DISSOLVE_GROUP, GroupAction::Dissolve),
+            let (msgid, req) = match r {
+                Request::JoinGroup { .. } => (codec::JOIN_GROUP, CoreRequest::JoinGroup { group }),
+                Request::LeaveGroup { .. } => {
+                    (codec::LEAVE_GROUP, CoreRequest::LeaveGroup { group })
+                }
+                _ => (codec::DISSOLVE_GROUP, CoreRequest::DissolveGroup { group }),
             };
-            if !valid_group(group) {
-                return raw(codec::error(m, 1, "no such group", &gid(group)));
-            }
             // The name is only needed to label later group chat pushes.
-            let name = if m == codec::JOIN_GROUP {
+            let name = if msgid == codec::JOIN_GROUP && group != 0 && group_conv(group) == group {
                 match shard.blocking(move |s| s.get_group(group)).await {
                     Ok(Some(g)) => g.name,
-                    Ok(None) => return raw(codec::error(m, 1, "no such group", &gid(group))),
-                    Err(_) => return raw(storage_error(m)),
+                    Ok(None) => return raw(codec::error(msgid, 1, "no such group", &gid(group))),
+                    Err(_) => return raw(storage_error(msgid)),
                 }
             } else {
                 String::new()
             };
-            to_owner(
-                group,
-                OwnerOp::Group { group, action },
-                Pending::GroupOp {
-                    msgid: m,
-                    group,
-                    name,
-                },
-            );
+            let req_id = ctx.expect(Pending::GroupOp { msgid, group, name });
+            cmd::dispatch(shard, sess, req_id, req).await;
         }
         Request::GroupInfo { group } => {
-            let m = codec::GROUP_INFO;
-            if !valid_group(group) {
-                return raw(codec::error(m, 1, "no such group", &gid(group)));
-            }
-            let res = shard
-                .blocking(move |s| {
-                    Ok(match s.get_group(group)? {
-                        Some(g) if !g.dissolved => Some((g.name, s.group_desc(group)?)),
-                        _ => None,
-                    })
-                })
-                .await;
-            match res {
-                // Membership is checked by the owner (members only, as natively).
-                Ok(Some((name, desc))) => to_owner(
-                    group,
-                    OwnerOp::Members { group },
-                    Pending::GroupInfo { group, name, desc },
-                ),
-                Ok(None) => raw(codec::error(m, 1, "no such group", &gid(group))),
-                Err(_) => raw(storage_error(m)),
-            }
+            let req_id = ctx.expect(Pending::GroupInfo {
+                group,
+                name: String::new(),
+                desc: String::new(),
+            });
+            cmd::dispatch(shard, sess, req_id, CoreRequest::GroupInfo { group }).await;
         }
-    }
-}
-
-/// Sends an operation to the conversation's owner; its reply comes back
-/// through the writer, which matches it with `pending`.
-fn to_owner(shard: &Shard, ctx: &Ctx, conv: ConvId, op: OwnerOp, p: Pending) {
-    let req_id = ctx.next_req.get();
-    ctx.next_req.set(req_id + 1);
-    ctx.pending.borrow_mut().insert(req_id, p);
-    let origin = Origin {
-        node: None,
-        shard: shard.id,
-        conn: ctx.conn,
-        req_id,
-        user: ctx.user,
-        name: ctx.name.clone(),
-    };
-    if let Some((o, op)) = crate::cluster::node::route_owner(shard, conv, origin, op) {
-        shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(o, op));
-    }
-}
-
-fn send_op(ctx: &Ctx, conv: ConvId, body: String) -> OwnerOp {
-    let n = ctx.msg_ctr.get() + 1;
-    ctx.msg_ctr.set(n);
-    OwnerOp::Send {
-        conv,
-        client_msg_id: ctx.msg_base.wrapping_add(n),
-        body,
     }
 }
 
 /// Drains the session's queue into the socket, translating FlatBuffers
 /// frames into legacy JSON. Chat messages written are the legacy client's
 /// delivery: their cursors advance once the write succeeded.
-async fn writer_loop(shard: Rc<Shard>, conn: Rc<Conn>, ctx: Rc<Ctx>, stream: SharedStream) {
+async fn writer_loop(shard: Rc<Shard>, sess: Rc<Session>, ctx: Rc<Ctx>, stream: SharedStream) {
+    let conn = sess.conn.clone();
     let mut w = WriteHalf(stream.clone());
     let mut buf = Vec::with_capacity(16 << 10);
     let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
@@ -992,7 +926,15 @@ async fn writer_loop(shard: Rc<Shard>, conn: Rc<Conn>, ctx: Rc<Ctx>, stream: Sha
                     buf.extend_from_slice(&b);
                     cuts.push(buf.len());
                 }
-                f => translate(&shard, &ctx, f.bytes(), &mut buf, &mut cuts, &mut delivered),
+                f => translate(
+                    &shard,
+                    &sess,
+                    &ctx,
+                    f.bytes(),
+                    &mut buf,
+                    &mut cuts,
+                    &mut delivered,
+                ),
             }
         }
         if buf.is_empty() {
@@ -1072,6 +1014,7 @@ fn add_friend_reply(step: AddStep, err: Option<fb::ErrorCode>) -> AddOutcome {
 /// nothing) and records the chat messages it carries.
 fn translate(
     shard: &Shard,
+    sess: &Session,
     ctx: &Ctx,
     frame: &[u8],
     out: &mut Vec<u8>,
@@ -1084,49 +1027,57 @@ fn translate(
         let Some(p) = ctx.pending.borrow_mut().remove(&req_id) else {
             return;
         };
-        let err: Option<String> = env
-            .body_as_error_reply()
-            .map(|e| e.message().unwrap_or("error").to_string());
+        let error = env.body_as_error_reply();
+        let code = error.map(|e| e.code());
+        // The old protocol's words for an error: its own texts where it had
+        // them, `errno` 3 for a retryable storage failure.
+        let err = error.map(|e| codec::text::translate(e.code(), e.message().unwrap_or("error")));
+        let fail = |msgid: i64, extra: &[(&str, Value)]| -> Vec<u8> {
+            let errno = if code == Some(fb::ErrorCode::Internal) {
+                3
+            } else {
+                1
+            };
+            codec::error(msgid, errno, err.as_deref().unwrap_or("error"), extra)
+        };
         let gid = |g: GroupId| [("groupid", Value::from(g))];
         let bytes = match p {
             Pending::Chat { msgid, group } => match err {
                 None => return,
-                Some(e) if group != 0 => codec::error(msgid, 1, &e, &gid(group)),
-                Some(e) => codec::error(msgid, 1, &e, &[]),
+                Some(_) if group != 0 => fail(msgid, &gid(group)),
+                Some(_) => fail(msgid, &[]),
             },
             Pending::AddFriend {
                 friend,
                 name,
                 note,
                 step,
-            } => {
-                let code = env.body_as_error_reply().map(|e| e.code());
-                match add_friend_reply(step, code) {
-                    AddOutcome::Friends => codec::add_friend_ok(&name, shard.is_online(friend)),
-                    AddOutcome::Pending => codec::add_friend_pending(&name),
-                    AddOutcome::AskNext => {
-                        to_owner(
-                            shard,
-                            ctx,
-                            direct_conv(ctx.user, friend),
-                            OwnerOp::Pair {
-                                other: friend,
-                                action: PairAction::Request { note: note.clone() },
-                            },
-                            Pending::AddFriend {
-                                friend,
-                                name,
-                                note,
-                                step: AddStep::Ask,
-                            },
-                        );
-                        return;
-                    }
-                    AddOutcome::Failed => {
-                        codec::error(codec::ADD_FRIEND, 1, err.as_deref().unwrap_or("error"), &[])
-                    }
+            } => match add_friend_reply(step, code) {
+                AddOutcome::Friends => codec::add_friend_ok(&name, shard.is_online(friend)),
+                AddOutcome::Pending => codec::add_friend_pending(&name),
+                AddOutcome::AskNext => {
+                    let req_id = ctx.expect(Pending::AddFriend {
+                        friend,
+                        name,
+                        note: note.clone(),
+                        step: AddStep::Ask,
+                    });
+                    cmd::friend::request(shard, sess, req_id, friend, &note);
+                    return;
                 }
-            }
+                AddOutcome::Failed => fail(codec::ADD_FRIEND, &[]),
+            },
+            Pending::Register => match env.body_as_register_ok() {
+                Some(r) => codec::register_ok(r.user_id()),
+                None => register_error(
+                    code.unwrap_or(fb::ErrorCode::Internal),
+                    error.and_then(|e| e.message()).unwrap_or("error"),
+                ),
+            },
+            Pending::CreateGroup => match env.body_as_group_created() {
+                Some(g) => codec::create_group_ok(g.group_id()),
+                None => fail(codec::CREATE_GROUP, &[]),
+            },
             Pending::GroupOp { msgid, group, name } => match err {
                 None => {
                     let text = match msgid {
@@ -1139,7 +1090,7 @@ fn translate(
                     };
                     codec::group_op_ok(msgid, group, text)
                 }
-                Some(e) => codec::error(msgid, 1, &e, &gid(group)),
+                Some(_) => fail(msgid, &gid(group)),
             },
             Pending::GroupInfo { group, name, desc } => match env.body_as_member_list() {
                 Some(ml) => {
@@ -1160,12 +1111,7 @@ fn translate(
                         .unwrap_or_default();
                     codec::group_info(group, &name, &desc, users)
                 }
-                None => codec::error(
-                    codec::GROUP_INFO,
-                    1,
-                    err.as_deref().unwrap_or("unexpected reply"),
-                    &gid(group),
-                ),
+                None => fail(codec::GROUP_INFO, &gid(group)),
             },
         };
         out.extend_from_slice(&bytes);

@@ -51,10 +51,22 @@ pub fn bind_group(
         socks.push(OwnedFd::from(s));
     }
     let ours: Vec<u64> = socks.iter().filter_map(inode_of).collect();
-    let foreign: Vec<u64> = listening_inodes(bound)
-        .into_iter()
-        .filter(|i| !ours.contains(i))
-        .collect();
+    // A process killed a moment ago can still have a listening socket here:
+    // its io_uring instance is torn down asynchronously after the process
+    // is reaped, and requests it had in flight (an accept) hold the socket
+    // until then. That lasts well under a second; a live server's listener
+    // does not go away. So a foreign listener must persist to count.
+    let deadline = std::time::Instant::now() + LINGER_GRACE;
+    let foreign = loop {
+        let foreign: Vec<u64> = listening_inodes(bound)
+            .into_iter()
+            .filter(|i| !ours.contains(i))
+            .collect();
+        if foreign.is_empty() || std::time::Instant::now() >= deadline {
+            break foreign;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     if !foreign.is_empty() {
         return Err(format!(
             "{what} address {bound} is already in use by another process \
@@ -64,6 +76,10 @@ pub fn bind_group(
     }
     Ok((socks, bound))
 }
+
+/// How long a foreign listener on our address may take to disappear
+/// before it counts as another server (see `bind_group`).
+const LINGER_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn bind_one(addr: SocketAddr) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

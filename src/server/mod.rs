@@ -5,6 +5,7 @@
 //! plumbing around `core` (decisions) and `store` (blocking persistence).
 
 pub mod auth;
+pub mod cmd;
 pub mod conn;
 pub mod hasher;
 pub mod health;
@@ -12,6 +13,8 @@ pub mod io;
 pub mod listen;
 pub mod metrics;
 pub mod owner;
+pub mod router;
+pub mod session;
 pub mod shard;
 pub mod watchdog;
 
@@ -44,7 +47,7 @@ pub struct Config {
     /// Unwritten bytes after which a connection is cut off as a slow consumer.
     pub out_limit: usize,
     /// Cluster mode (Redis bus and presence); `None` for a single node.
-    pub cluster: Option<Arc<crate::cluster::ClusterConfig>>,
+    pub cluster: Option<Arc<dyn router::RouterFactory>>,
     /// Also serve the old cc_ChatServer JSON protocol here (`src/legacy`).
     pub legacy_listen: Option<SocketAddr>,
     /// Exit when a shard makes no progress for this long (`Duration::ZERO`:
@@ -373,8 +376,8 @@ async fn shard_main(
     }
     glommio::spawn_local(shard.clone().local_loop()).detach();
     glommio::spawn_local(shard.clone().writer_loop()).detach();
-    if shard.cluster.is_some()
-        && let Err(e) = crate::cluster::node::ClusterShard::start(shard.clone()).await
+    if let Some(c) = shard.cluster.clone()
+        && let Err(e) = c.start(shard.clone()).await
     {
         let _ = ready.send(Err(format!("joining the cluster: {e}")));
         return;

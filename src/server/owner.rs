@@ -640,7 +640,17 @@ async fn history(
     if let Err(Reject(code, text)) = require_member(shard, origin, conv) {
         return shard.reply_error(origin, code, text);
     }
-    super::conn::reply_history(shard, origin, conv, before, limit).await;
+    match super::cmd::message::read_history(shard, conv, before, limit).await {
+        Ok(msgs) => {
+            let f = shard
+                .enc
+                .borrow_mut()
+                .messages(origin.req_id, msgs.iter())
+                .to_vec();
+            shard.reply(origin, &f);
+        }
+        Err(Reject(code, text)) => shard.reply_error(origin, code, text),
+    }
 }
 
 /// Maps store conflicts for callers outside the owner (group creation).

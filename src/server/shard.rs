@@ -247,7 +247,7 @@ pub struct Shard {
     pub watchers: RefCell<AHashMap<UserId, Vec<UserId>>>,
     pub convs: RefCell<AHashMap<ConvId, ConvEntry>>,
     /// Cluster mode: Redis bus and presence registry.
-    pub cluster: Option<crate::cluster::node::ClusterShard>,
+    pub cluster: Option<Rc<dyn super::router::Router>>,
     pub writer: Writer,
     /// Acked cursors not yet written: (user, conv) -> seq.
     pub cursors: RefCell<AHashMap<(UserId, ConvId), Seq>>,
@@ -292,7 +292,7 @@ impl Shard {
             online: RefCell::new(AHashSet::new()),
             watchers: RefCell::new(AHashMap::new()),
             convs: RefCell::new(AHashMap::new()),
-            cluster: cluster.map(|c| crate::cluster::node::ClusterShard::new(c, id)),
+            cluster: cluster.map(|c| c.for_shard(id)),
             writer: Writer::default(),
             cursors: RefCell::new(AHashMap::new()),
             enc: RefCell::new(Enc::new()),
@@ -309,7 +309,7 @@ impl Shard {
 
     /// Generation of the cluster view (0 on a single node).
     pub fn view_gen(&self) -> u64 {
-        self.cluster.as_ref().map(|c| c.view_gen.get()).unwrap_or(0)
+        self.cluster.as_ref().map(|c| c.view_gen()).unwrap_or(0)
     }
 
     pub fn home(&self, user: UserId) -> usize {
@@ -475,11 +475,7 @@ impl Shard {
     /// Sends a reply frame to the connection that made the request.
     pub fn reply(&self, origin: &Origin, frame: &[u8]) {
         if let (Some(node), Some(c)) = (&origin.node, &self.cluster) {
-            let msg = crate::cluster::NodeMsg::Reply {
-                conn: origin.conn,
-                frame: frame.to_vec(),
-            };
-            c.send_to(node.clone(), origin.shard, msg);
+            c.reply_remote(node.clone(), origin.shard, origin.conn, frame);
             return;
         }
         if origin.shard == self.id {
@@ -536,7 +532,7 @@ impl Shard {
             0
         };
         if let Some(c) = &self.cluster {
-            let node = origin.node.clone().unwrap_or_else(|| c.me().clone());
+            let node = origin.node.clone().unwrap_or_else(|| c.me());
             c.push_remote(users, &frame, Some(msg), Some((node, origin.conn)));
         }
         self.push_local(users, frame, local_skip, Some(msg));

@@ -17,6 +17,7 @@
 #[rustfmt::skip]
 mod ringchat_generated;
 
+pub mod codec;
 pub mod enc;
 pub mod frame;
 

@@ -1,0 +1,202 @@
+//! Accounts: registration, the password check behind every login, logout,
+//! user search.
+
+use super::{Next, STORAGE};
+use crate::core::request::Account;
+use crate::core::{ErrorCode, Reject, validate};
+use crate::model::{MAX_USER_ID, UserId};
+use crate::server::auth;
+use crate::server::hasher::Denied;
+use crate::server::session::Session;
+use crate::server::shard::Shard;
+use crate::store::{StoreError, UserRecord};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+/// Registers an account (the same name and password rules for every
+/// protocol, so every account can log in on each). Hashing runs on the
+/// hashing pool, bounded: a full queue is `RateLimited`.
+pub async fn register(
+    shard: &Rc<Shard>,
+    username: &str,
+    password: &str,
+) -> Result<UserId, Refusal> {
+    validate::username(username)
+        .and_then(|_| validate::password(password))
+        .map_err(Refusal::from)?;
+    let pass = password.to_string();
+    let hash = match shard.hasher.run(move || auth::hash_password(&pass)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(_)) => return Err(Reject(ErrorCode::Internal, "password hashing failed").into()),
+        Err(d) => return Err(d.into()),
+    };
+    let name = username.to_string();
+    match shard.blocking(move |s| s.create_user(&name, &hash)).await {
+        Ok(id) => Ok(id),
+        Err(StoreError::Conflict) => {
+            Err(Reject(ErrorCode::UsernameTaken, "username is taken").into())
+        }
+        Err(_) => Err(STORAGE.into()),
+    }
+}
+
+/// Why a password login failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginError {
+    /// Wrong account or password (the two look the same).
+    BadCredentials,
+    /// Throttled, or the hashing queue is full: no hashing was done.
+    Denied(Denied),
+    /// The store could not be read: retry.
+    Storage,
+}
+
+/// A refusal whose words may be computed (a throttle says when to retry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub text: Cow<'static, str>,
+}
+
+impl From<Reject> for Refusal {
+    fn from(r: Reject) -> Refusal {
+        Refusal {
+            code: r.0,
+            text: Cow::Borrowed(r.1),
+        }
+    }
+}
+
+/// Refused before hashing: `RateLimited`, with when to retry.
+impl From<Denied> for Refusal {
+    fn from(d: Denied) -> Refusal {
+        Refusal {
+            code: ErrorCode::RateLimited,
+            text: Cow::Owned(d.text()),
+        }
+    }
+}
+
+/// The password check behind every login, native (by name) and legacy (by
+/// id). Refusals that cost no hashing come first: an over-long password
+/// (argon2's cost grows with it), a throttled account or address, a full
+/// hashing queue; an unknown account costs a dummy hash (no enumeration by
+/// timing). Failures count against the account's name and the address.
+pub async fn check_password(
+    shard: &Rc<Shard>,
+    account: Account<'_>,
+    password: &str,
+    peer: Option<IpAddr>,
+) -> Result<UserRecord, LoginError> {
+    if password.len() > validate::MAX_PASSWORD {
+        return Err(LoginError::BadCredentials);
+    }
+    // The first budget checked: the name, or for a login by id `#id` (so a
+    // throttled address costs no store read either way).
+    let first = match account {
+        Account::Name(n) if n.len() > validate::MAX_USERNAME => {
+            return Err(LoginError::BadCredentials);
+        }
+        Account::Name(n) => n.to_string(),
+        Account::Id(id) => format!("#{id}"),
+    };
+    shard
+        .hasher
+        .admit(&first, peer)
+        .map_err(LoginError::Denied)?;
+    let rec = match account {
+        Account::Name(n) => {
+            let n = n.to_string();
+            shard.blocking(move |s| s.user_by_name(&n)).await
+        }
+        Account::Id(id) if id == 0 || id > MAX_USER_ID => Ok(None),
+        Account::Id(id) => shard.blocking(move |s| s.user_by_id(id)).await,
+    }
+    .map_err(|_| LoginError::Storage)?;
+    // An account's budget is its name, whichever way it logs in.
+    let key = match &rec {
+        Some(r) if r.username != first => {
+            shard
+                .hasher
+                .admit(&r.username, peer)
+                .map_err(LoginError::Denied)?;
+            r.username.clone()
+        }
+        _ => first,
+    };
+    let phc = rec.as_ref().map(|r| r.password_hash.clone());
+    let ok = shard
+        .hasher
+        .verify(phc, password.to_string())
+        .await
+        .map_err(LoginError::Denied)?;
+    shard.hasher.outcome(&key, peer, ok);
+    match rec {
+        Some(r) if ok => Ok(r),
+        _ => Err(LoginError::BadCredentials),
+    }
+}
+
+/// Ends the session: its resume token stops working. The connection closes
+/// after the reply (the old protocol goes back to its login menu instead;
+/// its codec handles that).
+pub async fn logout(shard: &Rc<Shard>, sess: &Session, req_id: u64) -> Next {
+    if let Some(token) = &sess.token {
+        let th = auth::token_hash(token);
+        if shard
+            .blocking(move |s| s.delete_session(&th))
+            .await
+            .is_err()
+        {
+            sess.error(req_id, STORAGE);
+            return Next::Continue;
+        }
+    }
+    sess.reply.ok(req_id);
+    Next::Close
+}
+
+/// Users whose name starts with `prefix`, after id `after`, a page at a
+/// time. Online state is shown for friends only.
+pub async fn search(
+    shard: &Rc<Shard>,
+    sess: &Session,
+    req_id: u64,
+    prefix: &str,
+    after: UserId,
+    limit: u32,
+) {
+    let limit = match limit {
+        0 => 20,
+        n => n.min(100),
+    };
+    let prefix = prefix.to_string();
+    match shard
+        .blocking(move |s| s.search_users(&prefix, after, limit + 1))
+        .await
+    {
+        Ok(mut rows) => {
+            let more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            let next = if more {
+                rows.last().map(|r| r.0).unwrap_or(0)
+            } else {
+                0
+            };
+            let friends = shard.friends_of_local(sess.user);
+            let items: Vec<(UserId, &str, bool)> = rows
+                .iter()
+                .map(|(id, n)| {
+                    (
+                        *id,
+                        n.as_str(),
+                        friends.contains(id) && shard.is_online(*id),
+                    )
+                })
+                .collect();
+            sess.reply.user_list(req_id, &items, next);
+        }
+        Err(_) => sess.error(req_id, STORAGE),
+    }
+}

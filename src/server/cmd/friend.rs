@@ -1,0 +1,65 @@
+//! Friendship: requests, answers, removal, blocks, the list.
+//!
+//! Every transition is decided by the owner of the pair's direct
+//! conversation (`core::pair`), one at a time; this only validates the
+//! target and routes.
+
+use super::{STORAGE, to_owner};
+use crate::core::pair::PairAction;
+use crate::core::{ErrorCode, Reject};
+use crate::model::{MAX_USER_ID, UserId, direct_conv};
+use crate::server::session::Session;
+use crate::server::shard::{OwnerOp, Shard};
+use std::rc::Rc;
+
+/// Longest note kept with a friend request, in characters.
+pub const MAX_NOTE_CHARS: usize = 256;
+
+/// Routes `action` on the pair (me, other) to its owner.
+pub fn pair(shard: &Shard, sess: &Session, req_id: u64, other: UserId, action: PairAction) {
+    if other == 0 || other > MAX_USER_ID {
+        return sess.error(req_id, Reject(ErrorCode::NoSuchUser, "no such user"));
+    }
+    if other == sess.user {
+        return sess.error(req_id, Reject(ErrorCode::SelfTarget, "that is you"));
+    }
+    to_owner(
+        shard,
+        sess,
+        req_id,
+        direct_conv(sess.user, other),
+        OwnerOp::Pair { other, action },
+    );
+}
+
+pub fn request(shard: &Shard, sess: &Session, req_id: u64, other: UserId, note: &str) {
+    let note = note.chars().take(MAX_NOTE_CHARS).collect();
+    pair(shard, sess, req_id, other, PairAction::Request { note })
+}
+
+pub fn respond(shard: &Shard, sess: &Session, req_id: u64, other: UserId, accept: bool) {
+    pair(shard, sess, req_id, other, PairAction::Respond { accept })
+}
+
+pub fn remove(shard: &Shard, sess: &Session, req_id: u64, other: UserId) {
+    pair(shard, sess, req_id, other, PairAction::Remove)
+}
+
+pub fn block(shard: &Shard, sess: &Session, req_id: u64, other: UserId, block: bool) {
+    let action = if block {
+        PairAction::Block
+    } else {
+        PairAction::Unblock
+    };
+    pair(shard, sess, req_id, other, action)
+}
+
+pub async fn list(shard: &Rc<Shard>, sess: &Session, req_id: u64) {
+    let me = sess.user;
+    match shard.blocking(move |s| s.friends_of(me)).await {
+        Ok(rows) => sess
+            .reply
+            .friend_list(req_id, &rows, &|u| shard.is_online(u)),
+        Err(_) => sess.error(req_id, STORAGE),
+    }
+}

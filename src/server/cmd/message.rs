@@ -1,0 +1,133 @@
+//! Send, Ack, History.
+
+use super::{STORAGE, to_owner};
+use crate::core::request::{Pairs, Target};
+use crate::core::{ErrorCode, Reject, validate};
+use crate::model::{ConvId, ConvKind, MAX_USER_ID, Seq, direct_conv, direct_peer, group_conv};
+use crate::server::session::Session;
+use crate::server::shard::{OwnerOp, Shard};
+use std::rc::Rc;
+
+/// Validates a chat message and hands it to its conversation's owner, which
+/// sequences it, makes it durable and answers `SendOk` (or an error).
+pub fn send(shard: &Shard, sess: &Session, req_id: u64, to: Target, cmid: u64, body: &str) {
+    if let Err(r) = validate::body(body, shard.cfg.max_frame) {
+        return sess.error(req_id, r);
+    }
+    let me = sess.user;
+    let conv = match to {
+        Target::User(u) if u == me => {
+            return sess.error(
+                req_id,
+                Reject(ErrorCode::SelfTarget, "you cannot message yourself"),
+            );
+        }
+        Target::User(u) if u == 0 || u > MAX_USER_ID => {
+            return sess.error(
+                req_id,
+                Reject(ErrorCode::NotFriends, "you can only message friends"),
+            );
+        }
+        Target::User(u) => direct_conv(me, u),
+        Target::Group(g) if g == 0 || group_conv(g) != g => {
+            return sess.error(req_id, Reject(ErrorCode::NoSuchGroup, "no such group"));
+        }
+        Target::Group(g) => g,
+    };
+    to_owner(
+        shard,
+        sess,
+        req_id,
+        conv,
+        OwnerOp::Send {
+            conv,
+            client_msg_id: cmid,
+            body: body.to_string(),
+        },
+    );
+}
+
+/// Moves the user's delivered cursors forward (written in batches by the
+/// shard's cursor flush). Only conversations this session may see count:
+/// anything else would only fill the buffer and the store.
+pub fn ack(shard: &Shard, sess: &Session, items: &dyn Pairs) {
+    let mut cursors = shard.cursors.borrow_mut();
+    let known = sess.conn.convs.borrow();
+    let me = sess.user;
+    items.each(&mut |conv, seq| {
+        if known.contains(&conv) {
+            let e = cursors.entry((me, conv)).or_insert(0);
+            *e = (*e).max(seq);
+        }
+    });
+}
+
+/// A page of history before `before` (0: the newest). A direct
+/// conversation is read here (membership is in its id); a group's by its
+/// owner, which knows the members.
+pub async fn history(
+    shard: &Rc<Shard>,
+    sess: &Session,
+    req_id: u64,
+    conv: ConvId,
+    before: Seq,
+    limit: u32,
+) {
+    let limit = match limit {
+        0 => 50,
+        n => n.min(200),
+    };
+    match crate::model::conv_kind(conv) {
+        ConvKind::Direct { .. } => {
+            if direct_peer(conv, sess.user).is_none() {
+                return sess.error(
+                    req_id,
+                    Reject(ErrorCode::NotMember, "not your conversation"),
+                );
+            }
+            match read_history(shard, conv, before, limit).await {
+                Ok(f) => sess.reply.messages(req_id, &f),
+                Err(r) => sess.error(req_id, r),
+            }
+        }
+        ConvKind::Group(g) => {
+            if g == 0 || group_conv(g) != g {
+                return sess.error(req_id, Reject(ErrorCode::NoSuchGroup, "no such group"));
+            }
+            to_owner(
+                shard,
+                sess,
+                req_id,
+                g,
+                OwnerOp::History {
+                    group: g,
+                    before,
+                    limit,
+                },
+            );
+        }
+    }
+}
+
+/// Reads a page of history: the newest messages before `before` that fit
+/// one frame, oldest first (the client pages on with `before_seq` = the
+/// first seq it got).
+pub async fn read_history(
+    shard: &Rc<Shard>,
+    conv: ConvId,
+    before: Seq,
+    limit: u32,
+) -> Result<Vec<crate::store::StoredMessage>, Reject> {
+    let mut msgs = shard
+        .blocking(move |s| s.history(conv, before, limit))
+        .await
+        .map_err(|_| STORAGE)?;
+    let n = validate::fit_in_frame(
+        msgs.iter()
+            .rev()
+            .map(|m| m.body.len() + m.sender_name.len()),
+        shard.cfg.max_frame,
+    );
+    msgs.drain(..msgs.len() - n);
+    Ok(msgs)
+}

@@ -1,0 +1,106 @@
+//! The session's commands: one handler per family, shared by every
+//! protocol (mini-redis's `cmd/` layout). The codec has already parsed the
+//! request (`core::request`); a handler applies it (validation, routing to
+//! the conversation's owner, store reads on the blocking pool) and answers
+//! through the session's `Responder` — or lets the owner answer.
+//!
+//! | file | requests |
+//! |---|---|
+//! | `account.rs` | Register, Login/Resume checks, Logout, SearchUsers, Ping |
+//! | `message.rs` | Send, Ack, History |
+//! | `friend.rs` | FriendRequest/Respond/Remove/Block/Add, ListFriends |
+//! | `group.rs` | CreateGroup, Join/Leave/Dissolve, RemoveMember, SetAdmin, GroupMembers, GroupInfo, ListGroups |
+
+pub mod account;
+pub mod friend;
+pub mod group;
+pub mod message;
+
+use super::session::Session;
+use super::shard::{OwnerOp, Shard, ShardMsg};
+use crate::core::ErrorCode;
+use crate::core::request::Request;
+use crate::model::{ConvId, owner_shard};
+use std::rc::Rc;
+
+/// What the connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    Close,
+}
+
+/// Handles one request of a logged-in session (already through the phase
+/// gate, `core::session::gate`).
+pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Request<'_>) -> Next {
+    match req {
+        Request::Send {
+            to,
+            client_msg_id,
+            body,
+        } => message::send(shard, sess, req_id, to, client_msg_id, body),
+        Request::Ack { items } => message::ack(shard, sess, items),
+        Request::History {
+            conversation,
+            before_seq,
+            limit,
+        } => message::history(shard, sess, req_id, conversation, before_seq, limit).await,
+        Request::Ping { nonce } => sess.reply.pong(req_id, nonce),
+        Request::Logout => return account::logout(shard, sess, req_id).await,
+        Request::Register { username, password } => {
+            match account::register(shard, username, password).await {
+                Ok(id) => sess.reply.register_ok(req_id, id),
+                Err(r) => sess.reply.error(req_id, r.code, &r.text),
+            }
+        }
+        Request::SearchUsers {
+            prefix,
+            after,
+            limit,
+        } => account::search(shard, sess, req_id, prefix, after, limit).await,
+        Request::FriendRequest { user, note } => friend::request(shard, sess, req_id, user, note),
+        Request::FriendRespond { user, accept } => {
+            friend::respond(shard, sess, req_id, user, accept)
+        }
+        Request::FriendRemove { user } => friend::remove(shard, sess, req_id, user),
+        Request::FriendBlock { user, block } => friend::block(shard, sess, req_id, user, block),
+        Request::FriendAdd { user, .. } => friend::respond(shard, sess, req_id, user, true),
+        Request::ListFriends => friend::list(shard, sess, req_id).await,
+        Request::CreateGroup { name, desc } => group::create(shard, sess, req_id, name, desc).await,
+        Request::JoinGroup { group: g } => group::join(shard, sess, req_id, g),
+        Request::LeaveGroup { group: g } => group::leave(shard, sess, req_id, g),
+        Request::DissolveGroup { group: g } => group::dissolve(shard, sess, req_id, g),
+        Request::RemoveMember { group: g, user } => group::remove(shard, sess, req_id, g, user),
+        Request::SetAdmin {
+            group: g,
+            user,
+            admin,
+        } => group::set_admin(shard, sess, req_id, g, user, admin),
+        Request::GroupMembers { group: g } => group::members(shard, sess, req_id, g),
+        Request::GroupInfo { group: g } => group::info(shard, sess, req_id, g).await,
+        Request::ListGroups => group::list(shard, sess, req_id).await,
+        Request::Hello { .. } | Request::Login { .. } | Request::Resume { .. } => {
+            // The phase gate answers these before a session exists.
+            sess.reply
+                .error(req_id, ErrorCode::BadRequest, "unexpected request")
+        }
+    }
+    Next::Continue
+}
+
+/// Sends an operation to the owner of `conv` (this node or another); the
+/// owner answers the request itself.
+pub fn to_owner(shard: &Shard, sess: &Session, req_id: u64, conv: ConvId, op: OwnerOp) {
+    let origin = sess.origin(shard, req_id);
+    let local = match &shard.cluster {
+        Some(c) => c.route_owner(conv, origin, op),
+        None => Some((origin, op)),
+    };
+    if let Some((o, op)) = local {
+        shard.send(owner_shard(conv, shard.n), ShardMsg::Owner(o, op));
+    }
+}
+
+/// The reply to a store failure: retryable.
+pub const STORAGE: crate::core::Reject =
+    crate::core::Reject(ErrorCode::Internal, "storage unavailable, retry");
