@@ -20,3 +20,19 @@ pub mod provision;
 pub mod server;
 pub mod store;
 pub mod wire;
+
+/// Runs a node: the server with every protocol this build speaks, as
+/// configured (the native one on `cfg.listen`; the old JSON one on
+/// `cfg.legacy_listen`). The server itself names no protocol: see
+/// `server::protocol`.
+pub fn serve(cfg: server::Config) -> Result<(), String> {
+    let mut extra = Vec::new();
+    if let Some(addr) = cfg.legacy_listen {
+        extra.push(server::protocol::Listen {
+            addr,
+            proto: &legacy::conn::LEGACY,
+            what: "legacy-listen",
+        });
+    }
+    server::serve(cfg, extra)
+}

@@ -186,7 +186,7 @@ fn main() {
             .and_then(|store| ringchat::legacy::import::import(&a.from, &*store))
             .map(|r| println!("imported: {r:?}")),
         Cmd::Serve(a) => cluster_config(&a).and_then(|cluster| {
-            ringchat::server::serve(ringchat::server::Config {
+            ringchat::serve(ringchat::server::Config {
                 listen: a.listen,
                 shards: a.shards,
                 data_dir: a.data_dir,

@@ -30,8 +30,8 @@ use ringchat::core::pair::{self, PairAction, PairEffect};
 use ringchat::core::session::{Gate, Phase};
 use ringchat::core::sync::{Hold, Replay, plan};
 use ringchat::core::{ErrorCode, Reject, validate};
+use ringchat::server::native::kind;
 use ringchat::store::{ConvCursor, ConvTail, PairRecord, PairState, Role};
-use ringchat::wire::codec::kind;
 use ringchat::wire::fb::Body;
 use std::collections::BTreeMap;
 

@@ -15,8 +15,8 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use ringchat::server::native::is_request;
 use ringchat::store::StoredMessage;
-use ringchat::wire::codec::is_request;
 use ringchat::wire::frame::PREFIX;
 use ringchat::wire::{self, Enc, FrameBuf, FrameError, fb};
 

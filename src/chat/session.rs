@@ -1024,11 +1024,11 @@ impl<O: Out> Engine<O> {
     }
 }
 
-fn role(r: crate::store::Role) -> &'static str {
+fn role(r: crate::model::Role) -> &'static str {
     match r {
-        crate::store::Role::Owner => "owner",
-        crate::store::Role::Admin => "admin",
-        crate::store::Role::Member => "member",
+        crate::model::Role::Owner => "owner",
+        crate::model::Role::Admin => "admin",
+        crate::model::Role::Member => "member",
     }
 }
 

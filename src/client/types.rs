@@ -4,8 +4,8 @@
 //! reuses its buffer for the next frame, so everything handed to callers is
 //! copied into these plain types first.
 
+use crate::model::Role;
 use crate::model::{ConvId, GroupId, Seq, UserId};
-use crate::store::Role;
 use crate::wire::fb;
 use std::fmt;
 

@@ -5,8 +5,8 @@
 //! time, and a failed batch write makes the owner reload the sequencer from
 //! the store (so a seq that never became durable is reused, not skipped).
 
+use crate::model::ConvTail;
 use crate::model::{Seq, UserId};
-use crate::store::ConvTail;
 use ahash::AHashMap;
 use std::collections::VecDeque;
 

@@ -6,8 +6,8 @@
 //! before message N never receives N, a member who joined before N does.
 
 use super::{Decision, ErrorCode, Reject};
+use crate::model::Role;
 use crate::model::{GroupId, UserId};
-use crate::store::Role;
 use ahash::AHashMap;
 
 #[derive(Debug, Clone)]

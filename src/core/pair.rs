@@ -6,7 +6,7 @@
 
 use super::{Decision, ErrorCode, Reject};
 use crate::model::UserId;
-use crate::store::{PairRecord, PairState};
+use crate::model::{PairRecord, PairState};
 
 /// What `actor` asks to do to `other`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,7 +1,7 @@
 //! One request model for every protocol.
 //!
 //! A connection is transport + codec + the one session: the native codec
-//! (`wire::codec`) turns a verified FlatBuffers envelope into a [`Request`],
+//! (`server::native`) turns a verified FlatBuffers envelope into a [`Request`],
 //! the legacy codec (`legacy::codec`) turns a JSON object into one, and the
 //! session's handlers (`server::cmd`) never know which protocol a request
 //! came in on. Text fields borrow from the received bytes (the native frame

@@ -8,8 +8,8 @@
 //! hold overflows (a flood during a long replay) it is discarded and the
 //! replay simply runs again from where it got: everything is in the store.
 
+use crate::model::ConvCursor;
 use crate::model::{ConvId, Seq};
-use crate::store::ConvCursor;
 use ahash::AHashMap;
 
 /// One conversation to replay: messages with `after < seq <= upto` (upto as

@@ -21,6 +21,8 @@ use crate::server::cmd::friend::MAX_NOTE_CHARS;
 use crate::server::cmd::{self};
 use crate::server::hasher::Denied;
 use crate::server::io::{Frame, Outbound, ReadHalf, SharedStream, WriteHalf, shutdown_now};
+use crate::server::protocol::Protocol;
+use crate::server::router::LocalFut;
 use crate::server::session::{
     GroupInfo, HOLD_CAP, NativeReplies, Responder, Session, catch_up, go_live,
 };
@@ -29,7 +31,7 @@ use crate::store::{FriendKind, FriendRow, GroupRecord, Role, StoredMessage};
 use crate::wire::{self, fb};
 use ahash::AHashMap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -64,27 +66,25 @@ fn max_object(shard: &Shard) -> usize {
     shard.cfg.max_frame * 4 + 4096
 }
 
-/// Accepts legacy connections on this shard's listener until dropped.
-pub fn accept_loop(shard: Rc<Shard>, listener: TcpListener) -> glommio::Task<()> {
-    glommio::spawn_local(async move {
-        loop {
-            match listener.accept().await {
-                Ok(stream) => {
-                    crate::server::metrics::Metrics::inc(&shard.metrics.accepted);
-                    let s = shard.clone();
-                    crate::server::spawn_guarded(async move {
-                        s.metrics.connections.set(s.metrics.connections.get() + 1);
-                        handle_new(s.clone(), stream).await;
-                        s.metrics.connections.set(s.metrics.connections.get() - 1);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(shard = shard.id, error = %e, "legacy accept failed");
-                    glommio::timer::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    })
+/// The old cc_ChatServer JSON protocol, for `crate::serve` to register
+/// on `--legacy-listen`.
+#[derive(Debug)]
+pub struct Legacy;
+
+pub static LEGACY: Legacy = Legacy;
+
+impl Protocol for Legacy {
+    fn name(&self) -> &'static str {
+        "legacy JSON"
+    }
+
+    fn serve(&self, shard: Rc<Shard>, stream: TcpStream) -> LocalFut<'static, ()> {
+        Box::pin(handle_new(shard, stream))
+    }
+
+    fn adopt(&self, shard: Rc<Shard>, h: HandOff) {
+        accept_handoff(shard, h)
+    }
 }
 
 /// Old clients never ping and may sit idle for hours, so logged-in legacy
@@ -111,7 +111,7 @@ fn keepalive(stream: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
 }
 
-pub async fn handle_new(shard: Rc<Shard>, stream: TcpStream) {
+async fn handle_new(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     keepalive(&stream);
@@ -119,7 +119,7 @@ pub async fn handle_new(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// A legacy connection arriving from another shard after login.
-pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
+fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
     use std::os::fd::IntoRawFd;
     // SAFETY: the OwnedFd is a valid socket descriptor we own.
     let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
@@ -157,7 +157,8 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>
         };
         shard.send(
             home,
-            ShardMsg::LegacyHandOff(Box::new(HandOff {
+            ShardMsg::HandOff(Box::new(HandOff {
+                proto: &LEGACY,
                 fd,
                 pending: rest,
                 req_id: 0,

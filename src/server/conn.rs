@@ -15,7 +15,7 @@ use crate::core::Reject;
 use crate::core::request::Request;
 use crate::core::session::{Gate, Phase, gate};
 use crate::model::{ConvId, Seq, UserId};
-use crate::wire::codec::{self as native, Scratch};
+use crate::server::native::{self as native, Scratch};
 use crate::wire::{self, FrameBuf, FrameError, PROTOCOL_VERSION, fb};
 use ahash::AHashMap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -146,6 +146,7 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                     shard.send(
                         home,
                         ShardMsg::HandOff(Box::new(HandOff {
+                            proto: &NATIVE,
                             fd,
                             pending,
                             req_id: login.req_id,
@@ -301,8 +302,28 @@ fn authenticated(
     }
 }
 
+/// The native protocol: length-prefixed FlatBuffers frames (docs/PROTOCOL.md).
+#[derive(Debug)]
+pub struct Native;
+
+pub static NATIVE: Native = Native;
+
+impl super::protocol::Protocol for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn serve(&self, shard: Rc<Shard>, stream: TcpStream) -> super::router::LocalFut<'static, ()> {
+        Box::pin(handle_new(shard, stream))
+    }
+
+    fn adopt(&self, shard: Rc<Shard>, h: HandOff) {
+        accept_handoff(shard, h)
+    }
+}
+
 /// A connection arriving from another shard after login.
-pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
+fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
     use std::os::fd::IntoRawFd;
     // SAFETY: the OwnedFd is a valid socket descriptor we own.
     let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };

@@ -12,7 +12,9 @@ pub mod health;
 pub mod io;
 pub mod listen;
 pub mod metrics;
+pub mod native;
 pub mod owner;
+pub mod protocol;
 pub mod router;
 pub mod session;
 pub mod shard;
@@ -183,7 +185,10 @@ static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 
 /// Runs the server until SIGINT/SIGTERM. Prints `ringchat listening on ADDR`
 /// to stdout once every shard accepts connections.
-pub fn serve(mut cfg: Config) -> Result<(), String> {
+///
+/// `extra` are the listeners besides the native `--listen` one, each with
+/// its protocol (`crate::serve` registers the old JSON protocol there).
+pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String> {
     let cpus = allowed_cpus();
     if cfg.shards == 0 {
         cfg.shards = cpus.len();
@@ -195,15 +200,17 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     let _lock = listen::lock_data_dir(&cfg.data_dir)?;
     let (socks, bound) = listen::bind_group(cfg.listen, n, "listen")?;
     cfg.listen = bound;
-    let mut legacy_socks = match cfg.legacy_listen {
-        Some(a) => {
-            let (s, b) = listen::bind_group(a, n, "legacy-listen")?;
-            cfg.legacy_listen = Some(b);
-            s.into_iter().map(Some).collect()
+    // Per shard, its socket of each extra listener.
+    let mut extra_socks: Vec<Vec<(std::os::fd::OwnedFd, &'static dyn protocol::Protocol)>> =
+        (0..n).map(|_| Vec::new()).collect();
+    let mut extra_bound = Vec::new();
+    for l in &extra {
+        let (socks, b) = listen::bind_group(l.addr, n, l.what)?;
+        for (i, s) in socks.into_iter().enumerate() {
+            extra_socks[i].push((s, l.proto));
         }
-        None => Vec::new(),
-    };
-    legacy_socks.resize_with(n, || None);
+        extra_bound.push((l.proto.name(), b));
+    }
     let store: Arc<dyn Store> = crate::store::open(&cfg.store, &cfg.data_dir)
         .map_err(|e| format!("opening the store: {e}"))?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -235,7 +242,7 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
     let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(n, cfg.mesh_capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
-    for (i, (sock, legacy_sock)) in socks.into_iter().zip(legacy_socks).enumerate() {
+    for (i, (sock, extra_sock)) in socks.into_iter().zip(extra_socks).enumerate() {
         let committer = committer.clone();
         let hasher = hasher.clone();
         let (cfg, store, mesh, ready, published, progress) = (
@@ -255,7 +262,7 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
             .blocking_thread_pool_placement(PoolPlacement::Unbound(cfg.blocking_threads));
         let listeners = Listeners {
             native: sock,
-            legacy: legacy_sock,
+            extra: extra_sock,
         };
         let h = builder
             .spawn(move || {
@@ -283,8 +290,8 @@ pub fn serve(mut cfg: Config) -> Result<(), String> {
             Err(_) => return Err("a shard failed to start".into()),
         }
     }
-    if let Some(l) = cfg.legacy_listen {
-        eprintln!("legacy JSON protocol on {l}");
+    for (name, addr) in extra_bound {
+        eprintln!("{name} protocol on {addr}");
     }
     health.started.store(true, Ordering::SeqCst);
     println!("ringchat listening on {} ({n} shards)", cfg.listen);
@@ -322,10 +329,39 @@ fn supervise(progress: &watchdog::Progress, limit: Duration) {
     }
 }
 
+/// Accepts connections on one listener of this shard until dropped, each
+/// served by `proto`.
+fn accept_loop(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    proto: &'static dyn protocol::Protocol,
+) -> glommio::Task<()> {
+    glommio::spawn_local(async move {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    metrics::Metrics::inc(&shard.metrics.accepted);
+                    let s = shard.clone();
+                    spawn_guarded(async move {
+                        s.metrics.connections.set(s.metrics.connections.get() + 1);
+                        proto.serve(s.clone(), stream).await;
+                        s.metrics.connections.set(s.metrics.connections.get() - 1);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(shard = shard.id, protocol = proto.name(), error = %e, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
 /// A shard's listening sockets, bound by `serve` (see `listen`).
 struct Listeners {
     native: std::os::fd::OwnedFd,
-    legacy: Option<std::os::fd::OwnedFd>,
+    extra: Vec<(std::os::fd::OwnedFd, &'static dyn protocol::Protocol)>,
 }
 
 fn adopt(fd: std::os::fd::OwnedFd) -> glommio::net::TcpListener {
@@ -352,7 +388,11 @@ async fn shard_main(
     listeners: Listeners,
 ) {
     let listener = adopt(listeners.native);
-    let legacy_listener = listeners.legacy.map(adopt);
+    let extra: Vec<_> = listeners
+        .extra
+        .into_iter()
+        .map(|(fd, p)| (adopt(fd), p))
+        .collect();
     let (senders, receivers) = match mesh.join().await {
         Ok(x) => x,
         Err(e) => {
@@ -413,32 +453,12 @@ async fn shard_main(
     };
     let _ = ready.send(Ok(()));
     watchdog::inject(cfg.fault, id);
-    let accept = {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        metrics::Metrics::inc(&shard.metrics.accepted);
-                        let s = shard.clone();
-                        spawn_guarded(async move {
-                            s.metrics.connections.set(s.metrics.connections.get() + 1);
-                            conn::handle_new(s.clone(), stream).await;
-                            s.metrics.connections.set(s.metrics.connections.get() - 1);
-                        });
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(shard = shard.id, error = %e, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        })
-    };
-    let legacy_accept = legacy_listener.map(|l| crate::legacy::conn::accept_loop(shard.clone(), l));
+    let accept: Vec<glommio::Task<()>> =
+        std::iter::once((listener, &conn::NATIVE as &dyn protocol::Protocol))
+            .chain(extra)
+            .map(|(l, p)| accept_loop(shard.clone(), l, p))
+            .collect();
     ticker.await;
-    drop(legacy_accept);
     // Graceful stop: no new connections, make acked cursors durable, wait for
     // in-flight writes, tell sessions goodbye.
     drop(accept);

@@ -72,6 +72,8 @@ pub enum OwnerOp {
 /// A connection moving to its user's home shard after authentication.
 #[derive(Debug)]
 pub struct HandOff {
+    /// The protocol the connection speaks (it takes the connection over).
+    pub proto: &'static dyn super::protocol::Protocol,
     pub fd: OwnedFd,
     /// Bytes already read past the login frame (pipelined requests).
     pub pending: Vec<u8>,
@@ -85,9 +87,6 @@ pub struct HandOff {
 #[derive(Debug)]
 pub enum ShardMsg {
     HandOff(Box<HandOff>),
-    /// A legacy-protocol (JSON) connection moving to its user's home shard
-    /// (`token`, `req_id` and `since` are unused).
-    LegacyHandOff(Box<HandOff>),
     Owner(Origin, OwnerOp),
     /// A reply frame for a connection homed on the receiving shard.
     Reply {
@@ -389,8 +388,7 @@ impl Shard {
 
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::HandOff(h) => super::conn::accept_handoff(self.clone(), *h),
-            ShardMsg::LegacyHandOff(h) => crate::legacy::conn::accept_handoff(self.clone(), *h),
+            ShardMsg::HandOff(h) => h.proto.adopt(self.clone(), *h),
             ShardMsg::Owner(origin, op) => super::owner::submit(self, origin, op),
             ShardMsg::Reply { conn, frame } => {
                 if let Some(c) = self.conns.borrow().get(&conn) {

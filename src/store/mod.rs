@@ -27,97 +27,12 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub id: UserId,
-    pub username: String,
-    /// PHC string (argon2id).
-    pub password_hash: String,
-}
-
-/// Relationship between two users `lo < hi`, as stored. The transitions are
-/// decided by the sans-IO core (`core::pair`); the store only keeps the bits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PairState {
-    pub friends: bool,
-    pub request_lo_to_hi: bool,
-    pub request_hi_to_lo: bool,
-    pub lo_blocks_hi: bool,
-    pub hi_blocks_lo: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PairRecord {
-    pub state: PairState,
-    /// Note of the pending friend request, if any (empty otherwise).
-    pub note: String,
-}
-
-/// How `friends_of(user)` sees another user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FriendKind {
-    Friend,
-    /// They asked `user` to be friends.
-    Incoming,
-    /// `user` asked them.
-    Outgoing,
-    /// `user` blocks them.
-    Blocked,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FriendRow {
-    pub user_id: UserId,
-    pub username: String,
-    pub kind: FriendKind,
-    pub note: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Role {
-    Member = 0,
-    Admin = 1,
-    Owner = 2,
-}
-
-impl Role {
-    pub fn from_u8(v: u8) -> Role {
-        match v {
-            2 => Role::Owner,
-            1 => Role::Admin,
-            _ => Role::Member,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupRecord {
-    pub id: GroupId,
-    pub name: String,
-    pub owner: UserId,
-    pub dissolved: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberRow {
-    pub user_id: UserId,
-    pub username: String,
-    pub role: Role,
-}
-
-/// One message. `sender_name` is filled on reads (joined from users) and
-/// ignored on writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    pub conv: ConvId,
-    pub seq: Seq,
-    pub sender: UserId,
-    pub timestamp_ms: u64,
-    pub client_msg_id: u64,
-    pub body: String,
-    pub sender_name: String,
-}
+// The domain types live in `model` (the core owns the domain; the store
+// only persists it). Re-exported here for the store's callers.
+pub use crate::model::{
+    ConvCursor, ConvTail, FriendKind, FriendRow, GroupRecord, MemberRow, PairRecord, PairState,
+    Role, StoredMessage, UserRecord,
+};
 
 /// A hot-path write, applied with others in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,25 +46,6 @@ pub enum WriteOp {
         conv: ConvId,
         seq: Seq,
     },
-}
-
-/// State needed to resume sequencing a conversation after a restart.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConvTail {
-    /// Highest stored seq, 0 when empty.
-    pub last_seq: Seq,
-    /// Up to `window` most recent messages as `(sender, client_msg_id, seq, timestamp_ms)`,
-    /// newest first, to rebuild the resend-dedup window.
-    pub recent: Vec<(UserId, u64, Seq, u64)>,
-}
-
-/// A conversation the user belongs to, with their delivered cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvCursor {
-    pub conv: ConvId,
-    pub delivered: Seq,
-    /// Highest stored seq in the conversation (0 when empty).
-    pub last_seq: Seq,
 }
 
 pub trait Store: Send + Sync + 'static {

@@ -6,7 +6,7 @@
 
 use super::fb;
 use crate::model::{ConvId, GroupId, Seq, UserId};
-use crate::store::{FriendKind, FriendRow, GroupRecord, MemberRow, Role, StoredMessage};
+use crate::model::{FriendKind, FriendRow, GroupRecord, MemberRow, Role, StoredMessage};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
 /// Protocol version this build speaks.

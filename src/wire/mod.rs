@@ -17,7 +17,6 @@
 #[rustfmt::skip]
 mod ringchat_generated;
 
-pub mod codec;
 pub mod enc;
 pub mod frame;
 

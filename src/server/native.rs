@@ -6,10 +6,10 @@
 //! friendship, membership) are the handlers' business, the same for every
 //! protocol. Text fields borrow from the frame, so nothing is copied.
 
-use super::fb::{self, Body};
 use crate::core::Reject;
 use crate::core::request::{Account, Kind, Pairs, Request, Target};
 use crate::model::{ConvId, Seq};
+use crate::wire::fb::{self, Body};
 
 /// `(conversation, seq)` pairs read in place from a frame.
 pub struct FbPairs<'a>(pub Option<flatbuffers::Vector<'a, fb::ConvSeq>>);
