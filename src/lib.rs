@@ -26,13 +26,25 @@ pub mod wire;
 /// `cfg.legacy_listen`). The server itself names no protocol: see
 /// `server::protocol`.
 pub fn serve(cfg: server::Config) -> Result<(), String> {
+    let extra = protocols(&cfg);
+    server::serve(cfg, extra)
+}
+
+/// Like [`serve`], stopped by `ctl` instead of by signals: for running
+/// nodes inside another program (the tests run several per process).
+pub fn serve_with(cfg: server::Config, ctl: server::Control) -> Result<(), String> {
+    let extra = protocols(&cfg);
+    server::serve_with(cfg, extra, ctl)
+}
+
+fn protocols(cfg: &server::Config) -> Vec<server::protocol::Listen> {
     let mut extra = Vec::new();
     if let Some(addr) = cfg.legacy_listen {
         extra.push(server::protocol::Listen {
             addr,
-            proto: &legacy::conn::LEGACY,
+            proto: std::sync::Arc::new(legacy::conn::Legacy::new()),
             what: "legacy-listen",
         });
     }
-    server::serve(cfg, extra)
+    extra
 }

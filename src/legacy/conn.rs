@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Legacy connections not (yet, or no longer) logged in, per source address
@@ -68,22 +68,30 @@ fn max_object(shard: &Shard) -> usize {
 
 /// The old cc_ChatServer JSON protocol, for `crate::serve` to register
 /// on `--legacy-listen`.
-#[derive(Debug)]
-pub struct Legacy;
+#[derive(Debug, Default)]
+pub struct Legacy {
+    /// Unauthenticated connections per source (see [`source_key`]), for
+    /// this node's listener.
+    unauth: Unauth,
+}
 
-pub static LEGACY: Legacy = Legacy;
+impl Legacy {
+    pub fn new() -> Legacy {
+        Legacy::default()
+    }
+}
 
 impl Protocol for Legacy {
     fn name(&self) -> &'static str {
         "legacy JSON"
     }
 
-    fn serve(&self, shard: Rc<Shard>, stream: TcpStream) -> LocalFut<'static, ()> {
-        Box::pin(handle_new(shard, stream))
+    fn serve(self: Arc<Self>, shard: Rc<Shard>, stream: TcpStream) -> LocalFut<'static, ()> {
+        Box::pin(handle_new(shard, stream, self))
     }
 
-    fn adopt(&self, shard: Rc<Shard>, h: HandOff) {
-        accept_handoff(shard, h)
+    fn adopt(self: Arc<Self>, shard: Rc<Shard>, h: HandOff) {
+        accept_handoff(shard, h, self)
     }
 }
 
@@ -111,15 +119,15 @@ fn keepalive(stream: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
 }
 
-async fn handle_new(shard: Rc<Shard>, stream: TcpStream) {
+async fn handle_new(shard: Rc<Shard>, stream: TcpStream, me: Arc<Legacy>) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     keepalive(&stream);
-    anonymous(shard, stream, Vec::new()).await;
+    anonymous(shard, stream, Vec::new(), me).await;
 }
 
 /// A legacy connection arriving from another shard after login.
-fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
+fn accept_handoff(shard: Rc<Shard>, h: HandOff, me: Arc<Legacy>) {
     use std::os::fd::IntoRawFd;
     // SAFETY: the OwnedFd is a valid socket descriptor we own.
     let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
@@ -128,7 +136,7 @@ fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
         if let Some((stream, pending)) =
             session(shard.clone(), stream, h.pending, h.user, h.name).await
         {
-            anonymous(shard, stream, pending).await;
+            anonymous(shard, stream, pending, me).await;
         }
     });
 }
@@ -136,9 +144,10 @@ fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
 /// Register and login, until a login moves the connection into a session.
 /// After a logout (msgid 13) the old client shows its menu again on the same
 /// connection, so the connection comes back here.
-async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>) {
+async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>, me: Arc<Legacy>) {
     loop {
-        let Some((s, user, name, rest)) = pre_login(&shard, stream, pending).await else {
+        let Some((s, user, name, rest)) = pre_login(&shard, stream, pending, &me.unauth).await
+        else {
             return;
         };
         stream = s;
@@ -158,7 +167,7 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>
         shard.send(
             home,
             ShardMsg::HandOff(Box::new(HandOff {
-                proto: &LEGACY,
+                proto: me,
                 fd,
                 pending: rest,
                 req_id: 0,
@@ -173,7 +182,8 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>
 }
 
 /// Unauthenticated legacy connections per source key (see [`source_key`]).
-static UNAUTH: LazyLock<Mutex<HashMap<IpAddr, usize>>> = LazyLock::new(Default::default);
+#[derive(Debug, Default, Clone)]
+struct Unauth(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
 /// The address a per-source limit counts against: IPv4 addresses (also when
 /// mapped into IPv6) one by one, IPv6 by /64, the smallest block a single
@@ -194,29 +204,29 @@ fn source_key(ip: IpAddr) -> IpAddr {
 
 /// One unauthenticated connection counted against its source; released on
 /// drop (login, close).
-struct UnauthSlot(IpAddr);
+struct UnauthSlot(Unauth, IpAddr);
 
 impl UnauthSlot {
     /// `None` when the source already has [`MAX_UNAUTH_PER_ADDR`].
-    fn take(ip: IpAddr) -> Option<UnauthSlot> {
+    fn take(table: &Unauth, ip: IpAddr) -> Option<UnauthSlot> {
         let key = source_key(ip);
-        let mut m = UNAUTH.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = table.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(key).or_insert(0);
         if *n >= MAX_UNAUTH_PER_ADDR {
             return None;
         }
         *n += 1;
-        Some(UnauthSlot(key))
+        Some(UnauthSlot(table.clone(), key))
     }
 }
 
 impl Drop for UnauthSlot {
     fn drop(&mut self) {
-        let mut m = UNAUTH.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.0) {
+        let mut m = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.0);
+                m.remove(&self.1);
             }
         }
     }
@@ -232,10 +242,11 @@ async fn pre_login(
     shard: &Rc<Shard>,
     mut stream: TcpStream,
     pending: Vec<u8>,
+    unauth: &Unauth,
 ) -> Option<(TcpStream, UserId, Arc<str>, Vec<u8>)> {
     let close_with = |why: &str| codec::error(0, 1, why, &[]);
     let ip = stream.peer_addr().ok()?.ip();
-    let Some(_slot) = UnauthSlot::take(ip) else {
+    let Some(_slot) = UnauthSlot::take(unauth, ip) else {
         tracing::debug!(shard = shard.id, %ip, "legacy: too many unauthenticated connections");
         let why = format!(
             "too many connections from your address are waiting to log in \
@@ -1198,16 +1209,18 @@ mod tests {
 
     #[test]
     fn unauth_slots_are_capped_and_released() {
-        // An address no other test uses (the map is process-wide).
+        let table = Unauth::default();
         let ip: IpAddr = "192.0.2.77".parse().unwrap();
         let slots: Vec<_> = (0..MAX_UNAUTH_PER_ADDR)
-            .map(|_| UnauthSlot::take(ip).expect("under the cap"))
+            .map(|_| UnauthSlot::take(&table, ip).expect("under the cap"))
             .collect();
-        assert!(UnauthSlot::take(ip).is_none());
-        assert!(UnauthSlot::take("192.0.2.78".parse().unwrap()).is_some());
+        assert!(UnauthSlot::take(&table, ip).is_none());
+        assert!(UnauthSlot::take(&table, "192.0.2.78".parse().unwrap()).is_some());
+        // Another node's table is another count.
+        assert!(UnauthSlot::take(&Unauth::default(), ip).is_some());
         drop(slots);
-        assert!(UnauthSlot::take(ip).is_some());
-        let m = UNAUTH.lock().unwrap();
+        assert!(UnauthSlot::take(&table, ip).is_some());
+        let m = table.0.lock().unwrap();
         assert!(!m.contains_key(&ip), "released entries are removed");
     }
 }

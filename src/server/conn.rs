@@ -93,7 +93,7 @@ pub(crate) fn detach_fd(stream: TcpStream) -> Option<OwnedFd> {
 
 /// Serves a freshly accepted connection until it logs in (then hands it to
 /// the session) or goes away.
-pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(shard.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
@@ -146,7 +146,7 @@ pub async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream) {
                     shard.send(
                         home,
                         ShardMsg::HandOff(Box::new(HandOff {
-                            proto: &NATIVE,
+                            proto: me,
                             fd,
                             pending,
                             req_id: login.req_id,
@@ -306,18 +306,20 @@ fn authenticated(
 #[derive(Debug)]
 pub struct Native;
 
-pub static NATIVE: Native = Native;
-
 impl super::protocol::Protocol for Native {
     fn name(&self) -> &'static str {
         "native"
     }
 
-    fn serve(&self, shard: Rc<Shard>, stream: TcpStream) -> super::router::LocalFut<'static, ()> {
-        Box::pin(handle_new(shard, stream))
+    fn serve(
+        self: Arc<Self>,
+        shard: Rc<Shard>,
+        stream: TcpStream,
+    ) -> super::router::LocalFut<'static, ()> {
+        Box::pin(handle_new(shard, stream, self))
     }
 
-    fn adopt(&self, shard: Rc<Shard>, h: HandOff) {
+    fn adopt(self: Arc<Self>, shard: Rc<Shard>, h: HandOff) {
         accept_handoff(shard, h)
     }
 }

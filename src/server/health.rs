@@ -26,6 +26,8 @@ pub struct Health {
     pub store: Arc<dyn Store>,
     /// Set once every shard reported ready.
     pub started: AtomicBool,
+    /// The node's stop signal (set: draining for shutdown).
+    pub stop: Arc<AtomicBool>,
 }
 
 /// A probe's answer: HTTP status line and JSON body.
@@ -87,7 +89,7 @@ impl Health {
         if !self.started.load(Ordering::SeqCst) {
             problems.push("starting: not every shard is accepting yet".to_string());
         }
-        if super::stop_requested() {
+        if self.stop.load(Ordering::SeqCst) {
             problems.push("draining for shutdown".to_string());
         }
         for i in stalled(&ages) {

@@ -147,20 +147,49 @@ pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
     Ok(())
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
 /// Conversations whose owner state a shard keeps cached (~1-30 KiB each
 /// with the dedup window); idle ones beyond this are dropped.
 const MAX_CACHED_CONVS: usize = 100_000;
 
-/// Whether a stop was requested (the node is draining).
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
+/// What the caller holds of a running node: its stop signal and where it
+/// reports its bound address. A value, not process-wide state, so one
+/// process can run several nodes (tests do).
+#[derive(Clone, Default)]
+pub struct Control {
+    stop: Arc<AtomicBool>,
+    ready: Option<std::sync::mpsc::Sender<SocketAddr>>,
 }
 
-/// Asks a running server to stop (what SIGINT/SIGTERM do).
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
+impl Control {
+    pub fn new() -> Control {
+        Control::default()
+    }
+
+    /// Also tells `to` the bound native address once every shard accepts.
+    pub fn report_ready(mut self, to: std::sync::mpsc::Sender<SocketAddr>) -> Control {
+        self.ready = Some(to);
+        self
+    }
+
+    /// Asks the node to stop (what SIGINT/SIGTERM do for `ringchat serve`).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested (the node is draining).
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The flag itself, e.g. for `signal_hook::flag::register`.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+}
+
+thread_local! {
+    /// Tasks that panicked on this shard's executor (one shard per thread).
+    static PANICS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Spawns a detached task; a panic in it is logged and contained instead of
@@ -175,20 +204,34 @@ pub fn spawn_guarded<F: std::future::Future<Output = ()> + 'static>(fut: F) {
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(panic = %msg, "connection task panicked; connection closed");
-            PANICS.fetch_add(1, Ordering::Relaxed);
+            PANICS.with(|c| c.set(c.get() + 1));
         }
     })
     .detach();
 }
 
-static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Runs the server until SIGINT/SIGTERM. Prints `ringchat listening on ADDR`
-/// to stdout once every shard accepts connections.
+/// Runs the server until SIGINT/SIGTERM (see `serve_with` for a node
+/// stopped by its caller). Prints `ringchat listening on ADDR` to stdout
+/// once every shard accepts connections.
 ///
 /// `extra` are the listeners besides the native `--listen` one, each with
 /// its protocol (`crate::serve` registers the old JSON protocol there).
-pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String> {
+pub fn serve(cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String> {
+    let ctl = Control::new();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, ctl.flag()).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    serve_with(cfg, extra, ctl)
+}
+
+/// Runs a node until `ctl` is told to stop. Any number of nodes may run in
+/// one process, each on its own addresses and data dir (port 0 works: the
+/// bound address goes to `Control::report_ready`).
+pub fn serve_with(
+    mut cfg: Config,
+    extra: Vec<protocol::Listen>,
+    ctl: Control,
+) -> Result<(), String> {
     let cpus = allowed_cpus();
     if cfg.shards == 0 {
         cfg.shards = cpus.len();
@@ -201,31 +244,25 @@ pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String
     let (socks, bound) = listen::bind_group(cfg.listen, n, "listen")?;
     cfg.listen = bound;
     // Per shard, its socket of each extra listener.
-    let mut extra_socks: Vec<Vec<(std::os::fd::OwnedFd, &'static dyn protocol::Protocol)>> =
+    let mut extra_socks: Vec<Vec<(std::os::fd::OwnedFd, Arc<dyn protocol::Protocol>)>> =
         (0..n).map(|_| Vec::new()).collect();
     let mut extra_bound = Vec::new();
     for l in &extra {
         let (socks, b) = listen::bind_group(l.addr, n, l.what)?;
         for (i, s) in socks.into_iter().enumerate() {
-            extra_socks[i].push((s, l.proto));
+            extra_socks[i].push((s, l.proto.clone()));
         }
         extra_bound.push((l.proto.name(), b));
     }
     let store: Arc<dyn Store> = crate::store::open(&cfg.store, &cfg.data_dir)
         .map_err(|e| format!("opening the store: {e}"))?;
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            signal_hook::low_level::register(sig, request_stop)
-                .map_err(|e| format!("signal handler: {e}"))?;
-        }
-    }
     let published = metrics::Published::new(n);
     let progress = Arc::new(watchdog::Progress::new(n));
     let health = Arc::new(health::Health {
         progress: progress.clone(),
         store: store.clone(),
         started: AtomicBool::new(false),
+        stop: ctl.flag(),
     });
     if let Some(addr) = cfg.metrics {
         let a = metrics::spawn_exporter(addr, published.clone(), health.clone())
@@ -245,6 +282,7 @@ pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String
     for (i, (sock, extra_sock)) in socks.into_iter().zip(extra_socks).enumerate() {
         let committer = committer.clone();
         let hasher = hasher.clone();
+        let stop = ctl.flag();
         let (cfg, store, mesh, ready, published, progress) = (
             cfg.clone(),
             store.clone(),
@@ -272,7 +310,7 @@ pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String
                     cfg,
                     (store, committer, hasher),
                     mesh,
-                    (ready, published, progress),
+                    (ready, published, progress, stop),
                     listeners,
                 )
             })
@@ -284,7 +322,7 @@ pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                request_stop();
+                ctl.stop();
                 return Err(e);
             }
             Err(_) => return Err("a shard failed to start".into()),
@@ -295,9 +333,12 @@ pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String
     }
     health.started.store(true, Ordering::SeqCst);
     println!("ringchat listening on {} ({n} shards)", cfg.listen);
+    if let Some(r) = &ctl.ready {
+        let _ = r.send(cfg.listen);
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    supervise(&progress, cfg.watchdog);
+    supervise(&ctl, &progress, cfg.watchdog);
     for h in handles {
         let _ = h.join();
     }
@@ -308,11 +349,11 @@ pub fn serve(mut cfg: Config, extra: Vec<protocol::Listen>) -> Result<(), String
 /// requested; exit the process if a shard stopped making progress, whether
 /// its executor is stalled or dead (a panic that escapes a task kills it).
 /// A deaf process must not keep its listeners: see `watchdog`.
-fn supervise(progress: &watchdog::Progress, limit: Duration) {
+fn supervise(ctl: &Control, progress: &watchdog::Progress, limit: Duration) {
     progress.restart_clocks();
-    while !STOP.load(Ordering::SeqCst) {
+    while !ctl.stopping() {
         std::thread::sleep(Duration::from_millis(200));
-        if STOP.load(Ordering::SeqCst) || limit.is_zero() {
+        if ctl.stopping() || limit.is_zero() {
             continue;
         }
         if let Some((i, silent)) = progress.stalled(limit) {
@@ -334,7 +375,7 @@ fn supervise(progress: &watchdog::Progress, limit: Duration) {
 fn accept_loop(
     shard: Rc<Shard>,
     listener: glommio::net::TcpListener,
-    proto: &'static dyn protocol::Protocol,
+    proto: Arc<dyn protocol::Protocol>,
 ) -> glommio::Task<()> {
     glommio::spawn_local(async move {
         loop {
@@ -342,9 +383,10 @@ fn accept_loop(
                 Ok(stream) => {
                     metrics::Metrics::inc(&shard.metrics.accepted);
                     let s = shard.clone();
+                    let p = proto.clone();
                     spawn_guarded(async move {
                         s.metrics.connections.set(s.metrics.connections.get() + 1);
-                        proto.serve(s.clone(), stream).await;
+                        p.serve(s.clone(), stream).await;
                         s.metrics.connections.set(s.metrics.connections.get() - 1);
                     });
                 }
@@ -361,7 +403,7 @@ fn accept_loop(
 /// A shard's listening sockets, bound by `serve` (see `listen`).
 struct Listeners {
     native: std::os::fd::OwnedFd,
-    extra: Vec<(std::os::fd::OwnedFd, &'static dyn protocol::Protocol)>,
+    extra: Vec<(std::os::fd::OwnedFd, Arc<dyn protocol::Protocol>)>,
 }
 
 fn adopt(fd: std::os::fd::OwnedFd) -> glommio::net::TcpListener {
@@ -369,6 +411,15 @@ fn adopt(fd: std::os::fd::OwnedFd) -> glommio::net::TcpListener {
     // SAFETY: a bound, listening TCP socket whose ownership moves here.
     unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) }
 }
+
+/// What a shard reports to and watches from the main thread: its start-up
+/// result, its metrics, its progress stamps, the node's stop signal.
+type ShardLinks = (
+    std::sync::mpsc::Sender<Result<(), String>>,
+    Arc<metrics::Published>,
+    Arc<watchdog::Progress>,
+    Arc<AtomicBool>,
+);
 
 async fn shard_main(
     id: usize,
@@ -380,11 +431,7 @@ async fn shard_main(
         Arc<hasher::Hasher>,
     ),
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
-    (ready, published, progress): (
-        std::sync::mpsc::Sender<Result<(), String>>,
-        Arc<metrics::Published>,
-        Arc<watchdog::Progress>,
-    ),
+    (ready, published, progress, stop): ShardLinks,
     listeners: Listeners,
 ) {
     let listener = adopt(listeners.native);
@@ -428,7 +475,7 @@ async fn shard_main(
         let published = published.clone();
         glommio::spawn_local(async move {
             let mut ticks = 0u64;
-            while !STOP.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 ticks += 1;
                 // The watchdog's evidence that this executor still runs.
@@ -442,10 +489,7 @@ async fn shard_main(
                 }
                 if ticks.is_multiple_of(20) {
                     shard.evict_idle_convs(MAX_CACHED_CONVS);
-                    shard
-                        .metrics
-                        .task_panics
-                        .set(PANICS.load(Ordering::Relaxed));
+                    shard.metrics.task_panics.set(PANICS.with(|c| c.get()));
                     shard.metrics.publish(&published);
                 }
             }
@@ -453,11 +497,13 @@ async fn shard_main(
     };
     let _ = ready.send(Ok(()));
     watchdog::inject(cfg.fault, id);
-    let accept: Vec<glommio::Task<()>> =
-        std::iter::once((listener, &conn::NATIVE as &dyn protocol::Protocol))
-            .chain(extra)
-            .map(|(l, p)| accept_loop(shard.clone(), l, p))
-            .collect();
+    let accept: Vec<glommio::Task<()>> = std::iter::once((
+        listener,
+        Arc::new(conn::Native) as Arc<dyn protocol::Protocol>,
+    ))
+    .chain(extra)
+    .map(|(l, p)| accept_loop(shard.clone(), l, p))
+    .collect();
     ticker.await;
     // Graceful stop: no new connections, make acked cursors durable, wait for
     // in-flight writes, tell sessions goodbye.

@@ -10,6 +10,7 @@ use super::shard::{HandOff, Shard};
 use glommio::net::TcpStream;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 pub trait Protocol: Send + Sync + std::fmt::Debug + 'static {
     /// For logs and errors ("legacy", "native", ...).
@@ -17,17 +18,19 @@ pub trait Protocol: Send + Sync + std::fmt::Debug + 'static {
 
     /// Serves a freshly accepted connection until it closes (or moves to
     /// its user's home shard after login, see [`HandOff`]).
-    fn serve(&self, shard: Rc<Shard>, stream: TcpStream) -> LocalFut<'static, ()>;
+    fn serve(self: Arc<Self>, shard: Rc<Shard>, stream: TcpStream) -> LocalFut<'static, ()>;
 
     /// Takes over a logged-in connection handed over by another shard.
-    fn adopt(&self, shard: Rc<Shard>, h: HandOff);
+    fn adopt(self: Arc<Self>, shard: Rc<Shard>, h: HandOff);
 }
 
 /// One more listener besides the native `--listen` one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Listen {
     pub addr: SocketAddr,
-    pub proto: &'static dyn Protocol,
+    /// One instance per node: per-node protocol state (e.g. the old
+    /// protocol's unauthenticated-connection counts) lives in it.
+    pub proto: Arc<dyn Protocol>,
     /// The option that asked for it, for error messages (`legacy-listen`).
     pub what: &'static str,
 }

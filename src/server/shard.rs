@@ -73,7 +73,7 @@ pub enum OwnerOp {
 #[derive(Debug)]
 pub struct HandOff {
     /// The protocol the connection speaks (it takes the connection over).
-    pub proto: &'static dyn super::protocol::Protocol,
+    pub proto: Arc<dyn super::protocol::Protocol>,
     pub fd: OwnedFd,
     /// Bytes already read past the login frame (pipelined requests).
     pub pending: Vec<u8>,
@@ -388,7 +388,7 @@ impl Shard {
 
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::HandOff(h) => h.proto.adopt(self.clone(), *h),
+            ShardMsg::HandOff(h) => h.proto.clone().adopt(self.clone(), *h),
             ShardMsg::Owner(origin, op) => super::owner::submit(self, origin, op),
             ShardMsg::Reply { conn, frame } => {
                 if let Some(c) = self.conns.borrow().get(&conn) {
