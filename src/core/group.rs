@@ -10,7 +10,7 @@ use crate::model::Role;
 use crate::model::{GroupId, UserId};
 use ahash::AHashMap;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupState {
     pub id: GroupId,
     pub name: String,

@@ -7,10 +7,11 @@
 //! operation of that conversation runs, so a message and a membership change
 //! are always ordered the same way for everybody.
 
-use super::shard::{Completion, ConvData, ConvEntry, ConvState, Origin, OwnerOp, Shard};
+use super::shard::{Completion, ConvEntry, ConvState, Origin, OwnerOp, Shard};
 use crate::core::Reject;
-use crate::core::conv::{Assign, DEDUP_WINDOW, Sequencer};
+use crate::core::conv::DEDUP_WINDOW;
 use crate::core::group::{GroupAction, GroupChange, GroupState};
+use crate::core::owner::{ConvCore, ConvData, SendDecision};
 use crate::core::pair::{self, PairAction, PairEffect};
 use crate::model::{ConvId, ConvKind, GroupId, UserId, conv_kind, direct_conv, group_conv, now_ms};
 use crate::store::{Role, StoreError, StoredMessage, WriteOp};
@@ -116,12 +117,9 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
             Ok((tail, data)) => {
                 let st = ConvState {
                     view_gen,
-                    seq: Sequencer::from_tail(&tail, DEDUP_WINDOW),
-                    data,
+                    conv: ConvCore::from_store(&tail, data, DEDUP_WINDOW),
                     queue: waiting.into(),
                     busy: true,
-                    dup_waiters: Vec::new(),
-                    inflight: 0,
                 };
                 shard
                     .convs
@@ -211,57 +209,10 @@ fn with_conv<R>(shard: &Shard, conv: ConvId, f: impl FnOnce(&mut ConvState) -> R
     }
 }
 
-enum SendDecision {
-    New {
-        seq: u64,
-        ts: u64,
-        recipients: Vec<UserId>,
-    },
-    Duplicate {
-        seq: u64,
-        ts: u64,
-    },
-    /// A resend of a message still being written: answered on completion.
-    Wait,
-}
-
 fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: String) {
     let decided = with_conv(shard, conv, |st| {
-        let recipients: Vec<UserId> = match &st.data {
-            ConvData::Direct {
-                lo, hi, pair: p, ..
-            } => {
-                pair::may_message(p)?;
-                vec![*lo, *hi]
-            }
-            ConvData::Group(None) => {
-                return Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group"));
-            }
-            ConvData::Group(Some(g)) => {
-                g.require_member(origin.user)?;
-                g.members.keys().copied().collect()
-            }
-        };
-        Ok(match st.seq.assign(origin.user, client_msg_id, now_ms()) {
-            Assign::New { seq, ts } => {
-                st.inflight += 1;
-                SendDecision::New {
-                    seq,
-                    ts,
-                    recipients,
-                }
-            }
-            Assign::Duplicate {
-                seq,
-                ts,
-                durable: true,
-            } => SendDecision::Duplicate { seq, ts },
-            Assign::Duplicate { durable: false, .. } => {
-                st.dup_waiters
-                    .push((origin.user, client_msg_id, origin.clone()));
-                SendDecision::Wait
-            }
-        })
+        st.conv
+            .send(origin.user, client_msg_id, now_ms(), || origin.clone())
     });
     match decided {
         None => shard.reply_error(
@@ -323,18 +274,7 @@ pub fn complete(shard: &Shard, c: Completion) {
         recipients,
     } = c;
     let waiters = with_conv(shard, conv, |st| {
-        st.seq.mark_durable(origin.user, client_msg_id, seq);
-        st.inflight = st.inflight.saturating_sub(1);
-        let mut w = Vec::new();
-        st.dup_waiters.retain(|(u, id, o)| {
-            if *u == origin.user && *id == client_msg_id {
-                w.push(o.clone());
-                false
-            } else {
-                true
-            }
-        });
-        w
+        st.conv.durable(origin.user, client_msg_id, seq)
     })
     .unwrap_or_default();
     let ok = shard
@@ -371,7 +311,7 @@ pub fn fail(shard: &Rc<Shard>, failed: Vec<Completion>) {
     for conv in convs {
         let entry = shard.convs.borrow_mut().remove(&conv);
         if let Some(ConvEntry::Ready(st)) = entry {
-            for (_, _, o) in st.dup_waiters {
+            for o in st.conv.failed() {
                 shard.reply_error(&o, fb::ErrorCode::Internal, "storage write failed, retry");
             }
             // Queued operations go through a fresh load.
@@ -406,7 +346,7 @@ async fn pair_op(
     other: UserId,
     action: PairAction,
 ) {
-    let Some((rec, other_name)) = with_conv(shard, conv, |st| match &st.data {
+    let Some((rec, other_name)) = with_conv(shard, conv, |st| match &st.conv.data {
         ConvData::Direct {
             lo, pair, names, ..
         } => {
@@ -447,7 +387,7 @@ async fn pair_op(
             );
         }
         with_conv(shard, conv, |st| {
-            if let ConvData::Direct { pair, .. } = &mut st.data {
+            if let ConvData::Direct { pair, .. } = &mut st.conv.data {
                 *pair = next.clone();
             }
         });
@@ -529,10 +469,10 @@ async fn group_op(
     group: GroupId,
     action: GroupAction,
 ) {
-    let decided = with_conv(shard, conv, |st| match &st.data {
+    let decided = with_conv(shard, conv, |st| match &st.conv.data {
         ConvData::Group(Some(g)) => g
             .decide(origin.user, action)
-            .map(|c| (c, g.audience(c), st.seq.last_seq())),
+            .map(|c| (c, g.audience(c), st.conv.seq.last_seq())),
         _ => Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group")),
     });
     let (change, before_audience, last_seq) = match decided {
@@ -565,7 +505,7 @@ async fn group_op(
         );
     }
     let audience = with_conv(shard, conv, |st| {
-        if let ConvData::Group(g) = &mut st.data
+        if let ConvData::Group(g) = &mut st.conv.data
             && let Some(gs) = g.as_mut()
         {
             if gs.apply(change) {
@@ -596,7 +536,7 @@ async fn group_op(
 }
 
 fn require_member(shard: &Shard, origin: &Origin, conv: ConvId) -> Result<(), Reject> {
-    match with_conv(shard, conv, |st| match &st.data {
+    match with_conv(shard, conv, |st| match &st.conv.data {
         ConvData::Group(Some(g)) => g.require_member(origin.user).map(|_| ()),
         _ => Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group")),
     }) {

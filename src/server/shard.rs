@@ -15,11 +15,11 @@
 use super::Config;
 use super::io::{Frame, Outbound, Signal};
 use super::metrics::Metrics;
-use crate::core::conv::Sequencer;
-use crate::core::group::{GroupAction, GroupState};
+use crate::core::group::GroupAction;
+use crate::core::owner::ConvCore;
 use crate::core::pair::PairAction;
 use crate::model::{ConvId, GroupId, Seq, UserId, home_shard};
-use crate::store::{PairRecord, Store, StoredMessage, WriteOp};
+use crate::store::{Store, StoredMessage, WriteOp};
 use crate::wire::{Enc, fb};
 use ahash::{AHashMap, AHashSet};
 use glommio::channels::channel_mesh::{Receivers, Senders};
@@ -162,35 +162,18 @@ pub struct ConvState {
     /// Cluster view generation this state was loaded under (a changed
     /// view may have moved ownership away and back: reload then).
     pub view_gen: u64,
-    pub seq: Sequencer,
-    pub data: ConvData,
+    /// The decisions: seqs, dedup, who may send, who receives (sans IO).
+    pub conv: ConvCore<Origin>,
     pub queue: VecDeque<(Origin, OwnerOp)>,
     pub busy: bool,
-    /// Resends that arrived while their original was still being written.
-    pub dup_waiters: Vec<(UserId, u64, Origin)>,
-    /// Messages sequenced but not yet durable: the state must not be
-    /// evicted meanwhile (a reload would hand their seqs out again).
-    pub inflight: u32,
 }
 
 impl ConvState {
     /// Nothing queued, running or in flight: safe to forget (reloaded from
     /// the store on next use).
     pub fn idle(&self) -> bool {
-        !self.busy && self.queue.is_empty() && self.inflight == 0 && self.dup_waiters.is_empty()
+        !self.busy && self.queue.is_empty() && self.conv.idle()
     }
-}
-
-pub enum ConvData {
-    Direct {
-        lo: UserId,
-        hi: UserId,
-        pair: PairRecord,
-        /// Usernames of (lo, hi); `None` if that user does not exist.
-        names: (Option<String>, Option<String>),
-    },
-    /// `None`: no such group (or dissolved).
-    Group(Option<GroupState>),
 }
 
 /// What to do once a batch is durable.
