@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (embedded store by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Import a cc_ChatServer MySQL database (users with their ids,
     /// friendships, groups, pending offline messages); run it with the
     /// server stopped. See docs/MIGRATING.md.
@@ -144,6 +144,33 @@ struct ServeArgs {
     /// Test hook: `stall:SHARD:AFTER_MS` or `panic:SHARD:AFTER_MS`.
     #[arg(long, hide = true)]
     test_fault: Option<ringchat::server::watchdog::Fault>,
+    /// Chat messages per second per user, sustained (0: unlimited); beyond
+    /// it sends get RateLimited with when to retry.
+    #[arg(long, default_value_t = 20.0)]
+    max_send_rate: f64,
+    /// Messages a user may send at once above --max-send-rate.
+    #[arg(long, default_value_t = 100)]
+    max_send_burst: u32,
+    /// Friend requests per hour per user (0: unlimited).
+    #[arg(long, default_value_t = 100)]
+    max_friend_requests_per_hour: u32,
+    /// Live sessions per user on this node (0: unlimited); one more login
+    /// gets LimitReached.
+    #[arg(long, default_value_t = 16)]
+    max_sessions_per_user: usize,
+    /// Live groups a user may own (0: unlimited).
+    #[arg(long, default_value_t = 100)]
+    max_groups_per_user: usize,
+    /// Members per group (0: unlimited).
+    #[arg(long, default_value_t = 5000)]
+    max_members_per_group: usize,
+    /// Connections per source address, IPv6 per /64 (0: unlimited). Leave
+    /// it off behind nginx: every client then shares nginx's address.
+    #[arg(long, default_value_t = 0)]
+    max_conns_per_addr: usize,
+    /// Connections in total (0: the open-file limit less 1024).
+    #[arg(long, default_value_t = 0)]
+    max_conns: usize,
 }
 
 /// Large allocations always get their own mapping, returned on free.
@@ -206,6 +233,16 @@ fn main() {
                 fault: a.test_fault,
                 hash_threads: a.hash_threads,
                 hash_queue: a.hash_queue,
+                limits: ringchat::core::limits::Limits {
+                    send_per_s: a.max_send_rate,
+                    send_burst: a.max_send_burst,
+                    friend_requests_per_hour: a.max_friend_requests_per_hour,
+                    sessions_per_user: a.max_sessions_per_user,
+                    groups_per_user: a.max_groups_per_user,
+                    members_per_group: a.max_members_per_group,
+                    conns_per_addr: a.max_conns_per_addr,
+                    conns_total: a.max_conns,
+                },
                 ..Default::default()
             })
         }),

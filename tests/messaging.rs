@@ -61,7 +61,8 @@ fn direct_message_between_friends() {
 
 #[test]
 fn seq_increases_without_gaps_over_200_messages() {
-    let s = TestServer::start();
+    // A burst far above a person's send rate (tests/limits.rs covers that).
+    let s = TestServer::start_with(&["--max-send-burst", "1000"]);
     let (alice, bob) = pair(&s, "seq");
     let conv = direct_conv(alice.id, bob.id);
     for i in 1..=200u64 {
@@ -393,7 +394,7 @@ fn acknowledged_sends_survive_kill_9() {
 /// back, the catch-up delivers every message, in order, once.
 #[test]
 fn slow_consumer_is_cut_off_then_catches_up_everything() {
-    let s = TestServer::start_with(&["--max-outbound-kib", "64"]);
+    let s = TestServer::start_with(&["--max-outbound-kib", "64", "--max-send-burst", "1000"]);
     let alice = s.user(&uname("slow_a"));
     let bob_name = uname("slow_b");
     let bob_id = {

@@ -64,7 +64,8 @@ fn burst(a: &User, b: &User, n: usize, tag: &str) {
 
 #[test]
 fn idle_then_burst() {
-    let s = TestServer::start_alongside(&[]);
+    // Bursts far above a person's send rate (tests/limits.rs covers that).
+    let s = TestServer::start_alongside(&["--max-send-burst", "100000"]);
     let (a, b) = users_on_both_shards(&s, "idl");
     befriend(&a, &b);
     burst(&a, &b, 5, "warm");

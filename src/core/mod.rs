@@ -9,6 +9,7 @@
 
 pub mod conv;
 pub mod group;
+pub mod limits;
 pub mod owner;
 pub mod pair;
 pub mod request;

@@ -21,6 +21,7 @@ use crate::server::cmd::friend::MAX_NOTE_CHARS;
 use crate::server::cmd::{self};
 use crate::server::hasher::Denied;
 use crate::server::io::{Frame, Outbound, ReadHalf, SharedStream, WriteHalf, shutdown_now};
+use crate::server::limits::{ConnSlot, source_key};
 use crate::server::protocol::Protocol;
 use crate::server::router::LocalFut;
 use crate::server::session::{
@@ -86,8 +87,17 @@ impl Protocol for Legacy {
         "legacy JSON"
     }
 
-    fn serve(self: Arc<Self>, shard: Rc<Shard>, stream: TcpStream) -> LocalFut<'static, ()> {
-        Box::pin(handle_new(shard, stream, self))
+    fn serve(
+        self: Arc<Self>,
+        shard: Rc<Shard>,
+        stream: TcpStream,
+        slot: ConnSlot,
+    ) -> LocalFut<'static, ()> {
+        Box::pin(handle_new(shard, stream, self, slot))
+    }
+
+    fn refusal(&self, why: &str) -> Vec<u8> {
+        codec::error(0, 1, why, &[])
     }
 
     fn adopt(self: Arc<Self>, shard: Rc<Shard>, h: HandOff) {
@@ -119,11 +129,11 @@ fn keepalive(stream: &TcpStream) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
 }
 
-async fn handle_new(shard: Rc<Shard>, stream: TcpStream, me: Arc<Legacy>) {
+async fn handle_new(shard: Rc<Shard>, stream: TcpStream, me: Arc<Legacy>, slot: ConnSlot) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     keepalive(&stream);
-    anonymous(shard, stream, Vec::new(), me).await;
+    anonymous(shard, stream, Vec::new(), me, slot).await;
 }
 
 /// A legacy connection arriving from another shard after login.
@@ -132,11 +142,12 @@ fn accept_handoff(shard: Rc<Shard>, h: HandOff, me: Arc<Legacy>) {
     // SAFETY: the OwnedFd is a valid socket descriptor we own.
     let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let slot = h.slot;
     crate::server::spawn_guarded(async move {
         if let Some((stream, pending)) =
             session(shard.clone(), stream, h.pending, h.user, h.name).await
         {
-            anonymous(shard, stream, pending, me).await;
+            anonymous(shard, stream, pending, me, slot).await;
         }
     });
 }
@@ -144,7 +155,13 @@ fn accept_handoff(shard: Rc<Shard>, h: HandOff, me: Arc<Legacy>) {
 /// Register and login, until a login moves the connection into a session.
 /// After a logout (msgid 13) the old client shows its menu again on the same
 /// connection, so the connection comes back here.
-async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>, me: Arc<Legacy>) {
+async fn anonymous(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    mut pending: Vec<u8>,
+    me: Arc<Legacy>,
+    slot: ConnSlot,
+) {
     loop {
         let Some((s, user, name, rest)) = pre_login(&shard, stream, pending, &me.unauth).await
         else {
@@ -168,6 +185,7 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>
             home,
             ShardMsg::HandOff(Box::new(HandOff {
                 proto: me,
+                slot,
                 fd,
                 pending: rest,
                 req_id: 0,
@@ -184,23 +202,6 @@ async fn anonymous(shard: Rc<Shard>, mut stream: TcpStream, mut pending: Vec<u8>
 /// Unauthenticated legacy connections per source key (see [`source_key`]).
 #[derive(Debug, Default, Clone)]
 struct Unauth(Arc<Mutex<HashMap<IpAddr, usize>>>);
-
-/// The address a per-source limit counts against: IPv4 addresses (also when
-/// mapped into IPv6) one by one, IPv6 by /64, the smallest block a single
-/// host is usually given.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::V6(o.into())
-            }
-        },
-    }
-}
 
 /// One unauthenticated connection counted against its source; released on
 /// drop (login, close).
@@ -539,6 +540,16 @@ async fn session(
     user: UserId,
     name: Arc<str>,
 ) -> Option<(TcpStream, Vec<u8>)> {
+    if let Some(why) = crate::server::session::too_many_sessions(&shard, user) {
+        // Refused like a failed login: the connection stays at the menu.
+        let mut stream = stream;
+        let reply = codec::error(codec::LOGIN_ACK, 1, &why, &[]);
+        return stream
+            .write_all(&reply)
+            .await
+            .ok()
+            .map(|_| (stream, pending));
+    }
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let out = Rc::new(Outbound::new(shard.cfg.out_limit));
     let conn = Rc::new(Conn::new(shard.new_conn_id(), user, out.clone(), HOLD_CAP));
@@ -1196,15 +1207,6 @@ mod tests {
         }
         // A missing request on the second step is an error, not a loop.
         assert_eq!(add_friend_reply(S::Ask, Some(E::NoSuchRequest)), O::Failed);
-    }
-
-    #[test]
-    fn sources_are_counted_per_address_and_per_ipv6_64() {
-        let k = |s: &str| source_key(s.parse().unwrap());
-        assert_eq!(k("10.0.0.1"), k("::ffff:10.0.0.1"));
-        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
-        assert_eq!(k("2001:db8:1:2::1"), k("2001:db8:1:2:ffff::9"));
-        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use super::auth;
 use super::cmd::{self, Next, account};
 use super::io::{self, Frame, Outbound, ReadHalf, SharedStream};
+use super::limits::ConnSlot;
 use super::session::{self, HOLD_CAP, NativeReplies, Session};
 use super::shard::{Conn, HandOff, Shard, ShardMsg};
 use crate::core::Reject;
@@ -93,7 +94,7 @@ pub(crate) fn detach_fd(stream: TcpStream) -> Option<OwnedFd> {
 
 /// Serves a freshly accepted connection until it logs in (then hands it to
 /// the session) or goes away.
-async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>) {
+async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>, slot: ConnSlot) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(shard.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
@@ -147,6 +148,7 @@ async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>) {
                         home,
                         ShardMsg::HandOff(Box::new(HandOff {
                             proto: me,
+                            slot,
                             fd,
                             pending,
                             req_id: login.req_id,
@@ -315,8 +317,15 @@ impl super::protocol::Protocol for Native {
         self: Arc<Self>,
         shard: Rc<Shard>,
         stream: TcpStream,
+        slot: ConnSlot,
     ) -> super::router::LocalFut<'static, ()> {
-        Box::pin(handle_new(shard, stream, self))
+        Box::pin(handle_new(shard, stream, self, slot))
+    }
+
+    fn refusal(&self, why: &str) -> Vec<u8> {
+        crate::wire::Enc::new()
+            .error(0, fb::ErrorCode::LimitReached, why)
+            .to_vec()
     }
 
     fn adopt(self: Arc<Self>, shard: Rc<Shard>, h: HandOff) {
@@ -340,7 +349,9 @@ fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
         req_id: h.req_id,
         since: h.since,
     };
+    let slot = h.slot;
     super::spawn_guarded(async move {
+        let _slot = slot;
         let m = &shard.metrics;
         m.connections.set(m.connections.get() + 1);
         run_session(shard.clone(), stream, fbuf, login).await;
@@ -350,7 +361,16 @@ fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
 }
 
 /// The logged-in life of a connection on its user's home shard.
-async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login: Login) {
+async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, login: Login) {
+    if let Some(why) = session::too_many_sessions(&shard, login.user) {
+        let f = shard
+            .enc
+            .borrow_mut()
+            .error(login.req_id, fb::ErrorCode::LimitReached, &why)
+            .to_vec();
+        let _ = stream.write_all(&f).await;
+        return;
+    }
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let out = Rc::new(Outbound::new(shard.cfg.out_limit));
     let conn = Rc::new(Conn::new(

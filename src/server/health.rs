@@ -28,6 +28,8 @@ pub struct Health {
     pub started: AtomicBool,
     /// The node's stop signal (set: draining for shutdown).
     pub stop: Arc<AtomicBool>,
+    /// The node's limits, for their refusal counters on `/metrics`.
+    pub limits: Arc<super::limits::NodeLimits>,
 }
 
 /// A probe's answer: HTTP status line and JSON body.

@@ -230,6 +230,7 @@ pub fn spawn_exporter(
                 (true, "/metrics") => {
                     let mut body = published.render();
                     render_progress(&mut body, &health.progress.ages());
+                    health.limits.render(&mut body);
                     ("200 OK", "text/plain; version=0.0.4", body)
                 }
                 (true, "/healthz") => {

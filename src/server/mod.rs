@@ -10,6 +10,7 @@ pub mod conn;
 pub mod hasher;
 pub mod health;
 pub mod io;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod native;
@@ -57,6 +58,8 @@ pub struct Config {
     pub watchdog: Duration,
     /// Test hook: a deliberate stall or panic on one shard.
     pub fault: Option<watchdog::Fault>,
+    /// Rates and quotas (see `core::limits`; `0` = unlimited).
+    pub limits: crate::core::limits::Limits,
     /// Password-hashing threads (node-wide) and the queue in front of them
     /// (see `hasher`).
     pub hash_threads: usize,
@@ -84,6 +87,7 @@ impl Default for Config {
             fault: None,
             hash_threads: 0,
             hash_queue: 16,
+            limits: crate::core::limits::Limits::default(),
         }
     }
 }
@@ -257,12 +261,14 @@ pub fn serve_with(
     let store: Arc<dyn Store> = crate::store::open(&cfg.store, &cfg.data_dir)
         .map_err(|e| format!("opening the store: {e}"))?;
     let published = metrics::Published::new(n);
+    let limits = limits::NodeLimits::new(cfg.limits);
     let progress = Arc::new(watchdog::Progress::new(n));
     let health = Arc::new(health::Health {
         progress: progress.clone(),
         store: store.clone(),
         started: AtomicBool::new(false),
         stop: ctl.flag(),
+        limits: limits.clone(),
     });
     if let Some(addr) = cfg.metrics {
         let a = metrics::spawn_exporter(addr, published.clone(), health.clone())
@@ -282,6 +288,7 @@ pub fn serve_with(
     for (i, (sock, extra_sock)) in socks.into_iter().zip(extra_socks).enumerate() {
         let committer = committer.clone();
         let hasher = hasher.clone();
+        let limits = limits.clone();
         let stop = ctl.flag();
         let (cfg, store, mesh, ready, published, progress) = (
             cfg.clone(),
@@ -308,7 +315,7 @@ pub fn serve_with(
                     i,
                     n,
                     cfg,
-                    (store, committer, hasher),
+                    (store, committer, hasher, limits),
                     mesh,
                     (ready, published, progress, stop),
                     listeners,
@@ -384,9 +391,30 @@ fn accept_loop(
                     metrics::Metrics::inc(&shard.metrics.accepted);
                     let s = shard.clone();
                     let p = proto.clone();
+                    let ip = stream
+                        .peer_addr()
+                        .map(|a| a.ip())
+                        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                    let slot = match shard.limits.admit(ip) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            // A clear refusal, then close: never an accept
+                            // loop spinning on EMFILE (the cap stays below
+                            // the open-file limit).
+                            tracing::debug!(shard = shard.id, %ip, "{why}");
+                            let bytes = p.refusal(&why);
+                            spawn_guarded(async move {
+                                use futures_lite::AsyncWriteExt;
+                                let mut stream = stream;
+                                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                                let _ = stream.write_all(&bytes).await;
+                            });
+                            continue;
+                        }
+                    };
                     spawn_guarded(async move {
                         s.metrics.connections.set(s.metrics.connections.get() + 1);
-                        p.serve(s.clone(), stream).await;
+                        p.serve(s.clone(), stream, slot).await;
                         s.metrics.connections.set(s.metrics.connections.get() - 1);
                     });
                 }
@@ -425,10 +453,11 @@ async fn shard_main(
     id: usize,
     n: usize,
     cfg: Arc<Config>,
-    (store, committer, hasher): (
+    (store, committer, hasher, limits): (
         Arc<dyn Store>,
         crate::store::commit::GroupCommitter,
         Arc<hasher::Hasher>,
+        Arc<limits::NodeLimits>,
     ),
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     (ready, published, progress, stop): ShardLinks,
@@ -452,7 +481,7 @@ async fn shard_main(
         id,
         n,
         cfg.clone(),
-        (store, committer, hasher),
+        (store, committer, hasher, limits),
         senders,
     ));
     shard.spawn_receivers(receivers);
@@ -486,6 +515,9 @@ async fn shard_main(
                 // few replayed (deduplicated) messages, writing them costs I/O.
                 if ticks.is_multiple_of(40) {
                     shard.flush_cursors();
+                }
+                if ticks.is_multiple_of(200) {
+                    shard.rates.borrow_mut().prune(crate::model::now_ms());
                 }
                 if ticks.is_multiple_of(20) {
                     shard.evict_idle_convs(MAX_CACHED_CONVS);

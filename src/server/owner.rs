@@ -469,7 +469,19 @@ async fn group_op(
     group: GroupId,
     action: GroupAction,
 ) {
+    let cap = shard.limits.cfg.members_per_group;
     let decided = with_conv(shard, conv, |st| match &st.conv.data {
+        ConvData::Group(Some(g))
+            if action == GroupAction::Join
+                && !g.members.contains_key(&origin.user)
+                && crate::core::limits::over(g.members.len(), cap) =>
+        {
+            shard.limits.refused(super::limits::Kind::Members);
+            Err(Reject(
+                fb::ErrorCode::LimitReached,
+                "this group is full (members per group limit)",
+            ))
+        }
         ConvData::Group(Some(g)) => g
             .decide(origin.user, action)
             .map(|c| (c, g.audience(c), st.conv.seq.last_seq())),

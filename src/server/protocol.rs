@@ -5,6 +5,7 @@
 //! JSON one (`legacy`) are registered by whoever starts the node
 //! (`crate::serve`), and a third (WebSocket) costs one more registration.
 
+use super::limits::ConnSlot;
 use super::router::LocalFut;
 use super::shard::{HandOff, Shard};
 use glommio::net::TcpStream;
@@ -18,7 +19,18 @@ pub trait Protocol: Send + Sync + std::fmt::Debug + 'static {
 
     /// Serves a freshly accepted connection until it closes (or moves to
     /// its user's home shard after login, see [`HandOff`]).
-    fn serve(self: Arc<Self>, shard: Rc<Shard>, stream: TcpStream) -> LocalFut<'static, ()>;
+    /// `slot` is the connection's place under the node's connection caps:
+    /// held as long as the connection lives (it moves with a [`HandOff`]).
+    fn serve(
+        self: Arc<Self>,
+        shard: Rc<Shard>,
+        stream: TcpStream,
+        slot: ConnSlot,
+    ) -> LocalFut<'static, ()>;
+
+    /// What to write to a connection refused at accept (a cap is reached)
+    /// before closing it: `why` in the protocol's own error form.
+    fn refusal(&self, why: &str) -> Vec<u8>;
 
     /// Takes over a logged-in connection handed over by another shard.
     fn adopt(self: Arc<Self>, shard: Rc<Shard>, h: HandOff);

@@ -146,6 +146,20 @@ impl Responder for NativeReplies {
     }
 }
 
+/// Refuses one more session of `user` past the node's sessions-per-user
+/// limit (counted, with the words to say).
+pub fn too_many_sessions(shard: &Shard, user: UserId) -> Option<String> {
+    let cap = shard.limits.cfg.sessions_per_user;
+    let n = shard.users.borrow().get(&user).map_or(0, |s| s.conns.len());
+    if !crate::core::limits::over(n, cap) {
+        return None;
+    }
+    shard.limits.refused(super::limits::Kind::Sessions);
+    Some(format!(
+        "{n} sessions of this user are connected, the most allowed; log out elsewhere first"
+    ))
+}
+
 /// Registers a logged-in connection on its home shard. For the user's first
 /// session it also records them in the cluster registry (awaited: it must
 /// precede the catch-up query, see `ClusterShard::register_user`) and, in

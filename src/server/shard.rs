@@ -72,6 +72,8 @@ pub enum OwnerOp {
 /// A connection moving to its user's home shard after authentication.
 #[derive(Debug)]
 pub struct HandOff {
+    /// The connection's place under the node's connection caps.
+    pub slot: super::limits::ConnSlot,
     /// The protocol the connection speaks (it takes the connection over).
     pub proto: Arc<dyn super::protocol::Protocol>,
     pub fd: OwnedFd,
@@ -213,6 +215,10 @@ pub struct Shard {
     pub committer: crate::store::commit::GroupCommitter,
     /// Password hashing and login throttling (node-wide, see `hasher`).
     pub hasher: Arc<super::hasher::Hasher>,
+    /// Connection caps and refusal counters (node-wide, see `limits`).
+    pub limits: Arc<super::limits::NodeLimits>,
+    /// Per-user rate buckets of the users homed here.
+    pub rates: RefCell<super::limits::Rates>,
     pub metrics: Metrics,
     senders: Senders<ShardMsg>,
     outbox: RefCell<Vec<VecDeque<ShardMsg>>>,
@@ -246,15 +252,19 @@ impl Shard {
         id: usize,
         n: usize,
         cfg: Arc<Config>,
-        (store, committer, hasher): (
+        (store, committer, hasher, limits): (
             Arc<dyn Store>,
             crate::store::commit::GroupCommitter,
             Arc<super::hasher::Hasher>,
+            Arc<super::limits::NodeLimits>,
         ),
         senders: Senders<ShardMsg>,
     ) -> Shard {
         let cluster = cfg.cluster.clone();
+        let rates = RefCell::new(super::limits::Rates::new(&limits.cfg));
         Shard {
+            limits,
+            rates,
             id,
             n,
             cfg,

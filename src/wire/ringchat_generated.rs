@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 30;
+pub const ENUM_MAX_ERROR_CODE: u16 = 31;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 32] = [
   ErrorCode::Unknown,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedVersion,
@@ -48,6 +48,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
   ErrorCode::SelfTarget,
   ErrorCode::InvalidName,
   ErrorCode::NameTaken,
+  ErrorCode::LimitReached,
 ];
 
 /// Error codes carried by `ErrorReply` replies. Stable numbers: clients switch on them.
@@ -87,9 +88,10 @@ impl ErrorCode {
   pub const SelfTarget: Self = Self(28);
   pub const InvalidName: Self = Self(29);
   pub const NameTaken: Self = Self(30);
+  pub const LimitReached: Self = Self(31);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 30;
+  pub const ENUM_MAX: u16 = 31;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::BadRequest,
@@ -122,6 +124,7 @@ impl ErrorCode {
     Self::SelfTarget,
     Self::InvalidName,
     Self::NameTaken,
+    Self::LimitReached,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -157,6 +160,7 @@ impl ErrorCode {
       Self::SelfTarget => Some("SelfTarget"),
       Self::InvalidName => Some("InvalidName"),
       Self::NameTaken => Some("NameTaken"),
+      Self::LimitReached => Some("LimitReached"),
       _ => None,
     }
   }

@@ -7,7 +7,8 @@
 use super::{STORAGE, to_owner};
 use crate::core::pair::PairAction;
 use crate::core::{ErrorCode, Reject};
-use crate::model::{MAX_USER_ID, UserId, direct_conv};
+use crate::model::{MAX_USER_ID, UserId, direct_conv, now_ms};
+use crate::server::limits::Kind;
 use crate::server::session::Session;
 use crate::server::shard::{OwnerOp, Shard};
 use std::rc::Rc;
@@ -33,6 +34,16 @@ pub fn pair(shard: &Shard, sess: &Session, req_id: u64, other: UserId, action: P
 }
 
 pub fn request(shard: &Shard, sess: &Session, req_id: u64, other: UserId, note: &str) {
+    if let Err(ms) = shard
+        .rates
+        .borrow_mut()
+        .friend_requests
+        .take(sess.user, now_ms())
+    {
+        shard.limits.refused(Kind::FriendRequest);
+        let text = format!("too many friend requests; retry in {} s", ms.div_ceil(1000));
+        return sess.reply.error(req_id, ErrorCode::RateLimited, &text);
+    }
     let note = note.chars().take(MAX_NOTE_CHARS).collect();
     pair(shard, sess, req_id, other, PairAction::Request { note })
 }

@@ -8,6 +8,7 @@ use super::{STORAGE, to_owner};
 use crate::core::group::GroupAction;
 use crate::core::{ErrorCode, Reject, validate};
 use crate::model::{GroupId, UserId, group_conv};
+use crate::server::limits::Kind;
 use crate::server::session::{GroupInfo, Session};
 use crate::server::shard::{OwnerOp, Shard};
 use crate::store::StoreError;
@@ -78,17 +79,33 @@ pub async fn create(shard: &Rc<Shard>, sess: &Session, req_id: u64, name: &str, 
         .filter(|c| !c.is_control())
         .take(MAX_DESC_CHARS)
         .collect();
+    let quota = shard.limits.cfg.groups_per_user;
     let res = shard
         .blocking(move |s| {
+            if quota != 0 {
+                let owned = s
+                    .groups_of(me)?
+                    .iter()
+                    .filter(|(g, _)| g.owner == me && !g.dissolved)
+                    .count();
+                if owned >= quota {
+                    return Ok(None);
+                }
+            }
             let g = s.create_group(&n2, me)?;
             if !desc.is_empty() {
                 s.set_group_desc(g, &desc)?;
             }
-            Ok(g)
+            Ok(Some(g))
         })
         .await;
     match res {
-        Ok(g) => sess.reply.group_created(req_id, g, name),
+        Ok(Some(g)) => sess.reply.group_created(req_id, g, name),
+        Ok(None) => {
+            shard.limits.refused(Kind::Groups);
+            let text = format!("you own {quota} groups, the most allowed; dissolve one first");
+            sess.reply.error(req_id, ErrorCode::LimitReached, &text)
+        }
         Err(StoreError::Conflict) => sess.error(
             req_id,
             Reject(ErrorCode::NameTaken, "a group with that name exists"),

@@ -3,7 +3,10 @@
 use super::{STORAGE, to_owner};
 use crate::core::request::{Pairs, Target};
 use crate::core::{ErrorCode, Reject, validate};
-use crate::model::{ConvId, ConvKind, MAX_USER_ID, Seq, direct_conv, direct_peer, group_conv};
+use crate::model::{
+    ConvId, ConvKind, MAX_USER_ID, Seq, direct_conv, direct_peer, group_conv, now_ms,
+};
+use crate::server::limits::Kind;
 use crate::server::session::Session;
 use crate::server::shard::{OwnerOp, Shard};
 use std::rc::Rc;
@@ -15,6 +18,11 @@ pub fn send(shard: &Shard, sess: &Session, req_id: u64, to: Target, cmid: u64, b
         return sess.error(req_id, r);
     }
     let me = sess.user;
+    if let Err(ms) = shard.rates.borrow_mut().send.take(me, now_ms()) {
+        shard.limits.refused(Kind::Send);
+        let text = format!("sending too fast; retry in {ms} ms");
+        return sess.reply.error(req_id, ErrorCode::RateLimited, &text);
+    }
     let conv = match to {
         Target::User(u) if u == me => {
             return sess.error(
