@@ -153,7 +153,33 @@ pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
 
 /// Conversations whose owner state a shard keeps cached (~1-30 KiB each
 /// with the dedup window); idle ones beyond this are dropped.
-const MAX_CACHED_CONVS: usize = 100_000;
+const MAX_CACHED_CONVS: usize = 50_000;
+/// Owner state unused for this long is dropped (reloaded on next use).
+const CONV_IDLE_EVICT_S: u64 = 60;
+/// Dropping this many conversations at once asks for a heap trim.
+const TRIM_AFTER_EVICTED: usize = 256;
+/// And the heap is trimmed at least this often.
+const TRIM_EVERY: Duration = Duration::from_secs(300);
+
+/// Returns free heap pages to the system, in every malloc arena. glibc
+/// gives back only the top of each arena by itself; the shards' arenas are
+/// long-lived and a load peak leaves their middle free but resident (seen
+/// in the 60-minute soak: 114 MB resident, 76 MB in use, while idle).
+/// Runs on the main thread, never on an executor: it holds each arena's
+/// lock while it walks it, which is brief next to how rarely it runs.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    {
+        let t = std::time::Instant::now();
+        // SAFETY: malloc_trim only releases free memory back to the kernel.
+        let released = unsafe { libc::malloc_trim(0) };
+        tracing::debug!(
+            released,
+            took_us = t.elapsed().as_micros() as u64,
+            "heap trimmed"
+        );
+    }
+}
 
 /// What the caller holds of a running node: its stop signal and where it
 /// reports its bound address. A value, not process-wide state, so one
@@ -358,8 +384,13 @@ pub fn serve_with(
 /// A deaf process must not keep its listeners: see `watchdog`.
 fn supervise(ctl: &Control, progress: &watchdog::Progress, limit: Duration) {
     progress.restart_clocks();
+    let mut last_trim = std::time::Instant::now();
     while !ctl.stopping() {
         std::thread::sleep(Duration::from_millis(200));
+        if progress.trim.swap(false, Ordering::Relaxed) || last_trim.elapsed() >= TRIM_EVERY {
+            trim_heap();
+            last_trim = std::time::Instant::now();
+        }
         if ctl.stopping() || limit.is_zero() {
             continue;
         }
@@ -520,7 +551,12 @@ async fn shard_main(
                     shard.rates.borrow_mut().prune(crate::model::now_ms());
                 }
                 if ticks.is_multiple_of(20) {
-                    shard.evict_idle_convs(MAX_CACHED_CONVS);
+                    shard.clock_s.set(ticks / 20);
+                    if shard.evict_idle_convs(MAX_CACHED_CONVS, CONV_IDLE_EVICT_S)
+                        >= TRIM_AFTER_EVICTED
+                    {
+                        progress.trim.store(true, Ordering::Relaxed);
+                    }
                     shard.metrics.task_panics.set(PANICS.with(|c| c.get()));
                     shard.metrics.publish(&published);
                 }

@@ -34,12 +34,13 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
     let conv = conv_of(&origin, &op);
     let mut convs = shard.convs.borrow_mut();
     let view_gen = shard.view_gen();
-    if let Some(ConvEntry::Ready(st)) = convs.get(&conv)
-        && st.view_gen != view_gen
-        && !st.busy
-    {
-        // Ownership may have moved away and back since this was loaded.
-        convs.remove(&conv);
+    if let Some(ConvEntry::Ready(st)) = convs.get_mut(&conv) {
+        if st.view_gen != view_gen && !st.busy {
+            // Ownership may have moved away and back since this was loaded.
+            convs.remove(&conv);
+        } else {
+            st.last_used = shard.clock_s.get();
+        }
     }
     match convs.get_mut(&conv) {
         None => {
@@ -120,6 +121,7 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
                     conv: ConvCore::from_store(&tail, data, DEDUP_WINDOW),
                     queue: waiting.into(),
                     busy: true,
+                    last_used: shard.clock_s.get(),
                 };
                 shard
                     .convs

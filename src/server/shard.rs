@@ -168,6 +168,9 @@ pub struct ConvState {
     pub conv: ConvCore<Origin>,
     pub queue: VecDeque<(Origin, OwnerOp)>,
     pub busy: bool,
+    /// `Shard::clock_s` when last used: unused state is dropped after a
+    /// while (see `evict_idle_convs`).
+    pub last_used: u64,
 }
 
 impl ConvState {
@@ -242,6 +245,9 @@ pub struct Shard {
     pub enc: RefCell<Enc>,
     next_conn: Cell<u64>,
     pub stopping: Cell<bool>,
+    /// Seconds since the shard started, advanced by its ticker: a clock
+    /// for coarse bookkeeping that costs nothing per message.
+    pub clock_s: Cell<u64>,
 }
 
 /// Outbox depth at which connection readers pause (backpressure).
@@ -290,6 +296,7 @@ impl Shard {
             enc: RefCell::new(Enc::new()),
             next_conn: Cell::new(1),
             stopping: Cell::new(false),
+            clock_s: Cell::new(0),
         }
     }
 
@@ -791,13 +798,21 @@ impl Shard {
         }
     }
 
-    /// Bounds the owner cache: past `max` conversations, idle ones are
-    /// dropped (oldest-loaded first is not tracked; any idle one will do —
-    /// they reload from the store in one query when used again).
-    pub fn evict_idle_convs(&self, max: usize) {
+    /// Bounds the owner cache: conversations unused for `idle_s` seconds
+    /// are dropped, and past `max` conversations any idle ones (they reload
+    /// from the store in one query when used again). Each costs ~25 KiB
+    /// (mostly its dedup window), so a node that served many conversations
+    /// once must not keep them all for weeks. Returns how many were dropped.
+    pub fn evict_idle_convs(&self, max: usize, idle_s: u64) -> usize {
+        let now = self.clock_s.get();
         let mut convs = self.convs.borrow_mut();
+        let before = convs.len();
+        convs.retain(|_, e| match e {
+            ConvEntry::Ready(st) => !(st.idle() && now.saturating_sub(st.last_used) >= idle_s),
+            ConvEntry::Loading(_) => true,
+        });
         if convs.len() <= max {
-            return;
+            return before - convs.len();
         }
         let target = max - max / 10;
         let mut excess = convs.len() - target;
@@ -813,6 +828,7 @@ impl Shard {
                 _ => true,
             }
         });
+        before - convs.len()
     }
 
     /// Moves acked cursors into the writer (batched, every `interval`).

@@ -25,6 +25,9 @@ pub const EXIT_STALLED: i32 = 70;
 pub struct Progress {
     epoch: Instant,
     stamps: Vec<AtomicU64>,
+    /// A shard freed a lot of memory (dropped idle conversations): the
+    /// main thread returns free heap pages to the system (`supervise`).
+    pub trim: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -32,6 +35,7 @@ impl Progress {
         Progress {
             epoch: Instant::now(),
             stamps: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            trim: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
