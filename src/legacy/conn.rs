@@ -485,6 +485,7 @@ async fn session(
     user: UserId,
     name: Arc<str>,
 ) -> Option<(TcpStream, Vec<u8>)> {
+    tracing::info!(user, name = %name, shard = shard.id, remote = ?stream.peer_addr().ok(), protocol = "legacy", "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let conn = Rc::new(Conn::new(
         shard.new_conn_id(),
@@ -536,6 +537,21 @@ async fn session(
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
+    tracing::info!(
+        user,
+        shard = shard.id,
+        protocol = "legacy",
+        reason = if logout {
+            "logout"
+        } else if conn.out.overflowed.get() {
+            "slow_consumer"
+        } else if shard.stopping.get() {
+            "shutdown"
+        } else {
+            "closed"
+        },
+        "session ended"
+    );
     if !logout || ctx.broken.get() {
         shutdown_now(&stream);
         return None;

@@ -443,6 +443,7 @@ pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
 
 /// The logged-in life of a connection on its user's home shard.
 async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login: Login) {
+    tracing::info!(user = login.user, name = %login.name, shard = shard.id, remote = ?stream.peer_addr().ok(), "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let conn = Rc::new(Conn::new(
         shard.new_conn_id(),
@@ -476,6 +477,18 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
+    tracing::info!(
+        user = conn.user,
+        shard = shard.id,
+        reason = if conn.out.overflowed.get() {
+            "slow_consumer"
+        } else if shard.stopping.get() {
+            "shutdown"
+        } else {
+            "closed"
+        },
+        "session ended"
+    );
 }
 
 /// Closes a connection's output if dropped (i.e. when a task unwinds).
