@@ -204,6 +204,8 @@ pub enum Completion {
         ts: u64,
         frame: Arc<[u8]>,
         recipients: Vec<UserId>,
+        /// When the owner sequenced it (the send→ack histogram).
+        sequenced: std::time::Instant,
     },
 }
 
