@@ -8,7 +8,7 @@
 #      /readyz and a chat login. Without one, runs the image's steps by hand:
 #      the build stage's command, the runtime stage's file layout (staged in a
 #      temporary root), the runtime's shared-library needs (only glibc and
-#      libgcc_s, which debian:bookworm-slim has), and the binary started as an
+#      libgcc_s and zlib, which debian:bookworm-slim has), and the binary started as an
 #      unprivileged user with the image's environment, probed with the image's
 #      HEALTHCHECK command.
 # Usage: packaging/check.sh            (from anywhere; builds the release binary if needed)
@@ -75,24 +75,28 @@ else
     echo "note: no Docker daemon here ($(command -v docker >/dev/null && echo 'client only' || echo 'no docker')): running the image's steps by hand"
     # Runtime stage: the files it copies, under a staged root.
     R=$WORK/root
+    chmod 0755 "$WORK"   # mktemp made it 0700; the image's / is world-readable
     install -D -m 0755 "$BIN" "$R/usr/local/bin/ringchat"
     install -D -m 0644 ringchat.example.toml "$R/etc/ringchat/ringchat.toml"
     install -d -m 0700 "$R/var/lib/ringchat"
     ok "runtime layout staged in $R"
-    # Shared libraries: all from libc6/libgcc-s1 (present in bookworm-slim).
+    # Shared libraries: all from libc6, libgcc-s1 and zlib1g (all in bookworm-slim;
+    # zlib1g because dpkg needs it).
     extra=$(ldd "$R/usr/local/bin/ringchat" | awk '{print $1}' \
-        | grep -vE '^(linux-vdso\.so|/lib64/ld-linux-x86-64\.so|ld-linux|libc\.so|libm\.so|libgcc_s\.so|libpthread\.so|libdl\.so|librt\.so)' || true)
+        | grep -vE '^(linux-vdso\.so|/lib64/ld-linux-x86-64\.so|ld-linux|libc\.so|libm\.so|libgcc_s\.so|libz\.so|libpthread\.so|libdl\.so|librt\.so)' || true)
     [ -z "$extra" ] || fail "the binary needs libraries bookworm-slim lacks: $extra"
-    ok "shared libraries: glibc + libgcc_s only"
+    ok "shared libraries: glibc, libgcc_s, zlib only (all in bookworm-slim)"
     # USER ringchat: an unprivileged uid owning the data directory.
     chown -R 65534:65534 "$R/var/lib/ringchat"
-    # The image's ENV (ports moved to free ones: host networking here).
+    # The image's ENV (ports moved to free ones: host networking here). The
+    # memlock limit stays this shell's (`docker run --ulimit memlock=-1` may
+    # not be reproducible without CAP_SYS_RESOURCE); 2 shards fit in 8 MiB.
+    echo "note: memlock limit $(ulimit -l) KiB, nofile $(ulimit -n), as uid 65534"
     (
         cd "$R/var/lib/ringchat"
         exec env -i PATH=/usr/bin:/bin RUST_LOG=info \
             RINGCHAT_LISTEN="127.0.0.1:$LISTEN_PORT" RINGCHAT_METRICS="127.0.0.1:$METRICS_PORT" \
-            RINGCHAT_DATA_DIR="$R/var/lib/ringchat" \
-            prlimit --memlock=unlimited --nofile=1048576 -- \
+            RINGCHAT_DATA_DIR="$R/var/lib/ringchat" RINGCHAT_SHARDS=2 \
             setpriv --reuid=65534 --regid=65534 --clear-groups \
             "$R/usr/local/bin/ringchat" serve --config "$R/etc/ringchat/ringchat.toml"
     ) > "$WORK/server.log" 2>&1 &
@@ -114,7 +118,7 @@ ok "HEALTHCHECK command: /readyz 200"
 NAME=pkgcheck$RANDOM
 printf '/register %s s3cret-pass!\n/login %s s3cret-pass!\n/quit\n' "$NAME" "$NAME" \
     | "$BIN" chat --server "$ADDR" > "$WORK/chat.out" 2>&1 || { cat "$WORK/chat.out"; fail "chat login"; }
-grep -q "^ok: login $NAME" "$WORK/chat.out" || { cat "$WORK/chat.out"; fail "chat login"; }
+grep -q "^ok login $NAME" "$WORK/chat.out" || { cat "$WORK/chat.out"; fail "chat login"; }
 ok "register + login through $ADDR"
 [ -n "$PID" ] && grep -q '"session started"\|session started' "$WORK/server.log" && ok "lifecycle log line seen"
 echo "packaging checks passed"

@@ -485,7 +485,7 @@ async fn session(
     user: UserId,
     name: Arc<str>,
 ) -> Option<(TcpStream, Vec<u8>)> {
-    tracing::info!(user, name = %name, shard = shard.id, remote = ?stream.peer_addr().ok(), protocol = "legacy", "session started");
+    tracing::info!(user, name = %name, shard = shard.id, remote = stream.peer_addr().ok().map(tracing::field::display), protocol = "legacy", "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let conn = Rc::new(Conn::new(
         shard.new_conn_id(),

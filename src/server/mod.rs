@@ -417,7 +417,11 @@ async fn shard_main(
                 match listener.accept().await {
                     Ok(stream) => {
                         metrics::Metrics::inc(&shard.metrics.accepted);
-                        tracing::debug!(shard = shard.id, remote = ?stream.peer_addr().ok(), "connection accepted");
+                        tracing::debug!(
+                            shard = shard.id,
+                            remote = stream.peer_addr().ok().map(tracing::field::display),
+                            "connection accepted"
+                        );
                         let s = shard.clone();
                         spawn_guarded(async move {
                             s.metrics.connections.set(s.metrics.connections.get() + 1);
