@@ -329,7 +329,11 @@ fn json_logs_show_session_lifecycle_and_nothing_per_message() {
     let ended: Vec<_> = lines.iter().filter(|v| msg(v) == "session ended").collect();
     assert!(!ended.is_empty(), "{logs}");
     assert!(
-        ended.iter().all(|v| v["fields"]["reason"].is_string()),
+        ended.iter().all(|v| v["fields"]["reason"].is_string()
+            && v["fields"]["remote"]
+                .as_str()
+                .unwrap_or("")
+                .contains("127.0.0.1")),
         "{logs}"
     );
     // Nothing else at info per message: the whole run logs a handful of

@@ -485,7 +485,8 @@ async fn session(
     user: UserId,
     name: Arc<str>,
 ) -> Option<(TcpStream, Vec<u8>)> {
-    tracing::info!(user, name = %name, shard = shard.id, remote = stream.peer_addr().ok().map(tracing::field::display), protocol = "legacy", "session started");
+    let remote = stream.peer_addr().ok().map(tracing::field::display);
+    tracing::info!(user, name = %name, shard = shard.id, remote, protocol = "legacy", "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let conn = Rc::new(Conn::new(
         shard.new_conn_id(),
@@ -540,6 +541,7 @@ async fn session(
     tracing::info!(
         user,
         shard = shard.id,
+        remote,
         protocol = "legacy",
         reason = if logout {
             "logout"

@@ -443,7 +443,8 @@ pub fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
 
 /// The logged-in life of a connection on its user's home shard.
 async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login: Login) {
-    tracing::info!(user = login.user, name = %login.name, shard = shard.id, remote = stream.peer_addr().ok().map(tracing::field::display), "session started");
+    let remote = stream.peer_addr().ok().map(tracing::field::display);
+    tracing::info!(user = login.user, name = %login.name, shard = shard.id, remote, "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let conn = Rc::new(Conn::new(
         shard.new_conn_id(),
@@ -480,6 +481,7 @@ async fn run_session(shard: Rc<Shard>, stream: TcpStream, fbuf: FrameBuf, login:
     tracing::info!(
         user = conn.user,
         shard = shard.id,
+        remote,
         reason = if conn.out.overflowed.get() {
             "slow_consumer"
         } else if shard.stopping.get() {
