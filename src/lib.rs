@@ -13,6 +13,7 @@
 pub mod chat;
 pub mod client;
 pub mod cluster;
+pub mod config;
 pub mod core;
 pub mod legacy;
 pub mod model;

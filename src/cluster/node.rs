@@ -49,6 +49,8 @@ pub struct ClusterShard {
     /// user -> other nodes holding their sessions.
     remote: RefCell<AHashMap<UserId, Vec<Arc<str>>>>,
     queue: RefCell<Vec<Outgoing>>,
+    /// When the oldest message now in `queue` was queued (bus lag metric).
+    queued_since: Cell<Option<std::time::Instant>>,
     wake: Signal,
     /// Bumped when the live node set changes: owner caches older than this reload.
     pub view_gen: Cell<u64>,
@@ -81,6 +83,7 @@ impl ClusterShard {
             view: RefCell::new(NodeView::default()),
             remote: RefCell::new(AHashMap::new()),
             queue: RefCell::new(Vec::new()),
+            queued_since: Cell::new(None),
             wake: Signal::default(),
             view_gen: Cell::new(0),
             leaving: Cell::new(false),
@@ -96,6 +99,9 @@ impl ClusterShard {
     }
 
     fn push(&self, o: Outgoing) {
+        if self.queued_since.get().is_none() {
+            self.queued_since.set(Some(std::time::Instant::now()));
+        }
         self.queue.borrow_mut().push(o);
         self.wake.notify();
     }
@@ -659,6 +665,7 @@ async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
 async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
     loop {
         let items = std::mem::take(&mut *c.queue.borrow_mut());
+        let queued_since = c.queued_since.take();
         if items.is_empty() {
             c.wake.wait().await;
             continue;
@@ -799,6 +806,9 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                     .arg(c.cfg.channel(&node, s))
                     .arg(super::encode(&msgs)),
             );
+        }
+        if let Some(t) = queued_since {
+            shard.metrics.bus_lag.observe(t.elapsed());
         }
     }
 }

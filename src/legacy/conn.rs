@@ -550,6 +550,8 @@ async fn session(
             .ok()
             .map(|_| (stream, pending));
     }
+    let remote = stream.peer_addr().ok().map(tracing::field::display);
+    tracing::info!(user, name = %name, shard = shard.id, remote, protocol = "legacy", "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let out = Rc::new(Outbound::new(shard.cfg.out_limit));
     let conn = Rc::new(Conn::new(shard.new_conn_id(), user, out.clone(), HOLD_CAP));
@@ -610,6 +612,22 @@ async fn session(
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
+    tracing::info!(
+        user,
+        shard = shard.id,
+        remote,
+        protocol = "legacy",
+        reason = if logout {
+            "logout"
+        } else if conn.out.overflowed.get() {
+            "slow_consumer"
+        } else if shard.stopping.get() {
+            "shutdown"
+        } else {
+            "closed"
+        },
+        "session ended"
+    );
     if !logout || ctx.broken.get() {
         shutdown_now(&stream);
         return None;

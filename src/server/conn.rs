@@ -371,6 +371,8 @@ async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, lo
         let _ = stream.write_all(&f).await;
         return;
     }
+    let remote = stream.peer_addr().ok().map(tracing::field::display);
+    tracing::info!(user = login.user, name = %login.name, shard = shard.id, remote, "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let out = Rc::new(Outbound::new(shard.cfg.out_limit));
     let conn = Rc::new(Conn::new(
@@ -415,6 +417,19 @@ async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, lo
     conn.out.close();
     writer.await;
     shard.unregister(&conn);
+    tracing::info!(
+        user = conn.user,
+        shard = shard.id,
+        remote,
+        reason = if conn.out.overflowed.get() {
+            "slow_consumer"
+        } else if shard.stopping.get() {
+            "shutdown"
+        } else {
+            "closed"
+        },
+        "session ended"
+    );
 }
 
 /// Closes a connection's output if dropped (i.e. when a task unwinds).

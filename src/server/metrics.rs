@@ -4,6 +4,11 @@
 //! atomics, no cache-line ping-pong). Once a second each shard publishes a
 //! snapshot into its own slot of [`Published`], which the exporter thread
 //! reads; only that copy is atomic.
+//!
+//! Latencies an operator pages on are histograms ([`Histogram`]): a bucket
+//! counter per shard bumped in place (no lock, no allocation), published
+//! with the counters and rendered cumulatively (`_bucket{le=..}`, `_sum`,
+//! `_count`) at scrape time.
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
@@ -28,7 +33,73 @@ pub struct Metrics {
     pub protocol_errors: Cell<u64>,
     pub slow_consumers: Cell<u64>,
     pub task_panics: Cell<u64>,
+    /// Owner shard: message sequenced → its SendOk issued (durable).
+    pub send_ack: Histogram,
+    /// One group-commit batch: handed to the committer → committed.
+    pub store_batch: Histogram,
+    /// Cluster bus: oldest message of a batch queued → published to Redis.
+    pub bus_lag: Histogram,
 }
+
+/// Upper bounds of the latency buckets, microseconds (Prometheus `le`, in
+/// seconds, when rendered). A last `+Inf` bucket catches the rest.
+pub const BUCKETS_US: [u64; 15] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+/// Published slots of one histogram: a count per bucket (`+Inf` last), then
+/// the sum in microseconds.
+const HIST_SLOTS: usize = BUCKETS_US.len() + 2;
+
+/// A latency histogram owned by one shard (see the module docs).
+pub struct Histogram {
+    counts: [Cell<u64>; BUCKETS_US.len() + 1],
+    sum_us: Cell<u64>,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| Cell::new(0)),
+            sum_us: Cell::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let us = took.as_micros() as u64;
+        let i = BUCKETS_US.partition_point(|&b| b < us);
+        let c = &self.counts[i];
+        c.set(c.get() + 1);
+        self.sum_us.set(self.sum_us.get() + us);
+    }
+
+    fn values(&self) -> [u64; HIST_SLOTS] {
+        let mut v = [0u64; HIST_SLOTS];
+        for (slot, c) in v.iter_mut().zip(&self.counts) {
+            *slot = c.get();
+        }
+        v[HIST_SLOTS - 1] = self.sum_us.get();
+        v
+    }
+}
+
+/// Name and help of each histogram, in `Published::hists` order.
+const HISTOGRAMS: [(&str, &str); 3] = [
+    (
+        "ringchat_send_ack_seconds",
+        "owner shard: chat message sequenced until its SendOk is issued (group-commit wait + durable write)",
+    ),
+    (
+        "ringchat_store_batch_duration_seconds",
+        "one group-commit batch: handed to the committer until committed (fsync included)",
+    ),
+    (
+        "ringchat_cluster_bus_lag_seconds",
+        "cluster bus: oldest message of a batch queued until published to Redis (presence lookups included); stays empty on a single node",
+    ),
+];
 
 /// Names, help and kind of each published value, in slot order.
 const FIELDS: &[(&str, &str, &str)] = &[
@@ -110,6 +181,9 @@ impl Metrics {
             protocol_errors: Cell::new(0),
             slow_consumers: Cell::new(0),
             task_panics: Cell::new(0),
+            send_ack: Histogram::default(),
+            store_batch: Histogram::default(),
+            bus_lag: Histogram::default(),
         }
     }
 
@@ -123,6 +197,7 @@ impl Metrics {
         self.batch_ops.set(self.batch_ops.get() + ops as u64);
         self.batch_us_total.set(self.batch_us_total.get() + us);
         self.batch_us_max.set(self.batch_us_max.get().max(us));
+        self.store_batch.observe(took);
     }
 
     fn values(&self) -> [u64; 14] {
@@ -148,12 +223,19 @@ impl Metrics {
         for (slot, v) in to.slots[self.shard].iter().zip(self.values()) {
             slot.store(v, Ordering::Relaxed);
         }
+        let hists = [&self.send_ack, &self.store_batch, &self.bus_lag];
+        for (row, h) in to.hists[self.shard].iter().zip(hists) {
+            for (slot, v) in row.iter().zip(h.values()) {
+                slot.store(v, Ordering::Relaxed);
+            }
+        }
     }
 }
 
 /// The exporter's view: one row of atomics per shard.
 pub struct Published {
     slots: Vec<[AtomicU64; 14]>,
+    hists: Vec<[[AtomicU64; HIST_SLOTS]; HISTOGRAMS.len()]>,
 }
 
 impl Published {
@@ -161,6 +243,9 @@ impl Published {
         Arc::new(Published {
             slots: (0..shards)
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+            hists: (0..shards)
+                .map(|_| std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
         })
     }
@@ -185,8 +270,34 @@ impl Published {
                 }
             }
         }
+        for (h, (name, help)) in HISTOGRAMS.iter().enumerate() {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+            for (shard, rows) in self.hists.iter().enumerate() {
+                let row: Vec<u64> = rows[h].iter().map(|a| a.load(Ordering::Relaxed)).collect();
+                render_histogram(&mut out, name, shard, &row);
+            }
+        }
         out
     }
+}
+
+/// One shard's histogram from its published slots (per-bucket counts, then
+/// the sum in microseconds): cumulative buckets, `_sum` and `_count`.
+fn render_histogram(out: &mut String, name: &str, shard: usize, row: &[u64]) {
+    let mut cum = 0u64;
+    for (i, n) in row[..=BUCKETS_US.len()].iter().enumerate() {
+        cum += n;
+        let le = match BUCKETS_US.get(i) {
+            Some(us) => format!("{}", *us as f64 / 1e6),
+            None => "+Inf".to_string(),
+        };
+        out.push_str(&format!(
+            "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cum}\n"
+        ));
+    }
+    let sum = row[HIST_SLOTS - 1] as f64 / 1e6;
+    out.push_str(&format!("{name}_sum{{shard=\"{shard}\"}} {sum}\n"));
+    out.push_str(&format!("{name}_count{{shard=\"{shard}\"}} {cum}\n"));
 }
 
 /// Appends the watchdog's view: seconds since each shard last made progress
@@ -256,4 +367,52 @@ pub fn spawn_exporter(
         }
     })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let m = Metrics::new(1);
+        m.send_ack.observe(Duration::from_micros(100)); // le 0.0001 (bound inclusive)
+        m.send_ack.observe(Duration::from_micros(101)); // le 0.00025
+        m.send_ack.observe(Duration::from_millis(3)); // le 0.005
+        m.send_ack.observe(Duration::from_secs(60)); // +Inf
+        m.record_batch(10, Duration::from_millis(2));
+        let p = Published::new(2);
+        m.publish(&p);
+        let out = p.render();
+        let line = |s: &str| {
+            out.lines()
+                .find(|l| l.starts_with(s))
+                .unwrap_or_else(|| panic!("{s} missing:\n{out}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let b = "ringchat_send_ack_seconds_bucket{shard=\"1\",le=";
+        assert_eq!(line(&format!("{b}\"0.0001\"}}")), "1");
+        assert_eq!(line(&format!("{b}\"0.00025\"}}")), "2");
+        assert_eq!(line(&format!("{b}\"0.0025\"}}")), "2");
+        assert_eq!(line(&format!("{b}\"0.005\"}}")), "3");
+        assert_eq!(line(&format!("{b}\"10\"}}")), "3");
+        assert_eq!(line(&format!("{b}\"+Inf\"}}")), "4");
+        assert_eq!(line("ringchat_send_ack_seconds_count{shard=\"1\"}"), "4");
+        assert_eq!(
+            line("ringchat_send_ack_seconds_sum{shard=\"1\"}"),
+            "60.003201"
+        );
+        assert_eq!(
+            line("ringchat_store_batch_duration_seconds_count{shard=\"1\"}"),
+            "1"
+        );
+        assert_eq!(
+            line("ringchat_store_batch_duration_seconds_count{shard=\"0\"}"),
+            "0"
+        );
+        assert!(out.contains("# TYPE ringchat_cluster_bus_lag_seconds histogram"));
+    }
 }

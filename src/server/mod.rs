@@ -420,6 +420,12 @@ fn accept_loop(
             match listener.accept().await {
                 Ok(stream) => {
                     metrics::Metrics::inc(&shard.metrics.accepted);
+                    tracing::debug!(
+                        shard = shard.id,
+                        protocol = proto.name(),
+                        remote = stream.peer_addr().ok().map(tracing::field::display),
+                        "connection accepted"
+                    );
                     let s = shard.clone();
                     let p = proto.clone();
                     let ip = stream

@@ -258,6 +258,7 @@ fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: 
                     ts,
                     frame,
                     recipients,
+                    sequenced: std::time::Instant::now(),
                 }),
             );
         }
@@ -274,6 +275,7 @@ pub fn complete(shard: &Shard, c: Completion) {
         ts,
         frame,
         recipients,
+        sequenced,
     } = c;
     let waiters = with_conv(shard, conv, |st| {
         st.conv.durable(origin.user, client_msg_id, seq)
@@ -285,6 +287,7 @@ pub fn complete(shard: &Shard, c: Completion) {
         .send_ok(origin.req_id, conv, seq, ts, false)
         .to_vec();
     shard.reply(&origin, &ok);
+    shard.metrics.send_ack.observe(sequenced.elapsed());
     for o in waiters {
         let f = shard
             .enc

@@ -191,6 +191,8 @@ pub enum Completion {
         ts: u64,
         frame: Arc<[u8]>,
         recipients: Vec<UserId>,
+        /// When the owner sequenced it (the send→ack histogram).
+        sequenced: std::time::Instant,
     },
 }
 
