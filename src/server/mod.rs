@@ -270,7 +270,13 @@ pub fn serve_with(
     preflight(&cfg, n)?;
     // Before anything else touches the data dir or the address: a second
     // server on either must fail here, not half-start (see `listen`).
-    let _lock = listen::lock_data_dir(&cfg.data_dir)?;
+    // The data dir holds the embedded store; nodes sharing a MySQL store
+    // do not use it (several may run from one directory).
+    let _lock = if cfg.store.starts_with("mysql:") {
+        None
+    } else {
+        Some(listen::lock_data_dir(&cfg.data_dir)?)
+    };
     let (socks, bound) = listen::bind_group(cfg.listen, n, "listen")?;
     cfg.listen = bound;
     // Per shard, its socket of each extra listener.
