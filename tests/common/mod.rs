@@ -432,6 +432,8 @@ pub struct RawFrame {
     pub code: Option<fb::ErrorCode>,
     /// `Pong` nonce, if any.
     pub nonce: Option<u64>,
+    /// The whole frame (length prefix included), for `wire::decode`.
+    pub bytes: Vec<u8>,
 }
 
 impl Raw {
@@ -469,7 +471,8 @@ impl Raw {
                 .next_frame()
                 .expect("server sent a bad frame length")
             {
-                let env = wire::decode(self.buf.get(r)).expect("server sent an unverifiable frame");
+                let bytes = self.buf.get(r).to_vec();
+                let env = wire::decode(&bytes).expect("server sent an unverifiable frame");
                 let code = env
                     .body_as_error_reply()
                     .map(|e| e.code())
@@ -479,6 +482,7 @@ impl Raw {
                     body: env.body_type(),
                     code,
                     nonce: env.body_as_pong().map(|p| p.nonce()),
+                    bytes: bytes.clone(),
                 });
             }
             match self.s.read(self.buf.spare(4096)) {
