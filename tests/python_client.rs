@@ -39,7 +39,12 @@ fn python() -> Result<PathBuf, String> {
             Ok(o) => why.push(format!(
                 "{}: {}",
                 p.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
+                // The last line of the traceback: "ModuleNotFoundError: ...".
+                String::from_utf8_lossy(&o.stderr)
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             )),
             Err(e) => why.push(format!("{}: {e}", p.display())),
         }
