@@ -82,6 +82,7 @@ fn run_client(python: &Path, s: &TestServer) {
     let mut child = Command::new(python)
         .arg(&script)
         .arg(s.addr.to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
