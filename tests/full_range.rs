@@ -239,7 +239,11 @@ fn client_msg_id(s: &mut TestServer) {
     resend_all(&a2);
     let b2 = s.client();
     login_synced(&b2, &b.name);
-    assert_eq!(b2.history(conv, 0, 0).unwrap(), h, "same history after restart");
+    assert_eq!(
+        b2.history(conv, 0, 0).unwrap(),
+        h,
+        "same history after restart"
+    );
 }
 
 fn user_and_group_ids(s: &mut TestServer) {
@@ -283,7 +287,10 @@ fn user_and_group_ids(s: &mut TestServer) {
         (I63 | a.id, ErrorCode::NotMember),
         (I63 | a.id << 31, ErrorCode::NotMember),
         (I63 | a.id << 31 | a.id, ErrorCode::NotMember),
-        (I63 | (MAX_USER_ID + 1 + a.id) << 31 | a.id, ErrorCode::NotMember),
+        (
+            I63 | (MAX_USER_ID + 1 + a.id) << 31 | a.id,
+            ErrorCode::NotMember,
+        ),
         (u64::MAX, ErrorCode::NotMember),
     ];
     for (conv, code) in cases {

@@ -222,8 +222,15 @@ pub fn check_search_users(s: &dyn Store) {
             "after_id {after}"
         );
     }
-    assert_eq!(names(s.search_users("srch", all[0], 100).unwrap()), all[1..]);
-    assert!(s.search_users("srch", u32::MAX as u64, 100).unwrap().is_empty());
+    assert_eq!(
+        names(s.search_users("srch", all[0], 100).unwrap()),
+        all[1..]
+    );
+    assert!(
+        s.search_users("srch", u32::MAX as u64, 100)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// 2^63: the first `u64` that is negative as an `i64`.
@@ -588,7 +595,11 @@ pub fn check_cursors(s: &dyn Store) {
     s.write_batch(&[cur(u, I63)]).unwrap();
     assert_eq!(cursor_of(s, u, conv), Some(I63));
     s.write_batch(&[cur(u, I63 - 1), cur(u, 10)]).unwrap();
-    assert_eq!(cursor_of(s, u, conv), Some(I63), "never backwards from 2^63");
+    assert_eq!(
+        cursor_of(s, u, conv),
+        Some(I63),
+        "never backwards from 2^63"
+    );
     s.write_batch(&[cur(u, u64::MAX), cur(u, I63 + 1)]).unwrap();
     assert_eq!(cursor_of(s, u, conv), Some(u64::MAX));
     s.write_batch(&[cur(u, 0), cur(u, 1), cur(u, I63)]).unwrap();
@@ -598,7 +609,11 @@ pub fn check_cursors(s: &dyn Store) {
     s.write_batch(&[cur(u2, 1)]).unwrap();
     assert_eq!(cursor_of(s, u2, conv), Some(1));
     s.write_batch(&[cur(u2, I63 + 7)]).unwrap();
-    assert_eq!(cursor_of(s, u2, conv), Some(I63 + 7), "from 1 to above 2^63");
+    assert_eq!(
+        cursor_of(s, u2, conv),
+        Some(I63 + 7),
+        "from 1 to above 2^63"
+    );
     s.write_batch(&[cur(u2, 9)]).unwrap();
     assert_eq!(cursor_of(s, u2, conv), Some(I63 + 7));
 
@@ -705,7 +720,11 @@ pub fn check_messages_after_and_history(s: &dyn Store) {
             vec![8, 9, 10],
             "history before {before}"
         );
-        assert_eq!(s.history(conv, before, 100).unwrap(), all, "before {before}");
+        assert_eq!(
+            s.history(conv, before, 100).unwrap(),
+            all,
+            "before {before}"
+        );
     }
     assert_eq!(seqs(&s.history(conv, 2, 3).unwrap()), vec![1]);
     assert_eq!(seqs(&s.history(conv, 10, 1).unwrap()), vec![9]);
@@ -723,7 +742,11 @@ pub fn check_messages_after_and_history(s: &dyn Store) {
     assert_eq!(s.history(direct, 0, 100).unwrap(), d);
     assert_eq!(seqs(&s.history(direct, 3, 1).unwrap()), vec![2]);
     for bound in [I63, u64::MAX] {
-        assert_eq!(s.history(direct, bound, 100).unwrap(), d, "direct before {bound}");
+        assert_eq!(
+            s.history(direct, bound, 100).unwrap(),
+            d,
+            "direct before {bound}"
+        );
         assert!(s.messages_after(direct, bound, 100).unwrap().is_empty());
     }
 }

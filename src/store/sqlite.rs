@@ -322,8 +322,22 @@ fn upper_incl(before: u64) -> i64 {
 macro_rules! u64_max_sql {
     ($a:literal, $b:literal) => {
         concat!(
-            "CASE WHEN (", $a, " < 0) = (", $b, " < 0) THEN MAX(", $a, ", ", $b, ") ",
-            "WHEN ", $a, " < 0 THEN ", $a, " ELSE ", $b, " END"
+            "CASE WHEN (",
+            $a,
+            " < 0) = (",
+            $b,
+            " < 0) THEN MAX(",
+            $a,
+            ", ",
+            $b,
+            ") ",
+            "WHEN ",
+            $a,
+            " < 0 THEN ",
+            $a,
+            " ELSE ",
+            $b,
+            " END"
         )
     };
 }
@@ -410,10 +424,9 @@ impl Store for SqliteStore {
             "SELECT id, username FROM users WHERE username LIKE ?1 ESCAPE '\\' AND id > ?2 \
              ORDER BY id LIMIT ?3",
         )?;
-        let rows = st.query_map(
-            params![like_prefix(prefix), after_id, limit as i64],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-        )?;
+        let rows = st.query_map(params![like_prefix(prefix), after_id, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
