@@ -181,6 +181,16 @@ fn ack_seq(s: &mut TestServer) {
     assert_eq!(catch_up_count(s, &b.name), 3, "ack 0 moves nothing");
     ack(1);
     assert_eq!(catch_up_count(s, &b.name), 2);
+    // Acks for conversations the connection has not seen are ignored,
+    // whatever the ids.
+    b.ack(&[(0, 5), (I63 - 1, 5), (I63, u64::MAX), (u64::MAX, u64::MAX)])
+        .unwrap();
+    b.ping().unwrap();
+    assert_eq!(
+        catch_up_count(s, &b.name),
+        2,
+        "acks for other conversations"
+    );
     // The cursor moves to exactly what was acked, compared as u64: an ack
     // past the end also covers messages up to it that come later.
     ack(I63);

@@ -317,30 +317,13 @@ fn upper_incl(before: u64) -> i64 {
     }
 }
 
-/// SQL for `MAX(a, b)` of two bit-cast `u64`s, compared as `u64`: when the
-/// signs differ, the negative one is the larger `u64`.
-macro_rules! u64_max_sql {
-    ($a:literal, $b:literal) => {
-        concat!(
-            "CASE WHEN (",
-            $a,
-            " < 0) = (",
-            $b,
-            " < 0) THEN MAX(",
-            $a,
-            ", ",
-            $b,
-            ") ",
-            "WHEN ",
-            $a,
-            " < 0 THEN ",
-            $a,
-            " ELSE ",
-            $b,
-            " END"
-        )
-    };
-}
+/// Raises a delivered cursor to `?1`, never lowering it, comparing the
+/// bit-cast values as `u64`: when the signs differ, the negative one (2^63
+/// or more) is the larger.
+const RAISE_CURSOR: &str = "UPDATE conv_members SET delivered = \
+     CASE WHEN (delivered < 0) = (?1 < 0) THEN MAX(delivered, ?1) \
+     WHEN delivered < 0 THEN delivered ELSE ?1 END \
+     WHERE user_id = ?2 AND conv = ?3";
 
 /// Escapes `LIKE` wildcards so `prefix` matches literally (with `ESCAPE '\'`).
 fn like_prefix(prefix: &str) -> String {
@@ -740,11 +723,7 @@ impl Store for SqliteStore {
                 "INSERT INTO messages(conv, seq, sender, ts, client_msg_id, body) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut cursor = tx.prepare_cached(concat!(
-                "UPDATE conv_members SET delivered = ",
-                u64_max_sql!("delivered", "?1"),
-                " WHERE user_id = ?2 AND conv = ?3"
-            ))?;
+            let mut cursor = tx.prepare_cached(RAISE_CURSOR)?;
             for op in ops {
                 match op {
                     WriteOp::Message(m) => {
