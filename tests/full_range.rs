@@ -286,6 +286,11 @@ fn user_and_group_ids(s: &mut TestServer) {
             assert_code(a.send_raw(bad, 0, 5, "x"), ErrorCode::NotFriends);
         }
     }
+    // The caller's own id is SelfTarget for all four friend requests.
+    assert_code(a.friend_request(a.id, ""), ErrorCode::SelfTarget);
+    assert_code(a.friend_respond(a.id, true), ErrorCode::SelfTarget);
+    assert_code(a.friend_remove(a.id), ErrorCode::SelfTarget);
+    assert_code(a.friend_block(a.id, true), ErrorCode::SelfTarget);
     // History of conversations that do not exist or are not the caller's:
     // group ids (top bit clear) are NoSuchGroup, direct ones NotMember,
     // including direct ids that name the caller but no real pair.
