@@ -292,3 +292,27 @@ fn frames_are_flatbuffers_size_prefixed_buffers() {
     r.write(&plain);
     r.expect_error_then_close(ErrorCode::Malformed);
 }
+
+#[test]
+fn req_id_zero_and_a_second_hello_are_bad_requests_that_keep_the_connection() {
+    let s = TestServer::start();
+    let mut r = Raw::hello(s.addr);
+    let again = r.enc.hello(4, "again").to_vec();
+    r.write(&again);
+    let f = r.read().expect("an error reply");
+    assert_eq!(
+        (f.body, f.req_id, f.code),
+        (fb::Body::ErrorReply, 4, Some(ErrorCode::BadRequest))
+    );
+    let zero = r.enc.register(0, &uname("rz"), PASSWORD).to_vec();
+    r.write(&zero);
+    let f = r.read().expect("an error reply");
+    assert_eq!(
+        (f.body, f.req_id, f.code),
+        (fb::Body::ErrorReply, 0, Some(ErrorCode::BadRequest))
+    );
+    let ping = r.enc.ping(5, 55).to_vec();
+    r.write(&ping);
+    let f = r.read().expect("Pong: the connection stayed open");
+    assert_eq!((f.body, f.req_id, f.nonce), (fb::Body::Pong, 5, Some(55)));
+}
