@@ -129,8 +129,24 @@ fn resume_since(s: &mut TestServer) {
         };
         assert_eq!(got, want, "since {since}");
     }
+    // In a group, `since` 0 also replays what came before the user joined
+    // (History shows members the whole conversation too); the cursor that
+    // joining set only applies without `since`.
+    let g = a.create_group(&uname("rs_g")).unwrap();
+    a.send_group(g, "before b joined").unwrap();
+    b.join_group(g).unwrap();
+    for (since, want) in [(0, 1), (1, 0), (u64::MAX, 0)] {
+        let c = s.client();
+        c.resume_since(&token, &[(g, since)]).unwrap();
+        let got = match wait(&c, "SyncDone", |e| matches!(e, Event::SyncDone { .. })) {
+            Event::SyncDone { messages } => messages,
+            _ => unreachable!(),
+        };
+        assert_eq!(got, want, "group since {since}");
+    }
+    assert_eq!(catch_up_count(s, &b.name), 0, "joined at the end");
     // A conversation the user is not in is ignored, whatever its id.
-    for other in [0, 1, I63 - 1, I63, u64::MAX] {
+    for other in [0, 999_999, I63 - 1, I63, u64::MAX] {
         let c = s.client();
         c.resume_since(&token, &[(other, 0), (conv, 2)]).unwrap();
         let got = match wait(&c, "SyncDone", |e| matches!(e, Event::SyncDone { .. })) {
