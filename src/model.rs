@@ -56,8 +56,12 @@ pub fn conv_kind(c: ConvId) -> ConvKind {
 }
 
 /// The other participant of a direct conversation, if `me` is in it.
+/// `None` also for direct ids no pair of users has (`direct_conv` never
+/// makes them, but a client may send any `u64`): user id 0 on either side,
+/// or `lo >= hi` (a user with themself, or bits above the 31-bit user ids).
 pub fn direct_peer(c: ConvId, me: UserId) -> Option<UserId> {
     match conv_kind(c) {
+        ConvKind::Direct { lo, hi } if lo == 0 || lo >= hi => None,
         ConvKind::Direct { lo, hi } if lo == me => Some(hi),
         ConvKind::Direct { lo, hi } if hi == me => Some(lo),
         _ => None,
@@ -106,6 +110,12 @@ mod tests {
         assert_eq!(direct_peer(c, 7), Some(42));
         assert_eq!(direct_peer(c, 42), Some(7));
         assert_eq!(direct_peer(c, 8), None);
+        // Ids no pair has: user 0, a user with themself, stray high bits.
+        assert_eq!(direct_peer(1 << 63 | 1, 1), None);
+        assert_eq!(direct_peer(1 << 63 | 1, 0), None);
+        assert_eq!(direct_peer(1 << 63 | 3 << 31 | 3, 3), None);
+        assert_eq!(direct_peer(u64::MAX, MAX_USER_ID), None);
+        assert_eq!(direct_peer(1 << 63 | 5 << 31 | 4, 4), None);
         let big = direct_conv(MAX_USER_ID, MAX_USER_ID - 1);
         assert_eq!(
             conv_kind(big),

@@ -237,3 +237,82 @@ fn idle_connections_get_goodbye_and_pinging_ones_stay() {
     std::thread::sleep(Duration::from_millis(2500));
     kept.ping().expect("keepalive client was closed");
 }
+
+/// A Ping envelope built with the plain FlatBuffers API, finished either
+/// the documented way (`finish_size_prefixed`: the frame is the builder's
+/// output as is) or the wrong way (`finish`, then a length prepended).
+fn ping_built_by_hand(req_id: u64, nonce: u64, size_prefixed: bool) -> Vec<u8> {
+    let mut b = flatbuffers::FlatBufferBuilder::new();
+    let p = fb::Ping::create(&mut b, &fb::PingArgs { nonce });
+    let env = fb::Envelope::create(
+        &mut b,
+        &fb::EnvelopeArgs {
+            req_id,
+            body_type: fb::Body::Ping,
+            body: Some(p.as_union_value()),
+        },
+    );
+    if size_prefixed {
+        b.finish_size_prefixed(env, None);
+        b.finished_data().to_vec()
+    } else {
+        b.finish(env, None);
+        frame(b.finished_data())
+    }
+}
+
+#[test]
+fn frames_are_flatbuffers_size_prefixed_buffers() {
+    // PROTOCOL.md "Framing": the u32 length is FlatBuffers' size prefix and
+    // alignment counts from its first byte.
+    let s = TestServer::start();
+    let mut r = Raw::hello(s.addr);
+    let f = ping_built_by_hand(u64::MAX, u64::MAX - 1, true);
+    assert_eq!(
+        u32::from_le_bytes(f[..4].try_into().unwrap()) as usize,
+        f.len() - 4,
+        "the size prefix is the frame length"
+    );
+    r.write(&f);
+    let got = r.read().expect("Pong");
+    assert_eq!(
+        (got.body, got.req_id, got.nonce),
+        (fb::Body::Pong, u64::MAX, Some(u64::MAX - 1))
+    );
+    // What the server sends is the same form: it verifies as a size-prefixed
+    // buffer (Raw::read did that), and the bytes after the prefix are *not*
+    // a valid standalone buffer once a u64 is in it.
+    assert!(
+        fb::root_as_envelope(&got.bytes[4..]).is_err(),
+        "server frames are size-prefixed buffers, not prefix + plain buffer"
+    );
+    // A plain buffer with a length prepended puts every u64 at 4 mod 8:
+    // unverifiable, so Malformed and the connection closes.
+    let plain = ping_built_by_hand(u64::MAX, 7, false);
+    r.write(&plain);
+    r.expect_error_then_close(ErrorCode::Malformed);
+}
+
+#[test]
+fn req_id_zero_and_a_second_hello_are_bad_requests_that_keep_the_connection() {
+    let s = TestServer::start();
+    let mut r = Raw::hello(s.addr);
+    let again = r.enc.hello(4, "again").to_vec();
+    r.write(&again);
+    let f = r.read().expect("an error reply");
+    assert_eq!(
+        (f.body, f.req_id, f.code),
+        (fb::Body::ErrorReply, 4, Some(ErrorCode::BadRequest))
+    );
+    let zero = r.enc.register(0, &uname("rz"), PASSWORD).to_vec();
+    r.write(&zero);
+    let f = r.read().expect("an error reply");
+    assert_eq!(
+        (f.body, f.req_id, f.code),
+        (fb::Body::ErrorReply, 0, Some(ErrorCode::BadRequest))
+    );
+    let ping = r.enc.ping(5, 55).to_vec();
+    r.write(&ping);
+    let f = r.read().expect("Pong: the connection stayed open");
+    assert_eq!((f.body, f.req_id, f.nonce), (fb::Body::Pong, 5, Some(55)));
+}

@@ -119,7 +119,7 @@ pub fn plain_words(code: ErrorCode) -> &'static str {
         ErrorCode::NotMember => "not a member of that group",
         ErrorCode::AlreadyMember => "you are already a member of that group",
         ErrorCode::NotAllowed => "your role in the group does not allow that",
-        ErrorCode::MessageTooLarge => "the message is empty or too long",
+        ErrorCode::MessageTooLarge => "the message is too long",
         ErrorCode::RateLimited => "too many requests; wait a moment",
         ErrorCode::Internal => "the server had a storage problem; try again",
         ErrorCode::ShuttingDown => "the server is shutting down",

@@ -214,7 +214,27 @@ pub fn check_search_users(s: &dyn Store) {
     assert_eq!(p2, all[4..]);
     assert!(s.search_users("srch", up, 4).unwrap().is_empty());
     assert!(s.search_users("srch", 0, 0).unwrap().is_empty());
+
+    // `after_id` over the whole u64 range (SQLite keeps ids as i64).
+    for after in [I63 - 1, I63, I63 + 1, u64::MAX] {
+        assert!(
+            s.search_users("srch", after, 100).unwrap().is_empty(),
+            "after_id {after}"
+        );
+    }
+    assert_eq!(
+        names(s.search_users("srch", all[0], 100).unwrap()),
+        all[1..]
+    );
+    assert!(
+        s.search_users("srch", u32::MAX as u64, 100)
+            .unwrap()
+            .is_empty()
+    );
 }
+
+/// 2^63: the first `u64` that is negative as an `i64`.
+const I63: u64 = 1 << 63;
 
 pub fn check_sessions(s: &dyn Store) {
     let a = user(s, "cs_alice");
@@ -569,6 +589,34 @@ pub fn check_cursors(s: &dyn Store) {
         "never backwards within a batch"
     );
 
+    // The whole u64 range, compared as u64 (SQLite stores them as i64).
+    s.write_batch(&[cur(u, I63 - 1)]).unwrap();
+    assert_eq!(cursor_of(s, u, conv), Some(I63 - 1));
+    s.write_batch(&[cur(u, I63)]).unwrap();
+    assert_eq!(cursor_of(s, u, conv), Some(I63));
+    s.write_batch(&[cur(u, I63 - 1), cur(u, 10)]).unwrap();
+    assert_eq!(
+        cursor_of(s, u, conv),
+        Some(I63),
+        "never backwards from 2^63"
+    );
+    s.write_batch(&[cur(u, u64::MAX), cur(u, I63 + 1)]).unwrap();
+    assert_eq!(cursor_of(s, u, conv), Some(u64::MAX));
+    s.write_batch(&[cur(u, 0), cur(u, 1), cur(u, I63)]).unwrap();
+    assert_eq!(cursor_of(s, u, conv), Some(u64::MAX), "u64::MAX stays");
+    let u2 = user(s, "cc_member2");
+    s.add_member(g, u2, Role::Member, 0).unwrap();
+    s.write_batch(&[cur(u2, 1)]).unwrap();
+    assert_eq!(cursor_of(s, u2, conv), Some(1));
+    s.write_batch(&[cur(u2, I63 + 7)]).unwrap();
+    assert_eq!(
+        cursor_of(s, u2, conv),
+        Some(I63 + 7),
+        "from 1 to above 2^63"
+    );
+    s.write_batch(&[cur(u2, 9)]).unwrap();
+    assert_eq!(cursor_of(s, u2, conv), Some(I63 + 7));
+
     // Non-members: ignored, no row created, no error.
     s.write_batch(&[cur(outsider, 4)]).unwrap();
     assert!(s.conversations_of(outsider).unwrap().is_empty());
@@ -580,7 +628,7 @@ pub fn check_cursors(s: &dyn Store) {
         seq: 1,
     }])
     .unwrap();
-    assert_eq!(cursor_of(s, u, conv), Some(9));
+    assert_eq!(cursor_of(s, u, conv), Some(u64::MAX));
     assert_eq!(cursor_of(s, u, group_conv(g2)), Some(1));
 }
 
@@ -665,10 +713,42 @@ pub fn check_messages_after_and_history(s: &dyn Store) {
     assert!(s.history(conv, 1, 10).unwrap().is_empty());
     assert_eq!(seqs(&s.history(conv, 1000, 2).unwrap()), vec![9, 10]);
 
+    // Bounds over the whole u64 range (SQLite keeps seqs as i64).
+    for before in [11, I63 - 1, I63, I63 + 1, u64::MAX] {
+        assert_eq!(
+            seqs(&s.history(conv, before, 3).unwrap()),
+            vec![8, 9, 10],
+            "history before {before}"
+        );
+        assert_eq!(
+            s.history(conv, before, 100).unwrap(),
+            all,
+            "before {before}"
+        );
+    }
+    assert_eq!(seqs(&s.history(conv, 2, 3).unwrap()), vec![1]);
+    assert_eq!(seqs(&s.history(conv, 10, 1).unwrap()), vec![9]);
+    assert_eq!(seqs(&s.history(conv, u64::MAX, 1).unwrap()), vec![10]);
+    assert_eq!(seqs(&s.messages_after(conv, 1, 2).unwrap()), vec![2, 3]);
+    for after in [10, 11, I63 - 1, I63, I63 + 1, u64::MAX] {
+        assert!(
+            s.messages_after(conv, after, 100).unwrap().is_empty(),
+            "messages_after {after}"
+        );
+    }
+
     let d = s.messages_after(direct, 0, 100).unwrap();
     assert_eq!(d, direct_msgs.iter().map(named).collect::<Vec<_>>());
     assert_eq!(s.history(direct, 0, 100).unwrap(), d);
     assert_eq!(seqs(&s.history(direct, 3, 1).unwrap()), vec![2]);
+    for bound in [I63, u64::MAX] {
+        assert_eq!(
+            s.history(direct, bound, 100).unwrap(),
+            d,
+            "direct before {bound}"
+        );
+        assert!(s.messages_after(direct, bound, 100).unwrap().is_empty());
+    }
 }
 
 pub fn check_conversations_of(s: &dyn Store) {

@@ -19,6 +19,16 @@
 //! with `as u64`. Consequence: SQL `ORDER BY conv` would put direct
 //! conversations (negative as `i64`) first, so ordering by conv is done in Rust.
 //!
+//! The same cast would turn a `u64` *query bound* of 2^63 or more into a
+//! negative number, below every stored value (a `History` with
+//! `before_seq = 2^63` used to find nothing). Bounds therefore go through
+//! [`upper_incl`] / `i64::try_from`, which rely on this invariant: stored
+//! seqs and user ids are below 2^63 (seqs count messages of one
+//! conversation from 1; user ids come from `AUTOINCREMENT` or 31-bit
+//! imported ids, see `model::MAX_USER_ID`). Values a client chooses freely
+//! and that are compared, not just matched, are compared as `u64` in SQL:
+//! the delivered cursor (`Ack` may carry any seq).
+//!
 //! Only file-backed databases are supported: `:memory:` would give every
 //! pooled connection its own private database.
 
@@ -306,6 +316,24 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
+/// `seq < before` as an inclusive `i64` bound for the bit-cast column
+/// (`before == 0`: no bound). Exact for every stored seq (all below 2^63,
+/// see the module docs), whatever `before` is.
+fn upper_incl(before: u64) -> i64 {
+    match before {
+        0 => i64::MAX,
+        b => i64::try_from(b - 1).unwrap_or(i64::MAX),
+    }
+}
+
+/// Raises a delivered cursor to `?1`, never lowering it, comparing the
+/// bit-cast values as `u64`: when the signs differ, the negative one (2^63
+/// or more) is the larger.
+const RAISE_CURSOR: &str = "UPDATE conv_members SET delivered = \
+     CASE WHEN (delivered < 0) = (?1 < 0) THEN MAX(delivered, ?1) \
+     WHEN delivered < 0 THEN delivered ELSE ?1 END \
+     WHERE user_id = ?2 AND conv = ?3";
+
 /// Escapes `LIKE` wildcards so `prefix` matches literally (with `ESCAPE '\'`).
 fn like_prefix(prefix: &str) -> String {
     let mut s = String::with_capacity(prefix.len() + 2);
@@ -379,15 +407,18 @@ impl Store for SqliteStore {
         after_id: UserId,
         limit: u32,
     ) -> Result<Vec<(UserId, String)>> {
+        // No user id reaches 2^63 (module docs): nothing is above such a bound.
+        let Ok(after_id) = i64::try_from(after_id) else {
+            return Ok(Vec::new());
+        };
         let conn = self.reader();
         let mut st = conn.prepare_cached(
             "SELECT id, username FROM users WHERE username LIKE ?1 ESCAPE '\\' AND id > ?2 \
              ORDER BY id LIMIT ?3",
         )?;
-        let rows = st.query_map(
-            params![like_prefix(prefix), after_id as i64, limit as i64],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-        )?;
+        let rows = st.query_map(params![like_prefix(prefix), after_id, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -701,10 +732,7 @@ impl Store for SqliteStore {
                 "INSERT INTO messages(conv, seq, sender, ts, client_msg_id, body) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut cursor = tx.prepare_cached(
-                "UPDATE conv_members SET delivered = MAX(delivered, ?1) \
-                 WHERE user_id = ?2 AND conv = ?3",
-            )?;
+            let mut cursor = tx.prepare_cached(RAISE_CURSOR)?;
             for op in ops {
                 match op {
                     WriteOp::Message(m) => {
@@ -758,23 +786,27 @@ impl Store for SqliteStore {
     }
 
     fn messages_after(&self, conv: ConvId, after: Seq, limit: u32) -> Result<Vec<StoredMessage>> {
+        // No seq reaches 2^63 (module docs): nothing is after such a bound.
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
         let conn = self.reader();
         let mut st = conn.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} WHERE m.conv = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3"
         ))?;
-        let rows = st.query_map([conv as i64, after as i64, limit as i64], message_from_row)?;
+        let rows = st.query_map([conv as i64, after, limit as i64], message_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn history(&self, conv: ConvId, before: Seq, limit: u32) -> Result<Vec<StoredMessage>> {
-        // `before == 0` means "from the newest": an upper bound no seq reaches
-        // keeps the query a plain range seek on the primary key.
-        let before = if before == 0 { i64::MAX } else { before as i64 };
+        // A plain range seek on the primary key; `before == 0` ("from the
+        // newest") and `before >= 2^63` both become the largest bound.
+        let upto = upper_incl(before);
         let conn = self.reader();
         let mut st = conn.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} WHERE m.conv = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3"
+            "SELECT {MESSAGE_COLUMNS} WHERE m.conv = ?1 AND m.seq <= ?2 ORDER BY m.seq DESC LIMIT ?3"
         ))?;
-        let rows = st.query_map([conv as i64, before, limit as i64], message_from_row)?;
+        let rows = st.query_map([conv as i64, upto, limit as i64], message_from_row)?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         out.reverse();
         Ok(out)

@@ -1,4 +1,6 @@
-//! Frame splitting: `u32` little-endian length + FlatBuffers bytes.
+//! Frame splitting: a frame is a FlatBuffers *size-prefixed* buffer (`u32`
+//! little-endian length, then that many bytes; the prefix belongs to the
+//! buffer and alignment counts from it, see docs/PROTOCOL.md "Framing").
 //!
 //! Sans-IO: the caller reads socket bytes into [`FrameBuf::spare`], commits
 //! them with [`FrameBuf::filled`], then pops complete frames with

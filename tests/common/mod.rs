@@ -432,6 +432,8 @@ pub struct RawFrame {
     pub code: Option<fb::ErrorCode>,
     /// `Pong` nonce, if any.
     pub nonce: Option<u64>,
+    /// The whole frame (length prefix included), for `wire::decode`.
+    pub bytes: Vec<u8>,
 }
 
 impl Raw {
@@ -469,7 +471,8 @@ impl Raw {
                 .next_frame()
                 .expect("server sent a bad frame length")
             {
-                let env = wire::decode(self.buf.get(r)).expect("server sent an unverifiable frame");
+                let bytes = self.buf.get(r).to_vec();
+                let env = wire::decode(&bytes).expect("server sent an unverifiable frame");
                 let code = env
                     .body_as_error_reply()
                     .map(|e| e.code())
@@ -479,6 +482,7 @@ impl Raw {
                     body: env.body_type(),
                     code,
                     nonce: env.body_as_pong().map(|p| p.nonce()),
+                    bytes: bytes.clone(),
                 });
             }
             match self.s.read(self.buf.spare(4096)) {
@@ -544,4 +548,67 @@ pub fn queued_messages(c: &Client) -> Vec<ringchat::client::ChatMsg> {
         out.push(m);
     }
     out
+}
+
+// ---------------------------------------------------------------- MySQL store
+
+/// The local MariaDB the MySQL-store tests use.
+pub const MYSQL_ADDR: &str = "127.0.0.1:3306";
+
+/// A database name for one server run on the local MariaDB (`--store` URL
+/// via [`MysqlDb::store`]); the server creates it, [`Drop`] drops it.
+/// `None` (after printing `SKIPPED: ...` to stderr) when MariaDB is not
+/// reachable, unless `RINGCHAT_REQUIRE_MYSQL=1` (CI): then it panics, so a
+/// broken setup cannot pass by skipping.
+pub struct MysqlDb {
+    pub name: String,
+}
+
+impl MysqlDb {
+    pub fn new(test: &str) -> Option<MysqlDb> {
+        if let Err(e) = std::net::TcpStream::connect(MYSQL_ADDR) {
+            if std::env::var("RINGCHAT_REQUIRE_MYSQL").as_deref() == Ok("1") {
+                panic!("MariaDB is required (RINGCHAT_REQUIRE_MYSQL=1) but {MYSQL_ADDR}: {e}");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {test} on the MySQL store (no MariaDB on {MYSQL_ADDR}: {e})"
+            );
+            return None;
+        }
+        static N: AtomicU64 = AtomicU64::new(0);
+        let db = MysqlDb {
+            name: format!(
+                "ringchat_t_{test}_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ),
+        };
+        db.drop_database();
+        Some(db)
+    }
+
+    /// The `--store` argument.
+    pub fn store(&self) -> String {
+        format!(
+            "mysql://root@{MYSQL_ADDR}/{}?pool=2&prefer_socket=false",
+            self.name
+        )
+    }
+
+    fn drop_database(&self) {
+        use mysql::prelude::Queryable;
+        let Ok(opts) = mysql::Opts::from_url(&format!("mysql://root@{MYSQL_ADDR}")) else {
+            return;
+        };
+        if let Ok(mut c) = mysql::Conn::new(opts) {
+            let _ = c.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name));
+        }
+    }
+}
+
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        self.drop_database();
+    }
 }
