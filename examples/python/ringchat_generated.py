@@ -39,6 +39,7 @@ class ErrorCode(object):
     SelfTarget = 28
     InvalidName = 29
     NameTaken = 30
+    LimitReached = 31
 
 
 class FriendState(object):

@@ -201,7 +201,13 @@ pub async fn catch_up(
 ) -> crate::store::Result<u64> {
     let user = conn.user;
     let convs = shard.blocking(move |s| s.conversations_of(user)).await?;
-    conn.convs.borrow_mut().extend(convs.iter().map(|c| c.conv));
+    {
+        let mut known = conn.convs.borrow_mut();
+        for c in &convs {
+            let k = known.entry(c.conv).or_insert(0);
+            *k = (*k).max(c.last_seq);
+        }
+    }
     let mut overrides: AHashMap<ConvId, Seq> = since.iter().copied().collect();
     overrides.extend(replayed.iter().map(|(c, s)| (*c, *s)));
     let overrides: Vec<(ConvId, Seq)> = overrides.into_iter().collect();

@@ -125,11 +125,14 @@ pub struct Conn {
     pub out: Rc<Outbound>,
     /// Live chat pushes held while the session replays stored messages.
     pub hold: RefCell<Option<crate::core::sync::Hold<Arc<[u8]>>>>,
-    /// Conversations this session may acknowledge: the user's at login,
-    /// plus every one a message was delivered from since. Acks for anything
+    /// What this session may acknowledge: per conversation (the user's at
+    /// login, plus every one a message was delivered from since), the
+    /// highest seq it has been sent or has sent itself. Acks for anything
     /// else are dropped at the session (they would only fill the cursor
-    /// buffer and the store: a flood of them slowed everyone's sends).
-    pub convs: RefCell<AHashSet<ConvId>>,
+    /// buffer and the store: a flood of them slowed everyone's sends), and
+    /// acks past that seq are capped (an ack of u64::MAX would otherwise
+    /// hide every later message from the user's next catch-up).
+    pub convs: RefCell<AHashMap<ConvId, Seq>>,
 }
 
 impl Conn {
@@ -139,7 +142,7 @@ impl Conn {
             user,
             out,
             hold: RefCell::new(Some(crate::core::sync::Hold::new(hold_cap))),
-            convs: RefCell::new(AHashSet::new()),
+            convs: RefCell::new(AHashMap::new()),
         }
     }
 }
@@ -586,12 +589,18 @@ impl Shard {
         for u in users {
             let Some(st) = states.get(u) else { continue };
             for cid in &st.conns {
+                let Some(c) = conns.get(cid) else { continue };
+                if let Some((conv, seq)) = msg {
+                    // The sender's own connection is not sent its message,
+                    // but it may acknowledge it.
+                    let mut known = c.convs.borrow_mut();
+                    let k = known.entry(conv).or_insert(0);
+                    *k = (*k).max(seq);
+                }
                 if *cid == skip {
                     continue;
                 }
-                let Some(c) = conns.get(cid) else { continue };
                 if let Some((conv, seq)) = msg {
-                    c.convs.borrow_mut().insert(conv);
                     if let Some(h) = c.hold.borrow_mut().as_mut() {
                         h.push(conv, seq, frame.clone());
                         continue;

@@ -63,9 +63,9 @@ pub fn ack(shard: &Shard, sess: &Session, items: &dyn Pairs) {
     let known = sess.conn.convs.borrow();
     let me = sess.user;
     items.each(&mut |conv, seq| {
-        if known.contains(&conv) {
+        if let Some(&last) = known.get(&conv) {
             let e = cursors.entry((me, conv)).or_insert(0);
-            *e = (*e).max(seq);
+            *e = (*e).max(seq.min(last));
         }
     });
 }
