@@ -7,8 +7,11 @@
 //! prints a progress line every second, merges their histograms and counts,
 //! and writes the report. Users must exist beforehand (`ringchat provision`).
 
+#![recursion_limit = "256"]
+
 mod ipc;
 mod report;
+mod track;
 mod worker;
 
 use clap::{Parser, ValueEnum};
@@ -131,6 +134,26 @@ pub struct Args {
     /// Fail (exit non-zero) on lost/duplicated/out-of-order (default on).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub check_delivery: bool,
+    /// Reconnect a connection the server closed or reset (through --server,
+    /// e.g. nginx), with back-off and jitter: resume with the token and
+    /// `since` cursors, resend unacknowledged messages with the same
+    /// client_msg_id. `--reconnect` = `--reconnect true`. Default: on for
+    /// direct, group and mixed over the native protocol, off otherwise.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub reconnect: Option<bool>,
+    /// Longest reconnect back-off (ms); attempts wait 25-50 ms, 50-100 ms,
+    /// ... doubling up to this.
+    #[arg(long, default_value_t = 2000)]
+    pub reconnect_max_ms: u64,
+    /// Goal shown in the report header: acked messages per second (the
+    /// project floor). Informational: it does not change the exit status
+    /// (use --expect-rate for that).
+    #[arg(long, default_value_t = 5000.0)]
+    pub goal_rate: f64,
+    /// Goal shown in the report header: p99 of ack and e2e latency (ms).
+    /// Informational (use --expect-p99-ms to fail on it).
+    #[arg(long, default_value_t = 50.0)]
+    pub goal_p99_ms: f64,
     #[arg(long, hide = true, default_value_t = 0)]
     pub run_id: u64,
     #[arg(long, hide = true)]
@@ -151,6 +174,18 @@ pub fn mono_us() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+impl Args {
+    pub fn reconnect_on(&self) -> bool {
+        self.reconnect.unwrap_or(
+            self.protocol == Protocol::Native
+                && matches!(
+                    self.scenario,
+                    Scenario::Direct | Scenario::Group | Scenario::Mixed
+                ),
+        )
+    }
 }
 
 /// Users per indivisible block: a friend pair, a group, or both.
@@ -199,6 +234,10 @@ fn main() {
     args.procs = args.procs.clamp(1, 250);
     if args.protocol == Protocol::Legacy && args.scenario == Scenario::LoginStorm {
         eprintln!("loadgen: the legacy protocol has no resume; login-storm is native only");
+        std::process::exit(2);
+    }
+    if args.protocol == Protocol::Legacy && args.reconnect == Some(true) {
+        eprintln!("loadgen: the legacy protocol has no resume; --reconnect is native only");
         std::process::exit(2);
     }
     let u = unit(&args);
@@ -275,7 +314,15 @@ fn parent(args: Args) -> i32 {
     drop(tx);
 
     let t_start = Instant::now();
-    let mut progress = vec![[0u64; 6]; k];
+    let mut progress = vec![[0u64; ipc::PROGRESS_FIELDS]; k];
+    let mut login_fail: Vec<Vec<(String, u64)>> = vec![Vec::new(); k];
+    // Per-second series for the report: merged latency deltas of the last
+    // second, server CPU/RSS, and loadgen-side events.
+    let mut sec_hist = [worker::new_hist(), worker::new_hist()];
+    let mut lat_series: Vec<report::LatPoint> = Vec::new();
+    let mut srv_series: Vec<report::SrvPoint> = Vec::new();
+    let mut cpu_prev: Option<(Instant, f64)> = None;
+    let mut go_mono: Option<u64> = None;
     let mut ready = vec![None::<u64>; k];
     let mut results: Vec<Option<WorkerResult>> = (0..k).map(|_| None).collect();
     let mut dead = vec![false; k];
@@ -295,10 +342,13 @@ fn parent(args: Args) -> i32 {
                 ready[w] = Some(n);
                 progress[w][0] = n;
             }
+            Ok((w, Some(Msg::LoginFailures(v)))) => login_fail[w] = v,
             Ok((_, Some(Msg::Window(h)))) => {
                 if let Some(win) = &mut win {
                     win.add(&h);
                 }
+                let _ = sec_hist[0].add(&h[0]);
+                let _ = sec_hist[1].add(&h[1]);
             }
             Ok((w, Some(Msg::Result(r)))) => results[w] = Some(*r),
             Ok((w, None)) => {
@@ -314,15 +364,35 @@ fn parent(args: Args) -> i32 {
             let live: u64 = ready.iter().flatten().sum();
             let secs = t_start.elapsed().as_secs_f64();
             eprintln!(
-                "loadgen: {live} connections logged in in {secs:.1}s ({:.0}/s); starting {:?}",
+                "loadgen: {live} connections logged in in {secs:.1}s ({:.0}/s); starting {:?}{}",
                 live as f64 / secs,
-                args.scenario
+                args.scenario,
+                if args.reconnect_on() {
+                    " (reconnecting lost connections)"
+                } else {
+                    ""
+                }
             );
+            let lf = merge_counts(&login_fail);
+            if !lf.is_empty() {
+                eprintln!("loadgen: login failures: {}", fmt_counts(&lf));
+            }
+            if live == 0 {
+                eprintln!(
+                    "loadgen: no connection logged in{}",
+                    if lf.is_empty() {
+                        " (see the errors in the summary)".to_string()
+                    } else {
+                        format!(": {}", fmt_counts(&lf))
+                    }
+                );
+            }
             // Let the server settle (friends' presence, catch-up acks) first.
             std::thread::sleep(Duration::from_millis(500));
             rss_connected = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
             cpu_go = pid.and_then(proc_cpu_s);
             let t0 = mono_us() + 200_000;
+            go_mono = Some(t0);
             for p in &mut procs {
                 let _ = writeln!(p.stdin, "GO {t0}");
                 let _ = p.stdin.flush();
@@ -353,8 +423,18 @@ fn parent(args: Args) -> i32 {
             last_sent = s[1];
             let t = t_start.elapsed().as_secs_f64();
             samples.push((t, s[0]));
+            let mut extra = String::new();
+            let reconn: u64 = progress.iter().map(|p| p[6]).sum();
+            let losses: u64 = progress.iter().map(|p| p[7]).sum();
+            if args.reconnect_on() && losses > 0 {
+                extra.push_str(&format!(" | lost {losses} reconnected {reconn}"));
+            }
+            let lf = merge_counts(&login_fail);
+            if !lf.is_empty() {
+                extra.push_str(&format!(" | login failures: {}", fmt_counts(&lf)));
+            }
             eprintln!(
-                "[{t:6.1}s] conns {:>6} | sent {:>8} ({:>7.0}/s) | acked {:>8} | delivered {:>8} | p99 ack {:.2} ms e2e {:.2} ms",
+                "[{t:6.1}s] conns {:>6} | sent {:>8} ({:>7.0}/s) | acked {:>8} | delivered {:>8} | p99 ack {:.2} ms e2e {:.2} ms{extra}",
                 s[0],
                 s[1],
                 rate,
@@ -363,6 +443,33 @@ fn parent(args: Args) -> i32 {
                 ack99 as f64 / 1000.0,
                 e2e99 as f64 / 1000.0
             );
+            // Per-second series, relative to GO.
+            let rel = go_mono.map(|g| (mono_us() as f64 - g as f64) / 1e6);
+            if let Some(rel) = rel
+                && rel > 0.0
+            {
+                lat_series.push(report::LatPoint::new(rel, &sec_hist[0], &sec_hist[1]));
+            }
+            sec_hist = [worker::new_hist(), worker::new_hist()];
+            if let Some(p) = pid {
+                let now = Instant::now();
+                let cpu = proc_cpu_s(p);
+                let pct = match (cpu, cpu_prev) {
+                    (Some(c), Some((t1, c1))) => {
+                        Some((c - c1) / now.duration_since(t1).as_secs_f64().max(1e-3) * 100.0)
+                    }
+                    _ => None,
+                };
+                cpu_prev = cpu.map(|c| (now, c));
+                let rss = proc_status_kib(p, "VmRSS:");
+                if pct.is_some() || rss.is_some() {
+                    srv_series.push(report::SrvPoint {
+                        t_s: rel.unwrap_or(-t_start.elapsed().as_secs_f64()),
+                        cpu_pct: pct,
+                        rss_mib: rss.map(|k| k as f64 / 1024.0),
+                    });
+                }
+            }
         }
     }
     for mut p in procs {
@@ -383,7 +490,12 @@ fn parent(args: Args) -> i32 {
         rss_end_kib: rss_end,
         cpu_percent: cpu,
     };
-    let rep = report::build(&args, &results, missing, server);
+    let series = report::Series {
+        latency: lat_series,
+        server: srv_series,
+        login_failures: merge_counts(&login_fail),
+    };
+    let rep = report::build(&args, &results, missing, server, series);
     report::print_summary(&rep);
     if let Some(dir) = &args.report
         && let Err(e) = report::write(dir, &rep, &results)
@@ -431,7 +543,7 @@ impl Window {
         }
     }
 
-    fn flush(&mut self, progress: &[[u64; 6]]) {
+    fn flush(&mut self, progress: &[[u64; ipc::PROGRESS_FIELDS]]) {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -454,6 +566,22 @@ impl Window {
             *h = worker::new_hist();
         }
     }
+}
+
+/// Sums per-worker `(name, count)` lists, by name.
+fn merge_counts(v: &[Vec<(String, u64)>]) -> Vec<(String, u64)> {
+    let mut m: std::collections::BTreeMap<String, u64> = Default::default();
+    for (k, n) in v.iter().flatten() {
+        *m.entry(k.clone()).or_default() += n;
+    }
+    m.into_iter().collect()
+}
+
+fn fmt_counts(v: &[(String, u64)]) -> String {
+    v.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Merges worker histograms (all share the same bounds).

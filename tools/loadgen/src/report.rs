@@ -16,12 +16,56 @@ pub struct ServerSample {
     pub cpu_percent: Option<f64>,
 }
 
+/// Latency percentiles of one second of the run (ms; None: no sample).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LatPoint {
+    pub t_s: f64,
+    pub ack_p50: Option<f64>,
+    pub ack_p99: Option<f64>,
+    pub e2e_p50: Option<f64>,
+    pub e2e_p99: Option<f64>,
+}
+
+impl LatPoint {
+    pub fn new(t_s: f64, ack: &Histogram<u64>, e2e: &Histogram<u64>) -> LatPoint {
+        let q = |h: &Histogram<u64>, q: f64| {
+            (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
+        };
+        LatPoint {
+            t_s: (t_s * 10.0).round() / 10.0,
+            ack_p50: q(ack, 0.5),
+            ack_p99: q(ack, 0.99),
+            e2e_p50: q(e2e, 0.5),
+            e2e_p99: q(e2e, 0.99),
+        }
+    }
+}
+
+/// One `--server-pid` sample (once a second).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SrvPoint {
+    pub t_s: f64,
+    pub cpu_pct: Option<f64>,
+    pub rss_mib: Option<f64>,
+}
+
+/// What the parent recorded over time.
+pub struct Series {
+    pub latency: Vec<LatPoint>,
+    pub server: Vec<SrvPoint>,
+    pub login_failures: Vec<(String, u64)>,
+}
+
 pub struct Report {
     pub json: Value,
     pub ack: Histogram<u64>,
     pub e2e: Histogram<u64>,
     pub login: Histogram<u64>,
+    pub resume: Histogram<u64>,
     pub timeline: Vec<[u64; 3]>,
+    pub series: Series,
+    /// Reasons the run failed (filled by `failures`), for the header.
+    pub verdict: Vec<String>,
 }
 
 pub fn pct(h: &Histogram<u64>) -> Value {
@@ -42,11 +86,44 @@ pub fn build(
     rs: &[WorkerResult],
     missing_workers: usize,
     srv: ServerSample,
+    series: Series,
 ) -> Report {
     let sum = |f: fn(&WorkerResult) -> u64| rs.iter().map(f).sum::<u64>();
     let ack = merge(rs.iter().map(|r| r.ack.clone()));
     let e2e = merge(rs.iter().map(|r| r.e2e.clone()));
     let login = merge(rs.iter().map(|r| r.login.clone()));
+    let resume = merge(rs.iter().map(|r| r.resume.clone()));
+    let mut events: Vec<(i64, String, u64)> =
+        rs.iter().flat_map(|r| r.events.iter().cloned()).collect();
+    events.sort();
+    // Coalesce the workers' events per 100 ms and kind.
+    let mut ev: Vec<Value> = Vec::new();
+    let mut last: std::collections::HashMap<String, (i64, usize)> = Default::default();
+    for (t, k, n) in events {
+        if let Some((t0, i)) = last.get(&k)
+            && t - t0 < 100_000
+        {
+            let c = ev[*i]["count"].as_u64().unwrap_or(0);
+            ev[*i]["count"] = json!(c + n);
+            continue;
+        }
+        last.insert(k.clone(), (t, ev.len()));
+        ev.push(json!({"t_s": (t as f64 / 1e5).round() / 10.0, "event": k, "count": n}));
+    }
+    let mut lf = serde_json::Map::new();
+    for (k, n) in &series.login_failures {
+        lf.insert(k.clone(), json!(n));
+    }
+    // The workers' final counts are exact; the parent's progress copy may lag.
+    let mut lf_final: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in rs {
+        for (k, n) in &r.login_failures {
+            *lf_final.entry(k.clone()).or_default() += n;
+        }
+    }
+    if !rs.is_empty() {
+        lf = lf_final.into_iter().map(|(k, n)| (k, json!(n))).collect();
+    }
     let mut timeline: Vec<[u64; 3]> = Vec::new();
     for r in rs {
         if timeline.len() < r.timeline.len() {
@@ -99,7 +176,23 @@ pub fn build(
         "expected_deliveries": sum(|r| r.expected),
         "lost": sum(|r| r.lost),
         "duplicated": sum(|r| r.duplicated),
+        "duplicated_shown": sum(|r| r.duplicated_shown),
+        "duplicate_arrivals": sum(|r| r.duplicate_arrivals),
         "out_of_order": sum(|r| r.out_of_order),
+        "held_back": sum(|r| r.held_back),
+        "gaps": sum(|r| r.gaps),
+        "history_fills": sum(|r| r.history_fills),
+        "redelivered": sum(|r| r.redelivered),
+        "reconnect": args.reconnect_on(),
+        "losses": sum(|r| r.losses),
+        "reconnects": sum(|r| r.reconnects),
+        "reconnect_failures": sum(|r| r.reconnect_failures),
+        "resent": sum(|r| r.resent),
+        "resend_deduped": sum(|r| r.resend_deduped),
+        "resume_ms": pct(&resume),
+        "unavailable_ms": rs.iter().map(|r| r.unavailable_max_us).max().unwrap_or(0) as f64 / 1000.0,
+        "login_failures": lf,
+        "events": ev,
         "unacked": sum(|r| r.unacked),
         "unacked_delivered": sum(|r| r.unacked_delivered),
         "send_errors": sum(|r| r.send_errors),
@@ -116,13 +209,19 @@ pub fn build(
         "server_cpu_percent": srv.cpu_percent,
         "errors": errors,
         "timeline": timeline,
+        "latency_timeline": series.latency,
+        "server_timeline": series.server,
+        "goals": {"rate_per_s": args.goal_rate, "p99_ms": args.goal_p99_ms},
     });
     Report {
         json,
         ack,
         e2e,
         login,
+        resume,
         timeline,
+        series,
+        verdict: Vec::new(),
     }
 }
 
@@ -254,14 +353,9 @@ fn curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 }
 
 /// One plotted line: (legend, colour, points).
-type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+type Line<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
-fn svg_lines(
-    title: &str,
-    xlabels: &[(f64, String)],
-    series: &[Series<'_>],
-    ylabel: &str,
-) -> String {
+fn svg_lines(title: &str, xlabels: &[(f64, String)], series: &[Line<'_>], ylabel: &str) -> String {
     let (w, h, l, b) = (760.0, 320.0, 60.0, 40.0);
     let xmax = series
         .iter()
