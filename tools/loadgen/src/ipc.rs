@@ -28,10 +28,10 @@ pub struct WorkerResult {
     pub expected: u64,
     pub lost: u64,
     pub duplicated: u64,
-    /// Part of `duplicated`: messages a device showed twice.
+    /// Same as `duplicated` (messages a device showed twice).
     pub duplicated_shown: u64,
-    /// Part of `duplicated`: arrivals of something already shown that the
-    /// device had no reason to get again (dropped, but a server bug).
+    /// Arrivals of something already shown that the device had no reason
+    /// to get again: dropped, as the protocol says (not in `duplicated`).
     pub duplicate_arrivals: u64,
     pub out_of_order: u64,
     /// Sends that never got a SendOk (nor an error) before the drain ended.

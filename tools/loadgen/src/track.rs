@@ -19,12 +19,20 @@
 //!   open when the connection is lost is filled by the resume (`since` =
 //!   `held`).
 //! - An arrival at or below `held` (or already held back) is dropped, never
-//!   shown twice. It is a **duplicate** (a server bug) unless the device
-//!   could expect it again: it came in a `History` reply the device asked
-//!   for, it is the device's own message (its SendOk and the catch-up of its
-//!   own sends), it was held back when the connection was lost (the resume
-//!   replays everything after `held`), or the session was a fresh `Login`
-//!   (the server replays from its acked cursor, which may lag `held`).
+//!   shown twice. It is *expected again* if the device asked for it (a
+//!   `History` reply, or the late push a fill stood in for), if it is the
+//!   device's own message (its SendOk and the catch-up of its own sends), if
+//!   it was held back when the connection was lost (the resume replays
+//!   everything after `held`), or if the session was a fresh `Login` (the
+//!   server replays from its acked cursor, which may lag `held`). Otherwise
+//!   it is a *duplicate arrival*: the protocol lets the server push, after a
+//!   resume, what the catch-up already sent, and tells clients to drop it,
+//!   so it is counted but is not a failure.
+//!
+//! A message is **duplicated** only when a device *shows* it twice, which
+//! the rule above prevents for one seq; what remains is one client message
+//! stored under two seqs (a resend the server failed to dedup), counted by
+//! [`Ledger`] through the `client_msg_id`.
 
 use ahash::AHashMap;
 use ringchat::model::{ConvId, Seq};
@@ -46,7 +54,7 @@ pub enum Source {
 pub struct Effect<T> {
     /// Newly shown, in seq order (the arrival and/or released held-back ones).
     pub shown: Vec<(Seq, T)>,
-    /// Dropped: seen before, and not expected again.
+    /// Dropped: seen before, and not expected again (a duplicate arrival).
     pub duplicate: bool,
     /// Dropped: seen before, legitimately sent again (fill, own, resume).
     pub again: bool,
@@ -179,8 +187,12 @@ impl<T> View<T> {
             }
             return fx;
         }
-        if self.filling && src == Source::Fill {
-            self.filled += 1;
+        if src == Source::Fill {
+            if self.filling {
+                self.filled += 1;
+            }
+            // The push it stood in for may still come (late): not a duplicate.
+            self.again_ok.insert(seq);
         }
         if seq == self.held + 1 {
             self.held = seq;
@@ -198,6 +210,23 @@ impl<T> View<T> {
             fx.fill = self.fill_request();
         }
         fx
+    }
+
+    /// Forgets an outstanding fill request without an answer (the caller
+    /// did not send it: during a catch-up the replay fills gaps itself).
+    pub fn cancel_fill(&mut self) {
+        self.filling = false;
+    }
+
+    /// Asks for the gap now, if there is one and no request is outstanding
+    /// (at the end of a catch-up).
+    pub fn fill_now(&mut self) -> Option<(Seq, u32)> {
+        if self.filling || self.ahead.is_empty() {
+            return None;
+        }
+        self.filling = true;
+        self.filled = 0;
+        self.fill_request()
     }
 
     /// The reply to the outstanding fill request was processed (`ok`:
@@ -357,8 +386,12 @@ mod tests {
         let fx = v.fill_done(true);
         assert!(fx.shown.is_empty() && fx.fill.is_none());
         assert_eq!(v.held(), Some(5));
-        // A late push of a filled seq is a duplicate on the same session.
+        // The late push of a filled seq is expected once, not shown again;
+        // a second copy is a duplicate arrival.
+        let fx = v.arrive(3, 3, Source::Push);
+        assert!(fx.again && fx.shown.is_empty());
         assert!(v.arrive(3, 3, Source::Push).duplicate);
+        assert!(v.arrive(4, 4, Source::Push).duplicate);
     }
 
     #[test]
@@ -373,6 +406,37 @@ mod tests {
         let fx = v.arrive(1, (), Source::Fill);
         assert!(fx.again && !fx.duplicate);
         assert!(v.fill_done(true).shown.is_empty());
+    }
+
+    #[test]
+    fn late_push_of_a_filled_seq_is_not_a_duplicate() {
+        let mut v = View::<()>::default();
+        v.set_base(0);
+        v.arrive(2, (), Source::Push);
+        assert_eq!(seqs(&v.arrive(1, (), Source::Fill)), vec![1, 2]);
+        v.fill_done(true);
+        // The push of 1 the fill stood in for comes late: dropped, expected.
+        let fx = v.arrive(1, (), Source::Push);
+        assert!(fx.again && !fx.duplicate && fx.shown.is_empty());
+        // A third copy is not.
+        assert!(v.arrive(1, (), Source::Push).duplicate);
+    }
+
+    #[test]
+    fn gap_during_catch_up_is_asked_for_at_its_end() {
+        let mut v = View::<()>::default();
+        v.set_base(0);
+        // The device's own SendOk for seq 3 overtakes the replay of 1..2.
+        let fx = v.arrive(3, (), Source::Own);
+        assert!(fx.fill.is_some() && !fx.gap);
+        v.cancel_fill();
+        assert_eq!(seqs(&v.arrive(1, (), Source::Push)), vec![1]);
+        assert_eq!(seqs(&v.arrive(2, (), Source::Push)), vec![2, 3]);
+        assert_eq!(v.fill_now(), None, "nothing left to ask for");
+        v.arrive(5, (), Source::Own);
+        v.cancel_fill();
+        assert_eq!(v.fill_now(), Some((5, 1)));
+        assert_eq!(v.fill_now(), None, "one request at a time");
     }
 
     #[test]

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Failover smoke: loadgen survives server deaths with exact accounting.
+#
+# Starts a release server, runs `loadgen --reconnect` (mixed: direct + group
+# messages) with CONNS connections sending RATE msgs/s, kills the server with
+# SIGKILL mid-run KILLS times, each time restarting it on the same data dir
+# and port (the embedded SQLite store persists), then checks loadgen's
+# report.json: reconnects > 0, lost 0, duplicated 0, out-of-order 0, every
+# sent message acked (unacked 0, send_errors 0), nothing held back.
+#
+# Usage: bench/failover_smoke.sh            (PROFILE=release|debug, default release)
+# Env: CONNS (400), RATE (400), DURATION (20 s of sending), KILLS (2),
+#      DOWN_MS (how long the server stays dead, 1500), KEEP=1 keeps the work dir.
+# Last line: `failover smoke: PASS ...` or `failover smoke: FAIL <reasons>`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+PROFILE=${PROFILE:-release}
+BIN=target/$PROFILE
+CONNS=${CONNS:-400}
+RATE=${RATE:-400}
+DURATION=${DURATION:-20}
+KILLS=${KILLS:-2}
+DOWN_MS=${DOWN_MS:-1500}
+if [ ! -x "$BIN/ringchat" ] || [ ! -x "$BIN/loadgen" ]; then
+    if [ "$PROFILE" = release ]; then cargo build --release -p ringchat -p loadgen; else cargo build -p ringchat -p loadgen; fi
+fi
+WORK=$(mktemp -d /tmp/ringchat-failover.XXXXXX)
+LG_PID=
+cleanup() {
+    [ -z "$LG_PID" ] || kill "$LG_PID" 2>/dev/null || true
+    stop_server
+    if [ -n "${KEEP:-}" ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+"$BIN/ringchat" provision --data-dir "$WORK/data" --users "$CONNS" --prefix fo \
+    --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > "$WORK/provision.log"
+PORT=$(free_port)
+SERVER_ADDR=127.0.0.1:$PORT
+# serve N: starts (or restarts) the server on the same port and data dir.
+serve() {
+    local log=$WORK/server-$1.log
+    "$BIN/ringchat" serve --listen "$SERVER_ADDR" --data-dir "$WORK/data" >"$log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 1 200); do
+        grep -q "ringchat listening on" "$log" 2>/dev/null && return 0
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server died:"; cat "$log"; return 1; }
+        sleep 0.05
+    done
+    echo "server did not start:"; cat "$log"; return 1
+}
+serve 0
+"$BIN/loadgen" --server "$SERVER_ADDR" --prefix fo --scenario mixed --group-size 10 \
+    --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --drain 30 --reconnect \
+    --report "$WORK/report" > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
+LG_PID=$!
+for _ in $(seq 1 600); do
+    grep -q "starting" "$WORK/loadgen.err" 2>/dev/null && break
+    kill -0 "$LG_PID" 2>/dev/null || break
+    sleep 0.1
+done
+# Kills spread over the sending window, the first after a quarter of it.
+for k in $(seq 1 "$KILLS"); do
+    sleep "$(awk -v d="$DURATION" -v k="$KILLS" 'BEGIN { printf "%.1f", d / (k + 1) }')"
+    kill -0 "$LG_PID" 2>/dev/null || break
+    echo "kill -9 server (pid $SERVER_PID) at $(date -u +%T)"
+    kill -KILL "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+    sleep "$(awk -v m="$DOWN_MS" 'BEGIN { printf "%.3f", m / 1000 }')"
+    serve "$k"
+    echo "server restarted (pid $SERVER_PID)"
+done
+rc=0
+wait "$LG_PID" || rc=$?
+LG_PID=
+tail -n 25 "$WORK/loadgen.out"
+grep -E "FAIL|login failures" "$WORK/loadgen.err" || true
+python3 - "$WORK/report/report.json" "$rc" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+rc = int(sys.argv[2])
+bad = []
+def need(cond, what):
+    if not cond:
+        bad.append(what)
+need(j["reconnects"] > 0, f"reconnects = {j['reconnects']} (expected > 0)")
+for k in ("lost", "duplicated", "out_of_order", "unacked", "send_errors", "held_back"):
+    need(j[k] == 0, f"{k} = {j[k]}")
+need(j["sent"] > 0 and j["acked"] == j["sent"], f"acked {j['acked']} of {j['sent']} sent")
+need(j["delivered"] == j["expected_deliveries"],
+     f"delivered {j['delivered']} != expected {j['expected_deliveries']}")
+need(rc == 0, f"loadgen exited {rc}")
+print(f"reconnects {j['reconnects']} (losses {j['losses']}, failed attempts {j['reconnect_failures']}), "
+      f"resent {j['resent']} (deduped by the server {j['resend_deduped']}), "
+      f"resume p99 {j['resume_ms']['p99']} ms, unavailable max {j['unavailable_ms']} ms, "
+      f"gaps {j['gaps']}, redelivered {j['redelivered']}")
+if bad:
+    print("failover smoke: FAIL " + "; ".join(bad))
+    sys.exit(1)
+print(f"failover smoke: PASS {j['sent']} sent, {j['acked']} acked, {j['delivered']} delivered, "
+      f"0 lost/dup/out-of-order across {j['reconnects']} reconnects")
+PY
