@@ -10,7 +10,10 @@
 #
 # Usage: bench/failover_smoke.sh            (PROFILE=release|debug, default release)
 # Env: CONNS (400), RATE (400), DURATION (20 s of sending), KILLS (2),
-#      DOWN_MS (how long the server stays dead, 1500), KEEP=1 keeps the work dir.
+#      DOWN_MS (how long the server stays dead, 1500), KEEP=1 keeps the work dir,
+#      FAULT=no-resend|resend-new-id makes loadgen misbehave on purpose (the
+#      check must then FAIL: unacked/lost, resp. duplicated when a message
+#      whose SendOk was lost is stored twice).
 # Last line: `failover smoke: PASS ...` or `failover smoke: FAIL <reasons>`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +56,7 @@ serve() {
 serve 0
 "$BIN/loadgen" --server "$SERVER_ADDR" --prefix fo --scenario mixed --group-size 10 \
     --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --drain 30 --reconnect \
-    --report "$WORK/report" > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
+    --report "$WORK/report" ${FAULT:+--test-fault "$FAULT"} > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
 LG_PID=$!
 for _ in $(seq 1 600); do
     grep -q "starting" "$WORK/loadgen.err" 2>/dev/null && break

@@ -154,6 +154,12 @@ pub struct Args {
     /// Informational (use --expect-p99-ms to fail on it).
     #[arg(long, default_value_t = 50.0)]
     pub goal_p99_ms: f64,
+    /// Deliberately wrong client behaviour, to check that the accounting
+    /// catches it (bench/failover_smoke.sh FAULT=...): `resend-new-id`
+    /// resends unacked messages with a new client_msg_id (the server stores
+    /// them twice: duplicated); `no-resend` forgets them (unacked, lost).
+    #[arg(long, hide = true)]
+    pub test_fault: Option<String>,
     #[arg(long, hide = true, default_value_t = 0)]
     pub run_id: u64,
     #[arg(long, hide = true)]

@@ -32,7 +32,7 @@
 //! A message is **duplicated** only when a device *shows* it twice, which
 //! the rule above prevents for one seq; what remains is one client message
 //! stored under two seqs (a resend the server failed to dedup), counted by
-//! [`Ledger`] through the `client_msg_id`.
+//! [`Ledger`] through the message's identity (its send index, in the body).
 
 use ahash::AHashMap;
 use ringchat::model::{ConvId, Seq};
@@ -273,7 +273,8 @@ pub struct Entry {
 
 /// A worker's delivery truth: every `(conv, seq)` acknowledged to a sender,
 /// how many recipient devices must show it and how many did; and which
-/// message (`client_msg_id`) each device showed under which seq, so that a
+/// message (its send index, carried in the body) each device showed under
+/// which seq, so that a
 /// message stored twice (a resend the server failed to dedup: two seqs, one
 /// client message) counts as duplicated although each seq is shown once.
 /// A resend the server dedups gets the original seq back: one entry, no
@@ -302,13 +303,14 @@ impl Ledger {
         !std::mem::replace(&mut e.acked, true)
     }
 
-    /// Device `dev` showed `(conv, seq)`, the sender's message `cmid`.
-    pub fn shown(&mut self, dev: u32, conv: ConvId, seq: Seq, cmid: u64, expected: u32) {
+    /// Device `dev` showed `(conv, seq)`, the sender's message `id` (unique
+    /// per worker and run; 0 = unknown).
+    pub fn shown(&mut self, dev: u32, conv: ConvId, seq: Seq, id: u64, expected: u32) {
         let e = self.entries.entry((conv, seq)).or_default();
         e.expected = expected;
         e.delivered += 1;
-        if cmid != 0 {
-            match self.shown_ids.entry((dev, cmid)) {
+        if id != 0 {
+            match self.shown_ids.entry((dev, id)) {
                 std::collections::hash_map::Entry::Occupied(o) => {
                     if *o.get() != seq {
                         self.id_duplicates += 1;

@@ -109,8 +109,8 @@ struct Sent {
 /// What a received message is to the accounting.
 #[derive(Clone, Copy, Debug)]
 enum Item {
-    /// A message of this run: scheduled send time, client_msg_id.
-    Run { sched: u64, cmid: u64 },
+    /// A message of this run: scheduled send time, identity (send index + 1).
+    Run { sched: u64, id: u64 },
     /// From an earlier run (catch-up of old traffic).
     Stale,
     /// The device's own message (its SendOk, or replayed to it).
@@ -642,9 +642,11 @@ impl Worker {
             .or_default() += 1;
     }
 
-    /// The message body: `lg <run> <scheduled µs> ` padded to --body-size.
-    fn body(&self, sched: u64) -> String {
-        let mut body = format!("lg {} {} ", self.run, sched);
+    /// The message body: `lg <run> <scheduled µs> <send index> ` padded to
+    /// --body-size. The send index identifies the message whatever its
+    /// client_msg_id (see `Ledger`).
+    fn body(&self, sched: u64, i: u64) -> String {
+        let mut body = format!("lg {} {} {} ", self.run, sched, i);
         while body.len() < self.args.body_size {
             body.push('x');
         }
@@ -665,7 +667,7 @@ impl Worker {
         }
         for (seq, item) in fx.shown {
             match item {
-                Item::Run { sched, cmid } => {
+                Item::Run { sched, id } => {
                     self.e2e
                         .borrow_mut()
                         .saturating_record(now.saturating_sub(sched).max(1));
@@ -674,7 +676,7 @@ impl Worker {
                     let exp = self.expected_recipients(conv);
                     self.ledger
                         .borrow_mut()
-                        .shown(idx as u32, conv, seq, cmid, exp);
+                        .shown(idx as u32, conv, seq, id, exp);
                 }
                 Item::Stale => self.stats.borrow_mut().stale += 1,
                 Item::Own => {}
@@ -735,10 +737,24 @@ fn handle(
         // was down, or lost with the previous session).
         let mut pending: Vec<Sent> = conn.sent.borrow_mut().drain().map(|(_, s)| s).collect();
         pending.sort_by_key(|s| s.i);
+        match (w.args.test_fault.as_deref(), lost != 0) {
+            (Some("no-resend"), true) => {
+                // Forgotten: they stay unacked (and are counted so).
+                for (k, s) in pending.drain(..).enumerate() {
+                    conn.sent.borrow_mut().insert(u64::MAX - k as u64, s);
+                }
+            }
+            (Some("resend-new-id"), true) => {
+                for s in &mut pending {
+                    s.cmid ^= 1 << 63;
+                }
+            }
+            _ => {}
+        }
         let n = pending.len() as u64;
         for s in pending {
             let r = conn.req();
-            let body = w.body(s.sched_us);
+            let body = w.body(s.sched_us, s.i);
             let f = w
                 .enc
                 .borrow_mut()
@@ -846,17 +862,13 @@ fn handle(
             } else {
                 let body = m.body().unwrap_or("");
                 match body.strip_prefix(&tag) {
-                    Some(rest) => (
-                        Item::Run {
-                            sched: rest
-                                .split(' ')
-                                .next()
-                                .and_then(|s| s.parse().ok())
-                                .unwrap_or(now),
-                            cmid: m.client_msg_id(),
-                        },
-                        src,
-                    ),
+                    Some(rest) => {
+                        let mut f = rest.split(' ').map(|s| s.parse::<u64>().ok());
+                        let sched = f.next().flatten().unwrap_or(now);
+                        // Message identity: the send index (+1, 0 = none).
+                        let id = f.next().flatten().map(|i| i + 1).unwrap_or(0);
+                        (Item::Run { sched, id }, src)
+                    }
                     None => (Item::Stale, src),
                 }
             };
@@ -1022,7 +1034,7 @@ async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
             } else {
                 (w.conns[partner(idx)].user_id.get(), 0)
             };
-            let body = w.body(sched);
+            let body = w.body(sched, i);
             let r = conn.req();
             let cmid = (w.run << 24) ^ i;
             let s = Sent {
