@@ -15,6 +15,7 @@
 #      check must then FAIL: unacked/lost, resp. duplicated when a message
 #      whose SendOk was lost is stored twice).
 # Last line: `failover smoke: PASS ...` or `failover smoke: FAIL <reasons>`.
+# OUT=dir copies loadgen's report (report.json, report.html) there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -46,6 +47,7 @@ serve() {
     local log=$WORK/server-$1.log
     "$BIN/ringchat" serve --listen "$SERVER_ADDR" --data-dir "$WORK/data" >"$log" 2>&1 &
     SERVER_PID=$!
+    echo "$SERVER_PID" > "$WORK/server.pid"
     for _ in $(seq 1 200); do
         grep -q "ringchat listening on" "$log" 2>/dev/null && return 0
         kill -0 "$SERVER_PID" 2>/dev/null || { echo "server died:"; cat "$log"; return 1; }
@@ -56,7 +58,7 @@ serve() {
 serve 0
 "$BIN/loadgen" --server "$SERVER_ADDR" --prefix fo --scenario mixed --group-size 10 \
     --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --drain 30 --reconnect \
-    --report "$WORK/report" ${FAULT:+--test-fault "$FAULT"} > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
+    --server-pid-file "$WORK/server.pid" --report "$WORK/report" ${FAULT:+--test-fault "$FAULT"} > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
 LG_PID=$!
 for _ in $(seq 1 600); do
     grep -q "starting" "$WORK/loadgen.err" 2>/dev/null && break
@@ -78,6 +80,7 @@ rc=0
 wait "$LG_PID" || rc=$?
 LG_PID=
 tail -n 25 "$WORK/loadgen.out"
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && cp "$WORK"/report/* "$OUT"/ && echo "report: $OUT/report.html"; fi
 grep -E "FAIL|login failures" "$WORK/loadgen.err" || true
 python3 - "$WORK/report/report.json" "$rc" <<'PY'
 import json, sys

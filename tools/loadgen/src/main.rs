@@ -92,6 +92,11 @@ pub struct Args {
     /// Server pid, to sample its RSS and CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// File holding the server pid, re-read at every sample (for runs that
+    /// restart the server: bench/failover_smoke.sh); overrides --server-pid
+    /// for the per-second CPU/RSS series.
+    #[arg(long)]
+    pub server_pid_file: Option<PathBuf>,
     /// Worker processes (each binds its sockets to 127.0.0.(2+k)).
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
@@ -328,7 +333,9 @@ fn parent(args: Args) -> i32 {
     let mut lat_series: Vec<report::LatPoint> = Vec::new();
     let mut srv_series: Vec<report::SrvPoint> = Vec::new();
     let mut cpu_prev: Option<(Instant, f64)> = None;
+    let mut cpu_pid: Option<u32> = None;
     let mut go_mono: Option<u64> = None;
+    let mut sec_seen = vec![false; k];
     let mut ready = vec![None::<u64>; k];
     let mut results: Vec<Option<WorkerResult>> = (0..k).map(|_| None).collect();
     let mut dead = vec![false; k];
@@ -349,12 +356,30 @@ fn parent(args: Args) -> i32 {
                 progress[w][0] = n;
             }
             Ok((w, Some(Msg::LoginFailures(v)))) => login_fail[w] = v,
-            Ok((_, Some(Msg::Window(h)))) => {
+            Ok((w, Some(Msg::Window(h)))) => {
                 if let Some(win) = &mut win {
                     win.add(&h);
                 }
                 let _ = sec_hist[0].add(&h[0]);
                 let _ = sec_hist[1].add(&h[1]);
+                // One point per second once every running worker sent its
+                // window for it (workers tick on their own clocks).
+                sec_seen[w] = true;
+                let all = (0..k).all(|i| sec_seen[i] || dead[i] || results[i].is_some());
+                if all {
+                    let rel = go_mono.map(|g| (mono_us() as f64 - g as f64) / 1e6 - 0.5);
+                    if let Some(rel) = rel
+                        && rel > -0.5
+                    {
+                        lat_series.push(report::LatPoint::new(
+                            rel.max(0.0),
+                            &sec_hist[0],
+                            &sec_hist[1],
+                        ));
+                    }
+                    sec_hist = [worker::new_hist(), worker::new_hist()];
+                    sec_seen = vec![false; k];
+                }
             }
             Ok((w, Some(Msg::Result(r)))) => results[w] = Some(*r),
             Ok((w, None)) => {
@@ -449,17 +474,21 @@ fn parent(args: Args) -> i32 {
                 ack99 as f64 / 1000.0,
                 e2e99 as f64 / 1000.0
             );
-            // Per-second series, relative to GO.
             let rel = go_mono.map(|g| (mono_us() as f64 - g as f64) / 1e6);
-            if let Some(rel) = rel
-                && rel > 0.0
-            {
-                lat_series.push(report::LatPoint::new(rel, &sec_hist[0], &sec_hist[1]));
-            }
-            sec_hist = [worker::new_hist(), worker::new_hist()];
-            if let Some(p) = pid {
+            let spid = args
+                .server_pid_file
+                .as_ref()
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .or(pid);
+            if let Some(p) = spid {
                 let now = Instant::now();
                 let cpu = proc_cpu_s(p);
+                if cpu_pid != Some(p) {
+                    // A new server process: its CPU time starts again.
+                    cpu_prev = None;
+                    cpu_pid = Some(p);
+                }
                 let pct = match (cpu, cpu_prev) {
                     (Some(c), Some((t1, c1))) => {
                         Some((c - c1) / now.duration_since(t1).as_secs_f64().max(1e-3) * 100.0)
@@ -501,14 +530,15 @@ fn parent(args: Args) -> i32 {
         server: srv_series,
         login_failures: merge_counts(&login_fail),
     };
-    let rep = report::build(&args, &results, missing, server, series);
+    let mut rep = report::build(&args, &results, missing, server, series);
     report::print_summary(&rep);
+    let fails = report::failures(&args, &rep);
+    rep.verdict = fails.clone();
     if let Some(dir) = &args.report
         && let Err(e) = report::write(dir, &rep, &results)
     {
         eprintln!("loadgen: writing report: {e}");
     }
-    let fails = report::failures(&args, &rep);
     for f in &fails {
         eprintln!("loadgen: FAIL: {f}");
     }
