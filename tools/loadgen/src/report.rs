@@ -1081,7 +1081,7 @@ fn html(r: &Report, rs: &[WorkerResult]) -> String {
         t.push_str("<h2>Events (seconds since the start of sending)</h2><table class=\"kv\">");
         for (a, b, k, c) in runs.iter().take(40) {
             let when = if b - a < 0.05 {
-                format!("{}", fmt_num(*a))
+                fmt_num(*a)
             } else {
                 format!("{} – {}", fmt_num(*a), fmt_num(*b))
             };
