@@ -3,7 +3,7 @@
 //! travel in hdrhistogram's V2 format right after the `RESULT` header so
 //! the parent merges exact distributions rather than percentiles.
 //!
-//! - `PROGRESS live sent acked delivered ack_p99_us e2e_p99_us reconnects losses`
+//! - `PROGRESS live sent acked delivered ack_p99_us e2e_p99_us reconnects losses conn_failures`
 //! - `LOGINFAIL <code>=<count> ...`: refused logins/resumes so far, by code
 //! - `READY live`
 //! - `WINDOW <ack bytes> <e2e bytes> <login bytes>` + payloads: latencies
@@ -75,7 +75,7 @@ fn out() -> std::io::StdoutLock<'static> {
 }
 
 /// Progress fields, in order (see the module doc).
-pub const PROGRESS_FIELDS: usize = 8;
+pub const PROGRESS_FIELDS: usize = 9;
 
 pub fn send_progress(v: &[u64; PROGRESS_FIELDS]) {
     let s: Vec<String> = v.iter().map(|x| x.to_string()).collect();

@@ -464,6 +464,10 @@ fn parent(args: Args) -> i32 {
             if !lf.is_empty() {
                 extra.push_str(&format!(" | login failures: {}", fmt_counts(&lf)));
             }
+            let cf: u64 = progress.iter().map(|p| p[8]).sum();
+            if cf > 0 {
+                extra.push_str(&format!(" | failed connections {cf}"));
+            }
             eprintln!(
                 "[{t:6.1}s] conns {:>6} | sent {:>8} ({:>7.0}/s) | acked {:>8} | delivered {:>8} | p99 ack {:.2} ms e2e {:.2} ms{extra}",
                 s[0],

@@ -282,6 +282,24 @@ pub fn print_summary(r: &Report) {
              rate_per_s counts messages written, lost = written but never delivered"
         );
     }
+    if j["losses"].as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            s,
+            "reconnect: {} lost, {} reconnected ({} failed attempts), {} resent ({} deduped by the server), resume p99 {} ms, longest unavailable {} ms",
+            j["losses"],
+            j["reconnects"],
+            j["reconnect_failures"],
+            j["resent"],
+            j["resend_deduped"],
+            j["resume_ms"]["p99"],
+            j["unavailable_ms"]
+        );
+    }
+    if let Some(e) = j["login_failures"].as_object()
+        && !e.is_empty()
+    {
+        let _ = writeln!(s, "login failures by code: {}", j["login_failures"]);
+    }
     if let Some(e) = j["errors"].as_object()
         && !e.is_empty()
     {
@@ -301,6 +319,28 @@ pub fn failures(a: &Args, r: &Report) -> Vec<String> {
                 f.push(format!("{k} = {}", j[k]));
             }
         }
+    }
+    // With --reconnect a lost connection resends what was not acked, so
+    // every send must end acked (without it, a dead connection's sends
+    // are simply never answered).
+    if a.check_delivery && a.reconnect_on() && n("unacked") > 0.0 {
+        f.push(format!("unacked = {} (with --reconnect)", j["unacked"]));
+    }
+    if n("connections") == 0.0 && a.connections > 0 {
+        let lf = j["login_failures"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        f.push(if lf.is_empty() {
+            "no connection logged in (see errors)".to_string()
+        } else {
+            format!("no connection logged in: login failures {lf}")
+        });
     }
     if n("missing_workers") > 0.0 {
         f.push("a worker process died".into());

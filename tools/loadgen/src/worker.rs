@@ -1134,6 +1134,7 @@ async fn progress(w: Rc<Worker>) {
             w.e2e.borrow().value_at_quantile(0.99),
             st.reconnects,
             st.losses,
+            st.conn_failures,
         ]);
         if !st.login_failures.is_empty() {
             ipc::send_login_failures(&st.login_failures);
