@@ -8,6 +8,11 @@
 # report.json: reconnects > 0, lost 0, duplicated 0, out-of-order 0, every
 # sent message acked (unacked 0, send_errors 0), nothing held back.
 #
+# MODE=cluster does the same through nginx in front of a 2-node cluster
+# (tools/cluster: MariaDB + Redis): each kill takes one node down (n1, n2,
+# n1, ...) and restarts it with the same arguments after DOWN_MS; loadgen
+# reconnects through the nginx port, landing on whichever node is up.
+#
 # Usage: bench/failover_smoke.sh            (PROFILE=release|debug, default release)
 # Env: CONNS (400), RATE (400), DURATION (20 s of sending), KILLS (2),
 #      DOWN_MS (how long the server stays dead, 1500), KEEP=1 keeps the work dir,
@@ -26,36 +31,84 @@ RATE=${RATE:-400}
 DURATION=${DURATION:-20}
 KILLS=${KILLS:-2}
 DOWN_MS=${DOWN_MS:-1500}
+MODE=${MODE:-single}
+case $MODE in single|cluster) ;; *) echo "failover smoke: MODE is single or cluster" >&2; exit 2 ;; esac
 if [ ! -x "$BIN/ringchat" ] || [ ! -x "$BIN/loadgen" ]; then
     if [ "$PROFILE" = release ]; then cargo build --release -p ringchat -p loadgen; else cargo build -p ringchat -p loadgen; fi
 fi
 WORK=$(mktemp -d /tmp/ringchat-failover.XXXXXX)
 LG_PID=
+CNAME=lgfo$$
 cleanup() {
     [ -z "$LG_PID" ] || kill "$LG_PID" 2>/dev/null || true
     stop_server
+    if [ "$MODE" = cluster ]; then
+        # A node restarted by this script is not in tools/cluster's pid files.
+        [ -z "${NODE_PID:-}" ] || kill -TERM "$NODE_PID" 2>/dev/null || true
+        RINGCHAT_BIN=$PWD/$BIN/ringchat tools/cluster down --name "$CNAME" --purge >/dev/null 2>&1 || true
+    fi
     if [ -n "${KEEP:-}" ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
-"$BIN/ringchat" provision --data-dir "$WORK/data" --users "$CONNS" --prefix fo \
-    --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > "$WORK/provision.log"
-PORT=$(free_port)
-SERVER_ADDR=127.0.0.1:$PORT
-# serve N: starts (or restarts) the server on the same port and data dir.
-serve() {
-    local log=$WORK/server-$1.log
-    "$BIN/ringchat" serve --listen "$SERVER_ADDR" --data-dir "$WORK/data" >"$log" 2>&1 &
-    SERVER_PID=$!
-    echo "$SERVER_PID" > "$WORK/server.pid"
-    for _ in $(seq 1 200); do
-        grep -q "ringchat listening on" "$log" 2>/dev/null && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server died:"; cat "$log"; return 1; }
-        sleep 0.05
+if [ "$MODE" = single ]; then
+    "$BIN/ringchat" provision --data-dir "$WORK/data" --users "$CONNS" --prefix fo \
+        --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > "$WORK/provision.log"
+    PORT=$(free_port)
+    SERVER_ADDR=127.0.0.1:$PORT
+    # serve N: starts (or restarts) the server on the same port and data dir.
+    serve() {
+        local log=$WORK/server-$1.log
+        "$BIN/ringchat" serve --listen "$SERVER_ADDR" --data-dir "$WORK/data" >"$log" 2>&1 &
+        SERVER_PID=$!
+        echo "$SERVER_PID" > "$WORK/server.pid"
+        for _ in $(seq 1 200); do
+            grep -q "ringchat listening on" "$log" 2>/dev/null && return 0
+            kill -0 "$SERVER_PID" 2>/dev/null || { echo "server died:"; cat "$log"; return 1; }
+            sleep 0.05
+        done
+        echo "server did not start:"; cat "$log"; return 1
+    }
+    serve 0
+    victim() { echo "$SERVER_PID"; }
+    revive() { serve "$1"; }
+else
+    MYSQL_URL=${RINGCHAT_MYSQL:-mysql://root@127.0.0.1:3306}
+    REDIS_URL=${RINGCHAT_REDIS:-redis://127.0.0.1:6379}
+    RUN=/tmp/ringchat-cluster-$CNAME
+    # nginx on PORT, nodes on PORT+1, PORT+2: find three free ports in a row.
+    for _ in $(seq 1 50); do
+        PORT=$(( 20000 + RANDOM % 20000 ))
+        python3 -c "import socket,sys
+for p in range($PORT, $PORT + 3):
+    s = socket.socket(); s.bind(('127.0.0.1', p)); s.close()" 2>/dev/null && break
     done
-    echo "server did not start:"; cat "$log"; return 1
-}
-serve 0
+    SERVER_ADDR=127.0.0.1:$PORT
+    "$BIN/ringchat" provision --store "$MYSQL_URL/ringchat_cluster_$CNAME" --users "$CONNS" --prefix fo \
+        --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > "$WORK/provision.log"
+    RINGCHAT_BIN=$PWD/$BIN/ringchat tools/cluster up 2 --name "$CNAME" --port "$PORT" > "$WORK/cluster.log"
+    NODE_PID=
+    # The node killed by kill k: n1, n2, n1, ...
+    node_of() { echo "n$(( ($1 - 1) % 2 + 1 ))"; }
+    victim() { cat "$RUN/$(node_of "$KILL_NO").pid"; }
+    revive() {
+        local n i p log
+        n=$(node_of "$1"); i=${n#n}; p=$(( PORT + i )); log=$RUN/$n-$1.log
+        "$BIN/ringchat" serve --listen "127.0.0.1:$p" --shards 1 \
+            --store "$MYSQL_URL/ringchat_cluster_$CNAME" --redis "$REDIS_URL" --node-id "$n" \
+            --redis-prefix "ringchat_cluster_$CNAME:" > "$log" 2>&1 < /dev/null &
+        NODE_PID=$!
+        echo "$NODE_PID" > "$RUN/$n.pid"
+        [ "$n" != n1 ] || echo "$NODE_PID" > "$WORK/server.pid"
+        for _ in $(seq 1 300); do
+            grep -q "listening on" "$log" 2>/dev/null && return 0
+            kill -0 "$NODE_PID" 2>/dev/null || { echo "node $n died:"; cat "$log"; return 1; }
+            sleep 0.1
+        done
+        echo "node $n did not start:"; cat "$log"; return 1
+    }
+    cp "$RUN/n1.pid" "$WORK/server.pid"
+fi
 "$BIN/loadgen" --server "$SERVER_ADDR" --prefix fo --scenario mixed --group-size 10 \
     --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --drain 30 --reconnect \
     --server-pid-file "$WORK/server.pid" --report "$WORK/report" ${FAULT:+--test-fault "$FAULT"} > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
@@ -65,16 +118,18 @@ for _ in $(seq 1 600); do
     kill -0 "$LG_PID" 2>/dev/null || break
     sleep 0.1
 done
-# Kills spread over the sending window, the first after a quarter of it.
+# KILLS kills spread evenly over the sending window.
 for k in $(seq 1 "$KILLS"); do
+    KILL_NO=$k
     sleep "$(awk -v d="$DURATION" -v k="$KILLS" 'BEGIN { printf "%.1f", d / (k + 1) }')"
     kill -0 "$LG_PID" 2>/dev/null || break
-    echo "kill -9 server (pid $SERVER_PID) at $(date -u +%T)"
-    kill -KILL "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
+    V=$(victim)
+    echo "kill -9 server (pid $V) at $(date -u +%T)"
+    kill -KILL "$V"
+    wait "$V" 2>/dev/null || true
     sleep "$(awk -v m="$DOWN_MS" 'BEGIN { printf "%.3f", m / 1000 }')"
-    serve "$k"
-    echo "server restarted (pid $SERVER_PID)"
+    revive "$k"
+    echo "server restarted (pid $(victim))"
 done
 rc=0
 wait "$LG_PID" || rc=$?
