@@ -43,9 +43,8 @@ cleanup() {
     [ -z "$LG_PID" ] || kill "$LG_PID" 2>/dev/null || true
     stop_server
     if [ "$MODE" = cluster ]; then
-        # A node restarted by this script is not in tools/cluster's pid files.
-        [ -z "${NODE_PID:-}" ] || kill -TERM "$NODE_PID" 2>/dev/null || true
-        RINGCHAT_BIN=$PWD/$BIN/ringchat tools/cluster down --name "$CNAME" --purge >/dev/null 2>&1 || true
+        [ -z "${KEEP:-}" ] || cp -r "$RUN" "$WORK/cluster-run" 2>/dev/null
+        tools/cluster down --name "$CNAME" --purge >/dev/null 2>&1 || true
     fi
     if [ -n "${KEEP:-}" ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -86,28 +85,41 @@ for p in range($PORT, $PORT + 3):
     SERVER_ADDR=127.0.0.1:$PORT
     "$BIN/ringchat" provision --store "$MYSQL_URL/ringchat_cluster_$CNAME" --users "$CONNS" --prefix fo \
         --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > "$WORK/provision.log"
-    RINGCHAT_BIN=$PWD/$BIN/ringchat tools/cluster up 2 --name "$CNAME" --port "$PORT" > "$WORK/cluster.log"
-    NODE_PID=
-    # The node killed by kill k: n1, n2, n1, ...
-    node_of() { echo "n$(( ($1 - 1) % 2 + 1 ))"; }
-    victim() { cat "$RUN/$(node_of "$KILL_NO").pid"; }
-    revive() {
-        local n i p log
-        n=$(node_of "$1"); i=${n#n}; p=$(( PORT + i )); log=$RUN/$n-$1.log
-        "$BIN/ringchat" serve --listen "127.0.0.1:$p" --shards 1 \
-            --store "$MYSQL_URL/ringchat_cluster_$CNAME" --redis "$REDIS_URL" --node-id "$n" \
+    # The cluster is laid out as tools/cluster does (its run directory, pid
+    # files, nginx template), so `tools/cluster down --purge` cleans it up,
+    # but each node gets its own --data-dir (tools/cluster starts every node
+    # with the default ./data, whose lock the second node then refuses).
+    mkdir -p "$RUN"
+    # start_node I TAG: starts (or restarts) node nI with the same arguments.
+    start_node() {
+        local i=$1 log=$RUN/n$1-$2.log pid
+        mkdir -p "$WORK/n$i"
+        "$BIN/ringchat" serve --listen "127.0.0.1:$(( PORT + i ))" --shards 1 --data-dir "$WORK/n$i" \
+            --store "$MYSQL_URL/ringchat_cluster_$CNAME" --redis "$REDIS_URL" --node-id "n$i" \
             --redis-prefix "ringchat_cluster_$CNAME:" > "$log" 2>&1 < /dev/null &
-        NODE_PID=$!
-        echo "$NODE_PID" > "$RUN/$n.pid"
-        [ "$n" != n1 ] || echo "$NODE_PID" > "$WORK/server.pid"
+        pid=$!
+        echo "$pid" > "$RUN/n$i.pid"
+        [ "$i" != 1 ] || echo "$pid" > "$WORK/server.pid"
         for _ in $(seq 1 300); do
             grep -q "listening on" "$log" 2>/dev/null && return 0
-            kill -0 "$NODE_PID" 2>/dev/null || { echo "node $n died:"; cat "$log"; return 1; }
+            kill -0 "$pid" 2>/dev/null || { echo "node n$i died:"; cat "$log"; return 1; }
             sleep 0.1
         done
-        echo "node $n did not start:"; cat "$log"; return 1
+        echo "node n$i did not start:"; cat "$log"; return 1
     }
-    cp "$RUN/n1.pid" "$WORK/server.pid"
+    start_node 1 0
+    start_node 2 0
+    awk -v listen="127.0.0.1:$PORT" -v run="$RUN" -v nodes="127.0.0.1:$(( PORT + 1 )) 127.0.0.1:$(( PORT + 2 ))" '
+        /^[[:space:]]*#/ { print; next }
+        /\{\{NODE\}\}/ { n = split(nodes, a, " "); for (i = 1; i <= n; i++) { l = $0; gsub(/\{\{NODE\}\}/, a[i], l); print l }; next }
+        { gsub(/\{\{LISTEN\}\}/, listen); gsub(/\{\{RUN_DIR\}\}/, run); print }' nginx/ringchat.conf > "$RUN/nginx.conf"
+    nginx -c "$RUN/nginx.conf" -e "$RUN/error.log"
+    for _ in $(seq 1 50); do [ -s "$RUN/nginx.pid" ] && break; sleep 0.1; done
+    echo "cluster: nginx on $SERVER_ADDR (pid $(cat "$RUN/nginx.pid")), nodes on ports $(( PORT + 1 )), $(( PORT + 2 ))"
+    # The node killed by kill k: n1, n2, n1, ...
+    node_of() { echo $(( ($1 - 1) % 2 + 1 )); }
+    victim() { cat "$RUN/n$(node_of "$KILL_NO").pid"; }
+    revive() { start_node "$(node_of "$1")" "$1"; }
 fi
 "$BIN/loadgen" --server "$SERVER_ADDR" --prefix fo --scenario mixed --group-size 10 \
     --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --drain 30 --reconnect \

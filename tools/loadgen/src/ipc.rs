@@ -50,6 +50,7 @@ pub struct WorkerResult {
     pub reconnect_failures: u64,
     pub resent: u64,
     pub resend_deduped: u64,
+    pub resent_timeout: u64,
     /// Expected re-arrivals (fill replies, resume replays), dropped.
     pub redelivered: u64,
     pub gaps: u64,

@@ -150,6 +150,11 @@ pub struct Args {
     /// ... doubling up to this.
     #[arg(long, default_value_t = 2000)]
     pub reconnect_max_ms: u64,
+    /// With --reconnect: a send without a SendOk after this long is written
+    /// again on the same connection with the same client_msg_id (0: never;
+    /// only a reconnect resends).
+    #[arg(long, default_value_t = 5000)]
+    pub send_timeout_ms: u64,
     /// Goal shown in the report header: acked messages per second (the
     /// project floor). Informational: it does not change the exit status
     /// (use --expect-rate for that).

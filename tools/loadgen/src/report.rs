@@ -189,6 +189,7 @@ pub fn build(
         "reconnect_failures": sum(|r| r.reconnect_failures),
         "resent": sum(|r| r.resent),
         "resend_deduped": sum(|r| r.resend_deduped),
+        "resent_timeout": sum(|r| r.resent_timeout),
         "resume_ms": pct(&resume),
         "unavailable_ms": rs.iter().map(|r| r.unavailable_max_us).max().unwrap_or(0) as f64 / 1000.0,
         "login_failures": lf,
@@ -285,11 +286,12 @@ pub fn print_summary(r: &Report) {
     if j["losses"].as_u64().unwrap_or(0) > 0 {
         let _ = writeln!(
             s,
-            "reconnect: {} lost, {} reconnected ({} failed attempts), {} resent ({} deduped by the server), resume p99 {} ms, longest unavailable {} ms",
+            "reconnect: {} lost, {} reconnected ({} failed attempts), {} resent after a reconnect + {} after a timeout ({} deduped by the server), resume p99 {} ms, longest unavailable {} ms",
             j["losses"],
             j["reconnects"],
             j["reconnect_failures"],
             j["resent"],
+            j["resent_timeout"],
             j["resend_deduped"],
             j["resume_ms"]["p99"],
             j["unavailable_ms"]
@@ -1043,6 +1045,7 @@ fn html(r: &Report, rs: &[WorkerResult]) -> String {
                 ("reconnects", "reconnected"),
                 ("reconnect_failures", "failed reconnect attempts"),
                 ("resent", "messages resent after a reconnect"),
+                ("resent_timeout", "messages resent after --send-timeout-ms"),
                 ("resend_deduped", "resends deduplicated by the server"),
                 ("unavailable_ms", "longest unavailability (ms)"),
                 ("missing_workers", "worker processes lost"),

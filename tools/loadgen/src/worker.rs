@@ -104,6 +104,8 @@ struct Sent {
     to: UserId,
     gid: u64,
     cmid: u64,
+    /// When it was last written (mono µs; 0: not yet, queued while down).
+    tx_us: u64,
 }
 
 /// What a received message is to the accounting.
@@ -141,6 +143,9 @@ struct Conn {
     token: RefCell<String>,
     next_req: Cell<u64>,
     sent: RefCell<AHashMap<u64, Sent>>,
+    /// Requests superseded by a timed-out resend on the same session: old
+    /// req_id → its replacement.
+    retired: RefCell<AHashMap<u64, u64>>,
     /// Legacy protocol: highest sequence number seen per stream.
     last_seq: RefCell<AHashMap<ConvId, Seq>>,
     /// Native: what this device shows per conversation (crate::track).
@@ -218,6 +223,8 @@ struct Stats {
     resent: u64,
     /// SendOk with `duplicate` set (the server had stored the first try).
     resend_deduped: u64,
+    /// Sends written again after --send-timeout-ms without a SendOk.
+    resent_timeout: u64,
     /// Arrivals dropped as already shown that were legitimately sent again.
     redelivered: u64,
     /// Arrivals dropped as already shown with no reason to come again.
@@ -752,7 +759,9 @@ fn handle(
             _ => {}
         }
         let n = pending.len() as u64;
-        for s in pending {
+        conn.retired.borrow_mut().clear();
+        for mut s in pending {
+            s.tx_us = now;
             let r = conn.req();
             let body = w.body(s.sched_us, s.i);
             let f = w
@@ -804,8 +813,10 @@ fn handle(
         return true;
     }
     if let Some(ok) = env.body_as_send_ok() {
-        let Some(s) = conn.sent.borrow_mut().remove(&env.req_id()) else {
-            w.note_error("SendOk for unknown req_id");
+        let Some(s) = take_sent(conn, env.req_id()) else {
+            if !conn.retired.borrow().contains_key(&env.req_id()) {
+                w.note_error("SendOk for unknown req_id");
+            }
             return true;
         };
         w.ack
@@ -957,7 +968,7 @@ fn handle(
             }
             return false;
         }
-        if conn.sent.borrow_mut().remove(&env.req_id()).is_some() {
+        if take_sent(conn, env.req_id()).is_some() {
             w.stats.borrow_mut().send_errors += 1;
         }
         match conn.history.borrow_mut().remove(&env.req_id()) {
@@ -985,6 +996,64 @@ fn handle(
 /// Login/Resume attempts refused with `RateLimited` that are retried (the
 /// back-off reaches 1 s after 6, so this is about 45 s of trying).
 pub(crate) const AUTH_RETRIES: u32 = 50;
+
+/// The pending send answered by `req`: itself, or the resend that replaced
+/// it after a timeout (the answer to the first try may come after all).
+/// The other answers then find nothing and are ignored.
+fn take_sent(conn: &Conn, req: u64) -> Option<Sent> {
+    let mut r = req;
+    for _ in 0..64 {
+        if let Some(s) = conn.sent.borrow_mut().remove(&r) {
+            return Some(s);
+        }
+        r = *conn.retired.borrow().get(&r)?;
+    }
+    None
+}
+
+/// `--send-timeout-ms` (with --reconnect): a send that got no SendOk in
+/// time is written again on the same session with the same client_msg_id,
+/// as the protocol says a client does; the server's dedup returns the
+/// original seq if the first try was stored.
+async fn resender(w: Rc<Worker>) {
+    let timeout = w.args.send_timeout_ms * 1000;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        if w.stopping.get() {
+            return;
+        }
+        let now = mono_us();
+        for conn in &w.conns {
+            if !conn.authed.get() || conn.closing.get() {
+                continue;
+            }
+            let late: Vec<u64> = conn
+                .sent
+                .borrow()
+                .iter()
+                .filter(|(_, s)| s.tx_us != 0 && now - s.tx_us > timeout)
+                .map(|(r, _)| *r)
+                .collect();
+            for old in late {
+                let Some(mut s) = conn.sent.borrow_mut().remove(&old) else {
+                    continue;
+                };
+                s.tx_us = now;
+                let r = conn.req();
+                let body = w.body(s.sched_us, s.i);
+                let f = w
+                    .enc
+                    .borrow_mut()
+                    .send_message(r, s.to, s.gid, s.cmid, &body)
+                    .to_vec();
+                conn.push(&f);
+                conn.sent.borrow_mut().insert(r, s);
+                conn.retired.borrow_mut().insert(old, r);
+                w.stats.borrow_mut().resent_timeout += 1;
+            }
+        }
+    }
+}
 
 /// Partner index (within the worker) for direct messages.
 fn partner(idx: usize) -> usize {
@@ -1037,16 +1106,18 @@ async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
             let body = w.body(sched, i);
             let r = conn.req();
             let cmid = (w.run << 24) ^ i;
-            let s = Sent {
+            let mut s = Sent {
                 sched_us: sched,
                 i,
                 to,
                 gid,
                 cmid,
+                tx_us: 0,
             };
             // A connection that is down keeps the send; its next session
             // sends it (see `handle`, LoginOk).
             if conn.authed.get() && !conn.closing.get() {
+                s.tx_us = mono_us();
                 let f = w
                     .enc
                     .borrow_mut()
@@ -1220,6 +1291,9 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
     // Legacy connections are never timed out for silence (and cannot ping).
     if !legacy {
         glommio::spawn_local(pinger(w.clone())).detach();
+        if w.reconnect && w.args.send_timeout_ms > 0 {
+            glommio::spawn_local(resender(w.clone())).detach();
+        }
     }
     // Ramp: every connection task starts now; the semaphore keeps at most
     // `max_inflight` connecting/logging in at once.
@@ -1378,6 +1452,7 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
         reconnect_failures: st.reconnect_failures,
         resent: st.resent,
         resend_deduped: st.resend_deduped,
+        resent_timeout: st.resent_timeout,
         redelivered: st.redelivered,
         gaps: st.gaps,
         history_fills: st.history_fills,
