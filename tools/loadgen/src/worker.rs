@@ -143,6 +143,8 @@ struct Conn {
     token: RefCell<String>,
     next_req: Cell<u64>,
     sent: RefCell<AHashMap<u64, Sent>>,
+    /// Last time anything was read on the connection (mono µs).
+    rx_us: Cell<u64>,
     /// Requests superseded by a timed-out resend on the same session: old
     /// req_id → its replacement.
     retired: RefCell<AHashMap<u64, u64>>,
@@ -449,6 +451,7 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
     conn.auth_retries.set(0);
     conn.history.borrow_mut().clear();
     let permit = w.gate.acquire_permit(1).await.ok();
+    conn.rx_us.set(mono_us());
     if w.stopping.get() && conn.lost_at.get() != 0 {
         conn.finished.set(true);
         conn.done.notify();
@@ -552,7 +555,10 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
         let buf = fbuf.spare(8192);
         match rd.read(buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => fbuf.filled(n),
+            Ok(n) => {
+                conn.rx_us.set(mono_us());
+                fbuf.filled(n)
+            }
         }
     }
     let became_live = permit.is_none();
@@ -1004,6 +1010,10 @@ fn take_sent(conn: &Conn, req: u64) -> Option<Sent> {
     let mut r = req;
     for _ in 0..64 {
         if let Some(s) = conn.sent.borrow_mut().remove(&r) {
+            if r != req {
+                // The latest try's own answer may still come: known, ignored.
+                conn.retired.borrow_mut().insert(r, 0);
+            }
             return Some(s);
         }
         r = *conn.retired.borrow().get(&r)?;
@@ -1011,12 +1021,17 @@ fn take_sent(conn: &Conn, req: u64) -> Option<Sent> {
     None
 }
 
-/// `--send-timeout-ms` (with --reconnect): a send that got no SendOk in
-/// time is written again on the same session with the same client_msg_id,
-/// as the protocol says a client does; the server's dedup returns the
-/// original seq if the first try was stored.
+/// With --reconnect, every 250 ms:
+/// - `--send-timeout-ms`: a send that got no SendOk in time is written
+///   again on the same session with the same client_msg_id, as the protocol
+///   says a client does; the server's dedup returns the original seq if the
+///   first try was stored.
+/// - A logged-in connection that received nothing for 3 ping periods (the
+///   server answers every ping) is presumed dead and closed, so it is
+///   reconnected: a hung server or a silent network is a loss too.
 async fn resender(w: Rc<Worker>) {
     let timeout = w.args.send_timeout_ms * 1000;
+    let silent = 3 * w.args.ping_secs.max(1) * 1_000_000;
     loop {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         if w.stopping.get() {
@@ -1025,6 +1040,14 @@ async fn resender(w: Rc<Worker>) {
         let now = mono_us();
         for conn in &w.conns {
             if !conn.authed.get() || conn.closing.get() {
+                continue;
+            }
+            if now.saturating_sub(conn.rx_us.get()) > silent {
+                w.note_error("nothing received for 3 ping periods: connection closed");
+                conn.close();
+                continue;
+            }
+            if timeout == 0 {
                 continue;
             }
             let late: Vec<u64> = conn
@@ -1291,7 +1314,7 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
     // Legacy connections are never timed out for silence (and cannot ping).
     if !legacy {
         glommio::spawn_local(pinger(w.clone())).detach();
-        if w.reconnect && w.args.send_timeout_ms > 0 {
+        if w.reconnect {
             glommio::spawn_local(resender(w.clone())).detach();
         }
     }
@@ -1529,5 +1552,41 @@ async fn set_bases(w: &Rc<Worker>) {
                     .set_base(b);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(i: u64) -> Sent {
+        Sent {
+            sched_us: 0,
+            i,
+            to: 2,
+            gid: 0,
+            cmid: 100 + i,
+            tx_us: 1,
+        }
+    }
+
+    #[test]
+    fn the_first_answer_to_any_try_of_a_send_acks_it_once() {
+        let c = Conn::default();
+        // Message 7 was sent as req 1, timed out, resent as req 2, then 3.
+        c.sent.borrow_mut().insert(3, sent(7));
+        c.retired.borrow_mut().insert(1, 2);
+        c.retired.borrow_mut().insert(2, 3);
+        c.sent.borrow_mut().insert(4, sent(8));
+        // The answer to the first try arrives late: it acks message 7.
+        assert_eq!(take_sent(&c, 1).map(|s| s.i), Some(7));
+        // The answers to the resends find nothing (and are known requests).
+        assert!(take_sent(&c, 2).is_none());
+        assert!(take_sent(&c, 3).is_none());
+        assert!(c.retired.borrow().contains_key(&2));
+        assert!(c.retired.borrow().contains_key(&3));
+        // Other sends are untouched.
+        assert_eq!(take_sent(&c, 4).map(|s| s.i), Some(8));
+        assert!(take_sent(&c, 5).is_none());
     }
 }
