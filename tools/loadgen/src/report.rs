@@ -933,15 +933,22 @@ fn html(r: &Report, rs: &[WorkerResult]) -> String {
         "<li>n/a: this scenario sends no messages</li>".to_string()
     };
     let delivery_ok = num("lost") == 0.0 && num("duplicated") == 0.0 && num("out_of_order") == 0.0;
+    let load = if g.applicable {
+        format!(
+            "target {} msgs/s for {} s",
+            fmt_num(num("target_rate_per_s")),
+            j["duration_s"]
+        )
+    } else {
+        format!("held {} s", j["duration_s"])
+    };
     let params = format!(
-        "{} · {} scenario, {} protocol · {} of {} connections · target {} msgs/s for {} s · server {} · {} worker process{}{}",
+        "{} · {} scenario, {} protocol · {} of {} connections · {load} · server {} · {} worker process{}{}",
         esc(j["date_utc"].as_str().unwrap_or("")),
         j["scenario"].as_str().unwrap_or(""),
         j["protocol"].as_str().unwrap_or(""),
         j["connections"],
         j["target_connections"],
-        fmt_num(num("target_rate_per_s")),
-        j["duration_s"],
         esc(j["server"].as_str().unwrap_or("")),
         j["procs"],
         if j["procs"] == 1 { "" } else { "es" },
@@ -1153,13 +1160,21 @@ td:first-child,th:first-child{{text-align:left}}th{{color:#555;font-weight:norma
 .num td{{font-variant-numeric:tabular-nums}}.bad td{{color:#c62828;font-weight:bold}}.cols{{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}}\
 .ev{{font-size:12px;color:#444;line-height:1.6}}\
 </style></head><body><h1>ringchat loadgen report</h1>{head}\
-<div class=\"grid\">{lat}{login}{lot}{thr}{cpu}{rss}</div>{t}</body></html>",
+<div class=\"grid\">{charts}</div>{t}</body></html>",
         scen = j["scenario"].as_str().unwrap_or(""),
-        lat = lat.svg(),
-        login = login.svg(),
-        lot = lot.svg(),
-        thr = thr.svg(),
-        cpu = cpu.svg(),
-        rss = rss.svg(),
+        charts = if g.applicable {
+            [
+                lat.svg(),
+                login.svg(),
+                lot.svg(),
+                thr.svg(),
+                cpu.svg(),
+                rss.svg(),
+            ]
+            .concat()
+        } else {
+            // No messages: no message charts.
+            [login.svg(), cpu.svg(), rss.svg()].concat()
+        },
     )
 }
