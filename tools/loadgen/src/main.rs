@@ -508,7 +508,8 @@ fn parent(args: Args) -> i32 {
                 let rss = proc_status_kib(p, "VmRSS:");
                 if pct.is_some() || rss.is_some() {
                     srv_series.push(report::SrvPoint {
-                        t_s: rel.unwrap_or(-t_start.elapsed().as_secs_f64()),
+                        t_s: (rel.unwrap_or(-t_start.elapsed().as_secs_f64()) * 10.0).round()
+                            / 10.0,
                         cpu_pct: pct,
                         rss_mib: rss.map(|k| k as f64 / 1024.0),
                     });
