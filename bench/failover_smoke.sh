@@ -16,6 +16,7 @@
 # Usage: bench/failover_smoke.sh            (PROFILE=release|debug, default release)
 # Env: CONNS (400), RATE (400), DURATION (20 s of sending), KILLS (2),
 #      DOWN_MS (how long the server stays dead, 1500), KEEP=1 keeps the work dir,
+#      LOADGEN_ARGS (extra loadgen arguments, e.g. "--procs 2"),
 #      FAULT=no-resend|resend-new-id makes loadgen misbehave on purpose (the
 #      check must then FAIL: unacked/lost, resp. duplicated when a message
 #      whose SendOk was lost is stored twice).
@@ -123,7 +124,7 @@ for p in range($PORT, $PORT + 3):
 fi
 "$BIN/loadgen" --server "$SERVER_ADDR" --prefix fo --scenario mixed --group-size 10 \
     --connections "$CONNS" --rate "$RATE" --duration "$DURATION" --drain 30 --reconnect \
-    --server-pid-file "$WORK/server.pid" --report "$WORK/report" ${FAULT:+--test-fault "$FAULT"} > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
+    --server-pid-file "$WORK/server.pid" --report "$WORK/report" ${FAULT:+--test-fault "$FAULT"} ${LOADGEN_ARGS:-} > "$WORK/loadgen.out" 2> "$WORK/loadgen.err" &
 LG_PID=$!
 for _ in $(seq 1 600); do
     grep -q "starting" "$WORK/loadgen.err" 2>/dev/null && break
