@@ -17,9 +17,12 @@
 # Env: CONNS (400), RATE (400), DURATION (20 s of sending), KILLS (2),
 #      DOWN_MS (how long the server stays dead, 1500), KEEP=1 keeps the work dir,
 #      LOADGEN_ARGS (extra loadgen arguments, e.g. "--procs 2"),
-#      FAULT=no-resend|resend-new-id makes loadgen misbehave on purpose (the
-#      check must then FAIL: unacked/lost, resp. duplicated when a message
-#      whose SendOk was lost is stored twice).
+#      FAULT=no-resend|double-send|resend-new-id makes loadgen misbehave on
+#      purpose; the check must then FAIL: unacked (no-resend: unacked
+#      messages forgotten at a reconnect), duplicated (double-send: every
+#      100th message sent twice under two client_msg_ids; resend-new-id:
+#      resends under a new id, duplicated only if a first try had been
+#      stored, which a kill does not always produce).
 # Last line: `failover smoke: PASS ...` or `failover smoke: FAIL <reasons>`.
 # OUT=dir copies loadgen's report (report.json, report.html) there.
 set -euo pipefail

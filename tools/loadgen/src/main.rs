@@ -166,8 +166,11 @@ pub struct Args {
     pub goal_p99_ms: f64,
     /// Deliberately wrong client behaviour, to check that the accounting
     /// catches it (bench/failover_smoke.sh FAULT=...): `resend-new-id`
-    /// resends unacked messages with a new client_msg_id (the server stores
-    /// them twice: duplicated); `no-resend` forgets them (unacked, lost).
+    /// resends unacked messages (after a reconnect or a send timeout) with a
+    /// new client_msg_id (one whose first try was stored is stored twice:
+    /// duplicated); `no-resend` forgets them after a reconnect (unacked);
+    /// `double-send` sends every 100th message twice under two ids
+    /// (duplicated, deterministically).
     #[arg(long, hide = true)]
     pub test_fault: Option<String>,
     #[arg(long, hide = true, default_value_t = 0)]

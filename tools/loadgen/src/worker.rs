@@ -759,7 +759,7 @@ fn handle(
             }
             (Some("resend-new-id"), true) => {
                 for s in &mut pending {
-                    s.cmid ^= 1 << 63;
+                    s.cmid = s.cmid.wrapping_add(1 << 40);
                 }
             }
             _ => {}
@@ -1062,6 +1062,9 @@ async fn resender(w: Rc<Worker>) {
                     continue;
                 };
                 s.tx_us = now;
+                if w.args.test_fault.as_deref() == Some("resend-new-id") {
+                    s.cmid = s.cmid.wrapping_add(1 << 40);
+                }
                 let r = conn.req();
                 let body = w.body(s.sched_us, s.i);
                 let f = w
@@ -1149,6 +1152,29 @@ async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
                 conn.push(&f);
             }
             conn.sent.borrow_mut().insert(r, s);
+            if i % 100 == 0
+                && w.args.test_fault.as_deref() == Some("double-send")
+                && conn.authed.get()
+            {
+                // The same message once more under another client_msg_id.
+                let r2 = conn.req();
+                let c2 = cmid.wrapping_add(1 << 40);
+                let f = w
+                    .enc
+                    .borrow_mut()
+                    .send_message(r2, to, gid, c2, &body)
+                    .to_vec();
+                conn.push(&f);
+                let s2 = Sent {
+                    sched_us: sched,
+                    i,
+                    to,
+                    gid,
+                    cmid: c2,
+                    tx_us: mono_us(),
+                };
+                conn.sent.borrow_mut().insert(r2, s2);
+            }
             w.stats.borrow_mut().sent += 1;
             w.tick(0);
             i += 1;
