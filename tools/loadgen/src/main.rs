@@ -288,7 +288,15 @@ fn parent(args: Args) -> i32 {
     let units = args.connections / u;
     let k = args.procs.min(units);
     let exe = std::env::current_exe().expect("own path");
-    let pid = args.server_pid;
+    // The pid file (a restarting server) names the first server too; the
+    // run's CPU and end RSS are then only reported if it is still the same
+    // process at the end (a dead pid reads as nothing).
+    let pid = args.server_pid.or_else(|| {
+        args.server_pid_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    });
     let rss_idle = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
     let (tx, rx) = mpsc::channel::<(usize, Option<Msg>)>();
     let mut procs = Vec::new();
