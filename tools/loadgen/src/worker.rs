@@ -1152,7 +1152,7 @@ async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
                 conn.push(&f);
             }
             conn.sent.borrow_mut().insert(r, s);
-            if i % 100 == 0
+            if i.is_multiple_of(100)
                 && w.args.test_fault.as_deref() == Some("double-send")
                 && conn.authed.get()
             {
