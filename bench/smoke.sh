@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # CI smoke test for loadgen + server: 500 connections, 10 s of direct and
 # 5 s of group messages at a modest rate, 5 s of direct over the legacy JSON
-# protocol, and a login storm; fails on any lost, duplicated or out-of-order
-# message (no latency thresholds: CI machines are noisy).
+# protocol, a login storm, and the failover smoke (bench/failover_smoke.sh:
+# the server is killed with SIGKILL and restarted mid-run; loadgen
+# --reconnect must end with every message acked exactly once, in order);
+# fails on any lost, duplicated or out-of-order message (no latency
+# thresholds: CI machines are noisy).
 # Uses existing binaries if present (PROFILE=release|debug, default release),
 # else builds them. Prints `loadgen smoke: N passed, 0 failed` on success.
 set -euo pipefail
@@ -37,5 +40,10 @@ run group --scenario group --connections 500 --group-size 10 --rate 100 --durati
 # connections per source address (docs/SECURITY.md).
 SRV=$LEGACY_ADDR run legacy --protocol legacy --scenario direct --connections 500 --rate 250 --duration 5 --drain 10 --max-inflight 32
 run storm --scenario login-storm --connections 500 --duration 2 --expect-connections 500
+if PROFILE=$PROFILE CONNS=300 RATE=300 DURATION=12 KILLS=2 bench/failover_smoke.sh >"$WORK/failover.out" 2>&1; then
+    pass=$((pass + 1)); echo "ok   failover"
+else
+    fail=$((fail + 1)); echo "FAIL failover"; tail -40 "$WORK/failover.out"
+fi
 echo "loadgen smoke: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -3,11 +3,12 @@
 //! travel in hdrhistogram's V2 format right after the `RESULT` header so
 //! the parent merges exact distributions rather than percentiles.
 //!
-//! - `PROGRESS live sent acked delivered ack_p99_us e2e_p99_us`
+//! - `PROGRESS live sent acked delivered ack_p99_us e2e_p99_us reconnects losses conn_failures`
+//! - `LOGINFAIL <code>=<count> ...`: refused logins/resumes so far, by code
 //! - `READY live`
 //! - `WINDOW <ack bytes> <e2e bytes> <login bytes>` + payloads: latencies
-//!   recorded since the previous `WINDOW` (only with `--window-report`)
-//! - `RESULT <json bytes> <ack bytes> <e2e bytes> <login bytes>` + payloads
+//!   recorded since the previous `WINDOW` (every second)
+//! - `RESULT <json bytes> <ack bytes> <e2e bytes> <login bytes> <resume bytes>` + payloads
 
 use crate::worker::new_hist;
 use hdrhistogram::Histogram;
@@ -27,6 +28,11 @@ pub struct WorkerResult {
     pub expected: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Same as `duplicated` (messages a device showed twice).
+    pub duplicated_shown: u64,
+    /// Arrivals of something already shown that the device had no reason
+    /// to get again: dropped, as the protocol says (not in `duplicated`).
+    pub duplicate_arrivals: u64,
     pub out_of_order: u64,
     /// Sends that never got a SendOk (nor an error) before the drain ended.
     pub unacked: u64,
@@ -38,23 +44,49 @@ pub struct WorkerResult {
     pub elapsed_us: u64,
     pub errors: Vec<(String, u64)>,
     pub timeline: Vec<[u64; 3]>,
+    /// Sessions lost (closed/reset by the other side) and reconnected.
+    pub losses: u64,
+    pub reconnects: u64,
+    pub reconnect_failures: u64,
+    pub resent: u64,
+    pub resend_deduped: u64,
+    pub resent_timeout: u64,
+    /// Expected re-arrivals (fill replies, resume replays), dropped.
+    pub redelivered: u64,
+    pub gaps: u64,
+    pub history_fills: u64,
+    /// Received but never shown at the end (above a gap never filled).
+    pub held_back: u64,
+    pub unavailable_max_us: u64,
+    pub login_failures: Vec<(String, u64)>,
+    /// (µs since GO, kind, count).
+    pub events: Vec<(i64, String, u64)>,
     #[serde(skip, default = "new_hist")]
     pub ack: Histogram<u64>,
     #[serde(skip, default = "new_hist")]
     pub e2e: Histogram<u64>,
     #[serde(skip, default = "new_hist")]
     pub login: Histogram<u64>,
+    #[serde(skip, default = "new_hist")]
+    pub resume: Histogram<u64>,
 }
 
 fn out() -> std::io::StdoutLock<'static> {
     std::io::stdout().lock()
 }
 
-pub fn send_progress(live: u64, sent: u64, acked: u64, delivered: u64, ack99: u64, e2e99: u64) {
-    let _ = writeln!(
-        out(),
-        "PROGRESS {live} {sent} {acked} {delivered} {ack99} {e2e99}"
-    );
+/// Progress fields, in order (see the module doc).
+pub const PROGRESS_FIELDS: usize = 9;
+
+pub fn send_progress(v: &[u64; PROGRESS_FIELDS]) {
+    let s: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    let _ = writeln!(out(), "PROGRESS {}", s.join(" "));
+    let _ = out().flush();
+}
+
+pub fn send_login_failures<'a>(m: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+    let s: Vec<String> = m.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(out(), "LOGINFAIL {}", s.join(" "));
     let _ = out().flush();
 }
 
@@ -84,17 +116,26 @@ pub fn send_window(h: &[Histogram<u64>; 3]) {
 
 pub fn send_result(r: &WorkerResult) {
     let j = serde_json::to_vec(r).expect("serializable");
-    let (a, e, l) = (ser(&r.ack), ser(&r.e2e), ser(&r.login));
+    let (a, e, l, m) = (ser(&r.ack), ser(&r.e2e), ser(&r.login), ser(&r.resume));
     let mut o = out();
-    let _ = writeln!(o, "RESULT {} {} {} {}", j.len(), a.len(), e.len(), l.len());
-    for b in [&j, &a, &e, &l] {
+    let _ = writeln!(
+        o,
+        "RESULT {} {} {} {} {}",
+        j.len(),
+        a.len(),
+        e.len(),
+        l.len(),
+        m.len()
+    );
+    for b in [&j, &a, &e, &l, &m] {
         let _ = o.write_all(b);
     }
     let _ = o.flush();
 }
 
 pub enum Msg {
-    Progress([u64; 6]),
+    Progress([u64; PROGRESS_FIELDS]),
+    LoginFailures(Vec<(String, u64)>),
     Ready(u64),
     Window(Box<[Histogram<u64>; 3]>),
     Result(Box<WorkerResult>),
@@ -115,11 +156,20 @@ pub fn read_msg(r: &mut impl BufRead) -> Option<Msg> {
         match it.next() {
             Some("PROGRESS") => {
                 let v = nums(it);
-                let mut a = [0u64; 6];
+                let mut a = [0u64; PROGRESS_FIELDS];
                 for (d, s) in a.iter_mut().zip(v) {
                     *d = s;
                 }
                 return Some(Msg::Progress(a));
+            }
+            Some("LOGINFAIL") => {
+                let v = it
+                    .filter_map(|kv| {
+                        let (k, n) = kv.split_once('=')?;
+                        Some((k.to_string(), n.parse().ok()?))
+                    })
+                    .collect();
+                return Some(Msg::LoginFailures(v));
             }
             Some("READY") => return Some(Msg::Ready(nums(it).first().copied().unwrap_or(0))),
             Some("WINDOW") => {
@@ -138,7 +188,7 @@ pub fn read_msg(r: &mut impl BufRead) -> Option<Msg> {
             }
             Some("RESULT") => {
                 let v = nums(it);
-                if v.len() != 4 {
+                if v.len() != 5 {
                     return None;
                 }
                 let mut bufs = Vec::new();
@@ -152,6 +202,7 @@ pub fn read_msg(r: &mut impl BufRead) -> Option<Msg> {
                 res.ack = d.deserialize(&mut &bufs[1][..]).ok()?;
                 res.e2e = d.deserialize(&mut &bufs[2][..]).ok()?;
                 res.login = d.deserialize(&mut &bufs[3][..]).ok()?;
+                res.resume = d.deserialize(&mut &bufs[4][..]).ok()?;
                 return Some(Msg::Result(Box::new(res)));
             }
             _ => continue,

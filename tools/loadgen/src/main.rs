@@ -7,8 +7,11 @@
 //! prints a progress line every second, merges their histograms and counts,
 //! and writes the report. Users must exist beforehand (`ringchat provision`).
 
+#![recursion_limit = "256"]
+
 mod ipc;
 mod report;
+mod track;
 mod worker;
 
 use clap::{Parser, ValueEnum};
@@ -89,6 +92,11 @@ pub struct Args {
     /// Server pid, to sample its RSS and CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// File holding the server pid, re-read at every sample (for runs that
+    /// restart the server: bench/failover_smoke.sh); overrides --server-pid
+    /// for the per-second CPU/RSS series.
+    #[arg(long)]
+    pub server_pid_file: Option<PathBuf>,
     /// Worker processes (each binds its sockets to 127.0.0.(2+k)).
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
@@ -131,6 +139,40 @@ pub struct Args {
     /// Fail (exit non-zero) on lost/duplicated/out-of-order (default on).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub check_delivery: bool,
+    /// Reconnect a connection the server closed or reset (through --server,
+    /// e.g. nginx), with back-off and jitter: resume with the token and
+    /// `since` cursors, resend unacknowledged messages with the same
+    /// client_msg_id. `--reconnect` = `--reconnect true`. Default: on for
+    /// direct, group and mixed over the native protocol, off otherwise.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub reconnect: Option<bool>,
+    /// Longest reconnect back-off (ms); attempts wait 25-50 ms, 50-100 ms,
+    /// ... doubling up to this.
+    #[arg(long, default_value_t = 2000)]
+    pub reconnect_max_ms: u64,
+    /// With --reconnect: a send without a SendOk after this long is written
+    /// again on the same connection with the same client_msg_id (0: never;
+    /// only a reconnect resends).
+    #[arg(long, default_value_t = 5000)]
+    pub send_timeout_ms: u64,
+    /// Goal shown in the report header: acked messages per second (the
+    /// project floor). Informational: it does not change the exit status
+    /// (use --expect-rate for that).
+    #[arg(long, default_value_t = 5000.0)]
+    pub goal_rate: f64,
+    /// Goal shown in the report header: p99 of ack and e2e latency (ms).
+    /// Informational (use --expect-p99-ms to fail on it).
+    #[arg(long, default_value_t = 50.0)]
+    pub goal_p99_ms: f64,
+    /// Deliberately wrong client behaviour, to check that the accounting
+    /// catches it (bench/failover_smoke.sh FAULT=...): `resend-new-id`
+    /// resends unacked messages (after a reconnect or a send timeout) with a
+    /// new client_msg_id (one whose first try was stored is stored twice:
+    /// duplicated); `no-resend` forgets them after a reconnect (unacked);
+    /// `double-send` sends every 100th message twice under two ids
+    /// (duplicated, deterministically).
+    #[arg(long, hide = true)]
+    pub test_fault: Option<String>,
     #[arg(long, hide = true, default_value_t = 0)]
     pub run_id: u64,
     #[arg(long, hide = true)]
@@ -151,6 +193,18 @@ pub fn mono_us() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+impl Args {
+    pub fn reconnect_on(&self) -> bool {
+        self.reconnect.unwrap_or(
+            self.protocol == Protocol::Native
+                && matches!(
+                    self.scenario,
+                    Scenario::Direct | Scenario::Group | Scenario::Mixed
+                ),
+        )
+    }
 }
 
 /// Users per indivisible block: a friend pair, a group, or both.
@@ -201,6 +255,10 @@ fn main() {
         eprintln!("loadgen: the legacy protocol has no resume; login-storm is native only");
         std::process::exit(2);
     }
+    if args.protocol == Protocol::Legacy && args.reconnect == Some(true) {
+        eprintln!("loadgen: the legacy protocol has no resume; --reconnect is native only");
+        std::process::exit(2);
+    }
     let u = unit(&args);
     let units = args.connections / u;
     if units == 0 {
@@ -230,7 +288,15 @@ fn parent(args: Args) -> i32 {
     let units = args.connections / u;
     let k = args.procs.min(units);
     let exe = std::env::current_exe().expect("own path");
-    let pid = args.server_pid;
+    // The pid file (a restarting server) names the first server too; the
+    // run's CPU and end RSS are then only reported if it is still the same
+    // process at the end (a dead pid reads as nothing).
+    let pid = args.server_pid.or_else(|| {
+        args.server_pid_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    });
     let rss_idle = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
     let (tx, rx) = mpsc::channel::<(usize, Option<Msg>)>();
     let mut procs = Vec::new();
@@ -275,7 +341,17 @@ fn parent(args: Args) -> i32 {
     drop(tx);
 
     let t_start = Instant::now();
-    let mut progress = vec![[0u64; 6]; k];
+    let mut progress = vec![[0u64; ipc::PROGRESS_FIELDS]; k];
+    let mut login_fail: Vec<Vec<(String, u64)>> = vec![Vec::new(); k];
+    // Per-second series for the report: merged latency deltas of the last
+    // second, server CPU/RSS, and loadgen-side events.
+    let mut sec_hist = [worker::new_hist(), worker::new_hist()];
+    let mut lat_series: Vec<report::LatPoint> = Vec::new();
+    let mut srv_series: Vec<report::SrvPoint> = Vec::new();
+    let mut cpu_prev: Option<(Instant, f64)> = None;
+    let mut cpu_pid: Option<u32> = None;
+    let mut go_mono: Option<u64> = None;
+    let mut sec_seen = vec![false; k];
     let mut ready = vec![None::<u64>; k];
     let mut results: Vec<Option<WorkerResult>> = (0..k).map(|_| None).collect();
     let mut dead = vec![false; k];
@@ -295,9 +371,30 @@ fn parent(args: Args) -> i32 {
                 ready[w] = Some(n);
                 progress[w][0] = n;
             }
-            Ok((_, Some(Msg::Window(h)))) => {
+            Ok((w, Some(Msg::LoginFailures(v)))) => login_fail[w] = v,
+            Ok((w, Some(Msg::Window(h)))) => {
                 if let Some(win) = &mut win {
                     win.add(&h);
+                }
+                let _ = sec_hist[0].add(&h[0]);
+                let _ = sec_hist[1].add(&h[1]);
+                // One point per second once every running worker sent its
+                // window for it (workers tick on their own clocks).
+                sec_seen[w] = true;
+                let all = (0..k).all(|i| sec_seen[i] || dead[i] || results[i].is_some());
+                if all {
+                    let rel = go_mono.map(|g| (mono_us() as f64 - g as f64) / 1e6 - 0.5);
+                    if let Some(rel) = rel
+                        && rel > -0.5
+                    {
+                        lat_series.push(report::LatPoint::new(
+                            rel.max(0.0),
+                            &sec_hist[0],
+                            &sec_hist[1],
+                        ));
+                    }
+                    sec_hist = [worker::new_hist(), worker::new_hist()];
+                    sec_seen = vec![false; k];
                 }
             }
             Ok((w, Some(Msg::Result(r)))) => results[w] = Some(*r),
@@ -314,15 +411,35 @@ fn parent(args: Args) -> i32 {
             let live: u64 = ready.iter().flatten().sum();
             let secs = t_start.elapsed().as_secs_f64();
             eprintln!(
-                "loadgen: {live} connections logged in in {secs:.1}s ({:.0}/s); starting {:?}",
+                "loadgen: {live} connections logged in in {secs:.1}s ({:.0}/s); starting {:?}{}",
                 live as f64 / secs,
-                args.scenario
+                args.scenario,
+                if args.reconnect_on() {
+                    " (reconnecting lost connections)"
+                } else {
+                    ""
+                }
             );
+            let lf = merge_counts(&login_fail);
+            if !lf.is_empty() {
+                eprintln!("loadgen: login failures: {}", fmt_counts(&lf));
+            }
+            if live == 0 {
+                eprintln!(
+                    "loadgen: no connection logged in{}",
+                    if lf.is_empty() {
+                        " (see the errors in the summary)".to_string()
+                    } else {
+                        format!(": {}", fmt_counts(&lf))
+                    }
+                );
+            }
             // Let the server settle (friends' presence, catch-up acks) first.
             std::thread::sleep(Duration::from_millis(500));
             rss_connected = pid.and_then(|p| proc_status_kib(p, "VmRSS:"));
             cpu_go = pid.and_then(proc_cpu_s);
             let t0 = mono_us() + 200_000;
+            go_mono = Some(t0);
             for p in &mut procs {
                 let _ = writeln!(p.stdin, "GO {t0}");
                 let _ = p.stdin.flush();
@@ -353,8 +470,22 @@ fn parent(args: Args) -> i32 {
             last_sent = s[1];
             let t = t_start.elapsed().as_secs_f64();
             samples.push((t, s[0]));
+            let mut extra = String::new();
+            let reconn: u64 = progress.iter().map(|p| p[6]).sum();
+            let losses: u64 = progress.iter().map(|p| p[7]).sum();
+            if args.reconnect_on() && losses > 0 {
+                extra.push_str(&format!(" | lost {losses} reconnected {reconn}"));
+            }
+            let lf = merge_counts(&login_fail);
+            if !lf.is_empty() {
+                extra.push_str(&format!(" | login failures: {}", fmt_counts(&lf)));
+            }
+            let cf: u64 = progress.iter().map(|p| p[8]).sum();
+            if cf > 0 {
+                extra.push_str(&format!(" | failed connections {cf}"));
+            }
             eprintln!(
-                "[{t:6.1}s] conns {:>6} | sent {:>8} ({:>7.0}/s) | acked {:>8} | delivered {:>8} | p99 ack {:.2} ms e2e {:.2} ms",
+                "[{t:6.1}s] conns {:>6} | sent {:>8} ({:>7.0}/s) | acked {:>8} | delivered {:>8} | p99 ack {:.2} ms e2e {:.2} ms{extra}",
                 s[0],
                 s[1],
                 rate,
@@ -363,6 +494,38 @@ fn parent(args: Args) -> i32 {
                 ack99 as f64 / 1000.0,
                 e2e99 as f64 / 1000.0
             );
+            let rel = go_mono.map(|g| (mono_us() as f64 - g as f64) / 1e6);
+            let spid = args
+                .server_pid_file
+                .as_ref()
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .or(pid);
+            if let Some(p) = spid {
+                let now = Instant::now();
+                let cpu = proc_cpu_s(p);
+                if cpu_pid != Some(p) {
+                    // A new server process: its CPU time starts again.
+                    cpu_prev = None;
+                    cpu_pid = Some(p);
+                }
+                let pct = match (cpu, cpu_prev) {
+                    (Some(c), Some((t1, c1))) => {
+                        Some((c - c1) / now.duration_since(t1).as_secs_f64().max(1e-3) * 100.0)
+                    }
+                    _ => None,
+                };
+                cpu_prev = cpu.map(|c| (now, c));
+                let rss = proc_status_kib(p, "VmRSS:");
+                if pct.is_some() || rss.is_some() {
+                    srv_series.push(report::SrvPoint {
+                        t_s: (rel.unwrap_or(-t_start.elapsed().as_secs_f64()) * 10.0).round()
+                            / 10.0,
+                        cpu_pct: pct,
+                        rss_mib: rss.map(|k| k as f64 / 1024.0),
+                    });
+                }
+            }
         }
     }
     for mut p in procs {
@@ -383,14 +546,20 @@ fn parent(args: Args) -> i32 {
         rss_end_kib: rss_end,
         cpu_percent: cpu,
     };
-    let rep = report::build(&args, &results, missing, server);
+    let series = report::Series {
+        latency: lat_series,
+        server: srv_series,
+        login_failures: merge_counts(&login_fail),
+    };
+    let mut rep = report::build(&args, &results, missing, server, series);
     report::print_summary(&rep);
+    let fails = report::failures(&args, &rep);
+    rep.verdict = fails.clone();
     if let Some(dir) = &args.report
         && let Err(e) = report::write(dir, &rep, &results)
     {
         eprintln!("loadgen: writing report: {e}");
     }
-    let fails = report::failures(&args, &rep);
     for f in &fails {
         eprintln!("loadgen: FAIL: {f}");
     }
@@ -431,7 +600,7 @@ impl Window {
         }
     }
 
-    fn flush(&mut self, progress: &[[u64; 6]]) {
+    fn flush(&mut self, progress: &[[u64; ipc::PROGRESS_FIELDS]]) {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -454,6 +623,22 @@ impl Window {
             *h = worker::new_hist();
         }
     }
+}
+
+/// Sums per-worker `(name, count)` lists, by name.
+fn merge_counts(v: &[Vec<(String, u64)>]) -> Vec<(String, u64)> {
+    let mut m: std::collections::BTreeMap<String, u64> = Default::default();
+    for (k, n) in v.iter().flatten() {
+        *m.entry(k.clone()).or_default() += n;
+    }
+    m.into_iter().collect()
+}
+
+fn fmt_counts(v: &[(String, u64)]) -> String {
+    v.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Merges worker histograms (all share the same bounds).

@@ -126,12 +126,12 @@ pub(super) async fn conn_task(w: Rc<Worker>, idx: usize) {
     let stream = match start_connect(w.src_ip, w.server) {
         Ok(s) => s,
         Err(e) => {
-            fail(&w, &conn, &format!("connect: {e}"));
+            fail(&w, idx, &format!("connect: {e}"));
             return;
         }
     };
     if let Err(e) = connected(&stream).await {
-        fail(&w, &conn, &format!("connect: {e}"));
+        fail(&w, idx, &format!("connect: {e}"));
         return;
     }
     let stream = Rc::new(RefCell::new(stream));
@@ -286,7 +286,8 @@ fn handle(w: &Rc<Worker>, conn: &Rc<Conn>, idx: usize, o: &Map<String, Value>) -
                     *last = n;
                 }
             }
-            let mut es = w.entries.borrow_mut();
+            let mut ledger = w.ledger.borrow_mut();
+            let es = &mut ledger.entries;
             let e = es.entry((stream, n)).or_default();
             e.delivered += 1;
             true
@@ -358,7 +359,8 @@ pub(super) async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
                 )
             };
             {
-                let mut es = w.entries.borrow_mut();
+                let mut ledger = w.ledger.borrow_mut();
+                let es = &mut ledger.entries;
                 let e = es.entry((stream, seq)).or_default();
                 e.expected = exp;
                 e.acked = true;
