@@ -16,9 +16,10 @@
 #
 # Fails on: lost/duplicated/out-of-order messages or a failed loadgen run,
 # a panic in the server log, the server dying, a failed liveness probe, the
-# server not stopping on SIGTERM, idle RSS that keeps growing (last third of
-# the idle samples > middle third + 10 %, see soak_tool.py analyze), or idle
-# fds that do not return to their floor.
+# server not stopping on SIGTERM, idle RSS that keeps growing (the settled
+# RSS at the end of each idle gap: last third of the gaps > middle third
+# + 10 % and + 4 MiB, see soak_tool.py analyze), or idle fds that do not
+# return to their floor.
 #
 # Usage: bench/soak.sh [--minutes N] [--out DIR]
 #   --minutes N  run length (default 30; at least 3, which CI can afford)

@@ -308,29 +308,47 @@ def cmd_analyze(argv):
     mib = lambda k: f"{k / 1024:.1f} MiB"
     max_rss = max((r for _, r in rss), default=None)
     end_rss = rss[-1][1] if rss else None
-    # RSS growth rule. Only idle-gap samples count: with no connections the
-    # server should be back to a steady footprint, while under load RSS
-    # follows the (varying) amount of buffered work. The first third of the
-    # idle samples is warm-up (allocator arenas, caches and the store's page
-    # cache grow to their working size during the first load phases); a leak
-    # shows as the last third sitting above the middle third. Fail when
-    # max(last third) > max(middle third) * 1.10 AND by more than 4 MiB: 10 %
-    # absorbs allocator noise, the 4 MiB floor keeps a small idle server from
-    # failing on a few pages. With fewer than 6 idle samples it only reports.
-    n = len(idle)
-    if n >= 6:
-        mid = [num(s["rss_kib"]) for s in idle[n // 3: 2 * n // 3]]
-        last = [num(s["rss_kib"]) for s in idle[2 * n // 3:]]
+    # RSS growth rule. Only idle gaps count: with no connections the server
+    # should be back to a steady footprint, while under load RSS follows the
+    # (varying) amount of buffered work. Each gap is judged by its *settled*
+    # value, its last sample: the server after being left alone for the whole
+    # gap. (The first samples of a gap still hold the previous load phase's
+    # peak: owner state is dropped after 60 s unused and free heap pages are
+    # then returned, see server::mod. Judging gaps by their maximum measured
+    # how high the last load peak was, which follows the machine's
+    # contention, not leaks: the 60-minute runs of 2026-12-01 16:49 and
+    # 19:08 failed that way with 3.5M messages otherwise clean.) The first
+    # third of the gaps is warm-up; a leak shows as the settled values of the
+    # last third above those of the middle third. Fail when max(last third)
+    # > max(middle third) * 1.10 AND by more than 4 MiB: 10 % absorbs
+    # allocator noise, the 4 MiB floor keeps a small idle server from failing
+    # on a few pages. With fewer than 3 gaps it only reports.
+    gaps, prev = [], None
+    for s_ in samples:
+        if s_["phase"] == "idle" and num(s_["rss_kib"]) is not None:
+            if prev != "idle":
+                gaps.append([])
+            gaps[-1].append(num(s_["rss_kib"]))
+        prev = s_["phase"]
+    settled = [g[-1] for g in gaps if g]
+    peaks = [max(g) for g in gaps if g]
+    n = len(settled)
+    if n >= 3:
+        mid = settled[n // 3: 2 * n // 3] or settled[n // 3: n // 3 + 1]
+        last = settled[2 * n // 3:]
         m, l = max(mid), max(last)
         verdict = "ok"
         if l > m * 1.10 and l - m > 4096:
             verdict = "FAIL"
-            fails.append(f"RSS keeps growing while idle: max of the last third of idle samples "
+            fails.append(f"RSS keeps growing while idle: settled RSS of the last third of idle gaps "
                          f"{mib(l)} > middle third {mib(m)} + 10 %")
-        lines.append(f"rss growth check    {verdict}: idle samples {n}, max middle third {mib(m)}, "
-                     f"max last third {mib(l)} ({(l / m - 1) * 100:+.1f} %; limit +10 % and +4 MiB)")
+        lines.append(f"rss growth check    {verdict}: {n} idle gaps, settled RSS max middle third "
+                     f"{mib(m)}, max last third {mib(l)} ({(l / m - 1) * 100:+.1f} %; limit +10 % and +4 MiB)")
+        lines.append("idle gaps settled   " + " ".join(f"{v / 1024:.0f}" for v in settled) + " MiB")
+        lines.append("idle gaps peak      " + " ".join(f"{v / 1024:.0f}" for v in peaks)
+                     + " MiB (first samples: the last load phase's peak; not judged)")
     else:
-        lines.append(f"rss growth check    skipped: only {n} idle samples (need 6)")
+        lines.append(f"rss growth check    skipped: only {n} idle gaps (need 3)")
     # Fd leak rule: with nothing connected the fd count should return to the
     # same floor; the min of the last third of idle samples may exceed the
     # min over all idle samples by at most 64 (a few sockets in teardown).
