@@ -169,6 +169,11 @@ pub struct ServeArgs {
     /// Connections in total (0: the open-file limit less 1024).
     #[arg(long, default_value_t = 0)]
     pub max_conns: usize,
+    /// Shortest password a registration accepts, in bytes (1-128). Lower it
+    /// only to migrate users of a system that allowed shorter ones (the old
+    /// cc_ChatServer took any password; docs/MIGRATING.md).
+    #[arg(long, default_value_t = 8)]
+    pub min_password_len: usize,
     /// Test hook: `stall:SHARD:AFTER_MS` or `panic:SHARD:AFTER_MS` (flag
     /// only: not a setting of the file or the environment).
     #[arg(long, hide = true)]
@@ -244,6 +249,13 @@ impl Effective {
     /// The server's configuration (and checks that span several settings).
     pub fn server_config(&self) -> Result<crate::server::Config, String> {
         let a = &self.args;
+        if !(1..=crate::core::validate::MAX_PASSWORD).contains(&a.min_password_len) {
+            return Err(format!(
+                "min-password-len must be 1-{}, not {}",
+                crate::core::validate::MAX_PASSWORD,
+                a.min_password_len
+            ));
+        }
         Ok(crate::server::Config {
             listen: a.listen,
             shards: a.shards,
@@ -274,6 +286,7 @@ impl Effective {
                 conns_per_addr: a.max_conns_per_addr,
                 conns_total: a.max_conns,
             },
+            min_password: a.min_password_len,
             ..Default::default()
         })
     }
@@ -537,7 +550,7 @@ pub fn resolve(
              io_memory_kib, blocking_threads, max_outbound_kib, redis_prefix, watchdog_secs,
              hash_threads, hash_queue, log_format, max_send_rate, max_send_burst,
              max_friend_requests_per_hour, max_sessions_per_user, max_groups_per_user,
-             max_members_per_group, max_conns_per_addr, max_conns;
+             max_members_per_group, max_conns_per_addr, max_conns, min_password_len;
         opt: metrics, redis, node_id, legacy_listen
     );
     // Keep the file's order of options: same as `--help`.

@@ -1025,16 +1025,11 @@ fn import_legacy_from_mysql() {
 
 /// Like `TestServer::start_legacy`, with extra `serve` arguments.
 fn start_legacy_with(extra: &[&str]) -> (TestServer, SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let legacy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let l = legacy.to_string();
-    let mut args = vec!["--legacy-listen", l.as_str()];
+    let mut args = vec!["--legacy-listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    (TestServer::start_with(&args), legacy)
+    let s = TestServer::start_with(&args);
+    let legacy = s.legacy.expect("legacy address reported");
+    (s, legacy)
 }
 
 /// The next friend event on a native client.
@@ -1350,4 +1345,25 @@ fn failed_legacy_logins_are_throttled_with_native_ones() {
     std::thread::sleep(Duration::from_millis(1100));
     let r = c.login(id);
     assert_eq!(r["name"], name.as_str());
+}
+
+#[test]
+fn the_password_minimum_is_a_serve_option_for_migrations() {
+    // The old server took any password; a migration may lower the minimum.
+    let (_s, addr) = start_legacy_with(&["--min-password-len", "3"]);
+    let mut c = Legacy::connect(addr);
+    c.send(json!({"msgid": 3, "name": uname("lgmin"), "password": "abc"}));
+    let r = c.reply();
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(4), Some(0)),
+        "a 3-byte password is accepted: {r}"
+    );
+    c.send(json!({"msgid": 3, "name": uname("lgmin"), "password": "ab"}));
+    let r = c.reply();
+    assert_eq!(r["errno"], 1, "{r}");
+    assert!(
+        r["errmsg"].as_str().unwrap_or("").contains("3-128"),
+        "the reply states the configured rule: {r}"
+    );
 }

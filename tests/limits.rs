@@ -182,12 +182,13 @@ fn hello_ok(addr: SocketAddr) -> bool {
 
 #[test]
 fn the_old_protocol_is_capped_too_and_refused_in_its_own_words() {
-    let legacy = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let ls = legacy.to_string();
-    let (_s, m) = start(&["--legacy-listen", &ls, "--max-conns-per-addr", "2"]);
+    let (s, m) = start(&[
+        "--legacy-listen",
+        "127.0.0.1:0",
+        "--max-conns-per-addr",
+        "2",
+    ]);
+    let legacy = s.legacy.expect("legacy address reported");
     let _a = std::net::TcpStream::connect(legacy).unwrap();
     let _b = std::net::TcpStream::connect(legacy).unwrap();
     let mut c = std::net::TcpStream::connect(legacy).unwrap();

@@ -24,8 +24,14 @@ pub fn username(name: &str) -> Decision<()> {
     }
 }
 
+/// Whether a password's length is within `min..=MAX_PASSWORD` bytes (the
+/// minimum is a serve option, `--min-password-len`, for migrations).
+pub fn password_len_ok(pw: &str, min: usize) -> bool {
+    (min..=MAX_PASSWORD).contains(&pw.len())
+}
+
 pub fn password(pw: &str) -> Decision<()> {
-    if (MIN_PASSWORD..=MAX_PASSWORD).contains(&pw.len()) {
+    if password_len_ok(pw, MIN_PASSWORD) {
         Ok(())
     } else {
         Err(Reject(

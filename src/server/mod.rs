@@ -60,6 +60,8 @@ pub struct Config {
     pub fault: Option<watchdog::Fault>,
     /// Rates and quotas (see `core::limits`; `0` = unlimited).
     pub limits: crate::core::limits::Limits,
+    /// Shortest password a registration may use, in bytes (1..=128).
+    pub min_password: usize,
     /// Password-hashing threads (node-wide) and the queue in front of them
     /// (see `hasher`).
     pub hash_threads: usize,
@@ -88,6 +90,7 @@ impl Default for Config {
             hash_threads: 0,
             hash_queue: 16,
             limits: crate::core::limits::Limits::default(),
+            min_password: crate::core::validate::MIN_PASSWORD,
         }
     }
 }

@@ -11,7 +11,7 @@ use ringchat::client::{Client, ClientOptions, Event, FriendEventKind, Session};
 use ringchat::model::UserId;
 use ringchat::wire::{self, Enc, FrameBuf, fb};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,8 @@ const STARTUP: Duration = Duration::from_secs(20);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The `--legacy-listen` address as bound, if one was asked for.
+    pub legacy: Option<SocketAddr>,
     pub data_dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
@@ -42,7 +44,9 @@ pub struct TestServer {
 /// CPU (`Placement::Fixed`), so two servers running side by side compete
 /// for the same cores: measured on a 2-core machine, `tests/auth.rs` took
 /// ~40 s with two test threads against ~4 s one at a time. Serialising the
-/// servers keeps the suite fast and its timeouts meaningful.
+/// servers keeps the suite fast and its timeouts meaningful. (It is about
+/// CPUs, not state: servers share nothing and run side by side when asked,
+/// `start_alongside`, or in one process, tests/in_process.rs.)
 static ONE_SERVER: Mutex<()> = Mutex::new(());
 
 fn fresh_dir() -> PathBuf {
@@ -58,11 +62,6 @@ fn fresh_dir() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl TestServer {
@@ -89,30 +88,26 @@ impl TestServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut s = TestServer {
             addr: "127.0.0.1:0".parse().unwrap(),
+            legacy: None,
             data_dir: fresh_dir(),
             child: None,
             extra,
             stderr: Arc::new(Mutex::new(String::new())),
             _turn: turn,
         };
-        let mut last_err = String::new();
-        // The port we picked may be taken by someone else between dropping
-        // our probe listener and the server binding it: retry a few times.
-        for _ in 0..5 {
-            s.addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            match s.spawn() {
-                Ok(()) => return s,
-                Err(e) => last_err = e,
-            }
+        // Port 0: the server binds a free port itself and says which (no
+        // race with another process for a port we picked, no retries).
+        if let Err(e) = s.spawn() {
+            panic!("server did not start: {e}");
         }
-        panic!("server did not start: {last_err}");
+        s
     }
 
     /// Starts with the legacy JSON protocol also served (`--legacy-listen`)
-    /// on a second free port; returns that address too.
+    /// on a port of its own; returns that address too.
     pub fn start_legacy() -> (TestServer, SocketAddr) {
-        let legacy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let s = TestServer::start_with(&["--legacy-listen", &legacy.to_string()]);
+        let s = TestServer::start_with(&["--legacy-listen", "127.0.0.1:0"]);
+        let legacy = s.legacy.expect("the server reports its legacy address");
         (s, legacy)
     }
 
@@ -135,28 +130,48 @@ impl TestServer {
         let stderr = child.stderr.take().unwrap();
         *self.stderr.lock().unwrap() = String::new();
         let sink = self.stderr.clone();
+        let (ltx, lrx) = mpsc::channel::<SocketAddr>();
         // Both pipes are drained for the server's whole life so it never
         // blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // "legacy JSON protocol on ADDR": the bound legacy address.
+                if let Some(a) = line.split("legacy JSON protocol on ").nth(1)
+                    && let Ok(a) = a.trim().parse()
+                {
+                    let _ = ltx.send(a);
+                }
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
             }
         });
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
+                // "ringchat listening on ADDR (N shards)"
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some(a) = rest.split_whitespace().next()
+                    && let Ok(a) = a.parse()
+                {
+                    let _ = tx.send(a);
                 }
             }
         });
         let deadline = Instant::now() + STARTUP;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(()) => {
+                Ok(addr) => {
                     self.child = Some(child);
+                    // Later restarts keep the same addresses.
+                    self.addr = addr;
+                    let wants_legacy = self.extra.iter().any(|a| a == "--legacy-listen");
+                    if wants_legacy && let Ok(l) = lrx.recv_timeout(STARTUP) {
+                        self.legacy = Some(l);
+                        if let Some(i) = self.extra.iter().position(|a| a == "--legacy-listen") {
+                            self.extra[i + 1] = l.to_string();
+                        }
+                    }
                     return Ok(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -22,9 +22,18 @@ pub async fn register(
     username: &str,
     password: &str,
 ) -> Result<UserId, Refusal> {
-    validate::username(username)
-        .and_then(|_| validate::password(password))
-        .map_err(Refusal::from)?;
+    validate::username(username).map_err(Refusal::from)?;
+    let min = shard.cfg.min_password;
+    if !validate::password_len_ok(password, min) {
+        return Err(Refusal {
+            code: ErrorCode::InvalidPassword,
+            text: if min == validate::MIN_PASSWORD {
+                Cow::Borrowed("password must be 8-128 bytes")
+            } else {
+                Cow::Owned(format!("password must be {min}-128 bytes"))
+            },
+        });
+    }
     let pass = password.to_string();
     let hash = match shard.hasher.run(move || auth::hash_password(&pass)).await {
         Ok(Ok(h)) => h,
