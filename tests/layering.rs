@@ -19,6 +19,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("legacy", &["model", "wire", "core", "store", "server"]),
     ("provision", &["model", "store", "server"]),
     ("chat", &["model", "wire", "client"]),
+    // Reads flags, env and file into the server's and the cluster's
+    // configuration: part of assembling a node, like main.rs.
+    ("config", &["model", "core", "server", "cluster"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -189,8 +189,20 @@ fn the_old_protocol_is_capped_too_and_refused_in_its_own_words() {
         "2",
     ]);
     let legacy = s.legacy.expect("legacy address reported");
-    let _a = std::net::TcpStream::connect(legacy).unwrap();
-    let _b = std::net::TcpStream::connect(legacy).unwrap();
+    // Each held connection is answered once before the next connects: the
+    // shards accept in parallel, and the cap refuses whichever connection
+    // comes third in *their* order.
+    let served = || {
+        let mut s = std::net::TcpStream::connect(legacy).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(br#"{"msgid":99}"#).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("unknown msgid"));
+        s
+    };
+    let _a = served();
+    let _b = served();
     let mut c = std::net::TcpStream::connect(legacy).unwrap();
     c.set_read_timeout(Some(T)).unwrap();
     let mut buf = Vec::new();
