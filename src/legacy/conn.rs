@@ -619,12 +619,8 @@ async fn session(
         protocol = "legacy",
         reason = if logout {
             "logout"
-        } else if conn.out.overflowed.get() {
-            "slow_consumer"
-        } else if shard.stopping.get() {
-            "shutdown"
         } else {
-            "closed"
+            crate::server::session::end_reason(&shard, &conn)
         },
         "session ended"
     );

@@ -421,13 +421,7 @@ async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, lo
         user = conn.user,
         shard = shard.id,
         remote,
-        reason = if conn.out.overflowed.get() {
-            "slow_consumer"
-        } else if shard.stopping.get() {
-            "shutdown"
-        } else {
-            "closed"
-        },
+        reason = session::end_reason(&shard, &conn),
         "session ended"
     );
 }

@@ -146,6 +146,17 @@ impl Responder for NativeReplies {
     }
 }
 
+/// Why a session ended, for its `session ended` log line.
+pub fn end_reason(shard: &Shard, conn: &Conn) -> &'static str {
+    if conn.out.overflowed.get() {
+        "slow_consumer"
+    } else if shard.stopping.get() {
+        "shutdown"
+    } else {
+        "closed"
+    }
+}
+
 /// Refuses one more session of `user` past the node's sessions-per-user
 /// limit (counted, with the words to say).
 pub fn too_many_sessions(shard: &Shard, user: UserId) -> Option<String> {
