@@ -658,6 +658,20 @@ impl Worker {
     /// The message body: `lg <run> <scheduled µs> <send index> ` padded to
     /// --body-size. The send index identifies the message whatever its
     /// client_msg_id (see `Ledger`).
+    /// Writes a tracked send (again) under a fresh req_id, with the same
+    /// client_msg_id, and tracks it under that req_id; returns the req_id.
+    fn transmit(&self, conn: &Conn, s: Sent) -> u64 {
+        let r = conn.req();
+        let body = self.body(s.sched_us, s.i);
+        conn.push(
+            self.enc
+                .borrow_mut()
+                .send_message(r, s.to, s.gid, s.cmid, &body),
+        );
+        conn.sent.borrow_mut().insert(r, s);
+        r
+    }
+
     fn body(&self, sched: u64, i: u64) -> String {
         let mut body = format!("lg {} {} {} ", self.run, sched, i);
         while body.len() < self.args.body_size {
@@ -768,15 +782,7 @@ fn handle(
         conn.retired.borrow_mut().clear();
         for mut s in pending {
             s.tx_us = now;
-            let r = conn.req();
-            let body = w.body(s.sched_us, s.i);
-            let f = w
-                .enc
-                .borrow_mut()
-                .send_message(r, s.to, s.gid, s.cmid, &body)
-                .to_vec();
-            conn.push(&f);
-            conn.sent.borrow_mut().insert(r, s);
+            w.transmit(conn, s);
         }
         if lost != 0 {
             w.stats.borrow_mut().resent += n;
@@ -1065,15 +1071,7 @@ async fn resender(w: Rc<Worker>) {
                 if w.args.test_fault.as_deref() == Some("resend-new-id") {
                     s.cmid = s.cmid.wrapping_add(1 << 40);
                 }
-                let r = conn.req();
-                let body = w.body(s.sched_us, s.i);
-                let f = w
-                    .enc
-                    .borrow_mut()
-                    .send_message(r, s.to, s.gid, s.cmid, &body)
-                    .to_vec();
-                conn.push(&f);
-                conn.sent.borrow_mut().insert(r, s);
+                let r = w.transmit(conn, s);
                 conn.retired.borrow_mut().insert(old, r);
                 w.stats.borrow_mut().resent_timeout += 1;
             }
