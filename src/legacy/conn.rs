@@ -567,7 +567,6 @@ async fn session(
     });
     let sess = Rc::new(Session {
         conn: conn.clone(),
-        user,
         name,
         token: None,
         reply: Rc::new(LegacyReplies {

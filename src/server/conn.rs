@@ -401,7 +401,6 @@ async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, lo
     }
     let sess = Session {
         conn: conn.clone(),
-        user: login.user,
         name: login.name,
         token: Some(login.token),
         reply: Rc::new(NativeReplies {

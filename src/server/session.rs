@@ -58,8 +58,8 @@ pub trait Responder {
 
 /// A logged-in session on its user's home shard.
 pub struct Session {
+    /// The connection; its `user` is who the session acts as.
     pub conn: Rc<Conn>,
-    pub user: UserId,
     pub name: Arc<str>,
     /// The resume token (native sessions; the old protocol has none).
     pub token: Option<String>,
@@ -67,6 +67,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// Who this session acts as (from its login, never from a payload).
+    pub fn user(&self) -> UserId {
+        self.conn.user
+    }
+
     /// Where owners send the answer to request `req_id`.
     pub fn origin(&self, shard: &Shard, req_id: u64) -> Origin {
         Origin {
@@ -74,7 +79,7 @@ impl Session {
             shard: shard.id,
             conn: self.conn.id,
             req_id,
-            user: self.user,
+            user: self.conn.user,
             name: self.name.clone(),
         }
     }

@@ -193,7 +193,7 @@ pub async fn search(
             } else {
                 0
             };
-            let friends = shard.friends_of_local(sess.user);
+            let friends = shard.friends_of_local(sess.user());
             let items: Vec<(UserId, &str, bool)> = rows
                 .iter()
                 .map(|(id, n)| {

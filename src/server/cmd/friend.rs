@@ -21,14 +21,14 @@ pub fn pair(shard: &Shard, sess: &Session, req_id: u64, other: UserId, action: P
     if other == 0 || other > MAX_USER_ID {
         return sess.error(req_id, Reject(ErrorCode::NoSuchUser, "no such user"));
     }
-    if other == sess.user {
+    if other == sess.user() {
         return sess.error(req_id, Reject(ErrorCode::SelfTarget, "that is you"));
     }
     to_owner(
         shard,
         sess,
         req_id,
-        direct_conv(sess.user, other),
+        direct_conv(sess.user(), other),
         OwnerOp::Pair { other, action },
     );
 }
@@ -38,7 +38,7 @@ pub fn request(shard: &Shard, sess: &Session, req_id: u64, other: UserId, note: 
         .rates
         .borrow_mut()
         .friend_requests
-        .take(sess.user, now_ms())
+        .take(sess.user(), now_ms())
     {
         shard.limits.refused(Kind::FriendRequest);
         let text = format!("too many friend requests; retry in {} s", ms.div_ceil(1000));
@@ -66,7 +66,7 @@ pub fn block(shard: &Shard, sess: &Session, req_id: u64, other: UserId, block: b
 }
 
 pub async fn list(shard: &Rc<Shard>, sess: &Session, req_id: u64) {
-    let me = sess.user;
+    let me = sess.user();
     match shard.blocking(move |s| s.friends_of(me)).await {
         Ok(rows) => sess
             .reply

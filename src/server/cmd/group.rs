@@ -72,7 +72,7 @@ pub async fn create(shard: &Rc<Shard>, sess: &Session, req_id: u64, name: &str, 
     if let Err(r) = validate::group_name(name) {
         return sess.error(req_id, r);
     }
-    let me = sess.user;
+    let me = sess.user();
     let n2 = name.to_string();
     let desc: String = desc
         .chars()
@@ -115,7 +115,7 @@ pub async fn create(shard: &Rc<Shard>, sess: &Session, req_id: u64, name: &str, 
 }
 
 pub async fn list(shard: &Rc<Shard>, sess: &Session, req_id: u64) {
-    let me = sess.user;
+    let me = sess.user();
     match shard.blocking(move |s| s.groups_of(me)).await {
         Ok(gs) => sess.reply.group_list(req_id, &gs),
         Err(_) => sess.error(req_id, STORAGE),
@@ -142,7 +142,7 @@ pub async fn info(shard: &Rc<Shard>, sess: &Session, req_id: u64, g: GroupId) {
     match res {
         Ok(Some((name, desc, members))) => {
             // Presence is for members: an outsider sees everyone offline.
-            let member = members.iter().any(|m| m.user_id == sess.user);
+            let member = members.iter().any(|m| m.user_id == sess.user());
             sess.reply.group_info(
                 req_id,
                 &GroupInfo {

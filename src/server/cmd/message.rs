@@ -17,7 +17,7 @@ pub fn send(shard: &Shard, sess: &Session, req_id: u64, to: Target, cmid: u64, b
     if let Err(r) = validate::body(body, shard.cfg.max_frame) {
         return sess.error(req_id, r);
     }
-    let me = sess.user;
+    let me = sess.user();
     if let Err(ms) = shard.rates.borrow_mut().send.take(me, now_ms()) {
         shard.limits.refused(Kind::Send);
         let text = format!("sending too fast; retry in {ms} ms");
@@ -61,7 +61,7 @@ pub fn send(shard: &Shard, sess: &Session, req_id: u64, to: Target, cmid: u64, b
 pub fn ack(shard: &Shard, sess: &Session, items: &dyn Pairs) {
     let mut cursors = shard.cursors.borrow_mut();
     let known = sess.conn.convs.borrow();
-    let me = sess.user;
+    let me = sess.user();
     items.each(&mut |conv, seq| {
         if let Some(&last) = known.get(&conv) {
             let e = cursors.entry((me, conv)).or_insert(0);
@@ -87,7 +87,7 @@ pub async fn history(
     };
     match crate::model::conv_kind(conv) {
         ConvKind::Direct { .. } => {
-            if direct_peer(conv, sess.user).is_none() {
+            if direct_peer(conv, sess.user()).is_none() {
                 return sess.error(
                     req_id,
                     Reject(ErrorCode::NotMember, "not your conversation"),
