@@ -33,10 +33,19 @@
 # soak.svg, server.log and runs/ (loadgen reports); appends a row to
 # bench/RESULTS.md. Last line: `soak: PASS ...` or `soak: FAIL <reason>`.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+# bash reads a script while it runs it, so editing this file during a
+# 60-minute run once broke the run's verdict. Run from a private copy: the
+# copy unlinks itself at once (bash keeps it open), SOAK_SELF names the real one.
+if [ -z "${SOAK_SELF:-}" ]; then
+    copy=$(mktemp "${TMPDIR:-/tmp}/soak.XXXXXX.sh") && cp "$0" "$copy" \
+        && SOAK_SELF=$0 exec bash "$copy" "$@"
+    echo "soak: cannot make a private copy of $0" >&2; exit 2
+fi
+rm -f "$0"
+cd "$(dirname "$SOAK_SELF")/.."
 . bench/lib.sh
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,33p' "$SOAK_SELF" | sed 's/^# \{0,1\}//'; exit 2; }
 MINUTES=30
 OUT=
 CMD="bench/soak.sh${*:+ $*}"
