@@ -121,6 +121,16 @@ pub struct ServeArgs {
     /// Prefix of every Redis key and channel, so clusters can share a Redis.
     #[arg(long, default_value = "ringchat:")]
     pub redis_prefix: String,
+    /// PEM file of the CA that signed the Redis server's certificate, for a
+    /// rediss:// (TLS) URL; without it the system's roots are trusted.
+    #[arg(long)]
+    pub redis_ca: Option<PathBuf>,
+    /// File holding the cluster's shared secret (at least 16 bytes; the
+    /// same on every node). Every bus message is then signed (HMAC-SHA256)
+    /// and unsigned or forged ones are dropped: without it, anyone who can
+    /// publish on the Redis can inject messages (docs/SECURITY.md).
+    #[arg(long)]
+    pub cluster_key_file: Option<PathBuf>,
     /// Also serve the old cc_ChatServer JSON protocol on this address (off
     /// by default; see docs/MIGRATING.md).
     #[arg(long)]
@@ -296,15 +306,23 @@ fn cluster_config(
     a: &ServeArgs,
 ) -> Result<Option<std::sync::Arc<crate::cluster::ClusterConfig>>, String> {
     match (&a.redis, &a.node_id) {
+        (None, None) if a.redis_ca.is_some() || a.cluster_key_file.is_some() => {
+            Err("--redis-ca and --cluster-key-file are for a cluster (--redis)".into())
+        }
         (None, None) => Ok(None),
         (Some(url), Some(node)) => {
             if node.is_empty() || node.contains(':') {
                 return Err("--node-id must be non-empty and must not contain ':'".into());
             }
+            let key = match &a.cluster_key_file {
+                Some(p) => Some(crate::cluster::BusKey::from_file(p)?),
+                None => None,
+            };
             Ok(Some(std::sync::Arc::new(crate::cluster::ClusterConfig {
-                redis: crate::cluster::redis::parse_url(url)?,
+                redis: crate::cluster::redis::parse_url(url, a.redis_ca.as_deref())?,
                 node: node.clone(),
                 prefix: a.redis_prefix.clone(),
+                key,
             })))
         }
         _ => Err("--redis and --node-id go together".into()),
@@ -551,7 +569,7 @@ pub fn resolve(
              hash_threads, hash_queue, log_format, max_send_rate, max_send_burst,
              max_friend_requests_per_hour, max_sessions_per_user, max_groups_per_user,
              max_members_per_group, max_conns_per_addr, max_conns, min_password_len;
-        opt: metrics, redis, node_id, legacy_listen
+        opt: metrics, redis, node_id, legacy_listen, redis_ca, cluster_key_file
     );
     // Keep the file's order of options: same as `--help`.
     let order = known;

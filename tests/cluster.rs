@@ -203,6 +203,75 @@ impl PrivateRedis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// A redis-server that speaks only TLS (no plaintext port), with a
+    /// certificate for 127.0.0.1 from a CA made for the test. Returns the
+    /// server and the CA's PEM file.
+    fn start_tls() -> (PrivateRedis, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ringchat-ct-redis-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ringchat test CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        std::fs::write(dir.join("redis.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("redis.key"), key.serialize_pem()).unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", "0"])
+            .args(["--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(dir.join("redis.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.join("redis.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(&ca_file)
+            .args(["--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + T;
+        while port_open(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) on {addr} did not start: is it built with TLS?"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = PrivateRedis {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let ca_copy = std::env::temp_dir().join(format!(
+            "ringchat-ct-ca-{}-{}.pem",
+            std::process::id(),
+            port
+        ));
+        std::fs::copy(&ca_file, &ca_copy).unwrap();
+        (r, ca_copy)
+    }
 }
 
 impl Drop for PrivateRedis {
@@ -220,6 +289,8 @@ struct Cluster {
     nodes: Vec<Node>,
     nginx: Option<Nginx>,
     dir: PathBuf,
+    /// More `serve` arguments for every node.
+    extra: Vec<String>,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -236,6 +307,17 @@ impl Cluster {
         shards: usize,
         nginx: bool,
         redis_url: String,
+    ) -> Option<Cluster> {
+        Cluster::start_with(test, k, shards, nginx, redis_url, Vec::new())
+    }
+
+    fn start_with(
+        test: &str,
+        k: usize,
+        shards: usize,
+        nginx: bool,
+        redis_url: String,
+        extra: Vec<String>,
     ) -> Option<Cluster> {
         if !services_ready(test, nginx) {
             return None;
@@ -256,6 +338,7 @@ impl Cluster {
             nodes: Vec::new(),
             nginx: None,
             dir,
+            extra,
             _turn: turn,
         };
         for i in 0..k {
@@ -309,6 +392,7 @@ impl Cluster {
             .args(["--redis-prefix", &prefix])
             .arg("--data-dir")
             .arg(self.dir.join(&node.name))
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1048,20 +1132,7 @@ fn node_restarted_within_ttl_does_not_leave_its_users_online() {
 #[test]
 fn redis_restart_nodes_reconnect_and_keep_delivering() {
     let test = "redis_restart_nodes_reconnect_and_keep_delivering";
-    if !services_ready(test, false) {
-        return;
-    }
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        if required("RINGCHAT_REQUIRE_REDIS") {
-            panic!("{test}: redis-server binary not available and RINGCHAT_REQUIRE_REDIS=1");
-        }
-        skipped(&format!(
-            "Redis not available (no redis-server binary to run a private one) [{test}]"
-        ));
+    if !services_ready(test, false) || !redis_binary(test) {
         return;
     }
     let mut redis = PrivateRedis::start();
@@ -1331,4 +1402,375 @@ fn graceful_stop_of_owner(test: &str, window: Option<Duration>) {
          within {limit:?}; all resent: {failures:?}); logs:\n{}",
         c.logs()
     );
+}
+
+/// Skips (or, under RINGCHAT_REQUIRE_REDIS=1, fails) a test that needs a
+/// private redis-server binary.
+fn redis_binary(test: &str) -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    if required("RINGCHAT_REQUIRE_REDIS") {
+        panic!("{test}: redis-server binary not available and RINGCHAT_REQUIRE_REDIS=1");
+    }
+    skipped(&format!(
+        "Redis not available (no redis-server binary to run a private one) [{test}]"
+    ));
+    false
+}
+
+/// A cluster key file of the test's own.
+fn key_file(tag: &str, secret: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "ringchat-ct-key-{}-{tag}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::write(&p, format!("{secret}\n")).unwrap();
+    p
+}
+
+/// The bus over TLS (`rediss://`, a Redis with no plaintext port) with
+/// signed payloads: two nodes still carry chat, friend events and presence.
+#[test]
+fn rediss_bus_with_signed_payloads_carries_chat_between_nodes() {
+    let test = "rediss_bus_with_signed_payloads_carries_chat_between_nodes";
+    if !services_ready(test, false) || !redis_binary(test) {
+        return;
+    }
+    let (redis, ca) = PrivateRedis::start_tls();
+    let key = key_file("tls", "a shared secret for this test only");
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let extra = vec![
+        "--redis-ca".to_string(),
+        ca.display().to_string(),
+        "--cluster-key-file".to_string(),
+        key.display().to_string(),
+    ];
+    let Some(c) = Cluster::start_with(test, 2, 1, false, url, extra) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "ta");
+    let b = c.user(c.addr(1), "tb");
+    befriend(&a, &b);
+    let s = a.send_direct(b.id, "over tls").unwrap();
+    let m = wait_msg(&b.c, "a's message over the TLS bus");
+    assert_eq!(
+        (m.conversation, m.seq, m.body.as_str()),
+        (s.conversation, s.seq, "over tls")
+    );
+    let s2 = b.send_direct(a.id, "and back").unwrap();
+    let m = wait_msg(&a.c, "b's message over the TLS bus");
+    assert_eq!((m.seq, m.body.as_str()), (s2.seq, "and back"));
+    b.c.close();
+    wait_presence(&a.c, b.id, false, CRASH_NOTICED);
+    let logs = c.logs();
+    assert!(
+        !logs.contains("bus message dropped"),
+        "a signed bus dropped its own messages:\n{logs}"
+    );
+    drop(c);
+    drop(redis);
+    let _ = std::fs::remove_file(ca);
+    let _ = std::fs::remove_file(key);
+}
+
+/// Someone who can publish on the Redis injects a bus payload that pushes
+/// a frame to a user on another node. Without a cluster key that works (the
+/// hole this closes); with one, unsigned and wrongly signed payloads are
+/// dropped and only one sealed with the cluster's key gets through.
+#[test]
+fn forged_bus_payloads_are_dropped_when_the_cluster_has_a_key() {
+    let test = "forged_bus_payloads_are_dropped_when_the_cluster_has_a_key";
+    if !services_ready(test, false) {
+        return;
+    }
+    let secret = "the cluster's own secret, 16+ bytes";
+    let key = key_file("forge", secret);
+    let extra = vec!["--cluster-key-file".to_string(), key.display().to_string()];
+    let Some(c) = Cluster::start_with(test, 2, 1, false, format!("redis://{REDIS_ADDR}"), extra)
+    else {
+        return;
+    };
+    let b = c.user(c.addr(1), "fb");
+    // A Presence push about a user id nobody has: nothing else sends it.
+    let fake_user: UserId = 4_000_000_000 + u64::from(std::process::id());
+    let frame = ringchat::wire::enc::Enc::new()
+        .presence(fake_user, true)
+        .to_vec();
+    let msg = vec![ringchat::cluster::NodeMsg::Push {
+        users: vec![b.id],
+        frame,
+        msg: None,
+        skip_node: String::new(),
+        skip_conn: 0,
+    }];
+    let body = ringchat::cluster::encode(&msg);
+    let channel = format!("{}:ch:n2:0", c.tag);
+    let publish = |payload: Vec<u8>| {
+        let n: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(payload)
+            .query(&mut c.redis())
+            .unwrap();
+        assert_eq!(n, 1, "node n2 is not subscribed to {channel}");
+    };
+    let got_fake = |within: Duration| {
+        b.c.wait_for(
+            within,
+            |e| matches!(e, Event::Presence { user_id, .. } if *user_id == fake_user),
+        )
+        .is_some()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    publish(body.clone());
+    assert!(
+        !got_fake(Duration::from_secs(1)),
+        "an unsigned payload was delivered"
+    );
+    let wrong = ringchat::cluster::BusKey::new(b"somebody else's key!").unwrap();
+    publish(wrong.seal(&channel, now(), &body));
+    assert!(
+        !got_fake(Duration::from_secs(1)),
+        "a forged payload was delivered"
+    );
+    let right = ringchat::cluster::BusKey::new(secret.as_bytes()).unwrap();
+    publish(right.seal(&format!("{}:ch:n1:0", c.tag), now(), &body));
+    assert!(
+        !got_fake(Duration::from_secs(1)),
+        "a payload signed for another channel was delivered"
+    );
+    publish(right.seal(&channel, now() - 120_000, &body));
+    assert!(
+        !got_fake(Duration::from_secs(1)),
+        "a stale payload was delivered"
+    );
+    // The same payload sealed with the cluster's key is delivered: the
+    // drops above are the signature check, not a broken injection.
+    publish(right.seal(&channel, now(), &body));
+    assert!(got_fake(T), "a correctly signed payload was not delivered");
+    let logs = c.logs();
+    assert!(
+        logs.contains("bus message dropped"),
+        "no drop logged:\n{logs}"
+    );
+    drop(c);
+    let _ = std::fs::remove_file(key);
+}
+
+/// Without a key the bus trusts whoever publishes: the injection above
+/// works. This pins the threat model documented in docs/SECURITY.md.
+#[test]
+fn without_a_cluster_key_the_bus_trusts_any_publisher() {
+    let test = "without_a_cluster_key_the_bus_trusts_any_publisher";
+    let Some(c) = Cluster::start(test, 2, 1, false) else {
+        return;
+    };
+    let b = c.user(c.addr(1), "nb");
+    let fake_user: UserId = 4_100_000_000 + u64::from(std::process::id());
+    let frame = ringchat::wire::enc::Enc::new()
+        .presence(fake_user, true)
+        .to_vec();
+    let body = ringchat::cluster::encode(&vec![ringchat::cluster::NodeMsg::Push {
+        users: vec![b.id],
+        frame,
+        msg: None,
+        skip_node: String::new(),
+        skip_conn: 0,
+    }]);
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{}:ch:n2:0", c.tag))
+        .arg(body)
+        .query(&mut c.redis())
+        .unwrap();
+    assert!(
+        b.c.wait_for(
+            T,
+            |e| matches!(e, Event::Presence { user_id, .. } if *user_id == fake_user)
+        )
+        .is_some(),
+        "an unsigned payload was not delivered on a cluster without a key"
+    );
+}
+
+/// A certificate and key for 127.0.0.1 made by `openssl` (self-signed,
+/// CA:FALSE, so it can be its own trust anchor), in `dir`.
+fn openssl_self_signed(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .ok()?;
+    out.status.success().then_some((cert, key))
+}
+
+/// A blocking TLS connection speaking raw ringchat frames, trusting only
+/// `cert`: what a TLS client of the protocol does, without the client
+/// library (which speaks plain TCP).
+struct TlsFrames {
+    s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    enc: ringchat::wire::Enc,
+    buf: Vec<u8>,
+}
+
+impl TlsFrames {
+    fn connect(addr: SocketAddr, cert: &Path) -> TlsFrames {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(T)).unwrap();
+        TlsFrames {
+            s: rustls::StreamOwned::new(conn, tcp),
+            enc: ringchat::wire::Enc::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, f: impl FnOnce(&mut ringchat::wire::Enc) -> &[u8]) {
+        use std::io::Write;
+        let frame = f(&mut self.enc).to_vec();
+        self.s.write_all(&frame).unwrap();
+        self.s.flush().unwrap();
+    }
+
+    /// The next frame's body type, and the frame (length prefix included).
+    fn next(&mut self) -> (ringchat::wire::fb::Body, Vec<u8>) {
+        use std::io::Read;
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).expect("frame over TLS");
+        let n = u32::from_le_bytes(len) as usize;
+        self.buf.clear();
+        self.buf.extend_from_slice(&len);
+        self.buf.resize(4 + n, 0);
+        self.s.read_exact(&mut self.buf[4..]).unwrap();
+        let env = ringchat::wire::decode(&self.buf).expect("valid frame");
+        (env.body_type(), self.buf.clone())
+    }
+
+    /// Reads until a frame of type `want`, skipping pushes of other kinds.
+    fn until(&mut self, want: ringchat::wire::fb::Body) -> Vec<u8> {
+        for _ in 0..100 {
+            let (b, f) = self.next();
+            if b == want {
+                return f;
+            }
+            assert_ne!(
+                b,
+                ringchat::wire::fb::Body::ErrorReply,
+                "error reply while waiting for {want:?}"
+            );
+        }
+        panic!("no {want:?} in 100 frames");
+    }
+}
+
+/// nginx terminates TLS (nginx/ringchat-tls.conf, loaded by a reload) in
+/// front of the nodes: a TLS client registers, logs in, becomes friends
+/// with a plain-TCP user on another node and chats both ways.
+#[test]
+fn tls_through_nginx_reaches_the_cluster() {
+    use ringchat::wire::fb::Body;
+    let test = "tls_through_nginx_reaches_the_cluster";
+    let Some(c) = Cluster::start(test, 2, 1, true) else {
+        return;
+    };
+    let ng = c.nginx.as_ref().unwrap();
+    let Some((cert, key)) = openssl_self_signed(&ng.dir) else {
+        if required("RINGCHAT_REQUIRE_NGINX") {
+            panic!("{test}: openssl could not make a certificate");
+        }
+        skipped(&format!("openssl not available [{test}]"));
+        return;
+    };
+    let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let conf = include_str!("../nginx/ringchat-tls.conf")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| {
+            l.replace("{{TLS_LISTEN}}", &tls_addr.to_string())
+                .replace("{{TLS_CERT}}", &cert.to_string_lossy())
+                .replace("{{TLS_KEY}}", &key.to_string_lossy())
+                + "\n"
+        })
+        .collect::<String>();
+    std::fs::write(ng.dir.join("ringchat-tls.conf"), conf).unwrap();
+    // SIGHUP: nginx re-reads its configuration, which now includes the file.
+    unsafe {
+        libc::kill(ng.child.id() as libc::pid_t, libc::SIGHUP);
+    }
+    let deadline = Instant::now() + T;
+    while port_open(&tls_addr.to_string()).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not open the TLS listener: {}",
+            std::fs::read_to_string(ng.dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let plain = c.user(c.addr(1), "pl");
+    let name = uname("tl");
+    let mut t = TlsFrames::connect(tls_addr, &cert);
+    t.send(|e| e.hello(1, "tls-test"));
+    t.until(Body::HelloOk);
+    t.send(|e| e.register(2, &name, PASSWORD));
+    let f = t.until(Body::RegisterOk);
+    let my_id = ringchat::wire::decode(&f)
+        .unwrap()
+        .body_as_register_ok()
+        .unwrap()
+        .user_id();
+    t.send(|e| e.login(3, &name, PASSWORD));
+    t.until(Body::LoginOk);
+    t.until(Body::SyncDone);
+
+    plain.friend_request(my_id, "over tls?").unwrap();
+    t.until(Body::FriendEvent);
+    t.send(|e| e.friend_respond(4, plain.id, true));
+    t.until(Body::OkReply);
+    let s = plain.send_direct(my_id, "to the TLS user").unwrap();
+    let f = t.until(Body::Messages);
+    let env = ringchat::wire::decode(&f).unwrap();
+    let msgs = env.body_as_messages().unwrap().messages().unwrap();
+    let m = msgs.get(0);
+    assert_eq!(
+        (m.conversation(), m.seq(), m.body()),
+        (s.conversation, s.seq, Some("to the TLS user"))
+    );
+    t.send(|e| e.send_message(5, plain.id, 0, 77, "from behind TLS"));
+    t.until(Body::SendOk);
+    let back = wait(
+        &plain.c,
+        "message from the TLS user",
+        |e| matches!(e, Event::Message(m) if m.body == "from behind TLS"),
+    );
+    assert!(matches!(back, Event::Message(m) if m.sender == my_id));
 }

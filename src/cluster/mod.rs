@@ -19,9 +19,16 @@
 //! - **Bus**: each shard subscribes to `{p}ch:<node>:<shard>`; messages for
 //!   another node are batched per destination and published on the
 //!   shard's pipelined command connection.
+//! - **Trust**: with `--cluster-key-file`, every payload published on the
+//!   bus (node messages and presence) is signed with HMAC-SHA256 over its
+//!   channel, a timestamp and the body ([`BusKey`]); a shard drops what is
+//!   unsigned, forged, meant for another channel or older than
+//!   [`BUS_MAX_AGE_MS`]. `rediss://` puts the connections under TLS
+//!   (`tls.rs`). What this does and does not stop: docs/SECURITY.md.
 
 pub mod node;
 pub mod redis;
+pub mod tls;
 
 use crate::model::{ConvId, Seq, UserId};
 use serde::{Deserialize, Serialize};
@@ -32,6 +39,43 @@ pub struct ClusterConfig {
     pub redis: redis::RedisAddr,
     pub node: String,
     pub prefix: String,
+    /// Signs and checks bus payloads when set (`--cluster-key-file`).
+    pub key: Option<BusKey>,
+}
+
+/// How old (or how far in the future, for clock skew) a signed bus payload
+/// may be: bounds the window in which a captured payload can be replayed.
+pub const BUS_MAX_AGE_MS: u64 = 30_000;
+const BUS_MAGIC: &[u8; 4] = b"RCB1";
+const TAG_LEN: usize = 32;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The cluster's shared secret for signing bus payloads.
+///
+/// Sealed payload: `"RCB1" | timestamp_ms (u64 LE) | body | tag`, where
+/// `tag = HMAC-SHA256(key, len(channel) | channel | "RCB1" | timestamp |
+/// body)`. The channel is covered so a payload captured on one shard's
+/// channel cannot be replayed onto another's; the timestamp bounds replays
+/// in time. The body is the same postcard encoding as without a key.
+#[derive(Clone)]
+pub struct BusKey(HmacSha256);
+
+impl std::fmt::Debug for BusKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusKey(..)")
+    }
+}
+
+/// Why a bus payload was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusReject {
+    /// No signature (a node without the key, or an injected message).
+    Unsigned,
+    /// The tag does not match: forged, corrupted, another key or channel.
+    BadTag,
+    /// Signed too long ago (or too far ahead): a replay, or clocks apart.
+    Stale,
 }
 
 impl ClusterConfig {
@@ -123,6 +167,100 @@ pub enum NodeMsg {
     },
 }
 
+impl BusKey {
+    /// At least 16 bytes of secret; a key file's trailing newline is not
+    /// part of the key.
+    pub fn new(secret: &[u8]) -> Result<BusKey, String> {
+        if secret.len() < 16 {
+            return Err("the cluster key must be at least 16 bytes".into());
+        }
+        use hmac::KeyInit;
+        HmacSha256::new_from_slice(secret)
+            .map(BusKey)
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<BusKey, String> {
+        let raw = std::fs::read(path)
+            .map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))?;
+        let secret = raw.trim_ascii_end();
+        BusKey::new(secret).map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))
+    }
+
+    fn tag(&self, channel: &str, head: &[u8], body: &[u8]) -> HmacSha256 {
+        use hmac::Mac;
+        let mut m = self.0.clone();
+        m.update(&(channel.len() as u32).to_le_bytes());
+        m.update(channel.as_bytes());
+        m.update(head);
+        m.update(body);
+        m
+    }
+
+    /// `body` signed for `channel` at `now_ms`.
+    pub fn seal(&self, channel: &str, now_ms: u64, body: &[u8]) -> Vec<u8> {
+        use hmac::Mac;
+        let mut out = Vec::with_capacity(12 + body.len() + TAG_LEN);
+        out.extend_from_slice(BUS_MAGIC);
+        out.extend_from_slice(&now_ms.to_le_bytes());
+        let tag = self.tag(channel, &out, body).finalize().into_bytes();
+        out.extend_from_slice(body);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// The body of a payload received on `channel`, if it was signed with
+    /// this key for that channel within [`BUS_MAX_AGE_MS`] of `now_ms`. The
+    /// tag is compared in constant time.
+    pub fn open<'a>(
+        &self,
+        channel: &str,
+        now_ms: u64,
+        payload: &'a [u8],
+    ) -> Result<&'a [u8], BusReject> {
+        use hmac::Mac;
+        if payload.len() < 12 + TAG_LEN || &payload[..4] != BUS_MAGIC {
+            return Err(BusReject::Unsigned);
+        }
+        let (head, rest) = payload.split_at(12);
+        let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+        self.tag(channel, head, body)
+            .verify_slice(tag)
+            .map_err(|_| BusReject::BadTag)?;
+        let ts = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
+        if ts.abs_diff(now_ms) > BUS_MAX_AGE_MS {
+            return Err(BusReject::Stale);
+        }
+        Ok(body)
+    }
+}
+
+impl ClusterConfig {
+    /// A payload as published on `channel`: signed when the cluster has a key.
+    pub fn seal(&self, channel: &str, body: Vec<u8>) -> Vec<u8> {
+        match &self.key {
+            Some(k) => k.seal(channel, now_ms(), &body),
+            None => body,
+        }
+    }
+
+    /// The body of a payload received on `channel` (see [`BusKey::open`]);
+    /// without a key, the payload itself.
+    pub fn open<'a>(&self, channel: &[u8], payload: &'a [u8]) -> Result<&'a [u8], BusReject> {
+        match &self.key {
+            Some(k) => k.open(&String::from_utf8_lossy(channel), now_ms(), payload),
+            None => Ok(payload),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A presence change on one node, published to every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresenceMsg {
@@ -164,6 +302,37 @@ mod tests {
             }
         }
         assert!(moved > 700 && moved < 1300, "uneven: {per:?}");
+    }
+
+    #[test]
+    fn bus_key_accepts_its_own_payloads_only() {
+        let k = BusKey::new(b"0123456789abcdef-secret").unwrap();
+        let other = BusKey::new(b"another key, 16+ bytes").unwrap();
+        let now = 1_800_000_000_000;
+        let sealed = k.seal("p:ch:n1:0", now, b"hello");
+        assert_eq!(k.open("p:ch:n1:0", now + 5, &sealed), Ok(&b"hello"[..]));
+        // Another key, another channel, a flipped bit: forged.
+        assert_eq!(
+            other.open("p:ch:n1:0", now, &sealed),
+            Err(BusReject::BadTag)
+        );
+        assert_eq!(k.open("p:ch:n1:1", now, &sealed), Err(BusReject::BadTag));
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                k.open("p:ch:n1:0", now, &bad).is_err(),
+                "bit flip at {i} accepted"
+            );
+        }
+        // Unsigned (what a node without the key, or an intruder, publishes).
+        assert_eq!(k.open("p:ch:n1:0", now, b"hello"), Err(BusReject::Unsigned));
+        // Replayed later than the window, or from a clock far ahead.
+        let late = now + BUS_MAX_AGE_MS + 1;
+        assert_eq!(k.open("p:ch:n1:0", late, &sealed), Err(BusReject::Stale));
+        let early = now - BUS_MAX_AGE_MS - 1;
+        assert_eq!(k.open("p:ch:n1:0", early, &sealed), Err(BusReject::Stale));
+        assert!(BusKey::new(b"short").is_err());
     }
 
     #[test]

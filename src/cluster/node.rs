@@ -185,11 +185,7 @@ impl ClusterShard {
             user,
             online: true,
         };
-        c.fire(
-            redis::cmd("PUBLISH")
-                .arg(self.cfg.presence_channel())
-                .arg(super::encode(&p)),
-        );
+        c.fire(&publish_presence(&self.cfg, &p));
         let _ = a.wait().await;
     }
 
@@ -259,11 +255,7 @@ impl ClusterShard {
                 user,
                 online: false,
             };
-            c.fire(
-                redis::cmd("PUBLISH")
-                    .arg(self.cfg.presence_channel())
-                    .arg(super::encode(&p)),
-            );
+            c.fire(&publish_presence(&self.cfg, &p));
         }
         c.query(redis::cmd("DEL").arg(&users_key))
             .await
@@ -460,15 +452,33 @@ impl ClusterShard {
     }
 
     fn on_message(&self, shard: &Rc<Shard>, channel: &[u8], payload: Vec<u8>) {
+        let payload = match self.cfg.open(channel, &payload) {
+            Ok(body) => body,
+            Err(why) => {
+                let m = &shard.metrics.bus_rejected;
+                crate::server::metrics::Metrics::inc(m);
+                // Logged at the first and then every 1000th: an intruder
+                // publishing in a loop must not flood the log.
+                if m.get() % 1000 == 1 {
+                    tracing::warn!(
+                        shard = self.shard,
+                        reason = ?why,
+                        rejected = m.get(),
+                        "bus message dropped: not signed with the cluster key"
+                    );
+                }
+                return;
+            }
+        };
         if channel == self.cfg.presence_channel().as_bytes() {
-            if let Some(p) = super::decode::<PresenceMsg>(&payload)
+            if let Some(p) = super::decode::<PresenceMsg>(payload)
                 && p.node != *self.me
             {
                 self.set_remote(shard, p.user, p.node.as_str().into(), p.online);
             }
             return;
         }
-        let Some(msgs) = super::decode::<Vec<NodeMsg>>(&payload) else {
+        let Some(msgs) = super::decode::<Vec<NodeMsg>>(payload) else {
             tracing::warn!("undecodable bus message dropped");
             return;
         };
@@ -792,23 +802,26 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                         user,
                         online: false,
                     };
-                    conn.fire(
-                        redis::cmd("PUBLISH")
-                            .arg(c.cfg.presence_channel())
-                            .arg(super::encode(&p)),
-                    );
+                    conn.fire(&publish_presence(&c.cfg, &p));
                 }
             }
         }
         for ((node, s), msgs) in buckets {
-            conn.fire(
-                redis::cmd("PUBLISH")
-                    .arg(c.cfg.channel(&node, s))
-                    .arg(super::encode(&msgs)),
-            );
+            let ch = c.cfg.channel(&node, s);
+            let payload = c.cfg.seal(&ch, super::encode(&msgs));
+            conn.fire(redis::cmd("PUBLISH").arg(ch).arg(payload));
         }
         if let Some(t) = queued_since {
             shard.metrics.bus_lag.observe(t.elapsed());
         }
     }
+}
+
+/// PUBLISH of a presence change (signed when the cluster has a key).
+fn publish_presence(cfg: &ClusterConfig, p: &PresenceMsg) -> redis::Cmd {
+    let ch = cfg.presence_channel();
+    let payload = cfg.seal(&ch, super::encode(p));
+    let mut c = redis::cmd("PUBLISH");
+    c.arg(ch).arg(payload);
+    c
 }

@@ -6,8 +6,9 @@
 //! it stopped. One connection per shard carries every command, pipelined:
 //! callers append to a write buffer and await a FIFO reply slot; a writer
 //! task flushes everything queued in one write. Subscriptions use a second
-//! connection per shard.
+//! connection per shard. `rediss://` runs the same over TLS (`super::tls`).
 
+use super::tls::TlsSetup;
 use crate::server::io::Signal;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -24,15 +25,39 @@ pub struct RedisAddr {
     pub password: Option<String>,
     pub username: Option<String>,
     pub db: i64,
+    /// Set for `rediss://`: the session runs over TLS.
+    pub tls: Option<TlsSetup>,
 }
 
-pub fn parse_url(url: &str) -> Result<RedisAddr, String> {
-    let info = url
+/// Parses `redis://[user:password@]host:port[/db]` or the same with
+/// `rediss://` (TLS; the certificate is checked against `ca` or, without
+/// it, the system roots).
+pub fn parse_url(url: &str, ca: Option<&std::path::Path>) -> Result<RedisAddr, String> {
+    // The redis crate is built without its TLS features (we do TLS
+    // ourselves), so it is given the plain form of the URL.
+    let (plain, tls) = match url.strip_prefix("rediss://") {
+        Some(rest) => (format!("redis://{rest}"), true),
+        None => (url.to_string(), false),
+    };
+    let info = plain
+        .as_str()
         .into_connection_info()
         .map_err(|e| format!("bad redis url {url}: {e}"))?;
     let (host, port) = match info.addr() {
         redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
-        _ => return Err(format!("only redis://host:port is supported, got {url}")),
+        _ => {
+            return Err(format!(
+                "only redis://host:port or rediss://host:port is supported, got {url}"
+            ));
+        }
+    };
+    if ca.is_some() && !tls {
+        return Err("--redis-ca is for rediss:// (TLS) URLs".into());
+    }
+    let tls = if tls {
+        Some(TlsSetup::new(&host, ca)?)
+    } else {
+        None
     };
     let s = info.redis_settings();
     Ok(RedisAddr {
@@ -41,6 +66,7 @@ pub fn parse_url(url: &str) -> Result<RedisAddr, String> {
         password: s.password().map(str::to_string),
         username: s.username().map(str::to_string),
         db: s.db(),
+        tls,
     })
 }
 
@@ -158,6 +184,9 @@ pub struct RedisConn {
     waiters: RefCell<VecDeque<Option<Rc<Slot>>>>,
     broken: Cell<bool>,
     stream: Rc<RefCell<TcpStream>>,
+    /// The TLS session of a `rediss://` connection. Borrowed only between
+    /// awaits, by the reader (decrypt) and the writer (encrypt).
+    tls: Option<RefCell<rustls::ClientConnection>>,
 }
 
 fn broken() -> redis::RedisError {
@@ -171,13 +200,18 @@ impl RedisConn {
     /// Connects, authenticates/selects if the URL says so, and starts the
     /// reader and writer tasks.
     pub async fn connect(addr: &RedisAddr) -> Result<Rc<RedisConn>, String> {
-        let s = connect_tcp(addr).await?;
+        let mut s = connect_tcp(addr).await?;
+        let tls = match &addr.tls {
+            Some(t) => Some(RefCell::new(t.handshake(&mut s).await?)),
+            None => None,
+        };
         let conn = Rc::new(RedisConn {
             out: RefCell::new(Vec::with_capacity(16 << 10)),
             wake_writer: Signal::default(),
             waiters: RefCell::new(VecDeque::new()),
             broken: Cell::new(false),
             stream: Rc::new(RefCell::new(s)),
+            tls,
         });
         glommio::spawn_local(conn.clone().reader()).detach();
         glommio::spawn_local(conn.clone().writer()).detach();
@@ -238,16 +272,28 @@ impl RedisConn {
     async fn writer(self: Rc<Self>) {
         let mut w = crate::server::io::WriteHalf(self.stream.clone());
         let mut buf = Vec::new();
+        let mut cipher = Vec::new();
         loop {
             std::mem::swap(&mut buf, &mut self.out.borrow_mut());
-            if buf.is_empty() {
+            let tls_pending = self.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
+            if buf.is_empty() && !tls_pending {
                 if self.broken.get() {
                     return;
                 }
                 self.wake_writer.wait().await;
                 continue;
             }
-            if w.write_all(&buf).await.is_err() {
+            let wire = match &self.tls {
+                None => &buf,
+                Some(t) => {
+                    cipher.clear();
+                    if super::tls::encrypt(&mut t.borrow_mut(), &buf, &mut cipher).is_err() {
+                        return self.fail();
+                    }
+                    &cipher
+                }
+            };
+            if w.write_all(wire).await.is_err() {
                 self.fail();
                 return;
             }
@@ -279,7 +325,20 @@ impl RedisConn {
             }
             match r.read(&mut chunk).await {
                 Ok(0) | Err(_) => return self.fail(),
-                Ok(n) => dec.feed(&chunk[..n]),
+                Ok(n) => match &self.tls {
+                    None => dec.feed(&chunk[..n]),
+                    Some(t) => {
+                        let mut t = t.borrow_mut();
+                        if super::tls::decrypt(&mut t, &chunk[..n], &mut |p| dec.feed(p)).is_err() {
+                            drop(t);
+                            return self.fail();
+                        }
+                        if t.wants_write() {
+                            // e.g. a key update: the writer sends it.
+                            self.wake_writer.notify();
+                        }
+                    }
+                },
             }
         }
     }
@@ -306,6 +365,10 @@ pub async fn subscribe(
     on_subscribed: impl FnOnce(),
 ) -> Result<(), String> {
     let mut s = connect_tcp(addr).await?;
+    let mut tls = match &addr.tls {
+        Some(t) => Some(t.handshake(&mut s).await?),
+        None => None,
+    };
     let mut out = Vec::new();
     if let Some(pw) = &addr.password {
         let mut c = redis::cmd("AUTH");
@@ -319,6 +382,11 @@ pub async fn subscribe(
         c.arg(ch);
     }
     c.write_packed_command(&mut out);
+    if let Some(t) = &mut tls {
+        let mut cipher = Vec::new();
+        super::tls::encrypt(t, &out, &mut cipher)?;
+        out = cipher;
+    }
     s.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut dec = Decoder::default();
     let mut chunk = vec![0u8; 64 << 10];
@@ -357,7 +425,17 @@ pub async fn subscribe(
         }
         match s.read(&mut chunk).await {
             Ok(0) => return Err("redis closed the subscription".into()),
-            Ok(n) => dec.feed(&chunk[..n]),
+            Ok(n) => match &mut tls {
+                None => dec.feed(&chunk[..n]),
+                Some(t) => {
+                    super::tls::decrypt(t, &chunk[..n], &mut |p| dec.feed(p))?;
+                    out.clear();
+                    super::tls::take_output(t, &mut out)?;
+                    if !out.is_empty() {
+                        s.write_all(&out).await.map_err(|e| e.to_string())?;
+                    }
+                }
+            },
             Err(e) => return Err(format!("redis read: {e}")),
         }
     }

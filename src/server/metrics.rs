@@ -33,6 +33,8 @@ pub struct Metrics {
     pub protocol_errors: Cell<u64>,
     pub slow_consumers: Cell<u64>,
     pub task_panics: Cell<u64>,
+    /// Cluster bus payloads dropped: unsigned, forged or stale (--cluster-key-file).
+    pub bus_rejected: Cell<u64>,
     /// Owner shard: message sequenced → its SendOk issued (durable).
     pub send_ack: Histogram,
     /// One group-commit batch: handed to the committer → committed.
@@ -161,6 +163,11 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "counter",
     ),
     ("ringchat_errors_total{kind=\"task_panic\"}", "", "counter"),
+    (
+        "ringchat_errors_total{kind=\"bus_rejected\"}",
+        "",
+        "counter",
+    ),
 ];
 
 impl Metrics {
@@ -181,6 +188,7 @@ impl Metrics {
             protocol_errors: Cell::new(0),
             slow_consumers: Cell::new(0),
             task_panics: Cell::new(0),
+            bus_rejected: Cell::new(0),
             send_ack: Histogram::default(),
             store_batch: Histogram::default(),
             bus_lag: Histogram::default(),
@@ -200,7 +208,7 @@ impl Metrics {
         self.store_batch.observe(took);
     }
 
-    fn values(&self) -> [u64; 14] {
+    fn values(&self) -> [u64; 15] {
         [
             self.connections.get(),
             self.accepted.get(),
@@ -216,6 +224,7 @@ impl Metrics {
             self.protocol_errors.get(),
             self.slow_consumers.get(),
             self.task_panics.get(),
+            self.bus_rejected.get(),
         ]
     }
 
@@ -234,7 +243,7 @@ impl Metrics {
 
 /// The exporter's view: one row of atomics per shard.
 pub struct Published {
-    slots: Vec<[AtomicU64; 14]>,
+    slots: Vec<[AtomicU64; 15]>,
     hists: Vec<[[AtomicU64; HIST_SLOTS]; HISTOGRAMS.len()]>,
 }
 
