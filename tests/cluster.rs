@@ -23,7 +23,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
@@ -291,6 +291,8 @@ struct Cluster {
     dir: PathBuf,
     /// More `serve` arguments for every node.
     extra: Vec<String>,
+    /// The MySQL server the nodes use (`mysql://user@host:port`).
+    mysql_url: String,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -308,7 +310,7 @@ impl Cluster {
         nginx: bool,
         redis_url: String,
     ) -> Option<Cluster> {
-        Cluster::start_with(test, k, shards, nginx, redis_url, Vec::new())
+        Cluster::start_with(test, k, shards, nginx, redis_url, Vec::new(), MYSQL_URL)
     }
 
     fn start_with(
@@ -318,6 +320,7 @@ impl Cluster {
         nginx: bool,
         redis_url: String,
         extra: Vec<String>,
+        mysql_url: &str,
     ) -> Option<Cluster> {
         if !services_ready(test, nginx) {
             return None;
@@ -339,6 +342,7 @@ impl Cluster {
             nginx: None,
             dir,
             extra,
+            mysql_url: mysql_url.to_string(),
             _turn: turn,
         };
         for i in 0..k {
@@ -378,7 +382,10 @@ impl Cluster {
     }
 
     fn spawn_node(&mut self, i: usize) -> mpsc::Receiver<()> {
-        let store = format!("{MYSQL_URL}/{}", self.tag);
+        let mut store = format!("{}/{}", self.mysql_url, self.tag);
+        if self.mysql_url != MYSQL_URL {
+            store.push_str("?prefer_socket=false");
+        }
         let prefix = format!("{}:", self.tag);
         let node = &mut self.nodes[i];
         node.log.lock().unwrap().clear();
@@ -1451,7 +1458,7 @@ fn rediss_bus_with_signed_payloads_carries_chat_between_nodes() {
         "--cluster-key-file".to_string(),
         key.display().to_string(),
     ];
-    let Some(c) = Cluster::start_with(test, 2, 1, false, url, extra) else {
+    let Some(c) = Cluster::start_with(test, 2, 1, false, url, extra, MYSQL_URL) else {
         return;
     };
     let a = c.user(c.addr(0), "ta");
@@ -1492,8 +1499,8 @@ fn forged_bus_payloads_are_dropped_when_the_cluster_has_a_key() {
     let secret = "the cluster's own secret, 16+ bytes";
     let key = key_file("forge", secret);
     let extra = vec!["--cluster-key-file".to_string(), key.display().to_string()];
-    let Some(c) = Cluster::start_with(test, 2, 1, false, format!("redis://{REDIS_ADDR}"), extra)
-    else {
+    let redis = format!("redis://{REDIS_ADDR}");
+    let Some(c) = Cluster::start_with(test, 2, 1, false, redis, extra, MYSQL_URL) else {
         return;
     };
     let b = c.user(c.addr(1), "fb");
@@ -1773,4 +1780,157 @@ fn tls_through_nginx_reaches_the_cluster() {
         |e| matches!(e, Event::Message(m) if m.body == "from behind TLS"),
     );
     assert!(matches!(back, Event::Message(m) if m.sender == my_id));
+}
+
+/// A TCP proxy in front of MariaDB that the test can cut: an outage of the
+/// store without stopping the MariaDB that everything else on the machine
+/// uses. Cut = every proxied connection is shut down and new ones are
+/// closed as soon as they are accepted (what a client of a stopped server
+/// sees: the connection fails at once).
+struct StoreProxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl StoreProxy {
+    fn start() -> StoreProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (cut2, live2) = (cut.clone(), live.clone());
+        std::thread::spawn(move || {
+            for client in l.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(MYSQL_ADDR) else {
+                    continue;
+                };
+                {
+                    let mut v = live2.lock().unwrap();
+                    v.push(client.try_clone().unwrap());
+                    v.push(server.try_clone().unwrap());
+                }
+                let pump = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pump(server, client);
+            }
+        });
+        StoreProxy { port, cut, live }
+    }
+
+    /// The store URL prefix for the nodes. `prefer_socket=false`: the
+    /// mysql crate would otherwise switch a 127.0.0.1 connection to the
+    /// server's Unix socket, around the proxy.
+    fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// MySQL goes away under a running cluster and comes back: connections
+/// stay up, sends are answered at once with the retryable `Internal` (not
+/// silence), presence keeps working, and the same send (same
+/// `client_msg_id`) succeeds within seconds of the store's return and is
+/// delivered exactly once.
+#[test]
+fn mysql_outage_answers_sends_retryably_and_recovers() {
+    store_outage("mysql_outage_answers_sends_retryably_and_recovers");
+}
+
+fn store_outage(test: &str) {
+    if !services_ready(test, false) {
+        return;
+    }
+    let proxy = StoreProxy::start();
+    let redis = format!("redis://{REDIS_ADDR}");
+    let Some(c) = Cluster::start_with(test, 2, 1, false, redis, Vec::new(), &proxy.url()) else {
+        return;
+    };
+    // A client timeout longer than the bound below, so that the server's
+    // answer (not the client giving up) is what is measured.
+    let a = {
+        let name = uname("oa");
+        let cl = c.client_with(c.addr(0), |o| o.timeout = Duration::from_secs(30));
+        let id = cl.register(&name, PASSWORD).unwrap();
+        let session = login_synced(&cl, &name);
+        User {
+            id,
+            name,
+            session,
+            c: cl,
+        }
+    };
+    let b = c.user(c.addr(1), "ob");
+    let w = c.user(c.addr(1), "ow");
+    befriend(&a, &b);
+    befriend(&a, &w);
+    let s = a.send_direct(b.id, "before").unwrap();
+    assert_eq!(wait_msg(&b.c, "message before the outage").seq, s.seq);
+
+    proxy.cut();
+    let t0 = Instant::now();
+    let mid = 9_000_001;
+    let r = a.c.send_raw(b.id, 0, mid, "during");
+    let answered = t0.elapsed();
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.code()),
+        Some(ringchat::wire::fb::ErrorCode::Internal),
+        "a send during the outage: {r:?}"
+    );
+    let bound = Duration::from_secs(5);
+    assert!(
+        answered < bound,
+        "the send was answered only after {answered:?}"
+    );
+    // Presence lives in Redis: a friend leaving is still seen.
+    w.c.close();
+    wait_presence(&a.c, w.id, false, CRASH_NOTICED);
+    // Nobody's connection was dropped for the store's sake.
+    a.c.ping().expect("a's connection survives the outage");
+    b.c.ping().expect("b's connection survives the outage");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let sent = loop {
+        match a.c.send_raw(b.id, 0, mid, "during") {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "sends still fail 15 s after the store came back: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    let m = wait_msg(&b.c, "the retried message");
+    assert_eq!((m.seq, m.body.as_str()), (sent.seq, "during"));
+    assert_eq!(sent.seq, s.seq + 1, "a seq was skipped or reused");
+    // Exactly once: a second retry is a duplicate, and b sees nothing more.
+    let again = a.c.send_raw(b.id, 0, mid, "during").unwrap();
+    assert_eq!(again.seq, sent.seq);
+    common::assert_quiet(&b.c, "a second copy", |e| matches!(e, Event::Message(_)));
+    let s3 = a.send_direct(b.id, "after").unwrap();
+    assert_eq!(wait_msg(&b.c, "message after the outage").seq, s3.seq);
 }

@@ -49,6 +49,14 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 /// Connect timeout unless the URL sets `tcp_connect_timeout_ms`: an
 /// unreachable server should fail startup quickly, not hang on SYN retries.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Socket read/write timeout unless the URL sets `read_timeout` /
+/// `write_timeout`: a server that stops answering (a network partition, a
+/// hung host) must turn into a retryable error for the waiting senders, not
+/// hold every blocking thread until TCP gives up minutes later. Longer than
+/// any query the server makes (one group commit, one catch-up page). Not
+/// yet enough on its own: a partition test (docs/CLUSTER.md, faults) still
+/// saw a send unanswered after 90 s.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prepared statements kept per connection: ~30 fixed ones plus one per
 /// multi-row insert shape ([`INSERT_CHUNKS`]).
 const STATEMENT_CACHE: usize = 64;
@@ -301,6 +309,12 @@ impl MysqlStore {
             .stmt_cache_size(STATEMENT_CACHE);
         if opts.get_tcp_connect_timeout().is_none() {
             builder = builder.tcp_connect_timeout(Some(CONNECT_TIMEOUT));
+        }
+        if opts.get_read_timeout().is_none() {
+            builder = builder.read_timeout(Some(IO_TIMEOUT));
+        }
+        if opts.get_write_timeout().is_none() {
+            builder = builder.write_timeout(Some(IO_TIMEOUT));
         }
 
         // The database may not exist yet, so the first connection names none.
