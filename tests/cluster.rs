@@ -135,6 +135,8 @@ fn drain(
 struct Node {
     name: String,
     addr: SocketAddr,
+    /// `--metrics` (with `/admin`), when the cluster was started with admin.
+    metrics: Option<SocketAddr>,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
 }
@@ -220,8 +222,12 @@ struct Cluster {
     nodes: Vec<Node>,
     nginx: Option<Nginx>,
     dir: PathBuf,
+    /// Nodes serve `--metrics` with `--admin-token ADMIN_TOKEN`.
+    admin: bool,
     _turn: MutexGuard<'static, ()>,
 }
+
+const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
 
 impl Cluster {
     /// `k` nodes with `shards` shards each (and nginx in front if asked),
@@ -236,6 +242,22 @@ impl Cluster {
         shards: usize,
         nginx: bool,
         redis_url: String,
+    ) -> Option<Cluster> {
+        Cluster::start_opts(test, k, shards, nginx, redis_url, false)
+    }
+
+    /// Nodes with the admin endpoints on their metrics addresses.
+    fn start_admin(test: &str, k: usize, shards: usize) -> Option<Cluster> {
+        Cluster::start_opts(test, k, shards, false, format!("redis://{REDIS_ADDR}"), true)
+    }
+
+    fn start_opts(
+        test: &str,
+        k: usize,
+        shards: usize,
+        nginx: bool,
+        redis_url: String,
+        admin: bool,
     ) -> Option<Cluster> {
         if !services_ready(test, nginx) {
             return None;
@@ -256,12 +278,14 @@ impl Cluster {
             nodes: Vec::new(),
             nginx: None,
             dir,
+            admin,
             _turn: turn,
         };
         for i in 0..k {
             c.nodes.push(Node {
                 name: format!("n{}", i + 1),
                 addr: "127.0.0.1:0".parse().unwrap(),
+                metrics: None,
                 child: None,
                 log: Arc::new(Mutex::new(String::new())),
             });
@@ -312,6 +336,12 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.admin {
+            let m = *node
+                .metrics
+                .get_or_insert_with(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            cmd.args(["--metrics", &m.to_string(), "--admin-token", ADMIN_TOKEN]);
+        }
         if self.shards == 1 {
             // One executor per node: spread the nodes over the CPUs rather
             // than pinning them all to the first.
@@ -532,6 +562,24 @@ impl Cluster {
             self.wait_nodes_of(id, &[]);
         }
         panic!("nginx never put {name} on a wanted node: {seen:?}");
+    }
+
+    /// An admin request to node `i`; the status and the JSON reply.
+    fn admin_http(&self, i: usize, method: &str, path: &str) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let addr = self.nodes[i].metrics.expect("started with admin");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP reply");
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body.trim()).unwrap_or_default())
     }
 
     fn index_of(&self, node: &str) -> usize {
@@ -1331,4 +1379,52 @@ fn graceful_stop_of_owner(test: &str, window: Option<Duration>) {
          within {limit:?}; all resent: {failures:?}); logs:\n{}",
         c.logs()
     );
+}
+
+/// The client got a `Goodbye` with `code`, then the connection closed.
+fn said_goodbye(c: &Client, code: ringchat::wire::fb::ErrorCode) {
+    let e = wait(c, "Goodbye", |e| matches!(e, Event::Goodbye { .. }));
+    assert!(matches!(e, Event::Goodbye { code: got, .. } if got == code), "{e:?}");
+    wait(c, "close", |e| matches!(e, Event::Closed));
+}
+
+#[test]
+fn admin_kick_and_disable_reach_the_users_sessions_on_every_node() {
+    use ringchat::wire::fb::ErrorCode;
+    let Some(c) = Cluster::start_admin(
+        "admin_kick_and_disable_reach_the_users_sessions_on_every_node",
+        2,
+        1,
+    ) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "adm_k");
+    let a2 = c.client(c.addr(1));
+    login_synced(&a2, &a.name);
+    let b = c.user(c.addr(1), "adm_s");
+    c.wait_nodes_of(a.id, &["n1", "n2"]);
+    // Asked on n1: its own session and n2's are closed.
+    let (st, v) = c.admin_http(0, "POST", &format!("/admin/users/{}/kick", a.name));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["closed"].as_u64(), v["tokens_revoked"].as_u64()), (Some(1), Some(2)), "{v}");
+    said_goodbye(&a.c, ErrorCode::BadToken);
+    said_goodbye(&a2, ErrorCode::BadToken);
+    c.wait_nodes_of(a.id, &[]);
+    let r = c.client(c.addr(1)).resume(&a.session.token);
+    assert_eq!(r.err().and_then(|e| e.code()), Some(ErrorCode::BadToken));
+    b.ping().unwrap();
+    // Disabled through n2 while the user is on n1 only.
+    let a3 = c.client(c.addr(0));
+    login_synced(&a3, &a.name);
+    c.wait_nodes_of(a.id, &["n1"]);
+    let (st, v) = c.admin_http(1, "POST", &format!("/admin/users/{}/disable", a.name));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["closed"], 0, "{v}");
+    said_goodbye(&a3, ErrorCode::AccountDisabled);
+    let r = c.client(c.addr(0)).login(&a.name, PASSWORD);
+    assert_eq!(r.err().and_then(|e| e.code()), Some(ErrorCode::AccountDisabled));
+    let (_, v) = c.admin_http(0, "GET", &format!("/admin/users/{}", a.name));
+    assert_eq!((v["disabled"].as_bool(), v["online"].as_bool()), (Some(true), Some(false)), "{v}");
+    c.admin_http(0, "POST", &format!("/admin/users/{}/enable", a.name));
+    login_synced(&c.client(c.addr(1)), &a.name);
 }
