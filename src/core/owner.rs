@@ -238,9 +238,12 @@ mod tests {
         assert_eq!(new_seq(c.send(2, 10, 100, || "a")), 5);
         match c.system_send(77, 101) {
             Ok(SendDecision::New {
-                seq, recipients, ..
+                seq,
+                mut recipients,
+                ..
             }) => {
                 assert_eq!(seq, 6);
+                recipients.sort_unstable();
                 assert_eq!(recipients, vec![1, 2, 3]);
             }
             other => panic!("{other:?}"),
