@@ -118,7 +118,11 @@ pub fn describe(action: &Action, v: &serde_json::Value) -> String {
             "{} (id {}): {}, {} connection(s) on this node, {}",
             s("user"),
             s("id"),
-            if v["online"] == true { "online" } else { "offline" },
+            if v["online"] == true {
+                "online"
+            } else {
+                "offline"
+            },
             s("connections"),
             if v["disabled"] == true {
                 "DISABLED"
@@ -165,7 +169,10 @@ pub fn run(o: &Options) -> i32 {
             0
         }
         Ok((status, v)) => {
-            let why = v["error"].as_str().map(str::to_string).unwrap_or(v.to_string());
+            let why = v["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or(v.to_string());
             eprintln!("ringchat admin: HTTP {status}: {why}");
             1
         }

@@ -58,7 +58,13 @@ fn start(token: bool, extra: &[&str]) -> Node {
 }
 
 /// One HTTP request; the status and the JSON body.
-fn http(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let auth = auth
@@ -141,7 +147,10 @@ fn without_a_token_admin_is_disabled() {
     for auth in [None, Some(format!("Bearer {TOKEN}"))] {
         let (st, v) = http(n.metrics, "GET", "/admin/online", auth.as_deref(), "");
         assert_eq!(st, 403, "{v}");
-        assert!(v["error"].as_str().unwrap().contains("admin is disabled"), "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("admin is disabled"),
+            "{v}"
+        );
     }
     let (st, _) = http(n.metrics, "POST", "/admin/users/x/kick", None, "");
     assert_eq!(st, 403);
@@ -160,7 +169,13 @@ fn a_bad_token_is_refused_and_bad_requests_are_named() {
         Some(&format!("Basic {TOKEN}") as &str),
         Some(&format!("Bearer {TOKEN}x") as &str),
     ] {
-        let (st, v) = http(n.metrics, "POST", &format!("/admin/users/{}/kick", u.name), auth, "");
+        let (st, v) = http(
+            n.metrics,
+            "POST",
+            &format!("/admin/users/{}/kick", u.name),
+            auth,
+            "",
+        );
         assert_eq!(st, 401, "{auth:?}: {v}");
         assert!(v["error"].as_str().unwrap().contains("token"), "{v}");
     }
@@ -245,7 +260,10 @@ fn kick_closes_every_session_of_the_user_and_they_cannot_resume() {
     assert_code(c.resume(&a.session.token), ErrorCode::BadToken);
     // Someone else is untouched.
     b.ping().unwrap();
-    assert_eq!(n.ok("GET", &format!("/admin/users/{}", b.name), "")["connections"], 1);
+    assert_eq!(
+        n.ok("GET", &format!("/admin/users/{}", b.name), "")["connections"],
+        1
+    );
     // A kick is not a ban: the password still works.
     let c = n.s.client();
     login_synced(&c, &a.name);
@@ -263,14 +281,24 @@ fn disable_closes_and_refuses_the_account_until_enabled() {
     let n = start(true, &[]);
     let a = n.s.user(&uname("adm_dis"));
     let v = n.ok("POST", &format!("/admin/users/{}/disable", a.name), "");
-    assert_eq!((v["disabled"].clone(), v["closed"].clone()), (json!(true), json!(1)), "{v}");
+    assert_eq!(
+        (v["disabled"].clone(), v["closed"].clone()),
+        (json!(true), json!(1)),
+        "{v}"
+    );
     said_goodbye(&a.c, ErrorCode::AccountDisabled);
     let c = n.s.client();
     assert_code(c.login(&a.name, PASSWORD), ErrorCode::AccountDisabled);
     assert_code(c.resume(&a.session.token), ErrorCode::AccountDisabled);
     // A wrong password still looks like any wrong password.
-    assert_code(c.login(&a.name, "not the password"), ErrorCode::BadCredentials);
-    assert_eq!(n.ok("GET", &format!("/admin/users/{}", a.name), "")["disabled"], true);
+    assert_code(
+        c.login(&a.name, "not the password"),
+        ErrorCode::BadCredentials,
+    );
+    assert_eq!(
+        n.ok("GET", &format!("/admin/users/{}", a.name), "")["disabled"],
+        true
+    );
     let v = n.ok("POST", &format!("/admin/users/{}/enable", a.name), "");
     assert_eq!(v["disabled"], false, "{v}");
     // Enabled again: the password works, and so does the old token (a
@@ -334,29 +362,53 @@ fn legacy_clients_are_closed_refused_and_see_broadcasts() {
     let mut l = Legacy::connect(legacy);
     l.send(json!({"msgid": 1, "id": a.id, "password": PASSWORD}));
     let r = l.next().unwrap();
-    assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(2), json!(0)), "{r}");
+    assert_eq!(
+        (r["msgid"].clone(), r["errno"].clone()),
+        (json!(2), json!(0)),
+        "{r}"
+    );
     n.wait_conns(&a.name, 1);
     // A broadcast reaches an old client as a group chat from id 0, "system".
-    let v = n.ok("POST", &format!("/admin/groups/{g}/broadcast"), "to old clients");
+    let v = n.ok(
+        "POST",
+        &format!("/admin/groups/{g}/broadcast"),
+        "to old clients",
+    );
     assert!(v["seq"].as_u64().unwrap() > 0);
     let m = l.next().unwrap();
     assert_eq!(m["msgid"], 9, "{m}");
     assert_eq!(
-        (m["from"].clone(), m["sendname"].clone(), m["groupid"].clone(), m["msg"].clone()),
+        (
+            m["from"].clone(),
+            m["sendname"].clone(),
+            m["groupid"].clone(),
+            m["msg"].clone()
+        ),
         (json!(0), json!("system"), json!(g), json!("to old clients")),
         "{m}"
     );
     // Disabled: one closing object in the old shape, then the close.
     n.ok("POST", &format!("/admin/users/{}/disable", a.name), "");
     let bye = l.next().unwrap();
-    assert_eq!((bye["msgid"].clone(), bye["errno"].clone()), (json!(0), json!(1)), "{bye}");
-    assert!(bye["errmsg"].as_str().unwrap().contains("disabled"), "{bye}");
+    assert_eq!(
+        (bye["msgid"].clone(), bye["errno"].clone()),
+        (json!(0), json!(1)),
+        "{bye}"
+    );
+    assert!(
+        bye["errmsg"].as_str().unwrap().contains("disabled"),
+        "{bye}"
+    );
     assert!(l.next().is_none(), "the connection stays open");
     // The old login refuses it in its old shape.
     let mut l = Legacy::connect(legacy);
     l.send(json!({"msgid": 1, "id": a.id, "password": PASSWORD}));
     let r = l.next().unwrap();
-    assert_eq!((r["msgid"].clone(), r["errno"].clone()), (json!(2), json!(1)), "{r}");
+    assert_eq!(
+        (r["msgid"].clone(), r["errno"].clone()),
+        (json!(2), json!(1)),
+        "{r}"
+    );
     assert!(r["errmsg"].as_str().unwrap().contains("disabled"), "{r}");
     n.ok("POST", &format!("/admin/users/{}/enable", a.name), "");
     l.send(json!({"msgid": 1, "id": a.id, "password": PASSWORD}));
@@ -378,7 +430,11 @@ fn a_broadcast_reaches_members_live_and_at_next_login_once_and_in_order() {
     drop(c);
     n.wait_conns(&c_name, 0);
     let m1 = a.send_group(g, "before").unwrap();
-    let v = n.ok("POST", &format!("/admin/groups/{g}/broadcast"), "maintenance at noon ✓");
+    let v = n.ok(
+        "POST",
+        &format!("/admin/groups/{g}/broadcast"),
+        "maintenance at noon ✓",
+    );
     let seq = v["seq"].as_u64().unwrap();
     assert_eq!(seq, m1.seq + 1, "{v}");
     assert_eq!(v["conversation"], conv);
@@ -418,18 +474,30 @@ fn a_broadcast_reaches_members_live_and_at_next_login_once_and_in_order() {
         caught,
         vec![
             (m1.seq, a.id, a.name.clone(), "before".to_string()),
-            (seq, 0, "system".to_string(), "maintenance at noon ✓".to_string()),
+            (
+                seq,
+                0,
+                "system".to_string(),
+                "maintenance at noon ✓".to_string()
+            ),
             (m2.seq, a.id, a.name.clone(), "after".to_string()),
         ]
     );
     assert_quiet(&c, "a repeat", |e| matches!(e, Event::Message(_)));
     // History shows it too.
     let h = b.history(conv, 0, 10).unwrap();
-    assert!(h.iter().any(|m| m.seq == seq && m.sender == 0 && m.sender_name == "system"));
+    assert!(
+        h.iter()
+            .any(|m| m.seq == seq && m.sender == 0 && m.sender_name == "system")
+    );
     // Bad input and missing groups.
     let (st, v) = n.admin("POST", &format!("/admin/groups/{g}/broadcast"), "");
     assert_eq!(st, 400, "{v}");
-    let (st, v) = n.admin("POST", &format!("/admin/groups/{}/broadcast", g + 1000), "x");
+    let (st, v) = n.admin(
+        "POST",
+        &format!("/admin/groups/{}/broadcast", g + 1000),
+        "x",
+    );
     assert_eq!(st, 404, "{v}");
     assert_eq!(n.actions("broadcast"), 1);
 }
@@ -456,19 +524,31 @@ fn the_cli_reports_online_users_and_kicks() {
     assert!(text.starts_with("1 users online, 2 connections"), "{text}");
     let out = cli(&n, &["--token", TOKEN, "user", &a.name]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("online, 2 connection(s)") && text.contains("enabled"), "{text}");
+    assert!(
+        text.contains("online, 2 connection(s)") && text.contains("enabled"),
+        "{text}"
+    );
     let out = cli(&n, &["--token-file", &f, "kick", &a.name]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(text.contains("2 connection(s) closed, 2 session token(s) revoked"), "{text}");
+    assert!(
+        text.contains("2 connection(s) closed, 2 session token(s) revoked"),
+        "{text}"
+    );
     said_goodbye(&a.c, ErrorCode::BadToken);
     // Errors: a non-zero status and the server's words.
     let out = cli(&n, &["--token", "wrong-token-wrong-token", "online"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
     let out = cli(&n, &["--token-file", &f, "user", "nobody-here"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody-here"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nobody-here"),
+        "{out:?}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringchat"))
         .args(["admin", "--addr", &n.metrics.to_string(), "online"])
         .env("RINGCHAT_ADMIN_TOKEN", TOKEN)

@@ -248,7 +248,14 @@ impl Cluster {
 
     /// Nodes with the admin endpoints on their metrics addresses.
     fn start_admin(test: &str, k: usize, shards: usize) -> Option<Cluster> {
-        Cluster::start_opts(test, k, shards, false, format!("redis://{REDIS_ADDR}"), true)
+        Cluster::start_opts(
+            test,
+            k,
+            shards,
+            false,
+            format!("redis://{REDIS_ADDR}"),
+            true,
+        )
     }
 
     fn start_opts(
@@ -579,7 +586,10 @@ impl Cluster {
         s.read_to_string(&mut out).unwrap();
         let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP reply");
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body.trim()).unwrap_or_default())
+        (
+            status,
+            serde_json::from_str(body.trim()).unwrap_or_default(),
+        )
     }
 
     fn index_of(&self, node: &str) -> usize {
@@ -1384,7 +1394,10 @@ fn graceful_stop_of_owner(test: &str, window: Option<Duration>) {
 /// The client got a `Goodbye` with `code`, then the connection closed.
 fn said_goodbye(c: &Client, code: ringchat::wire::fb::ErrorCode) {
     let e = wait(c, "Goodbye", |e| matches!(e, Event::Goodbye { .. }));
-    assert!(matches!(e, Event::Goodbye { code: got, .. } if got == code), "{e:?}");
+    assert!(
+        matches!(e, Event::Goodbye { code: got, .. } if got == code),
+        "{e:?}"
+    );
     wait(c, "close", |e| matches!(e, Event::Closed));
 }
 
@@ -1406,7 +1419,11 @@ fn admin_kick_and_disable_reach_the_users_sessions_on_every_node() {
     // Asked on n1: its own session and n2's are closed.
     let (st, v) = c.admin_http(0, "POST", &format!("/admin/users/{}/kick", a.name));
     assert_eq!(st, 200, "{v}");
-    assert_eq!((v["closed"].as_u64(), v["tokens_revoked"].as_u64()), (Some(1), Some(2)), "{v}");
+    assert_eq!(
+        (v["closed"].as_u64(), v["tokens_revoked"].as_u64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
     said_goodbye(&a.c, ErrorCode::BadToken);
     said_goodbye(&a2, ErrorCode::BadToken);
     c.wait_nodes_of(a.id, &[]);
@@ -1422,9 +1439,16 @@ fn admin_kick_and_disable_reach_the_users_sessions_on_every_node() {
     assert_eq!(v["closed"], 0, "{v}");
     said_goodbye(&a3, ErrorCode::AccountDisabled);
     let r = c.client(c.addr(0)).login(&a.name, PASSWORD);
-    assert_eq!(r.err().and_then(|e| e.code()), Some(ErrorCode::AccountDisabled));
+    assert_eq!(
+        r.err().and_then(|e| e.code()),
+        Some(ErrorCode::AccountDisabled)
+    );
     let (_, v) = c.admin_http(0, "GET", &format!("/admin/users/{}", a.name));
-    assert_eq!((v["disabled"].as_bool(), v["online"].as_bool()), (Some(true), Some(false)), "{v}");
+    assert_eq!(
+        (v["disabled"].as_bool(), v["online"].as_bool()),
+        (Some(true), Some(false)),
+        "{v}"
+    );
     c.admin_http(0, "POST", &format!("/admin/users/{}/enable", a.name));
     login_synced(&c.client(c.addr(1)), &a.name);
 }

@@ -62,7 +62,9 @@ pub type Broadcasted = Result<(Seq, u64), (fb::ErrorCode, String)>;
 /// A command for one shard.
 pub enum Cmd {
     /// Users homed on the shard with a live session, and its sessions.
-    Count { reply: flume::Sender<(usize, usize)> },
+    Count {
+        reply: flume::Sender<(usize, usize)>,
+    },
     /// Live connections of `user` (asked of its home shard), and whether the
     /// user is online anywhere (another node included).
     Conns {
@@ -414,7 +416,14 @@ impl Admin {
         let u = self.user(name)?;
         let (tx, rx) = flume::bounded(1);
         let home = home_shard(u.id, self.shards.len());
-        let (conns, online) = self.ask(home, Cmd::Conns { user: u.id, reply: tx }, rx)?;
+        let (conns, online) = self.ask(
+            home,
+            Cmd::Conns {
+                user: u.id,
+                reply: tx,
+            },
+            rx,
+        )?;
         self.count("lookup");
         Ok(answer(
             "200 OK",
@@ -551,7 +560,11 @@ mod tests {
         assert_eq!(decode_name("%C3%BC").unwrap(), "ü");
         assert_eq!(decode_name("bob").unwrap(), "bob");
         for bad in ["%", "%4", "%zz", "%FF", ""] {
-            assert_eq!(decode_name(bad).unwrap_err().status, "400 Bad Request", "{bad}");
+            assert_eq!(
+                decode_name(bad).unwrap_err().status,
+                "400 Bad Request",
+                "{bad}"
+            );
         }
     }
 }

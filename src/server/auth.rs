@@ -77,7 +77,12 @@ mod tests {
     fn the_admin_token_matches_only_itself() {
         let d = admin_digest("s3cret-admin-token");
         assert!(admin_token_matches("s3cret-admin-token", &d));
-        for wrong in ["", "s3cret-admin-toke", "s3cret-admin-token ", "S3cret-admin-token"] {
+        for wrong in [
+            "",
+            "s3cret-admin-toke",
+            "s3cret-admin-token ",
+            "S3cret-admin-token",
+        ] {
             assert!(!admin_token_matches(wrong, &d), "{wrong:?}");
         }
     }

@@ -468,15 +468,27 @@ mod tests {
         assert_eq!(r.authorization.as_deref(), Some("Bearer abc"));
         assert_eq!(r.body, b"hello");
         let short = b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nhi";
-        assert_eq!(read_request(&mut &short[..]).unwrap_err().0, "400 Bad Request");
+        assert_eq!(
+            read_request(&mut &short[..]).unwrap_err().0,
+            "400 Bad Request"
+        );
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(
             read_request(&mut huge.as_bytes()).unwrap_err().0,
             "431 Request Header Fields Too Large"
         );
-        let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
-        assert_eq!(read_request(&mut big.as_bytes()).unwrap_err().0, "413 Content Too Large");
-        assert_eq!(read_request(&mut &b"\r\n"[..]).unwrap_err().0, "400 Bad Request");
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert_eq!(
+            read_request(&mut big.as_bytes()).unwrap_err().0,
+            "413 Content Too Large"
+        );
+        assert_eq!(
+            read_request(&mut &b"\r\n"[..]).unwrap_err().0,
+            "400 Bad Request"
+        );
     }
 
     #[test]

@@ -228,7 +228,9 @@ fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: 
 /// An operator's system message (`server::admin`): the same path as a
 /// chat message from here on, sender `SYSTEM_USER` (the origin's user).
 fn system(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: String) {
-    let decided = with_conv(shard, conv, |st| st.conv.system_send(client_msg_id, now_ms()));
+    let decided = with_conv(shard, conv, |st| {
+        st.conv.system_send(client_msg_id, now_ms())
+    });
     sequenced(shard, origin, conv, client_msg_id, body, decided);
 }
 

@@ -1238,8 +1238,11 @@ mod tests {
         drop(s);
         // Back to the previous release's schema (version 2, no column).
         let mut c = db.admin();
-        c.query_drop(format!("ALTER TABLE `{}`.users DROP COLUMN disabled", db.name))
-            .unwrap();
+        c.query_drop(format!(
+            "ALTER TABLE `{}`.users DROP COLUMN disabled",
+            db.name
+        ))
+        .unwrap();
         c.query_drop(format!(
             "UPDATE `{}`.ringchat_schema SET version = 2 WHERE id = 1",
             db.name

@@ -393,15 +393,15 @@ impl Store for SqliteStore {
 
     fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
         let conn = self.reader();
-        let mut st = conn
-            .prepare_cached("SELECT id, username, password_hash, disabled FROM users WHERE username = ?1")?;
+        let mut st = conn.prepare_cached(
+            "SELECT id, username, password_hash, disabled FROM users WHERE username = ?1",
+        )?;
         Ok(st.query_row([username], user_from_row).optional()?)
     }
 
     fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>> {
         let conn = self.reader();
-        let mut st =
-            conn.prepare_cached(
+        let mut st = conn.prepare_cached(
             "SELECT id, username, password_hash, disabled FROM users WHERE id = ?1",
         )?;
         Ok(st.query_row([id as i64], user_from_row).optional()?)
