@@ -269,6 +269,9 @@ fn kick_closes_every_session_of_the_user_and_they_cannot_resume() {
     login_synced(&c, &a.name);
     n.wait_conns(&a.name, 1);
     assert_eq!(n.actions("kick"), 1);
+    // The token is never logged (the server logs each action).
+    assert!(n.s.stderr().contains("admin: kicked"), "{}", n.s.stderr());
+    assert!(!n.s.stderr().contains(TOKEN));
     // Kicking someone with no session closes nothing and is no error.
     let v = n.ok("POST", &format!("/admin/users/{}/kick", a.name), "");
     assert_eq!(v["closed"], 1);
@@ -555,4 +558,25 @@ fn the_cli_reports_online_users_and_kicks() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn config_print_never_shows_the_token_and_short_tokens_are_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringchat"))
+        .args(["config", "print", "--admin-token", TOKEN])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(text.contains("# admin-token = (set; not shown)"), "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringchat"))
+        .args(["config", "print", "--admin-token", "short"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"),
+        "{out:?}"
+    );
 }
