@@ -10,7 +10,8 @@
 //!   `RINGCHAT_IDLE_TIMEOUT_SECS=60`; `RINGCHAT_CONFIG` names the file.
 //!   Other `RINGCHAT_*` variables (used by the test and cluster scripts) are
 //!   not settings and are ignored.
-//! - For optional settings (`metrics`, `redis`, `node-id`, `legacy-listen`)
+//! - For optional settings (`metrics`, `redis`, `node-id`, `legacy-listen`,
+//!   `admin-token`, `admin-token-file`)
 //!   an empty value means "off", so an environment variable or a flag can
 //!   turn off what the file turns on.
 //! - Every value from the environment or the file is parsed exactly like
@@ -64,6 +65,26 @@ impl fmt::Display for LogFormat {
         })
     }
 }
+
+/// A value that is never shown: `config print` and `Debug` hide it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Secret, String> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(hidden)")
+    }
+}
+
+/// Shortest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// `ringchat serve` options. Each one is also a config-file key and an
 /// environment variable (see the module docs).
@@ -184,6 +205,14 @@ pub struct ServeArgs {
     /// cc_ChatServer took any password; docs/MIGRATING.md).
     #[arg(long, default_value_t = 8)]
     pub min_password_len: usize,
+    /// Bearer token of the admin endpoints on the --metrics address
+    /// (`ringchat admin`); at least 16 bytes. Prefer --admin-token-file (a
+    /// flag shows in `ps`). Unset: admin is disabled. Never logged or printed.
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token (trailing whitespace ignored).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Test hook: `stall:SHARD:AFTER_MS` or `panic:SHARD:AFTER_MS` (flag
     /// only: not a setting of the file or the environment).
     #[arg(long, hide = true)]
@@ -242,6 +271,11 @@ impl Effective {
             .map(|e| match &e.value {
                 // The file cannot name another file: shown, commented out.
                 Some(v) if e.key == "config" => (format!("# config = {v}"), e.source.to_string()),
+                // A secret is never printed.
+                Some(_) if e.key == "admin-token" => (
+                    "# admin-token = (set; not shown)".to_string(),
+                    e.source.to_string(),
+                ),
                 Some(v) => (format!("{} = {v}", e.key), e.source.to_string()),
                 None => (format!("# {} (unset)", e.key), e.source.to_string()),
             })
@@ -266,7 +300,9 @@ impl Effective {
                 a.min_password_len
             ));
         }
+        let admin_token = admin_token(a)?.map(crate::server::admin::AdminToken);
         Ok(crate::server::Config {
+            admin_token,
             listen: a.listen,
             shards: a.shards,
             data_dir: a.data_dir.clone(),
@@ -300,6 +336,29 @@ impl Effective {
             ..Default::default()
         })
     }
+}
+
+/// The admin token, from `--admin-token` or `--admin-token-file` (one of
+/// them; none: admin is disabled).
+fn admin_token(a: &ServeArgs) -> Result<Option<String>, String> {
+    let token = match (&a.admin_token, &a.admin_token_file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err("set one of admin-token and admin-token-file, not both".into());
+        }
+        (Some(t), None) => t.0.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map_err(|e| format!("reading admin-token-file {}: {e}", p.display()))?
+            .trim_end()
+            .to_string(),
+    };
+    if token.len() < MIN_ADMIN_TOKEN || token.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "the admin token must be at least {MIN_ADMIN_TOKEN} bytes without spaces \
+             (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(Some(token))
 }
 
 fn cluster_config(
@@ -344,6 +403,12 @@ macro_rules! show_string {
 }
 show_number!(usize, u64, u32, f64);
 show_string!(SocketAddr, String, LogFormat);
+
+impl Show for Secret {
+    fn show(&self) -> String {
+        "(hidden)".into()
+    }
+}
 
 impl Show for PathBuf {
     fn show(&self) -> String {
@@ -569,7 +634,8 @@ pub fn resolve(
              hash_threads, hash_queue, log_format, max_send_rate, max_send_burst,
              max_friend_requests_per_hour, max_sessions_per_user, max_groups_per_user,
              max_members_per_group, max_conns_per_addr, max_conns, min_password_len;
-        opt: metrics, redis, node_id, legacy_listen, redis_ca, cluster_key_file
+        opt: metrics, redis, node_id, legacy_listen, redis_ca, cluster_key_file, admin_token,
+             admin_token_file
     );
     // Keep the file's order of options: same as `--help`.
     let order = known;

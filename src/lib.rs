@@ -10,6 +10,7 @@
 //! - [`client`]: a Rust client used by the tests, `ringchat chat` and loadgen.
 //! - [`chat`]: the interactive console client (`ringchat chat`).
 
+pub mod admin_cli;
 pub mod chat;
 pub mod client;
 pub mod cluster;

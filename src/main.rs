@@ -26,6 +26,81 @@ enum Cmd {
     Chat(ChatArgs),
     /// Bulk-create load-test users/friends/groups in the store (run before `serve`).
     Provision(ProvisionArgs),
+    /// Operator commands on a running node, through its --metrics address
+    /// (see docs/DEPLOY.md, "Admin").
+    Admin(AdminArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The node's metrics address (`serve --metrics`).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    addr: String,
+    /// The admin token (visible in `ps`: prefer --token-file or the
+    /// RINGCHAT_ADMIN_TOKEN environment variable).
+    #[arg(long)]
+    token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    action: AdminAction,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Users and connections online on the node.
+    Online,
+    /// A user's id, online state, live connections and disabled flag.
+    User { name: String },
+    /// Close every live connection of the user and revoke their session tokens.
+    Kick { name: String },
+    /// Refuse the user's logins and resumes; closes their live connections.
+    Disable { name: String },
+    /// Undo `disable`.
+    Enable { name: String },
+    /// A system message to a group (stored and delivered like any message).
+    Broadcast { group: u64, text: String },
+}
+
+fn admin(a: AdminArgs) -> i32 {
+    let token = match (a.token, a.token_file) {
+        (Some(t), None) => t,
+        (None, Some(p)) => match std::fs::read_to_string(&p) {
+            Ok(t) => t.trim_end().to_string(),
+            Err(e) => {
+                eprintln!("ringchat admin: reading {}: {e}", p.display());
+                return 2;
+            }
+        },
+        (Some(_), Some(_)) => {
+            eprintln!("ringchat admin: give --token or --token-file, not both");
+            return 2;
+        }
+        (None, None) => match std::env::var("RINGCHAT_ADMIN_TOKEN") {
+            Ok(t) if !t.is_empty() => t,
+            _ => {
+                eprintln!(
+                    "ringchat admin: no token: give --token-file, --token or RINGCHAT_ADMIN_TOKEN"
+                );
+                return 2;
+            }
+        },
+    };
+    use ringchat::admin_cli::Action;
+    let action = match a.action {
+        AdminAction::Online => Action::Online,
+        AdminAction::User { name } => Action::User(name),
+        AdminAction::Kick { name } => Action::Kick(name),
+        AdminAction::Disable { name } => Action::Disable(name),
+        AdminAction::Enable { name } => Action::Enable(name),
+        AdminAction::Broadcast { group, text } => Action::Broadcast { group, text },
+    };
+    ringchat::admin_cli::run(&ringchat::admin_cli::Options {
+        addr: a.addr,
+        token,
+        action,
+    })
 }
 
 #[derive(Subcommand)]
@@ -138,6 +213,7 @@ fn main() {
         init_logging(LogFormat::Text);
     }
     let res = match cli.cmd {
+        Cmd::Admin(a) => std::process::exit(admin(a)),
         Cmd::Chat(a) => std::process::exit(ringchat::chat::run(ringchat::chat::ChatOptions {
             server: a.server,
             login: a.login,

@@ -17,6 +17,11 @@ pub type Seq = u64;
 const DIRECT_TAG: u64 = 1 << 63;
 /// User ids must fit in 31 bits so a pair fits in one `ConvId`.
 pub const MAX_USER_ID: UserId = (1 << 31) - 1;
+/// The sender of system messages (an operator's broadcast to a group,
+/// `ringchat admin broadcast`): no user has this id.
+pub const SYSTEM_USER: UserId = 0;
+/// The sender name of system messages.
+pub const SYSTEM_NAME: &str = "system";
 
 /// The conversation between two users, independent of argument order.
 ///
@@ -157,6 +162,9 @@ pub struct UserRecord {
     pub username: String,
     /// PHC string (argon2id).
     pub password_hash: String,
+    /// Disabled by an operator (`ringchat admin disable`): login and resume
+    /// are refused with `AccountDisabled`.
+    pub disabled: bool,
 }
 
 /// Relationship between two users `lo < hi`, as stored. The transitions are

@@ -39,6 +39,17 @@ const STARTUP: Duration = Duration::from_secs(30);
 const CRASH_NOTICED: Duration =
     Duration::from_millis(ringchat::cluster::ALIVE_TTL_MS + 1000 + 2500);
 
+/// How a cluster's nodes are started, beyond the defaults.
+#[derive(Default)]
+struct NodeOpts {
+    /// More `serve` arguments for every node.
+    extra: Vec<String>,
+    /// Another MySQL server (`mysql://user@host:port`) than this machine's.
+    mysql_url: Option<String>,
+    /// Nodes serve `--metrics` with `--admin-token ADMIN_TOKEN`.
+    admin: bool,
+}
+
 /// One cluster at a time (see the module docs).
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -135,6 +146,8 @@ fn drain(
 struct Node {
     name: String,
     addr: SocketAddr,
+    /// `--metrics` (with `/admin`), when the cluster was started with admin.
+    metrics: Option<SocketAddr>,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
 }
@@ -293,8 +306,12 @@ struct Cluster {
     extra: Vec<String>,
     /// The MySQL server the nodes use (`mysql://user@host:port`).
     mysql_url: String,
+    /// Nodes serve `--metrics` with `--admin-token ADMIN_TOKEN`.
+    admin: bool,
     _turn: MutexGuard<'static, ()>,
 }
+
+const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
 
 impl Cluster {
     /// `k` nodes with `shards` shards each (and nginx in front if asked),
@@ -310,7 +327,16 @@ impl Cluster {
         nginx: bool,
         redis_url: String,
     ) -> Option<Cluster> {
-        Cluster::start_with(test, k, shards, nginx, redis_url, Vec::new(), MYSQL_URL)
+        Cluster::start_with(test, k, shards, nginx, redis_url, NodeOpts::default())
+    }
+
+    /// Nodes with the admin endpoints on their metrics addresses.
+    fn start_admin(test: &str, k: usize, shards: usize) -> Option<Cluster> {
+        let opts = NodeOpts {
+            admin: true,
+            ..NodeOpts::default()
+        };
+        Cluster::start_with(test, k, shards, false, format!("redis://{REDIS_ADDR}"), opts)
     }
 
     fn start_with(
@@ -319,8 +345,7 @@ impl Cluster {
         shards: usize,
         nginx: bool,
         redis_url: String,
-        extra: Vec<String>,
-        mysql_url: &str,
+        opts: NodeOpts,
     ) -> Option<Cluster> {
         if !services_ready(test, nginx) {
             return None;
@@ -341,14 +366,16 @@ impl Cluster {
             nodes: Vec::new(),
             nginx: None,
             dir,
-            extra,
-            mysql_url: mysql_url.to_string(),
+            extra: opts.extra,
+            mysql_url: opts.mysql_url.unwrap_or_else(|| MYSQL_URL.to_string()),
+            admin: opts.admin,
             _turn: turn,
         };
         for i in 0..k {
             c.nodes.push(Node {
                 name: format!("n{}", i + 1),
                 addr: "127.0.0.1:0".parse().unwrap(),
+                metrics: None,
                 child: None,
                 log: Arc::new(Mutex::new(String::new())),
             });
@@ -403,6 +430,12 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.admin {
+            let m = *node
+                .metrics
+                .get_or_insert_with(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            cmd.args(["--metrics", &m.to_string(), "--admin-token", ADMIN_TOKEN]);
+        }
         if self.shards == 1 {
             // One executor per node: spread the nodes over the CPUs rather
             // than pinning them all to the first.
@@ -623,6 +656,27 @@ impl Cluster {
             self.wait_nodes_of(id, &[]);
         }
         panic!("nginx never put {name} on a wanted node: {seen:?}");
+    }
+
+    /// An admin request to node `i`; the status and the JSON reply.
+    fn admin_http(&self, i: usize, method: &str, path: &str) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let addr = self.nodes[i].metrics.expect("started with admin");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP reply");
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (
+            status,
+            serde_json::from_str(body.trim()).unwrap_or_default(),
+        )
     }
 
     fn index_of(&self, node: &str) -> usize {
@@ -1458,7 +1512,11 @@ fn rediss_bus_with_signed_payloads_carries_chat_between_nodes() {
         "--cluster-key-file".to_string(),
         key.display().to_string(),
     ];
-    let Some(c) = Cluster::start_with(test, 2, 1, false, url, extra, MYSQL_URL) else {
+    let opts = NodeOpts {
+        extra,
+        ..NodeOpts::default()
+    };
+    let Some(c) = Cluster::start_with(test, 2, 1, false, url, opts) else {
         return;
     };
     let a = c.user(c.addr(0), "ta");
@@ -1500,7 +1558,11 @@ fn forged_bus_payloads_are_dropped_when_the_cluster_has_a_key() {
     let key = key_file("forge", secret);
     let extra = vec!["--cluster-key-file".to_string(), key.display().to_string()];
     let redis = format!("redis://{REDIS_ADDR}");
-    let Some(c) = Cluster::start_with(test, 2, 1, false, redis, extra, MYSQL_URL) else {
+    let opts = NodeOpts {
+        extra,
+        ..NodeOpts::default()
+    };
+    let Some(c) = Cluster::start_with(test, 2, 1, false, redis, opts) else {
         return;
     };
     let b = c.user(c.addr(1), "fb");
@@ -1864,7 +1926,11 @@ fn store_outage(test: &str) {
     }
     let proxy = StoreProxy::start();
     let redis = format!("redis://{REDIS_ADDR}");
-    let Some(c) = Cluster::start_with(test, 2, 1, false, redis, Vec::new(), &proxy.url()) else {
+    let opts = NodeOpts {
+        mysql_url: Some(proxy.url()),
+        ..NodeOpts::default()
+    };
+    let Some(c) = Cluster::start_with(test, 2, 1, false, redis, opts) else {
         return;
     };
     // A client timeout longer than the bound below, so that the server's
@@ -1933,4 +1999,65 @@ fn store_outage(test: &str) {
     common::assert_quiet(&b.c, "a second copy", |e| matches!(e, Event::Message(_)));
     let s3 = a.send_direct(b.id, "after").unwrap();
     assert_eq!(wait_msg(&b.c, "message after the outage").seq, s3.seq);
+
+/// The client got a `Goodbye` with `code`, then the connection closed.
+fn said_goodbye(c: &Client, code: ringchat::wire::fb::ErrorCode) {
+    let e = wait(c, "Goodbye", |e| matches!(e, Event::Goodbye { .. }));
+    assert!(
+        matches!(e, Event::Goodbye { code: got, .. } if got == code),
+        "{e:?}"
+    );
+    wait(c, "close", |e| matches!(e, Event::Closed));
+}
+
+#[test]
+fn admin_kick_and_disable_reach_the_users_sessions_on_every_node() {
+    use ringchat::wire::fb::ErrorCode;
+    let Some(c) = Cluster::start_admin(
+        "admin_kick_and_disable_reach_the_users_sessions_on_every_node",
+        2,
+        1,
+    ) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "adm_k");
+    let a2 = c.client(c.addr(1));
+    login_synced(&a2, &a.name);
+    let b = c.user(c.addr(1), "adm_s");
+    c.wait_nodes_of(a.id, &["n1", "n2"]);
+    // Asked on n1: its own session and n2's are closed.
+    let (st, v) = c.admin_http(0, "POST", &format!("/admin/users/{}/kick", a.name));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["closed"].as_u64(), v["tokens_revoked"].as_u64()),
+        (Some(1), Some(2)),
+        "{v}"
+    );
+    said_goodbye(&a.c, ErrorCode::BadToken);
+    said_goodbye(&a2, ErrorCode::BadToken);
+    c.wait_nodes_of(a.id, &[]);
+    let r = c.client(c.addr(1)).resume(&a.session.token);
+    assert_eq!(r.err().and_then(|e| e.code()), Some(ErrorCode::BadToken));
+    b.ping().unwrap();
+    // Disabled through n2 while the user is on n1 only.
+    let a3 = c.client(c.addr(0));
+    login_synced(&a3, &a.name);
+    c.wait_nodes_of(a.id, &["n1"]);
+    let (st, v) = c.admin_http(1, "POST", &format!("/admin/users/{}/disable", a.name));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["closed"], 0, "{v}");
+    said_goodbye(&a3, ErrorCode::AccountDisabled);
+    let r = c.client(c.addr(0)).login(&a.name, PASSWORD);
+    assert_eq!(
+        r.err().and_then(|e| e.code()),
+        Some(ErrorCode::AccountDisabled)
+    );
+    let (_, v) = c.admin_http(0, "GET", &format!("/admin/users/{}", a.name));
+    assert_eq!(
+        (v["disabled"].as_bool(), v["online"].as_bool()),
+        (Some(true), Some(false)),
+        "{v}"
+    );
+    c.admin_http(0, "POST", &format!("/admin/users/{}/enable", a.name));
+    login_synced(&c.client(c.addr(1)), &a.name);
 }

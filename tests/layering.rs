@@ -19,6 +19,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("legacy", &["model", "wire", "core", "store", "server"]),
     ("provision", &["model", "store", "server"]),
     ("chat", &["model", "wire", "client"]),
+    // `ringchat admin`: an HTTP client of `server::admin`, naming nothing.
+    ("admin_cli", &[]),
     // Reads flags, env and file into the server's and the cluster's
     // configuration: part of assembling a node, like main.rs.
     ("config", &["model", "core", "server", "cluster"]),

@@ -40,6 +40,7 @@ class ErrorCode(object):
     InvalidName = 29
     NameTaken = 30
     LimitReached = 31
+    AccountDisabled = 32
 
 
 class FriendState(object):

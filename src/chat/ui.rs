@@ -127,6 +127,7 @@ pub fn plain_words(code: ErrorCode) -> &'static str {
         ErrorCode::SelfTarget => "you cannot do that to yourself",
         ErrorCode::InvalidName => "group names are 1 to 64 bytes",
         ErrorCode::NameTaken => "a group with that name exists",
+        ErrorCode::AccountDisabled => "an operator disabled this account",
         _ => "the server refused",
     }
 }

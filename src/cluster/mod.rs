@@ -165,6 +165,13 @@ pub enum NodeMsg {
         friend: UserId,
         friends: bool,
     },
+    /// An operator closes the user's sessions on the receiving node (their
+    /// home shard there): `Goodbye { code, text }`, then close.
+    Close {
+        user: UserId,
+        code: u16,
+        text: String,
+    },
 }
 
 impl BusKey {

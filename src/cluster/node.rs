@@ -37,6 +37,11 @@ enum Outgoing {
         friend: UserId,
         friends: bool,
     },
+    Close {
+        user: UserId,
+        code: u16,
+        text: String,
+    },
     Offline(UserId),
 }
 
@@ -137,6 +142,14 @@ impl ClusterShard {
 
     pub fn user_offline(&self, user: UserId) {
         self.push(Outgoing::Offline(user));
+    }
+
+    pub fn close_remote(&self, user: UserId, code: crate::wire::fb::ErrorCode, text: &str) {
+        self.push(Outgoing::Close {
+            user,
+            code: code.0,
+            text: text.to_string(),
+        });
     }
 
     pub fn remote_online(&self, user: UserId) -> bool {
@@ -496,11 +509,7 @@ impl ClusterShard {
                     };
                     crate::server::owner::submit(shard, origin, op);
                 }
-                NodeMsg::Reply { conn, frame } => {
-                    if let Some(c) = shard.conns.borrow().get(&conn) {
-                        c.out.push(Frame::Own(frame));
-                    }
-                }
+                NodeMsg::Reply { conn, frame } => shard.reply_to_conn(conn, Frame::Own(frame)),
                 NodeMsg::Push {
                     users,
                     frame,
@@ -517,6 +526,11 @@ impl ClusterShard {
                     friend,
                     friends,
                 } => shard.friend_set(user, friend, friends),
+                NodeMsg::Close { user, code, text } => {
+                    let code = crate::wire::fb::ErrorCode(code);
+                    let reason = crate::server::admin::close_reason(code);
+                    crate::server::admin::close_user(shard, user, code, &text, reason);
+                }
             }
         }
     }
@@ -570,6 +584,10 @@ impl Router for ClusterShard {
 
     fn user_offline(&self, user: UserId) {
         ClusterShard::user_offline(self, user)
+    }
+
+    fn close_remote(&self, user: UserId, code: crate::wire::fb::ErrorCode, text: &str) {
+        ClusterShard::close_remote(self, user, code, text)
     }
 
     fn remote_online(&self, user: UserId) -> bool {
@@ -692,7 +710,9 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
         for it in &items {
             match it {
                 Outgoing::Push { users, .. } => lookup.extend_from_slice(users),
-                Outgoing::FriendSet { user, .. } => lookup.push(*user),
+                Outgoing::FriendSet { user, .. } | Outgoing::Close { user, .. } => {
+                    lookup.push(*user)
+                }
                 _ => {}
             }
         }
@@ -789,6 +809,19 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                                 user,
                                 friend,
                                 friends,
+                            },
+                        );
+                    }
+                }
+                Outgoing::Close { user, code, text } => {
+                    for (n, shards) in nodes_of.get(&user).into_iter().flatten() {
+                        bucket(
+                            n,
+                            home_shard(user, *shards),
+                            NodeMsg::Close {
+                                user,
+                                code,
+                                text: text.clone(),
                             },
                         );
                     }

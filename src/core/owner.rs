@@ -125,6 +125,36 @@ impl<O> ConvCore<O> {
         })
     }
 
+    /// A system message (an operator's broadcast, sender
+    /// [`SYSTEM_USER`](crate::model::SYSTEM_USER)) to a group: sequenced like
+    /// any message, delivered to every member at this point of the order.
+    /// Only groups take one; `cmid` should be unique (a repeat is answered
+    /// as a duplicate like any resend).
+    pub fn system_send(&mut self, cmid: u64, now: u64) -> Decision<SendDecision> {
+        let recipients = match &self.data {
+            ConvData::Group(Some(g)) => g.members.keys().copied().collect(),
+            ConvData::Group(None) => return Err(Reject(ErrorCode::NoSuchGroup, "no such group")),
+            ConvData::Direct { .. } => {
+                return Err(Reject(
+                    ErrorCode::BadRequest,
+                    "system messages go to groups only",
+                ));
+            }
+        };
+        let sender = crate::model::SYSTEM_USER;
+        Ok(match self.seq.assign(sender, cmid, now) {
+            Assign::New { seq, ts } => {
+                self.inflight += 1;
+                SendDecision::New {
+                    seq,
+                    ts,
+                    recipients,
+                }
+            }
+            Assign::Duplicate { seq, ts, .. } => SendDecision::Duplicate { seq, ts },
+        })
+    }
+
     /// Message `(sender, cmid)` with `seq` is durable: returns the resends
     /// that waited for it (each answered as a duplicate of it).
     pub fn durable(&mut self, sender: UserId, cmid: u64, seq: Seq) -> Vec<O> {
@@ -193,6 +223,39 @@ mod tests {
             Ok(SendDecision::New { seq, .. }) => seq,
             other => panic!("expected a new message, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn system_messages_take_the_next_seq_of_a_group_and_reach_every_member() {
+        let mut c: ConvCore<&str> = ConvCore::from_store(
+            &ConvTail {
+                last_seq: 4,
+                ..ConvTail::default()
+            },
+            group(1, &[2, 3]),
+            W,
+        );
+        assert_eq!(new_seq(c.send(2, 10, 100, || "a")), 5);
+        match c.system_send(77, 101) {
+            Ok(SendDecision::New {
+                seq,
+                mut recipients,
+                ..
+            }) => {
+                assert_eq!(seq, 6);
+                recipients.sort_unstable();
+                assert_eq!(recipients, vec![1, 2, 3]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(new_seq(c.send(3, 10, 102, || "b")), 7);
+        assert_eq!(c.inflight, 3);
+        // A direct conversation or a missing group takes none.
+        let mut d: ConvCore<&str> = ConvCore::from_store(&ConvTail::default(), friends(1, 2), W);
+        assert_eq!(d.system_send(1, 1).unwrap_err().0, ErrorCode::BadRequest);
+        let mut g: ConvCore<&str> =
+            ConvCore::from_store(&ConvTail::default(), ConvData::Group(None), W);
+        assert_eq!(g.system_send(1, 1).unwrap_err().0, ErrorCode::NoSuchGroup);
     }
 
     #[test]

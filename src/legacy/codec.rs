@@ -725,12 +725,17 @@ pub mod text {
     pub const BAD_CREDENTIALS: &str = "用户名或密码错误，请重新登录";
     /// The user named by a request does not exist.
     pub const NO_SUCH_USER: &str = "该用户不存在";
+    /// A login to an account an operator disabled (`ringchat admin disable`).
+    pub const ACCOUNT_DISABLED: &str = "该账号已被停用 (account disabled by an operator)";
+    /// An operator closed the session (`ringchat admin kick`).
+    pub const KICKED: &str = "管理员已结束您的会话，请重新登录 (an operator ended this session)";
 
     /// The old protocol's text for an error answered with `code`.
     pub fn translate(code: ErrorCode, text: &str) -> String {
         match code {
             ErrorCode::BadCredentials => BAD_CREDENTIALS.into(),
             ErrorCode::NoSuchUser => NO_SUCH_USER.into(),
+            ErrorCode::AccountDisabled => ACCOUNT_DISABLED.into(),
             _ => text.into(),
         }
     }

@@ -360,6 +360,12 @@ async fn login(
         )),
         Err(LoginError::Denied(d)) => Err(refused(codec::LOGIN_ACK, d)),
         Err(LoginError::Storage) => Err(storage_error(codec::LOGIN_ACK)),
+        Err(LoginError::Disabled) => Err(codec::error(
+            codec::LOGIN_ACK,
+            1,
+            codec::text::ACCOUNT_DISABLED,
+            &[],
+        )),
     }
 }
 
@@ -1191,7 +1197,18 @@ fn translate(
         ));
         cuts.push(out.len());
     }
-    // Presence, group events, SyncDone, Goodbye...: no legacy equivalent.
+    // The server ends the session (an operator's kick or disable, shutdown,
+    // idle): the old protocol's closing object, `{msgid:0, errno:1, errmsg}`,
+    // as for its own pre-login limits.
+    if let Some(g) = env.body_as_goodbye() {
+        let text = match g.code() {
+            fb::ErrorCode::BadToken => codec::text::KICKED.to_string(),
+            code => codec::text::translate(code, g.message().unwrap_or("")),
+        };
+        out.extend_from_slice(&codec::error(0, 1, &text, &[]));
+        cuts.push(out.len());
+    }
+    // Presence, group events, SyncDone...: no legacy equivalent.
 }
 
 #[cfg(test)]

@@ -37,6 +37,24 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// What the node keeps of the admin token (`--admin-token`): its SHA-256.
+pub fn admin_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `given` is the admin token, in time independent of where they
+/// differ: both sides are hashed (so neither length nor a common prefix
+/// shows) and the digests compared with an accumulated XOR that does not
+/// stop early (`black_box` keeps the optimizer from short-circuiting it).
+pub fn admin_token_matches(given: &str, digest: &[u8; 32]) -> bool {
+    let g: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let diff = g
+        .iter()
+        .zip(digest)
+        .fold(0u8, |acc, (a, b)| std::hint::black_box(acc | (a ^ b)));
+    diff == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +71,19 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(token_hash(&a), token_hash(&a));
         assert_ne!(token_hash(&a), token_hash(&b));
+    }
+
+    #[test]
+    fn the_admin_token_matches_only_itself() {
+        let d = admin_digest("s3cret-admin-token");
+        assert!(admin_token_matches("s3cret-admin-token", &d));
+        for wrong in [
+            "",
+            "s3cret-admin-toke",
+            "s3cret-admin-token ",
+            "S3cret-admin-token",
+        ] {
+            assert!(!admin_token_matches(wrong, &d), "{wrong:?}");
+        }
     }
 }

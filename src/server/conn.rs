@@ -251,16 +251,27 @@ async fn anonymous_request(
                 (err(BAD_CREDENTIALS.0, BAD_CREDENTIALS.1), None, false)
             }
             Err(account::LoginError::Storage) => (err(cmd::STORAGE.0, cmd::STORAGE.1), None, false),
+            Err(account::LoginError::Disabled) => {
+                (err(account::DISABLED.0, account::DISABLED.1), None, false)
+            }
         },
         Request::Resume { token, since } => {
             let token = token.to_string();
             let since = since.collect_pairs();
             let res = shard
                 .blocking(move |s| match s.session_user(&auth::token_hash(&token))? {
-                    Some(uid) => Ok(s.user_by_id(uid)?.map(|u| (u.id, u.username, token))),
+                    Some(uid) => Ok(s.user_by_id(uid)?.map(|u| (u, token))),
                     None => Ok(None),
                 })
                 .await;
+            // A disabled account's tokens stay (enabling it again lets its
+            // devices resume) but do not work meanwhile.
+            if let Ok(Some((u, _))) = &res
+                && u.disabled
+            {
+                return (err(account::DISABLED.0, account::DISABLED.1), None, false);
+            }
+            let res = res.map(|r| r.map(|(u, token)| (u.id, u.username, token)));
             authenticated(
                 shard,
                 req_id,

@@ -324,53 +324,139 @@ pub fn render_progress(out: &mut String, ages: &[f64]) {
     }
 }
 
-/// Serves `GET /metrics` on a plain thread (never on an executor).
+/// Largest request head (request line and headers) the exporter reads.
+const MAX_HEAD: usize = 16 << 10;
+/// Largest request body (an admin broadcast's text).
+const MAX_BODY: usize = 1 << 20;
+
+/// One HTTP request as the exporter needs it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request: the request line, headers (only `Authorization` and
+/// `Content-Length` matter), and a body of `Content-Length` bytes. `Err` is
+/// the status and text to answer with.
+pub fn read_request(r: &mut impl BufRead) -> Result<Request, (&'static str, String)> {
+    let bad = |t: &str| ("400 Bad Request", t.to_string());
+    let mut head = 0;
+    let mut line = String::new();
+    let mut read_line = |line: &mut String| -> Result<(), (&'static str, String)> {
+        line.clear();
+        let left = (MAX_HEAD - head.min(MAX_HEAD)) as u64 + 1;
+        let n = std::io::Read::take(&mut *r, left)
+            .read_line(line)
+            .map_err(|_| bad("unreadable request"))?;
+        head += n;
+        if head > MAX_HEAD {
+            return Err((
+                "431 Request Header Fields Too Large",
+                format!("request head over {MAX_HEAD} bytes"),
+            ));
+        }
+        Ok(())
+    };
+    read_line(&mut line)?;
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(path)) = (words.next(), words.next()) else {
+        return Err(bad("bad request line"));
+    };
+    let mut req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        ..Request::default()
+    };
+    let mut length = 0usize;
+    loop {
+        read_line(&mut line)?;
+        let h = line.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            break;
+        }
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(bad("bad header line"));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("authorization") {
+            req.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().map_err(|_| bad("bad Content-Length"))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err((
+                "411 Length Required",
+                "send the body with a Content-Length".into(),
+            ));
+        }
+    }
+    if length > MAX_BODY {
+        return Err((
+            "413 Content Too Large",
+            format!("request body over {MAX_BODY} bytes"),
+        ));
+    }
+    req.body = vec![0; length];
+    std::io::Read::read_exact(r, &mut req.body).map_err(|_| bad("request body cut short"))?;
+    Ok(req)
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/admin/...` on a plain
+/// thread (never on an executor), one request per connection.
 pub fn spawn_exporter(
     addr: SocketAddr,
     published: Arc<Published>,
     health: Arc<super::health::Health>,
+    admin: Arc<super::admin::Admin>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
             let mut reader = BufReader::new(&stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            // Drain headers.
-            let mut h = String::new();
-            while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
-                h.clear();
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, ctype, body) = match (line.starts_with("GET "), path) {
-                (true, "/metrics") => {
-                    let mut body = published.render();
-                    render_progress(&mut body, &health.progress.ages());
-                    health.limits.render(&mut body);
-                    ("200 OK", "text/plain; version=0.0.4", body)
+            let (status, ctype, extra, body) = match read_request(&mut reader) {
+                Err((status, text)) => (status, "text/plain", "", format!("{text}\n")),
+                Ok(req) if req.path == "/admin" || req.path.starts_with("/admin/") => {
+                    let a = admin.http(
+                        &req.method,
+                        &req.path,
+                        req.authorization.as_deref(),
+                        &req.body,
+                    );
+                    (a.status, "application/json", a.headers, a.body)
                 }
-                (true, "/healthz") => {
-                    let a = health.healthz();
-                    (a.status, "application/json", a.body)
-                }
-                (true, "/readyz") => {
-                    let a = health.readyz();
-                    (a.status, "application/json", a.body)
-                }
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /metrics, /healthz or /readyz\n".to_string(),
-                ),
+                Ok(req) => match (req.method.as_str(), req.path.as_str()) {
+                    ("GET", "/metrics") => {
+                        let mut body = published.render();
+                        render_progress(&mut body, &health.progress.ages());
+                        health.limits.render(&mut body);
+                        admin.render(&mut body);
+                        ("200 OK", "text/plain; version=0.0.4", "", body)
+                    }
+                    ("GET", "/healthz") => {
+                        let a = health.healthz();
+                        (a.status, "application/json", "", a.body)
+                    }
+                    ("GET", "/readyz") => {
+                        let a = health.readyz();
+                        (a.status, "application/json", "", a.body)
+                    }
+                    _ => (
+                        "404 Not Found",
+                        "text/plain",
+                        "",
+                        "try /metrics, /healthz, /readyz or /admin/...\n".to_string(),
+                    ),
+                },
             };
             let mut s = &stream;
             let _ = write!(
                 s,
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
                 body.len()
             );
         }
@@ -381,6 +467,38 @@ pub fn spawn_exporter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_read_with_their_token_and_body_and_bounded() {
+        let raw = b"POST /admin/groups/3/broadcast HTTP/1.1\r\nHost: x\r\nauthorization: Bearer abc\r\nContent-Length: 5\r\n\r\nhello";
+        let r = read_request(&mut &raw[..]).unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/admin/groups/3/broadcast");
+        assert_eq!(r.authorization.as_deref(), Some("Bearer abc"));
+        assert_eq!(r.body, b"hello");
+        let short = b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nhi";
+        assert_eq!(
+            read_request(&mut &short[..]).unwrap_err().0,
+            "400 Bad Request"
+        );
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(
+            read_request(&mut huge.as_bytes()).unwrap_err().0,
+            "431 Request Header Fields Too Large"
+        );
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert_eq!(
+            read_request(&mut big.as_bytes()).unwrap_err().0,
+            "413 Content Too Large"
+        );
+        assert_eq!(
+            read_request(&mut &b"\r\n"[..]).unwrap_err().0,
+            "400 Bad Request"
+        );
+    }
 
     #[test]
     fn histograms_render_cumulative_buckets_sum_and_count() {

@@ -4,6 +4,7 @@
 //! listener, so the kernel spreads accepts over shards. Everything here is
 //! plumbing around `core` (decisions) and `store` (blocking persistence).
 
+pub mod admin;
 pub mod auth;
 pub mod cmd;
 pub mod conn;
@@ -66,6 +67,9 @@ pub struct Config {
     /// (see `hasher`).
     pub hash_threads: usize,
     pub hash_queue: usize,
+    /// Bearer token of `/admin` on the metrics address; `None`: admin is
+    /// disabled (see `admin`).
+    pub admin_token: Option<admin::AdminToken>,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             hash_queue: 16,
             limits: crate::core::limits::Limits::default(),
             min_password: crate::core::validate::MIN_PASSWORD,
+            admin_token: None,
         }
     }
 }
@@ -305,10 +310,19 @@ pub fn serve_with(
         stop: ctl.flag(),
         limits: limits.clone(),
     });
+    let (admin_tx, admin_rx) = admin::channels(n);
     if let Some(addr) = cfg.metrics {
-        let a = metrics::spawn_exporter(addr, published.clone(), health.clone())
+        let admin = Arc::new(admin::Admin::new(
+            cfg.admin_token.as_ref().map(|t| t.0.as_str()),
+            admin_tx,
+            store.clone(),
+            cfg.max_frame,
+        ));
+        let a = metrics::spawn_exporter(addr, published.clone(), health.clone(), admin)
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
         eprintln!("metrics on http://{a}/metrics");
+    } else if cfg.admin_token.is_some() {
+        tracing::warn!("an admin token is set but --metrics is not: admin is unreachable");
     }
     let cfg = Arc::new(cfg);
     let committer = crate::store::commit::GroupCommitter::new(store.clone());
@@ -320,7 +334,9 @@ pub fn serve_with(
     let mesh: MeshBuilder<ShardMsg, _> = MeshBuilder::full(n, cfg.mesh_capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
+    let mut admin_rx = admin_rx.into_iter();
     for (i, (sock, extra_sock)) in socks.into_iter().zip(extra_socks).enumerate() {
+        let admin_rx = admin_rx.next().expect("one admin channel per shard");
         let committer = committer.clone();
         let hasher = hasher.clone();
         let limits = limits.clone();
@@ -352,7 +368,7 @@ pub fn serve_with(
                     cfg,
                     (store, committer, hasher, limits),
                     mesh,
-                    (ready, published, progress, stop),
+                    (ready, published, progress, stop, admin_rx),
                     listeners,
                 )
             })
@@ -493,6 +509,7 @@ type ShardLinks = (
     Arc<metrics::Published>,
     Arc<watchdog::Progress>,
     Arc<AtomicBool>,
+    flume::Receiver<admin::Cmd>,
 );
 
 async fn shard_main(
@@ -506,7 +523,7 @@ async fn shard_main(
         Arc<limits::NodeLimits>,
     ),
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
-    (ready, published, progress, stop): ShardLinks,
+    (ready, published, progress, stop, admin_rx): ShardLinks,
     listeners: Listeners,
 ) {
     let listener = adopt(listeners.native);
@@ -538,6 +555,7 @@ async fn shard_main(
     }
     glommio::spawn_local(shard.clone().local_loop()).detach();
     glommio::spawn_local(shard.clone().writer_loop()).detach();
+    glommio::spawn_local(admin::shard_loop(shard.clone(), admin_rx)).detach();
     if let Some(c) = shard.cluster.clone()
         && let Err(e) = c.start(shard.clone()).await
     {

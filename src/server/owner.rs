@@ -25,7 +25,8 @@ fn conv_of(origin: &Origin, op: &OwnerOp) -> ConvId {
         OwnerOp::Pair { other, .. } => direct_conv(origin.user, *other),
         OwnerOp::Group { group, .. }
         | OwnerOp::Members { group }
-        | OwnerOp::History { group, .. } => group_conv(*group),
+        | OwnerOp::History { group, .. }
+        | OwnerOp::System { group, .. } => group_conv(*group),
     }
 }
 
@@ -198,6 +199,11 @@ async fn process(shard: Rc<Shard>, conv: ConvId) {
                 before,
                 limit,
             } => history(&shard, &origin, conv, group, before, limit).await,
+            OwnerOp::System {
+                client_msg_id,
+                body,
+                ..
+            } => system(&shard, &origin, conv, client_msg_id, body),
         }
         // Long queues must not monopolise the executor.
         glommio::yield_if_needed().await;
@@ -216,6 +222,28 @@ fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: 
         st.conv
             .send(origin.user, client_msg_id, now_ms(), || origin.clone())
     });
+    sequenced(shard, origin, conv, client_msg_id, body, decided);
+}
+
+/// An operator's system message (`server::admin`): the same path as a
+/// chat message from here on, sender `SYSTEM_USER` (the origin's user).
+fn system(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: String) {
+    let decided = with_conv(shard, conv, |st| {
+        st.conv.system_send(client_msg_id, now_ms())
+    });
+    sequenced(shard, origin, conv, client_msg_id, body, decided);
+}
+
+/// Acts on the owner's decision on a message: answer a refusal or a
+/// duplicate, or queue a new message for the group commit.
+fn sequenced(
+    shard: &Shard,
+    origin: &Origin,
+    conv: ConvId,
+    client_msg_id: u64,
+    body: String,
+    decided: Option<crate::core::Decision<SendDecision>>,
+) {
     match decided {
         None => shard.reply_error(
             origin,

@@ -50,6 +50,10 @@ pub trait Router {
     /// Tells `user`'s home on other nodes that a friendship changed.
     fn friend_set_remote(&self, user: UserId, friend: UserId, friends: bool);
 
+    /// An operator closes `user`'s sessions (`server::admin`): the same on
+    /// the other nodes holding some, each after a `Goodbye` (`code`, `text`).
+    fn close_remote(&self, user: UserId, code: crate::wire::fb::ErrorCode, text: &str);
+
     /// The user's last session on this node ended.
     fn user_offline(&self, user: UserId);
 

@@ -153,7 +153,9 @@ impl Responder for NativeReplies {
 
 /// Why a session ended, for its `session ended` log line.
 pub fn end_reason(shard: &Shard, conn: &Conn) -> &'static str {
-    if conn.out.overflowed.get() {
+    if let Some(why) = conn.ended_by.get() {
+        why
+    } else if conn.out.overflowed.get() {
         "slow_consumer"
     } else if shard.stopping.get() {
         "shutdown"

@@ -67,6 +67,13 @@ pub enum OwnerOp {
         before: Seq,
         limit: u32,
     },
+    /// An operator's system message to a group (`server::admin`): sender
+    /// `SYSTEM_USER`, sequenced like any message.
+    System {
+        group: GroupId,
+        client_msg_id: u64,
+        body: String,
+    },
 }
 
 /// A connection moving to its user's home shard after authentication.
@@ -133,6 +140,9 @@ pub struct Conn {
     /// acks past that seq are capped (an ack of u64::MAX would otherwise
     /// hide every later message from the user's next catch-up).
     pub convs: RefCell<AHashMap<ConvId, Seq>>,
+    /// Set when an operator closed the session (`server::admin`): the
+    /// `session ended` log line's reason.
+    pub ended_by: Cell<Option<&'static str>>,
 }
 
 impl Conn {
@@ -143,6 +153,7 @@ impl Conn {
             out,
             hold: RefCell::new(Some(crate::core::sync::Hold::new(hold_cap))),
             convs: RefCell::new(AHashMap::new()),
+            ended_by: Cell::new(None),
         }
     }
 }
@@ -253,6 +264,10 @@ pub struct Shard {
     /// Seconds since the shard started, advanced by its ticker: a clock
     /// for coarse bookkeeping that costs nothing per message.
     pub clock_s: Cell<u64>,
+    /// Operators' broadcasts waiting for their owner's answer, by ticket
+    /// (`server::admin`).
+    pub admin_waiting: RefCell<AHashMap<u64, flume::Sender<super::admin::Broadcasted>>>,
+    next_ticket: Cell<u64>,
 }
 
 /// Outbox depth at which connection readers pause (backpressure).
@@ -302,6 +317,25 @@ impl Shard {
             next_conn: Cell::new(1),
             stopping: Cell::new(false),
             clock_s: Cell::new(0),
+            admin_waiting: RefCell::new(AHashMap::new()),
+            next_ticket: Cell::new(1),
+        }
+    }
+
+    /// A fresh ticket for an operator's request (its `req_id`).
+    pub fn admin_ticket(&self) -> u64 {
+        let t = self.next_ticket.get();
+        self.next_ticket.set(t + 1);
+        t
+    }
+
+    /// A reply frame for connection `conn` homed here (or for an operator's
+    /// request: `admin::ADMIN_CONN`).
+    pub fn reply_to_conn(&self, conn: ConnId, frame: Frame) {
+        if conn == super::admin::ADMIN_CONN {
+            super::admin::answered(self, frame.bytes());
+        } else if let Some(c) = self.conns.borrow().get(&conn) {
+            c.out.push(frame);
         }
     }
 
@@ -395,11 +429,7 @@ impl Shard {
         match msg {
             ShardMsg::HandOff(h) => h.proto.clone().adopt(self.clone(), *h),
             ShardMsg::Owner(origin, op) => super::owner::submit(self, origin, op),
-            ShardMsg::Reply { conn, frame } => {
-                if let Some(c) = self.conns.borrow().get(&conn) {
-                    c.out.push(Frame::Own(frame));
-                }
-            }
+            ShardMsg::Reply { conn, frame } => self.reply_to_conn(conn, Frame::Own(frame)),
             ShardMsg::Push {
                 users,
                 frame,
@@ -482,9 +512,7 @@ impl Shard {
             return;
         }
         if origin.shard == self.id {
-            if let Some(c) = self.conns.borrow().get(&origin.conn) {
-                c.out.push_own(frame);
-            }
+            self.reply_to_conn(origin.conn, Frame::Own(frame.to_vec()));
         } else {
             self.send(
                 origin.shard,

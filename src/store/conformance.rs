@@ -39,6 +39,7 @@ macro_rules! for_each_conformance_check {
             check_body_roundtrip,
             check_concurrent_access,
             check_legacy_ids_and_desc,
+            check_disable_and_revoke,
         );
     };
 }
@@ -63,6 +64,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("check_body_roundtrip", check_body_roundtrip),
     ("check_concurrent_access", check_concurrent_access),
     ("check_legacy_ids_and_desc", check_legacy_ids_and_desc),
+    ("check_disable_and_revoke", check_disable_and_revoke),
 ];
 
 /// Runs every check in [`CHECKS`] against one store. [`check_survives_reopen`]
@@ -164,6 +166,7 @@ pub fn check_users(s: &dyn Store) {
             id: a,
             username: "cu_alice".into(),
             password_hash: "$argon2id$v=19$hash-of-cu_alice".into(),
+            disabled: false,
         }
     );
     assert_eq!(
@@ -924,6 +927,53 @@ pub fn check_survives_reopen(open: &dyn Fn() -> Arc<dyn Store>) {
 }
 
 /// Users and groups created with chosen ids (import) and group descriptions.
+/// Admin: the disabled flag (read with the user, by name and by id) and
+/// revoking every session token of one user, no one else's.
+pub fn check_disable_and_revoke(s: &dyn Store) {
+    let a = user(s, "cdr_alice");
+    let b = user(s, "cdr_bob");
+    assert!(!s.user_by_name("cdr_alice").unwrap().unwrap().disabled);
+    s.set_disabled(a, true).unwrap();
+    assert!(s.user_by_name("cdr_alice").unwrap().unwrap().disabled);
+    assert!(s.user_by_id(a).unwrap().unwrap().disabled);
+    assert!(!s.user_by_id(b).unwrap().unwrap().disabled);
+    s.set_disabled(a, true).unwrap(); // idempotent
+    assert!(s.user_by_id(a).unwrap().unwrap().disabled);
+    s.set_disabled(a, false).unwrap();
+    assert!(!s.user_by_id(a).unwrap().unwrap().disabled);
+    s.set_disabled(crate::model::MAX_USER_ID, true).unwrap(); // unknown: no-op
+
+    let (t1, t2, t3) = ([0xD1u8; 32], [0xD2u8; 32], [0xD3u8; 32]);
+    s.create_session(&t1, a, 1).unwrap();
+    s.create_session(&t2, a, 2).unwrap();
+    s.create_session(&t3, b, 3).unwrap();
+    assert_eq!(s.delete_sessions_of(a).unwrap(), 2);
+    assert_eq!(s.session_user(&t1).unwrap(), None);
+    assert_eq!(s.session_user(&t2).unwrap(), None);
+    assert_eq!(s.session_user(&t3).unwrap(), Some(b));
+    assert_eq!(s.delete_sessions_of(a).unwrap(), 0);
+
+    // An operator's broadcast is stored with sender 0 and read back as
+    // "system".
+    let g = s.create_group("cdr_group", a).unwrap();
+    let conv = group_conv(g);
+    let sys = StoredMessage {
+        conv,
+        seq: 1,
+        sender: crate::model::SYSTEM_USER,
+        timestamp_ms: 5,
+        client_msg_id: 99,
+        body: "maintenance at noon".into(),
+        sender_name: String::new(),
+    };
+    s.write_batch(&[WriteOp::Message(sys)]).unwrap();
+    let got = s.messages_after(conv, 0, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].sender, 0);
+    assert_eq!(got[0].sender_name, "system");
+    assert_eq!(s.history(conv, 0, 10).unwrap()[0].sender_name, "system");
+}
+
 pub fn check_legacy_ids_and_desc(s: &dyn Store) {
     let id = 1_000_000 + (crate::model::now_ms() % 1_000_000);
     s.create_user_with_id(id, "legacy_imp_a", "$argon2id$v=19$x")

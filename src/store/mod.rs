@@ -66,6 +66,11 @@ pub trait Store: Send + Sync + 'static {
     fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()>;
     fn session_user(&self, token_hash: &[u8]) -> Result<Option<UserId>>;
     fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
+    /// Revokes every session token of `user`; returns how many there were.
+    fn delete_sessions_of(&self, user: UserId) -> Result<u64>;
+    /// Sets the account's disabled flag (`UserRecord::disabled`); nothing
+    /// happens for an unknown user.
+    fn set_disabled(&self, user: UserId, disabled: bool) -> Result<()>;
 
     // ---- relationships (owned by the pair's conversation shard)
     /// The stored pair, or the default (all false, empty note) if none.
@@ -183,6 +188,16 @@ pub trait Store: Send + Sync + 'static {
             gids.push(gid);
         }
         Ok((ids, gids))
+    }
+}
+
+/// A stored message's sender name: the user's, or "system" for an
+/// operator's broadcast (sender `SYSTEM_USER`, no user row).
+pub fn sender_name(sender: UserId, joined: String) -> String {
+    if sender == crate::model::SYSTEM_USER {
+        crate::model::SYSTEM_NAME.to_string()
+    } else {
+        joined
     }
 }
 

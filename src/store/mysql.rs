@@ -165,6 +165,9 @@ const MIGRATIONS: &[&[&str]] = &[
     // Re-running it after a crash hits "duplicate column", which
     // `migrate_locked` treats as done (MySQL has no ADD COLUMN IF NOT EXISTS).
     &[r#"ALTER TABLE chat_groups ADD COLUMN description TEXT NULL"#],
+    // 3: accounts an operator disabled (`ringchat admin disable`); the same
+    // duplicate-column tolerance makes a re-run harmless.
+    &[r#"ALTER TABLE users ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT 0"#],
 ];
 
 /// ER_DUP_FIELDNAME: an `ADD COLUMN` that already ran.
@@ -438,7 +441,7 @@ fn message(r: MessageRow) -> StoredMessage {
         timestamp_ms: r.3,
         client_msg_id: r.4,
         body: r.5,
-        sender_name: r.6,
+        sender_name: super::sender_name(r.2, r.6),
     }
 }
 
@@ -531,28 +534,30 @@ impl Store for MysqlStore {
     }
 
     fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
-        let r: Option<(u64, String, String)> = first(
+        let r: Option<(u64, String, String, bool)> = first(
             &mut self.conn()?,
-            "SELECT id, username, password_hash FROM users WHERE username = ?",
+            "SELECT id, username, password_hash, disabled FROM users WHERE username = ?",
             (username.as_bytes(),),
         )?;
-        Ok(r.map(|(id, username, password_hash)| UserRecord {
+        Ok(r.map(|(id, username, password_hash, disabled)| UserRecord {
             id,
             username,
             password_hash,
+            disabled,
         }))
     }
 
     fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>> {
-        let r: Option<(u64, String, String)> = first(
+        let r: Option<(u64, String, String, bool)> = first(
             &mut self.conn()?,
-            "SELECT id, username, password_hash FROM users WHERE id = ?",
+            "SELECT id, username, password_hash, disabled FROM users WHERE id = ?",
             (id,),
         )?;
-        Ok(r.map(|(id, username, password_hash)| UserRecord {
+        Ok(r.map(|(id, username, password_hash, disabled)| UserRecord {
             id,
             username,
             password_hash,
+            disabled,
         }))
     }
 
@@ -616,6 +621,19 @@ impl Store for MysqlStore {
         Ok(self
             .conn()?
             .exec_drop("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))?)
+    }
+
+    fn delete_sessions_of(&self, user: UserId) -> Result<u64> {
+        let mut c = self.conn()?;
+        c.exec_drop("DELETE FROM sessions WHERE user_id = ?", (user,))?;
+        Ok(c.affected_rows())
+    }
+
+    fn set_disabled(&self, user: UserId, disabled: bool) -> Result<()> {
+        Ok(self.conn()?.exec_drop(
+            "UPDATE users SET disabled = ? WHERE id = ?",
+            (disabled, user),
+        )?)
     }
 
     fn get_pair(&self, lo: UserId, hi: UserId) -> Result<PairRecord> {
@@ -1125,7 +1143,7 @@ mod tests {
     #[test]
     fn all_checks_listed_here() {
         // Keeps the macro's list in step with CHECKS.
-        assert_eq!(conformance::CHECKS.len(), 15);
+        assert_eq!(conformance::CHECKS.len(), 16);
     }
 
     #[test]
@@ -1224,6 +1242,31 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![low, x]
         );
+    }
+
+    #[test]
+    fn a_database_from_before_the_disabled_flag_is_migrated() {
+        let Some(db) = TestDb::new() else { return };
+        let s = db.open();
+        let id = s.create_user("old", "h").unwrap();
+        drop(s);
+        // Back to the previous release's schema (version 2, no column).
+        let mut c = db.admin();
+        c.query_drop(format!(
+            "ALTER TABLE `{}`.users DROP COLUMN disabled",
+            db.name
+        ))
+        .unwrap();
+        c.query_drop(format!(
+            "UPDATE `{}`.ringchat_schema SET version = 2 WHERE id = 1",
+            db.name
+        ))
+        .unwrap();
+        let s = db.open();
+        let u = s.user_by_id(id).unwrap().unwrap();
+        assert!(!u.disabled, "existing accounts stay enabled");
+        s.set_disabled(id, true).unwrap();
+        assert!(s.user_by_name("old").unwrap().unwrap().disabled);
     }
 
     #[test]

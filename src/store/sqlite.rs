@@ -122,6 +122,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE chat_groups ADD COLUMN description TEXT;
     "#,
+    // 3: accounts an operator disabled (`ringchat admin disable`).
+    r#"
+    ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -297,6 +301,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
         id: r.get::<_, i64>(0)? as u64,
         username: r.get(1)?,
         password_hash: r.get(2)?,
+        disabled: r.get::<_, i64>(3)? != 0,
     })
 }
 
@@ -305,14 +310,15 @@ const MESSAGE_COLUMNS: &str = "m.conv, m.seq, m.sender, m.ts, m.client_msg_id, m
      COALESCE(u.username, '') FROM messages m LEFT JOIN users u ON u.id = m.sender";
 
 fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let sender = r.get::<_, i64>(2)? as u64;
     Ok(StoredMessage {
         conv: r.get::<_, i64>(0)? as u64,
         seq: r.get::<_, i64>(1)? as u64,
-        sender: r.get::<_, i64>(2)? as u64,
+        sender,
         timestamp_ms: r.get::<_, i64>(3)? as u64,
         client_msg_id: r.get::<_, i64>(4)? as u64,
         body: r.get(5)?,
-        sender_name: r.get(6)?,
+        sender_name: super::sender_name(sender, r.get(6)?),
     })
 }
 
@@ -387,15 +393,17 @@ impl Store for SqliteStore {
 
     fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>> {
         let conn = self.reader();
-        let mut st = conn
-            .prepare_cached("SELECT id, username, password_hash FROM users WHERE username = ?1")?;
+        let mut st = conn.prepare_cached(
+            "SELECT id, username, password_hash, disabled FROM users WHERE username = ?1",
+        )?;
         Ok(st.query_row([username], user_from_row).optional()?)
     }
 
     fn user_by_id(&self, id: UserId) -> Result<Option<UserRecord>> {
         let conn = self.reader();
-        let mut st =
-            conn.prepare_cached("SELECT id, username, password_hash FROM users WHERE id = ?1")?;
+        let mut st = conn.prepare_cached(
+            "SELECT id, username, password_hash, disabled FROM users WHERE id = ?1",
+        )?;
         Ok(st.query_row([id as i64], user_from_row).optional()?)
     }
 
@@ -445,6 +453,23 @@ impl Store for SqliteStore {
         self.write(|tx| {
             tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
                 .execute([token_hash])?;
+            Ok(())
+        })
+    }
+
+    fn delete_sessions_of(&self, user: UserId) -> Result<u64> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+                .execute([user as i64])?;
+            Ok(n as u64)
+        })
+    }
+
+    fn set_disabled(&self, user: UserId, disabled: bool) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("UPDATE users SET disabled = ?1 WHERE id = ?2")?
+                .execute(params![disabled as i64, user as i64])?;
             Ok(())
         })
     }
@@ -967,7 +992,7 @@ mod tests {
     #[test]
     fn all_checks_listed_here() {
         // Keeps the macro's list in step with CHECKS.
-        assert_eq!(conformance::CHECKS.len(), 15);
+        assert_eq!(conformance::CHECKS.len(), 16);
     }
 
     #[test]
@@ -999,6 +1024,30 @@ mod tests {
         drop(c);
         // Reopening must not re-run step 1 (it would fail on existing tables).
         drop(db.open());
+    }
+
+    #[test]
+    fn a_database_from_before_the_disabled_flag_is_migrated() {
+        // A database as the previous release left it: steps 1-2, a user.
+        let db = TempDb::new("pre_disabled");
+        {
+            let c = Connection::open(&db.0).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute(
+                "INSERT INTO users(username, password_hash, created_ms) VALUES ('old', 'h', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = db.open();
+        let u = s.user_by_name("old").unwrap().unwrap();
+        assert!(!u.disabled, "existing accounts stay enabled");
+        s.set_disabled(u.id, true).unwrap();
+        assert!(s.user_by_id(u.id).unwrap().unwrap().disabled);
+        drop(s);
+        assert!(db.open().user_by_name("old").unwrap().unwrap().disabled);
     }
 
     #[test]

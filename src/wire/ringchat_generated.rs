@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 31;
+pub const ENUM_MAX_ERROR_CODE: u16 = 32;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 32] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
   ErrorCode::Unknown,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedVersion,
@@ -49,6 +49,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 32] = [
   ErrorCode::InvalidName,
   ErrorCode::NameTaken,
   ErrorCode::LimitReached,
+  ErrorCode::AccountDisabled,
 ];
 
 /// Error codes carried by `ErrorReply` replies. Stable numbers: clients switch on them.
@@ -89,9 +90,10 @@ impl ErrorCode {
   pub const InvalidName: Self = Self(29);
   pub const NameTaken: Self = Self(30);
   pub const LimitReached: Self = Self(31);
+  pub const AccountDisabled: Self = Self(32);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 31;
+  pub const ENUM_MAX: u16 = 32;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::BadRequest,
@@ -125,6 +127,7 @@ impl ErrorCode {
     Self::InvalidName,
     Self::NameTaken,
     Self::LimitReached,
+    Self::AccountDisabled,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -161,6 +164,7 @@ impl ErrorCode {
       Self::InvalidName => Some("InvalidName"),
       Self::NameTaken => Some("NameTaken"),
       Self::LimitReached => Some("LimitReached"),
+      Self::AccountDisabled => Some("AccountDisabled"),
       _ => None,
     }
   }

@@ -59,7 +59,17 @@ pub enum LoginError {
     Denied(Denied),
     /// The store could not be read: retry.
     Storage,
+    /// The password was right but an operator disabled the account
+    /// (`server::admin`). Said only after the password check, so it does
+    /// not tell a guesser which accounts exist or are disabled.
+    Disabled,
 }
+
+/// The refusal of a login or resume of a disabled account.
+pub const DISABLED: Reject = Reject(
+    ErrorCode::AccountDisabled,
+    "this account has been disabled by an operator",
+);
 
 /// A refusal whose words may be computed (a throttle says when to retry).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +152,7 @@ pub async fn check_password(
         .map_err(LoginError::Denied)?;
     shard.hasher.outcome(&key, peer, ok);
     match rec {
+        Some(r) if ok && r.disabled => Err(LoginError::Disabled),
         Some(r) if ok => Ok(r),
         _ => Err(LoginError::BadCredentials),
     }
