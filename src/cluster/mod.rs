@@ -121,6 +121,13 @@ pub enum NodeMsg {
         friend: UserId,
         friends: bool,
     },
+    /// Close the user's live sessions that `why` ends (homed on the
+    /// receiving shard). Appended last, and always published alone (see
+    /// `outgoing_loop`), so older nodes skip it without losing other traffic.
+    EndSessions {
+        user: UserId,
+        why: crate::server::shard::Revoked,
+    },
 }
 
 /// A presence change on one node, published to every node.

@@ -8,7 +8,7 @@ use super::{
 use crate::model::{ConvId, Seq, UserId, home_shard};
 use crate::server::io::{Frame, Signal};
 use crate::server::router::{LocalFut, Router, RouterFactory};
-use crate::server::shard::{Origin, OwnerOp, Shard};
+use crate::server::shard::{Origin, OwnerOp, Revoked, Shard};
 use ahash::{AHashMap, AHashSet};
 use redis::Value;
 use std::cell::{Cell, RefCell};
@@ -38,6 +38,10 @@ enum Outgoing {
         friends: bool,
     },
     Offline(UserId),
+    EndSessions {
+        user: UserId,
+        why: Revoked,
+    },
 }
 
 pub struct ClusterShard {
@@ -137,6 +141,13 @@ impl ClusterShard {
 
     pub fn user_offline(&self, user: UserId) {
         self.push(Outgoing::Offline(user));
+    }
+
+    pub fn end_sessions_remote(&self, user: UserId, why: &Revoked) {
+        self.push(Outgoing::EndSessions {
+            user,
+            why: why.clone(),
+        });
     }
 
     pub fn remote_online(&self, user: UserId) -> bool {
@@ -507,6 +518,9 @@ impl ClusterShard {
                     friend,
                     friends,
                 } => shard.friend_set(user, friend, friends),
+                NodeMsg::EndSessions { user, why } => {
+                    shard.end_sessions(user, &why, None);
+                }
             }
         }
     }
@@ -560,6 +574,10 @@ impl Router for ClusterShard {
 
     fn user_offline(&self, user: UserId) {
         ClusterShard::user_offline(self, user)
+    }
+
+    fn end_sessions_remote(&self, user: UserId, why: &Revoked) {
+        ClusterShard::end_sessions_remote(self, user, why)
     }
 
     fn remote_online(&self, user: UserId) -> bool {
@@ -682,7 +700,9 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
         for it in &items {
             match it {
                 Outgoing::Push { users, .. } => lookup.extend_from_slice(users),
-                Outgoing::FriendSet { user, .. } => lookup.push(*user),
+                Outgoing::FriendSet { user, .. } | Outgoing::EndSessions { user, .. } => {
+                    lookup.push(*user)
+                }
                 _ => {}
             }
         }
@@ -724,6 +744,10 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
             }
         }
         let mut buckets: Vec<(Dest, Vec<NodeMsg>)> = Vec::new();
+        // Published one per message, never in a batch with others: a node
+        // of an older version cannot decode it and drops what it arrives in
+        // (during a rolling upgrade that must not be anyone's chat message).
+        let mut solo: Vec<(Dest, NodeMsg)> = Vec::new();
         let mut bucket = |node: &Arc<str>, s: usize, m: NodeMsg| match buckets
             .iter_mut()
             .find(|((n, sh), _)| n == node && *sh == s)
@@ -783,6 +807,17 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                         );
                     }
                 }
+                Outgoing::EndSessions { user, why } => {
+                    for (n, shards) in nodes_of.get(&user).into_iter().flatten() {
+                        solo.push((
+                            (n.clone(), home_shard(user, *shards)),
+                            NodeMsg::EndSessions {
+                                user,
+                                why: why.clone(),
+                            },
+                        ));
+                    }
+                }
                 Outgoing::Offline(user) => {
                     let loc = c.cfg.loc_key(user);
                     conn.fire(redis::cmd("SREM").arg(&loc).arg(c.me.as_ref()));
@@ -805,6 +840,13 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                 redis::cmd("PUBLISH")
                     .arg(c.cfg.channel(&node, s))
                     .arg(super::encode(&msgs)),
+            );
+        }
+        for ((node, s), m) in solo {
+            conn.fire(
+                redis::cmd("PUBLISH")
+                    .arg(c.cfg.channel(&node, s))
+                    .arg(super::encode(&vec![m])),
             );
         }
         if let Some(t) = queued_since {

@@ -157,10 +157,21 @@ const MIGRATIONS: &[&[&str]] = &[
     // Re-running it after a crash hits "duplicate column", which
     // `migrate_locked` treats as done (MySQL has no ADD COLUMN IF NOT EXISTS).
     &[r#"ALTER TABLE chat_groups ADD COLUMN description TEXT NULL"#],
+    // 3: session expiry (`serve --session-ttl-secs`): when a token was last
+    // used; existing tokens count from their creation. Each statement is
+    // safe to re-run (duplicate column/key count as done; the UPDATE only
+    // touches rows the first run did not).
+    &[
+        r#"ALTER TABLE sessions ADD COLUMN last_used_ms BIGINT UNSIGNED NOT NULL DEFAULT 0"#,
+        r#"UPDATE sessions SET last_used_ms = created_ms WHERE last_used_ms = 0"#,
+        r#"ALTER TABLE sessions ADD KEY sessions_last_used(last_used_ms)"#,
+    ],
 ];
 
 /// ER_DUP_FIELDNAME: an `ADD COLUMN` that already ran.
 const ER_DUP_FIELDNAME: u16 = 1060;
+/// ER_DUP_KEYNAME: an `ADD KEY` that already ran.
+const ER_DUP_KEYNAME: u16 = 1061;
 
 /// Session setup run on every new connection: utf8mb4 on the wire, and strict
 /// mode so an oversized value is an error instead of a silent truncation, and
@@ -398,7 +409,7 @@ fn migrate_locked(conn: &mut Conn) -> Result<()> {
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         for stmt in *step {
             match conn.query_drop(stmt) {
-                Err(e) if is_code(&e, &[ER_DUP_FIELDNAME]) => {}
+                Err(e) if is_code(&e, &[ER_DUP_FIELDNAME, ER_DUP_KEYNAME]) => {}
                 r => r?,
             }
         }
@@ -408,6 +419,21 @@ fn migrate_locked(conn: &mut Conn) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn delete_user_sessions(
+    tx: &mut Transaction<'_>,
+    user: UserId,
+    keep: Option<&[u8]>,
+) -> ::mysql::Result<u64> {
+    match keep {
+        Some(k) => tx.exec_drop(
+            "DELETE FROM sessions WHERE user_id = ? AND token_hash <> ?",
+            (user, k),
+        )?,
+        None => tx.exec_drop("DELETE FROM sessions WHERE user_id = ?", (user,))?,
+    }
+    Ok(tx.affected_rows())
 }
 
 type MessageRow = (u64, u64, u64, u64, u64, String, String);
@@ -584,8 +610,9 @@ impl Store for MysqlStore {
     fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()> {
         self.write(|tx| {
             tx.exec_drop(
-                "INSERT INTO sessions(token_hash, user_id, created_ms) VALUES (?, ?, ?)",
-                (token_hash, user, created_ms),
+                "INSERT INTO sessions(token_hash, user_id, created_ms, last_used_ms) \
+                 VALUES (?, ?, ?, ?)",
+                (token_hash, user, created_ms, created_ms),
             )
         })
     }
@@ -598,10 +625,64 @@ impl Store for MysqlStore {
         )?)
     }
 
+    fn use_session(&self, token_hash: &[u8], now_ms: u64, ttl_ms: u64) -> Result<Option<UserId>> {
+        self.write(|tx| {
+            let row: Option<(u64, u64)> = first(
+                tx,
+                "SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ? FOR UPDATE",
+                (token_hash,),
+            )?;
+            let Some((user, last)) = row else {
+                return Ok(None);
+            };
+            if ttl_ms > 0 && last.saturating_add(ttl_ms) <= now_ms {
+                tx.exec_drop("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))?;
+                return Ok(None);
+            }
+            tx.exec_drop(
+                "UPDATE sessions SET last_used_ms = GREATEST(last_used_ms, ?) WHERE token_hash = ?",
+                (now_ms, token_hash),
+            )?;
+            Ok(Some(user))
+        })
+    }
+
     fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
         Ok(self
             .conn()?
             .exec_drop("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))?)
+    }
+
+    fn delete_user_sessions(&self, user: UserId, keep: Option<&[u8]>) -> Result<u64> {
+        self.write(|tx| delete_user_sessions(tx, user, keep))
+    }
+
+    fn delete_sessions_unused_since(&self, before_ms: u64) -> Result<u64> {
+        self.write(|tx| {
+            tx.exec_drop("DELETE FROM sessions WHERE last_used_ms < ?", (before_ms,))?;
+            Ok(tx.affected_rows())
+        })
+    }
+
+    fn set_password(&self, user: UserId, password_hash: &str, keep: Option<&[u8]>) -> Result<()> {
+        self.write(|tx| {
+            tx.exec_drop(
+                "UPDATE users SET password_hash = ? WHERE id = ?",
+                (password_hash, user),
+            )?;
+            delete_user_sessions(tx, user, keep)?;
+            Ok(())
+        })
+    }
+
+    fn upgrade_password_hash(&self, user: UserId, old: &str, new: &str) -> Result<bool> {
+        self.write(|tx| {
+            tx.exec_drop(
+                "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                (new, user, old),
+            )?;
+            Ok(tx.affected_rows() == 1)
+        })
     }
 
     fn get_pair(&self, lo: UserId, hi: UserId) -> Result<PairRecord> {
@@ -1111,7 +1192,7 @@ mod tests {
     #[test]
     fn all_checks_listed_here() {
         // Keeps the macro's list in step with CHECKS.
-        assert_eq!(conformance::CHECKS.len(), 15);
+        assert_eq!(conformance::CHECKS.len(), 17);
     }
 
     #[test]
