@@ -485,15 +485,19 @@ fn server_restart_resumes_and_delivers_what_was_typed_meanwhile() {
 fn passwd_and_logout_all_from_the_chat_client() {
     let s = TestServer::start();
     let a = uname("pw");
-    register(&s, &[&a]);
-    let mut ca = login_chat(s.addr, &a);
+    // Chat arguments are words: a password without spaces.
+    let first = "first-password";
+    s.client().register(&a, first).unwrap();
+    let mut ca = Chat::start(s.addr, None);
+    ca.send(&format!("/login {a} {first}"));
+    ca.expect(&format!("ok login {a}"));
     // Another device of the same user.
     let other = Client::connect(s.addr).unwrap();
-    login_synced(&other, &a);
+    other.login(&a, first).unwrap();
 
     ca.send("/passwd not-the-password new-password-1");
     ca.expect_prefix("error BadCredentials");
-    ca.send(&format!("/passwd {PASSWORD} new-password-1"));
+    ca.send(&format!("/passwd {first} new-password-1"));
     ca.expect("ok passwd");
     wait(&other, "Goodbye after the password change", |e| {
         matches!(e, Event::Goodbye { .. })

@@ -419,6 +419,23 @@ mod tests {
     }
 
     #[test]
+    fn session_commands() {
+        assert_eq!(p("/logout-all"), Command::LogoutAll);
+        assert_eq!(
+            p("/passwd old-one new-one"),
+            Command::Passwd {
+                old: "old-one".into(),
+                new: "new-one".into()
+            }
+        );
+        assert_eq!(
+            parse("/passwd only-one"),
+            Err("usage: /passwd <old> <new>".into())
+        );
+        assert!(parse("/logout-all now").is_err());
+    }
+
+    #[test]
     fn msg_keeps_the_whole_line() {
         assert_eq!(
             p("/msg bob héllo  wörld ✓ "),
