@@ -1294,6 +1294,44 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_database_gets_session_expiry_and_step_3_reruns() {
+        let Some(db) = TestDb::new() else { return };
+        let s = db.open();
+        let u = s.create_user("old", "h").unwrap();
+        drop(s);
+        // Back to a database from before session expiry, with a token.
+        let mut c = db.admin();
+        let n = &db.name;
+        c.query_drop(format!(
+            "ALTER TABLE `{n}`.sessions DROP COLUMN last_used_ms"
+        ))
+        .unwrap();
+        c.query_drop(format!(
+            "UPDATE `{n}`.ringchat_schema SET version = 2 WHERE id = 1"
+        ))
+        .unwrap();
+        c.exec_drop(
+            format!("INSERT INTO `{n}`.sessions(token_hash, user_id, created_ms) VALUES (?, ?, ?)"),
+            (&[1u8, 2][..], u, 5000u64),
+        )
+        .unwrap();
+        let s = db.open();
+        // The old token counts from its creation.
+        assert_eq!(s.use_session(&[1, 2], 5999, 1000).unwrap(), Some(u));
+        assert_eq!(s.use_session(&[1, 2], 7000, 1000).unwrap(), None);
+        drop(s);
+        // A step 3 interrupted after its DDL (MySQL commits DDL at once)
+        // runs again without harm.
+        c.query_drop(format!(
+            "UPDATE `{n}`.ringchat_schema SET version = 2 WHERE id = 1"
+        ))
+        .unwrap();
+        let s = db.open();
+        s.create_session(&[3], u, 10).unwrap();
+        assert_eq!(s.delete_sessions_unused_since(11).unwrap(), 1);
+    }
+
+    #[test]
     fn migrations_set_version_and_reopen_is_noop() {
         let Some(db) = TestDb::new() else { return };
         drop(db.open());
