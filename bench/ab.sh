@@ -39,7 +39,7 @@ SERVE=()
 one() { # label bin round
     local label=$1 bin=$2 r=$3 dir=$WORK/$1-$3
     "$bin" provision --data-dir "$dir" --users "$CONNS" --prefix ab --friends-pairs \
-        --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > /dev/null
+        --groups $(( CONNS / 10 )) --group-size 10 --fast-hash $(insecure_fast_hash "$bin") > /dev/null
     start_server "$bin" "$dir" "$WORK/$label-$r.log" "${SERVE[@]}" || exit 1
     "$LOADGEN" --server "$SERVER_ADDR" --server-pid "$SERVER_PID" --prefix ab --scenario "$SCEN" \
         --connections "$CONNS" --rate "$RATE" --duration "$DUR" --group-size 10 \

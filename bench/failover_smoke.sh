@@ -56,13 +56,14 @@ trap cleanup EXIT
 
 if [ "$MODE" = single ]; then
     "$BIN/ringchat" provision --data-dir "$WORK/data" --users "$CONNS" --prefix fo \
-        --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > "$WORK/provision.log"
+        --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash $(insecure_fast_hash "$BIN/ringchat") > "$WORK/provision.log"
     PORT=$(free_port)
     SERVER_ADDR=127.0.0.1:$PORT
     # serve N: starts (or restarts) the server on the same port and data dir.
     serve() {
         local log=$WORK/server-$1.log
-        "$BIN/ringchat" serve --listen "$SERVER_ADDR" --data-dir "$WORK/data" >"$log" 2>&1 &
+        "$BIN/ringchat" serve --listen "$SERVER_ADDR" --data-dir "$WORK/data" \
+            $(insecure_fast_hash "$BIN/ringchat") >"$log" 2>&1 &
         SERVER_PID=$!
         echo "$SERVER_PID" > "$WORK/server.pid"
         for _ in $(seq 1 200); do
@@ -88,7 +89,7 @@ for p in range($PORT, $PORT + 3):
     done
     SERVER_ADDR=127.0.0.1:$PORT
     "$BIN/ringchat" provision --store "$MYSQL_URL/ringchat_cluster_$CNAME" --users "$CONNS" --prefix fo \
-        --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash > "$WORK/provision.log"
+        --friends-pairs --groups $(( CONNS / 10 )) --group-size 10 --fast-hash $(insecure_fast_hash "$BIN/ringchat") > "$WORK/provision.log"
     # The cluster is laid out as tools/cluster does (its run directory, pid
     # files, nginx template), so `tools/cluster down --purge` cleans it up,
     # but each node gets its own --data-dir (tools/cluster starts every node
@@ -100,7 +101,8 @@ for p in range($PORT, $PORT + 3):
         mkdir -p "$WORK/n$i"
         "$BIN/ringchat" serve --listen "127.0.0.1:$(( PORT + i ))" --shards 1 --data-dir "$WORK/n$i" \
             --store "$MYSQL_URL/ringchat_cluster_$CNAME" --redis "$REDIS_URL" --node-id "n$i" \
-            --redis-prefix "ringchat_cluster_$CNAME:" > "$log" 2>&1 < /dev/null &
+            --redis-prefix "ringchat_cluster_$CNAME:" $(insecure_fast_hash "$BIN/ringchat") \
+            > "$log" 2>&1 < /dev/null &
         pid=$!
         echo "$pid" > "$RUN/n$i.pid"
         [ "$i" != 1 ] || echo "$pid" > "$WORK/server.pid"

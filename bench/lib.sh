@@ -6,6 +6,16 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# insecure_fast_hash BIN: prints --insecure-fast-hash-for-tests if BIN knows it
+# (needed with `provision --fast-hash`, and given to `serve` so the benchmark's
+# cheap hashes are not upgraded at each first login: docs/SECURITY.md); older
+# binaries (A/B runs) took --fast-hash alone.
+insecure_fast_hash() {
+    if "$1" provision --help 2>/dev/null | grep -q -- --insecure-fast-hash-for-tests; then
+        echo --insecure-fast-hash-for-tests
+    fi
+}
+
 # start_server BIN DATA_DIR LOG [extra serve args...] -> sets SERVER_PID, SERVER_ADDR, METRICS_ADDR
 start_server() {
     local bin=$1 dir=$2 log=$3 port mport
@@ -13,7 +23,9 @@ start_server() {
     port=$(free_port); mport=$(free_port)
     SERVER_ADDR=127.0.0.1:$port
     METRICS_ADDR=127.0.0.1:$mport
-    "$bin" serve --listen "$SERVER_ADDR" --data-dir "$dir" --metrics "$METRICS_ADDR" "$@" >"$log" 2>&1 &
+    # shellcheck disable=SC2046 # empty or one word
+    "$bin" serve --listen "$SERVER_ADDR" --data-dir "$dir" --metrics "$METRICS_ADDR" \
+        $(insecure_fast_hash "$bin") "$@" >"$log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 100); do
         grep -q "ringchat listening on" "$log" && return 0

@@ -21,7 +21,7 @@ trap 'stop_server; rm -rf "$WORK"' EXIT
 j() { python3 -c "import json,sys; d=json.load(open('$1')); print(eval('d'+sys.argv[1]))" "$2"; }
 
 provision() { "$BIN/ringchat" provision --data-dir "$1" --users 20000 --prefix lg \
-    --friends-pairs --groups 2000 --group-size 10 --fast-hash; }
+    --friends-pairs --groups 2000 --group-size 10 --fast-hash $(insecure_fast_hash "$BIN/ringchat"); }
 lg() { local name=$1; shift
     echo "== $name: $*" | tee -a "$OUT/log.txt"
     "$BIN/loadgen" --server "$SERVER_ADDR" --server-pid "$SERVER_PID" --report "$OUT/$name" "$@" \

@@ -20,7 +20,7 @@ WORK=$(mktemp -d /tmp/ringchat-smoke.XXXXXX)
 trap 'stop_server; rm -rf "$WORK"' EXIT
 # Users must exist before the server starts (provision writes the store directly).
 "$BIN/ringchat" provision --data-dir "$WORK/data" --users 500 --prefix sm \
-    --friends-pairs --groups 50 --group-size 10 --fast-hash
+    --friends-pairs --groups 50 --group-size 10 --fast-hash $(insecure_fast_hash "$BIN/ringchat")
 LEGACY_ADDR=127.0.0.1:$(free_port)
 start_server "$BIN/ringchat" "$WORK/data" "$WORK/server.log" --legacy-listen "$LEGACY_ADDR"
 pass=0; fail=0

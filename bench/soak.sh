@@ -135,9 +135,9 @@ trap 'echo "soak: FAIL interrupted"; exit 130' INT TERM
 # --- setup: users first (provision writes the store directly), then the server.
 say "soak: $MINUTES min, load ${LOAD_S}s mixed $CONNS conns x $RATE msgs/s, storm $STORM_CONNS conns, idle ${IDLE_S}s; out $OUT"
 "$RINGCHAT" provision --data-dir "$WORK/data" --users "$USERS" --prefix sk \
-    --friends-pairs --groups $(( USERS / 10 )) --group-size 10 --fast-hash >> "$OUT/soak.log" 2>&1 \
+    --friends-pairs --groups $(( USERS / 10 )) --group-size 10 --fast-hash $(insecure_fast_hash "$RINGCHAT") >> "$OUT/soak.log" 2>&1 \
     || { echo "soak: FAIL provisioning users"; exit 1; }
-"$RINGCHAT" provision --data-dir "$WORK/data" --users 2 --prefix sp --friends-pairs --fast-hash \
+"$RINGCHAT" provision --data-dir "$WORK/data" --users 2 --prefix sp --friends-pairs --fast-hash $(insecure_fast_hash "$RINGCHAT") \
     >> "$OUT/soak.log" 2>&1 || { echo "soak: FAIL provisioning probe users"; exit 1; }
 SERVE_ARGS=()
 [ -z "${SHARDS:-}" ] || SERVE_ARGS+=(--shards "$SHARDS")

@@ -21,9 +21,10 @@ WORK=$(mktemp -d /tmp/ringchat-sizing.XXXXXX)
 SPID=""
 trap '[ -n "$SPID" ] && kill "$SPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN/ringchat" provision --data-dir "$WORK/data" --users "$N" --prefix sz --fast-hash >/dev/null
+"$BIN/ringchat" provision --data-dir "$WORK/data" --users "$N" --prefix sz --fast-hash --insecure-fast-hash-for-tests >/dev/null
 : > "$WORK/server.out"
 "$BIN/ringchat" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --shards "$SHARDS" \
+    --insecure-fast-hash-for-tests \
     >"$WORK/server.out" 2>"$WORK/server.err" &
 SPID=$!
 for _ in $(seq 1 100); do grep -q "listening on" "$WORK/server.out" && break; sleep 0.1; done

@@ -30,7 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 target/release/ringchat provision --data-dir "$WORK/data" --users 20000 --friends-pairs \
-    --groups 2000 --group-size 10 --fast-hash
+    --groups 2000 --group-size 10 --fast-hash $(insecure_fast_hash target/release/ringchat)
 start_server target/release/ringchat "$WORK/data" "$OUT/server.log"
 # The release profile keeps debug=1, so frames resolve to functions; DWARF
 # unwinding is more accurate than frame pointers for inlined async code.

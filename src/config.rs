@@ -213,6 +213,16 @@ pub struct ServeArgs {
     /// A file holding the admin token (trailing whitespace ignored).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// A session token not used for this many seconds expires (sliding:
+    /// each login or resume with it starts the time again; 0: never).
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    pub session_ttl_secs: u64,
+    /// Benchmarks and tests only: keep the weak hashes of `provision
+    /// --fast-hash` instead of upgrading each to the server's parameters at
+    /// its user's next login (flag only: not a setting of the file or the
+    /// environment).
+    #[arg(long, hide = true)]
+    pub insecure_fast_hash_for_tests: bool,
     /// Test hook: `stall:SHARD:AFTER_MS` or `panic:SHARD:AFTER_MS` (flag
     /// only: not a setting of the file or the environment).
     #[arg(long, hide = true)]
@@ -333,6 +343,8 @@ impl Effective {
                 conns_total: a.max_conns,
             },
             min_password: a.min_password_len,
+            session_ttl: Duration::from_secs(a.session_ttl_secs),
+            rehash: !a.insecure_fast_hash_for_tests,
             ..Default::default()
         })
     }
@@ -633,7 +645,8 @@ pub fn resolve(
              io_memory_kib, blocking_threads, max_outbound_kib, redis_prefix, watchdog_secs,
              hash_threads, hash_queue, log_format, max_send_rate, max_send_burst,
              max_friend_requests_per_hour, max_sessions_per_user, max_groups_per_user,
-             max_members_per_group, max_conns_per_addr, max_conns, min_password_len;
+             max_members_per_group, max_conns_per_addr, max_conns, min_password_len,
+             session_ttl_secs;
         opt: metrics, redis, node_id, legacy_listen, redis_ca, cluster_key_file, admin_token,
              admin_token_file
     );

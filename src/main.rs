@@ -133,9 +133,13 @@ struct ProvisionArgs {
     groups: usize,
     #[arg(long, default_value_t = 10)]
     group_size: usize,
-    /// Cheap argon2 parameters so benchmark logins do not measure argon2.
+    /// Cheap argon2 parameters so benchmark logins do not measure argon2
+    /// (weak: needs --insecure-fast-hash-for-tests too).
     #[arg(long)]
     fast_hash: bool,
+    /// Confirms that --fast-hash's weak hashes are for tests and benchmarks.
+    #[arg(long)]
+    insecure_fast_hash_for_tests: bool,
 }
 
 #[derive(clap::Args)]
@@ -238,6 +242,7 @@ fn main() {
             groups: a.groups,
             group_size: a.group_size,
             fast_hash: a.fast_hash,
+            insecure_for_tests: a.insecure_fast_hash_for_tests,
         })
         .map(|_| ()),
     };

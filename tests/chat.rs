@@ -480,3 +480,53 @@ fn server_restart_resumes_and_delivers_what_was_typed_meanwhile() {
     let (st, lines) = cb.finish();
     assert!(st.success(), "{st}: {lines:?}");
 }
+
+#[test]
+fn passwd_and_logout_all_from_the_chat_client() {
+    let s = TestServer::start();
+    let a = uname("pw");
+    // Chat arguments are words: a password without spaces.
+    let first = "first-password";
+    s.client().register(&a, first).unwrap();
+    let mut ca = Chat::start(s.addr, None);
+    ca.send(&format!("/login {a} {first}"));
+    ca.expect(&format!("ok login {a}"));
+    // Another device of the same user.
+    let other = Client::connect(s.addr).unwrap();
+    other.login(&a, first).unwrap();
+
+    ca.send("/passwd not-the-password new-password-1");
+    ca.expect_prefix("error BadCredentials");
+    ca.send(&format!("/passwd {first} new-password-1"));
+    ca.expect("ok passwd");
+    wait(&other, "Goodbye after the password change", |e| {
+        matches!(e, Event::Goodbye { .. })
+    });
+    wait_closed(&other);
+    // The chat's own session stays.
+    ca.send("/friends");
+    ca.expect("ok friends 0");
+
+    // Logged out everywhere from elsewhere: the chat says so, and its
+    // reconnect finds the token gone.
+    let d = Client::connect(s.addr).unwrap();
+    d.login(&a, "new-password-1").unwrap();
+    d.logout_all().unwrap();
+    ca.expect("status ended");
+    ca.expect("status expired");
+
+    // And from the chat itself.
+    ca.send(&format!("/login {a} new-password-1"));
+    ca.expect(&format!("ok login {a}"));
+    let d2 = Client::connect(s.addr).unwrap();
+    let t2 = d2.login(&a, "new-password-1").unwrap().token;
+    ca.send("/logout-all");
+    ca.expect("ok logout-all");
+    wait_closed(&d2);
+    let r = Client::connect(s.addr).unwrap();
+    assert!(r.resume(&t2).is_err(), "a token survived /logout-all");
+
+    let (st, lines) = ca.finish();
+    // The refused /passwd fails the run.
+    assert!(!st.success(), "{lines:?}");
+}

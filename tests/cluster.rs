@@ -336,7 +336,14 @@ impl Cluster {
             admin: true,
             ..NodeOpts::default()
         };
-        Cluster::start_with(test, k, shards, false, format!("redis://{REDIS_ADDR}"), opts)
+        Cluster::start_with(
+            test,
+            k,
+            shards,
+            false,
+            format!("redis://{REDIS_ADDR}"),
+            opts,
+        )
     }
 
     fn start_with(
@@ -1156,6 +1163,59 @@ fn crashed_node_turns_its_users_offline_within_ttl() {
     wait_presence(&a.c, b.id, true, T);
     let s = a.send_direct(b.id, "welcome back").unwrap();
     let m = wait_msg(&b2, "message after the node restarted");
+    assert_eq!(m.seq, s.seq);
+}
+
+/// Logout, logout-all and a password change on one node end the user's
+/// sessions on the other node too (the bus's `EndSessions`), and a
+/// message published after them still arrives (they travel alone, never in
+/// a batch an older node would drop).
+#[test]
+fn sessions_end_on_every_node() {
+    let Some(c) = Cluster::start("sessions_end_on_every_node", 2, 1, false) else {
+        return;
+    };
+    let ended = |cl: &Client, what: &str| {
+        wait(cl, what, |e| {
+            matches!(
+                e,
+                Event::Goodbye {
+                    code: ringchat::wire::fb::ErrorCode::BadToken,
+                    ..
+                }
+            )
+        });
+        wait(cl, what, |e| matches!(e, Event::Closed));
+    };
+    let a = c.user(c.addr(0), "se");
+    let friend = c.user(c.addr(1), "sf");
+    befriend(&a, &friend);
+    // Logout: the same token resumed on the other node is closed there.
+    let same = c.client(c.addr(1));
+    same.resume(&a.session.token).unwrap();
+    let other_token = c.client(c.addr(1));
+    login_synced(&other_token, &a.name);
+    a.logout().unwrap();
+    ended(&same, "Goodbye on n2 after logout on n1");
+    other_token.ping().unwrap();
+    // Password change on n2 ends the session on n1, keeps the caller's.
+    let on1 = c.client(c.addr(0));
+    login_synced(&on1, &a.name);
+    other_token
+        .change_password(PASSWORD, "another password")
+        .unwrap();
+    ended(&on1, "Goodbye on n1 after a password change on n2");
+    other_token.ping().unwrap();
+    // Logout everywhere from n1 ends n2's.
+    let on1 = c.client(c.addr(0));
+    on1.login(&a.name, "another password").unwrap();
+    on1.logout_all().unwrap();
+    ended(&other_token, "Goodbye on n2 after logout-all on n1");
+    // The bus still delivers to the user's friend afterwards.
+    let back = c.client(c.addr(0));
+    back.login(&a.name, "another password").unwrap();
+    let s = back.send_direct(friend.id, "still here").unwrap();
+    let m = wait_msg(&friend.c, "message after the sessions ended");
     assert_eq!(m.seq, s.seq);
 }
 
@@ -1999,6 +2059,7 @@ fn store_outage(test: &str) {
     common::assert_quiet(&b.c, "a second copy", |e| matches!(e, Event::Message(_)));
     let s3 = a.send_direct(b.id, "after").unwrap();
     assert_eq!(wait_msg(&b.c, "message after the outage").seq, s3.seq);
+}
 
 /// The client got a `Goodbye` with `code`, then the connection closed.
 fn said_goodbye(c: &Client, code: ringchat::wire::fb::ErrorCode) {

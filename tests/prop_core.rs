@@ -55,7 +55,7 @@ fn code<T: std::fmt::Debug>(d: &Result<T, Reject>) -> Option<ErrorCode> {
 // ------------------------------------------------------------------ session gate
 
 /// The client requests of the schema's `Body` union (docs/PROTOCOL.md).
-const REQUESTS: [Body; 23] = [
+const REQUESTS: [Body; 25] = [
     Body::Hello,
     Body::Register,
     Body::Login,
@@ -79,6 +79,8 @@ const REQUESTS: [Body; 23] = [
     Body::Ack,
     Body::History,
     Body::SetAdmin,
+    Body::ChangePassword,
+    Body::LogoutAll,
 ];
 
 /// The native gate: the codec's request kind, then the protocol-neutral rules.

@@ -283,6 +283,8 @@ enum Req {
     Login(u64, String, String),
     Resume(u64, String, Vec<(u64, u64)>),
     Logout(u64),
+    LogoutAll(u64),
+    ChangePassword(u64, String, String),
     Ping(u64, u64),
     SearchUsers(u64, String, u64, u32),
     FriendRequest(u64, u64, String),
@@ -329,6 +331,8 @@ fn req() -> impl Strategy<Value = Req> {
         (id(), text(), text()).prop_map(|(r, a, b)| Req::Login(r, a, b)),
         (id(), text(), pairs()).prop_map(|(r, t, s)| Req::Resume(r, t, s)),
         id().prop_map(Req::Logout),
+        id().prop_map(Req::LogoutAll),
+        (id(), text(), text()).prop_map(|(r, a, b)| Req::ChangePassword(r, a, b)),
         (id(), id()).prop_map(|(r, n)| Req::Ping(r, n)),
         (id(), text(), id(), any::<u32>()).prop_map(|(r, p, a, l)| Req::SearchUsers(r, p, a, l)),
         (id(), id(), text()).prop_map(|(r, u, n)| Req::FriendRequest(r, u, n)),
@@ -361,6 +365,8 @@ fn encode(e: &mut Enc, r: &Req) -> Vec<u8> {
         Req::Login(id, u, p) => e.login(*id, u, p),
         Req::Resume(id, t, s) => e.resume(*id, t, s),
         Req::Logout(id) => e.logout(*id),
+        Req::LogoutAll(id) => e.logout_all(*id),
+        Req::ChangePassword(id, o, n) => e.change_password(*id, o, n),
         Req::Ping(id, n) => e.ping(*id, *n),
         Req::SearchUsers(id, p, a, l) => e.search_users(*id, p, *a, *l),
         Req::FriendRequest(id, u, n) => e.friend_request(*id, *u, n),
@@ -440,6 +446,14 @@ fn read_back(env: fb::Envelope<'_>) -> Req {
         fb::Body::Logout => {
             must(env.body_as_logout(), ty);
             Req::Logout(id)
+        }
+        fb::Body::LogoutAll => {
+            must(env.body_as_logout_all(), ty);
+            Req::LogoutAll(id)
+        }
+        fb::Body::ChangePassword => {
+            let r = must(env.body_as_change_password(), ty);
+            Req::ChangePassword(id, s(r.old_password()), s(r.new_password()))
         }
         fb::Body::Ping => Req::Ping(id, must(env.body_as_ping(), ty).nonce()),
         fb::Body::SearchUsers => {

@@ -114,6 +114,8 @@ class Body(object):
     FriendEvent = 39
     GroupEvent = 40
     Goodbye = 41
+    ChangePassword = 42
+    LogoutAll = 43
 
 
 class Hello(object):
@@ -1148,6 +1150,83 @@ def SetAdminAddAdmin(builder, admin):
     builder.PrependBoolSlot(2, admin, 0)
 
 def SetAdminEnd(builder):
+    return builder.EndObject()
+
+
+
+# Sets a new password (same length rules as Register) after checking the
+# old one. Every other session of the user (tokens and live connections,
+# both protocols) ends; the caller's stays. Reply: OkReply.
+class ChangePassword(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ChangePassword()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsChangePassword(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # ChangePassword
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ChangePassword
+    def OldPassword(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # ChangePassword
+    def NewPassword(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+def ChangePasswordStart(builder):
+    builder.StartObject(2)
+
+def ChangePasswordAddOldPassword(builder, oldPassword):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(oldPassword), 0)
+
+def ChangePasswordAddNewPassword(builder, newPassword):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(newPassword), 0)
+
+def ChangePasswordEnd(builder):
+    return builder.EndObject()
+
+
+
+# Ends every session of the user: all tokens are revoked and every live
+# connection is closed (with a Goodbye BadToken), this one after its OkReply.
+class LogoutAll(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = LogoutAll()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsLogoutAll(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # LogoutAll
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+def LogoutAllStart(builder):
+    builder.StartObject(0)
+
+def LogoutAllEnd(builder):
     return builder.EndObject()
 
 

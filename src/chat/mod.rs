@@ -35,6 +35,13 @@ pub enum Command {
         password: String,
     },
     Logout,
+    /// `/logout-all`: end every session of the user, everywhere.
+    LogoutAll,
+    /// `/passwd <old> <new>`: other sessions end, this one stays.
+    Passwd {
+        old: String,
+        new: String,
+    },
     Search {
         prefix: String,
     },
@@ -112,6 +119,14 @@ pub const HELP: &[(&str, &str)] = &[
     ("/register <user> <password>", "create an account"),
     ("/login <user> <password>", "log in"),
     ("/logout", "log out (ends the session token)"),
+    (
+        "/logout-all",
+        "log out everywhere (ends every session of yours)",
+    ),
+    (
+        "/passwd <old> <new>",
+        "change your password (your other sessions end)",
+    ),
     ("/search <prefix>", "find users by name"),
     ("/add <user> [note]", "send a friend request"),
     ("/accept <user>", "accept a friend request"),
@@ -220,6 +235,14 @@ pub fn parse(line: &str) -> Result<Command, String> {
             _ => bad(),
         },
         "logout" => none(Command::Logout),
+        "logout-all" => none(Command::LogoutAll),
+        "passwd" => match args.as_slice() {
+            [o, n] => Ok(Command::Passwd {
+                old: o.to_string(),
+                new: n.to_string(),
+            }),
+            _ => bad(),
+        },
         "search" => match args.as_slice() {
             [p] => Ok(Command::Search {
                 prefix: p.to_string(),
@@ -363,7 +386,11 @@ fn run_interactive(opts: ChatOptions) -> i32 {
             Ok(line) => {
                 let t = line.trim_start();
                 // Passwords stay out of the up-arrow history.
-                if !t.is_empty() && !t.starts_with("/login") && !t.starts_with("/register") {
+                if !t.is_empty()
+                    && !t.starts_with("/login")
+                    && !t.starts_with("/register")
+                    && !t.starts_with("/passwd")
+                {
                     let _ = rl.add_history_entry(line.as_str());
                 }
                 let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
@@ -389,6 +416,23 @@ mod tests {
 
     fn p(s: &str) -> Command {
         parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn session_commands() {
+        assert_eq!(p("/logout-all"), Command::LogoutAll);
+        assert_eq!(
+            p("/passwd old-one new-one"),
+            Command::Passwd {
+                old: "old-one".into(),
+                new: "new-one".into()
+            }
+        );
+        assert_eq!(
+            parse("/passwd only-one"),
+            Err("usage: /passwd <old> <new>".into())
+        );
+        assert!(parse("/logout-all now").is_err());
     }
 
     #[test]

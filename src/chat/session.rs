@@ -626,6 +626,12 @@ impl<O: Out> Engine<O> {
                 user_id,
                 actor,
             } => self.group_event(kind, group_id, user_id, actor),
+            // Logged out elsewhere, or the password changed: say so (the
+            // reconnect that follows finds the token gone: "expired").
+            Event::Goodbye {
+                code: ErrorCode::BadToken,
+                message,
+            } => self.status("ended", &message),
             Event::SyncDone { .. } | Event::Goodbye { .. } => {}
             Event::Error { code, .. } => {
                 let s = self.style.error(&Shown::new(
@@ -766,8 +772,17 @@ impl<O: Out> Engine<O> {
                 self.wait_sync();
                 self.ok(&format!("login {user}"));
             }
-            Command::Logout => {
-                self.client()?.logout()?;
+            Command::Passwd { old, new } => {
+                self.client()?.change_password(&old, &new)?;
+                self.ok("passwd");
+            }
+            c @ (Command::LogoutAll | Command::Logout) => {
+                let all = c == Command::LogoutAll;
+                if all {
+                    self.client()?.logout_all()?;
+                } else {
+                    self.client()?.logout()?;
+                }
                 self.me = None;
                 self.current = None;
                 self.page = None;
@@ -779,7 +794,7 @@ impl<O: Out> Engine<O> {
                     Ok(c) => self.install(c),
                     Err(_) => self.lost(),
                 }
-                self.ok("logout");
+                self.ok(if all { "logout-all" } else { "logout" });
             }
             Command::Search { prefix } => {
                 let (users, _) = self.client()?.search_users(&prefix, 0, 100)?;

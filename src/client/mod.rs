@@ -406,6 +406,22 @@ impl Client {
         Ok(())
     }
 
+    /// Logs out everywhere: every session token of the user stops working
+    /// and every live connection of the user closes (this one after the
+    /// reply).
+    pub fn logout_all(&self) -> Result<()> {
+        self.ok_request(|e, id| e.logout_all(id))?;
+        *lock(&self.session) = None;
+        Ok(())
+    }
+
+    /// Changes the password (`old` must be right; `new` follows the
+    /// registration rules). Every other session of the user ends; this one
+    /// and its token stay.
+    pub fn change_password(&self, old: &str, new: &str) -> Result<()> {
+        self.ok_request(|e, id| e.change_password(id, old, new))
+    }
+
     /// Round-trips a `Ping`; returns the nonce the server echoed.
     pub fn ping(&self) -> Result<u64> {
         let nonce = rand::random::<u64>();

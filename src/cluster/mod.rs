@@ -172,6 +172,13 @@ pub enum NodeMsg {
         code: u16,
         text: String,
     },
+    /// Close the user's live sessions that `why` ends (homed on the
+    /// receiving shard). Appended last, and always published alone (see
+    /// `outgoing_loop`), so older nodes skip it without losing other traffic.
+    EndSessions {
+        user: UserId,
+        why: crate::server::shard::Revoked,
+    },
 }
 
 impl BusKey {

@@ -8,7 +8,7 @@ use super::{
 use crate::model::{ConvId, Seq, UserId, home_shard};
 use crate::server::io::{Frame, Signal};
 use crate::server::router::{LocalFut, Router, RouterFactory};
-use crate::server::shard::{Origin, OwnerOp, Shard};
+use crate::server::shard::{Origin, OwnerOp, Revoked, Shard};
 use ahash::{AHashMap, AHashSet};
 use redis::Value;
 use std::cell::{Cell, RefCell};
@@ -43,6 +43,10 @@ enum Outgoing {
         text: String,
     },
     Offline(UserId),
+    EndSessions {
+        user: UserId,
+        why: Revoked,
+    },
 }
 
 pub struct ClusterShard {
@@ -149,6 +153,13 @@ impl ClusterShard {
             user,
             code: code.0,
             text: text.to_string(),
+        });
+    }
+
+    pub fn end_sessions_remote(&self, user: UserId, why: &Revoked) {
+        self.push(Outgoing::EndSessions {
+            user,
+            why: why.clone(),
         });
     }
 
@@ -531,6 +542,9 @@ impl ClusterShard {
                     let reason = crate::server::admin::close_reason(code);
                     crate::server::admin::close_user(shard, user, code, &text, reason);
                 }
+                NodeMsg::EndSessions { user, why } => {
+                    shard.end_sessions(user, &why, None);
+                }
             }
         }
     }
@@ -588,6 +602,10 @@ impl Router for ClusterShard {
 
     fn close_remote(&self, user: UserId, code: crate::wire::fb::ErrorCode, text: &str) {
         ClusterShard::close_remote(self, user, code, text)
+    }
+
+    fn end_sessions_remote(&self, user: UserId, why: &Revoked) {
+        ClusterShard::end_sessions_remote(self, user, why)
     }
 
     fn remote_online(&self, user: UserId) -> bool {
@@ -710,9 +728,9 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
         for it in &items {
             match it {
                 Outgoing::Push { users, .. } => lookup.extend_from_slice(users),
-                Outgoing::FriendSet { user, .. } | Outgoing::Close { user, .. } => {
-                    lookup.push(*user)
-                }
+                Outgoing::FriendSet { user, .. }
+                | Outgoing::Close { user, .. }
+                | Outgoing::EndSessions { user, .. } => lookup.push(*user),
                 _ => {}
             }
         }
@@ -754,6 +772,10 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
             }
         }
         let mut buckets: Vec<(Dest, Vec<NodeMsg>)> = Vec::new();
+        // Published one per message, never in a batch with others: a node
+        // of an older version cannot decode it and drops what it arrives in
+        // (during a rolling upgrade that must not be anyone's chat message).
+        let mut solo: Vec<(Dest, NodeMsg)> = Vec::new();
         let mut bucket = |node: &Arc<str>, s: usize, m: NodeMsg| match buckets
             .iter_mut()
             .find(|((n, sh), _)| n == node && *sh == s)
@@ -826,6 +848,17 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                         );
                     }
                 }
+                Outgoing::EndSessions { user, why } => {
+                    for (n, shards) in nodes_of.get(&user).into_iter().flatten() {
+                        solo.push((
+                            (n.clone(), home_shard(user, *shards)),
+                            NodeMsg::EndSessions {
+                                user,
+                                why: why.clone(),
+                            },
+                        ));
+                    }
+                }
                 Outgoing::Offline(user) => {
                     let loc = c.cfg.loc_key(user);
                     conn.fire(redis::cmd("SREM").arg(&loc).arg(c.me.as_ref()));
@@ -843,6 +876,13 @@ async fn outgoing_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
             let ch = c.cfg.channel(&node, s);
             let payload = c.cfg.seal(&ch, super::encode(&msgs));
             conn.fire(redis::cmd("PUBLISH").arg(ch).arg(payload));
+        }
+        for ((node, s), m) in solo {
+            conn.fire(
+                redis::cmd("PUBLISH")
+                    .arg(c.cfg.channel(&node, s))
+                    .arg(super::encode(&vec![m])),
+            );
         }
         if let Some(t) = queued_since {
             shard.metrics.bus_lag.observe(t.elapsed());

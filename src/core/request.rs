@@ -76,6 +76,15 @@ pub enum Request<'a> {
         since: &'a dyn Pairs,
     },
     Logout,
+    /// Ends every session of the user (tokens and live connections), this
+    /// one after the reply.
+    LogoutAll,
+    /// Sets a new password after checking the old one; every other session
+    /// of the user ends, this one stays.
+    ChangePassword {
+        old_password: &'a str,
+        new_password: &'a str,
+    },
     Send {
         to: Target,
         /// Non-zero; the owner dedups resends on `(sender, client_msg_id)`.

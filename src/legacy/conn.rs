@@ -560,7 +560,13 @@ async fn session(
     tracing::info!(user, name = %name, shard = shard.id, remote, protocol = "legacy", "session started");
     let stream: SharedStream = Rc::new(RefCell::new(stream));
     let out = Rc::new(Outbound::new(shard.cfg.out_limit));
-    let conn = Rc::new(Conn::new(shard.new_conn_id(), user, out.clone(), HOLD_CAP));
+    let conn = Rc::new(Conn::new(
+        shard.new_conn_id(),
+        user,
+        out.clone(),
+        HOLD_CAP,
+        None,
+    ));
     let ctx = Rc::new(Ctx {
         user,
         pending: RefCell::new(AHashMap::new()),

@@ -13,6 +13,29 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether a stored hash should be replaced by one with the server's
+/// parameters (argon2id v0x13, 19 MiB, t=2, p=1, 32-byte output): a fast
+/// hash from `provision --fast-hash`, an older or cheaper choice, anything
+/// that does not parse. Checked after a successful login, when the
+/// password is at hand.
+pub fn needs_rehash(phc: &str) -> bool {
+    let Ok(h) = argon2::PasswordHash::new(phc) else {
+        return true;
+    };
+    if h.algorithm != argon2::ARGON2ID_IDENT || h.version != Some(argon2::Version::V0x13 as u32) {
+        return true;
+    }
+    let Ok(p) = argon2::Params::try_from(&h) else {
+        return true;
+    };
+    let d = argon2::Params::DEFAULT;
+    p.m_cost() != d.m_cost()
+        || p.t_cost() != d.t_cost()
+        || p.p_cost() != d.p_cost()
+        || p.output_len().unwrap_or(argon2::Params::DEFAULT_OUTPUT_LEN)
+            != argon2::Params::DEFAULT_OUTPUT_LEN
+}
+
 pub fn verify_password(password: &str, phc: &str) -> bool {
     Argon2::default()
         .verify_password(password.as_bytes(), phc)
@@ -85,5 +108,22 @@ mod tests {
         ] {
             assert!(!admin_token_matches(wrong, &d), "{wrong:?}");
         }
+    }
+
+    #[test]
+    fn only_hashes_with_other_parameters_need_a_rehash() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(!needs_rehash(&h), "{h}");
+        // `provision --fast-hash`'s parameters.
+        let p = argon2::Params::new(64, 1, 1, None).unwrap();
+        let fast = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p)
+            .hash_password(b"correct horse")
+            .unwrap()
+            .to_string();
+        assert!(needs_rehash(&fast), "{fast}");
+        let argon2i = "$argon2i$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$\
+                       RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        assert!(needs_rehash(argon2i));
+        assert!(needs_rehash("not a phc string"));
     }
 }

@@ -258,10 +258,15 @@ async fn anonymous_request(
         Request::Resume { token, since } => {
             let token = token.to_string();
             let since = since.collect_pairs();
+            // Expiry slides: a resume within the TTL starts it again.
+            let ttl = shard.cfg.session_ttl.as_millis() as u64;
             let res = shard
-                .blocking(move |s| match s.session_user(&auth::token_hash(&token))? {
-                    Some(uid) => Ok(s.user_by_id(uid)?.map(|u| (u, token))),
-                    None => Ok(None),
+                .blocking(move |s| {
+                    let th = auth::token_hash(&token);
+                    match s.use_session(&th, crate::model::now_ms(), ttl)? {
+                        Some(uid) => Ok(s.user_by_id(uid)?.map(|u| (u, token))),
+                        None => Ok(None),
+                    }
                 })
                 .await;
             // A disabled account's tokens stay (enabling it again lets its
@@ -391,6 +396,7 @@ async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, lo
         login.user,
         out.clone(),
         HOLD_CAP,
+        Some(auth::token_hash(&login.token)),
     ));
     let ok = shard
         .enc

@@ -70,6 +70,11 @@ pub struct Config {
     /// Bearer token of `/admin` on the metrics address; `None`: admin is
     /// disabled (see `admin`).
     pub admin_token: Option<admin::AdminToken>,
+    /// A resume token unused this long expires (`Duration::ZERO`: never).
+    pub session_ttl: Duration,
+    /// Upgrade a password hash whose parameters differ from the server's
+    /// at a successful login (off only for benchmarks of fast hashes).
+    pub rehash: bool,
 }
 
 impl Default for Config {
@@ -96,8 +101,35 @@ impl Default for Config {
             limits: crate::core::limits::Limits::default(),
             min_password: crate::core::validate::MIN_PASSWORD,
             admin_token: None,
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            rehash: true,
         }
     }
+}
+
+/// Ticks (50 ms) between sweeps of expired session tokens: 10 minutes.
+const SESSION_SWEEP_TICKS: u64 = 12_000;
+
+/// Deletes the session tokens unused for longer than `--session-ttl-secs`,
+/// in the background on the store's blocking pool.
+fn sweep_sessions(shard: &Rc<Shard>) {
+    let ttl = shard.cfg.session_ttl.as_millis() as u64;
+    if ttl == 0 {
+        return;
+    }
+    let before = crate::model::now_ms().saturating_sub(ttl);
+    let s2 = shard.clone();
+    glommio::spawn_local(async move {
+        match s2
+            .blocking(move |s| s.delete_sessions_unused_since(before))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired session tokens deleted"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired session tokens failed"),
+        }
+    })
+    .detach();
 }
 
 /// CPUs this process may run on (respects taskset / cgroups).
@@ -582,6 +614,12 @@ async fn shard_main(
                 }
                 if ticks.is_multiple_of(200) {
                     shard.rates.borrow_mut().prune(crate::model::now_ms());
+                }
+                // Expired session tokens are deleted by shard 0, a minute
+                // after start and then every 10 minutes (a Resume refuses
+                // and deletes an expired one meanwhile).
+                if shard.id == 0 && ticks % SESSION_SWEEP_TICKS == 1200 {
+                    sweep_sessions(&shard);
                 }
                 if ticks.is_multiple_of(20) {
                     shard.clock_s.set(ticks / 20);

@@ -50,7 +50,9 @@ pub fn kind(body: Body) -> Option<Kind> {
         | Body::ListGroups
         | Body::SendMessage
         | Body::History
-        | Body::SetAdmin => Kind::Session,
+        | Body::SetAdmin
+        | Body::ChangePassword
+        | Body::LogoutAll => Kind::Session,
         _ => return None,
     })
 }
@@ -115,6 +117,14 @@ pub fn decode<'a>(
             }
         }
         Body::Logout => Request::Logout,
+        Body::LogoutAll => Request::LogoutAll,
+        Body::ChangePassword => {
+            let c = env.body_as_change_password().ok_or(missing)?;
+            Request::ChangePassword {
+                old_password: s(c.old_password()),
+                new_password: s(c.new_password()),
+            }
+        }
         Body::Ack => {
             let items = env.body_as_ack().and_then(|a| a.items());
             Request::Ack {

@@ -57,6 +57,9 @@ pub trait Router {
     /// The user's last session on this node ended.
     fn user_offline(&self, user: UserId);
 
+    /// Closes the user's live sessions on other nodes that `why` ends.
+    fn end_sessions_remote(&self, user: UserId, why: &super::shard::Revoked);
+
     /// The user has a session on another node.
     fn remote_online(&self, user: UserId) -> bool;
 

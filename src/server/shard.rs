@@ -143,10 +143,20 @@ pub struct Conn {
     /// Set when an operator closed the session (`server::admin`): the
     /// `session ended` log line's reason.
     pub ended_by: Cell<Option<&'static str>>,
+    /// SHA-256 of the resume token this connection logged in or resumed
+    /// with (native sessions; the old protocol has none): a logout closes
+    /// every live connection using it.
+    pub token_hash: Option<Vec<u8>>,
 }
 
 impl Conn {
-    pub fn new(id: ConnId, user: UserId, out: Rc<Outbound>, hold_cap: usize) -> Conn {
+    pub fn new(
+        id: ConnId,
+        user: UserId,
+        out: Rc<Outbound>,
+        hold_cap: usize,
+        token_hash: Option<Vec<u8>>,
+    ) -> Conn {
         Conn {
             id,
             user,
@@ -154,6 +164,31 @@ impl Conn {
             hold: RefCell::new(Some(crate::core::sync::Hold::new(hold_cap))),
             convs: RefCell::new(AHashMap::new()),
             ended_by: Cell::new(None),
+            token_hash,
+        }
+    }
+}
+
+/// Why a user's sessions end before their connections do (logout, logout
+/// everywhere, password change). Crosses nodes on the cluster bus.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Revoked {
+    /// One token was logged out: every connection using it closes.
+    Logout(Vec<u8>),
+    /// Every session of the user ends.
+    LogoutAll,
+    /// The password changed: every session of the user ends but the one
+    /// that changed it.
+    PasswordChanged,
+}
+
+impl Revoked {
+    /// The Goodbye's words.
+    pub fn text(&self) -> &'static str {
+        match self {
+            Revoked::Logout(_) => "session ended: this session token was logged out",
+            Revoked::LogoutAll => "session ended: logged out everywhere",
+            Revoked::PasswordChanged => "session ended: the password was changed; log in again",
         }
     }
 }
@@ -672,6 +707,37 @@ impl Shard {
         for s in 0..self.n {
             self.send(s, ShardMsg::Presence { user, online: true });
         }
+    }
+
+    /// Closes the live connections of `user` (homed here) that `why` ends,
+    /// except connection `keep`: each gets a Goodbye `BadToken` naming why,
+    /// after what is already queued for it. Returns how many were closed.
+    pub fn end_sessions(&self, user: UserId, why: &Revoked, keep: Option<ConnId>) -> usize {
+        let ids = match self.users.borrow().get(&user) {
+            Some(st) => st.conns.clone(),
+            None => return 0,
+        };
+        let conns = self.conns.borrow();
+        let mut n = 0;
+        for id in ids {
+            let Some(c) = conns.get(&id) else { continue };
+            let ends = match why {
+                Revoked::Logout(th) => c.token_hash.as_deref() == Some(th.as_slice()),
+                Revoked::LogoutAll | Revoked::PasswordChanged => true,
+            };
+            if Some(id) == keep || !ends || c.out.is_closing() {
+                continue;
+            }
+            let f = self
+                .enc
+                .borrow_mut()
+                .goodbye(crate::wire::fb::ErrorCode::BadToken, why.text())
+                .to_vec();
+            c.out.push(Frame::Own(f));
+            c.out.close();
+            n += 1;
+        }
+        n
     }
 
     /// Removes a connection; the last one of a user announces them offline.

@@ -40,6 +40,8 @@ macro_rules! for_each_conformance_check {
             check_concurrent_access,
             check_legacy_ids_and_desc,
             check_disable_and_revoke,
+            check_session_expiry_and_revocation,
+            check_password_changes,
         );
     };
 }
@@ -65,6 +67,11 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("check_concurrent_access", check_concurrent_access),
     ("check_legacy_ids_and_desc", check_legacy_ids_and_desc),
     ("check_disable_and_revoke", check_disable_and_revoke),
+    (
+        "check_session_expiry_and_revocation",
+        check_session_expiry_and_revocation,
+    ),
+    ("check_password_changes", check_password_changes),
 ];
 
 /// Runs every check in [`CHECKS`] against one store. [`check_survives_reopen`]
@@ -259,6 +266,77 @@ pub fn check_sessions(s: &dyn Store) {
     assert_eq!(s.session_user(&ta).unwrap(), None);
     assert_eq!(s.session_user(&tb).unwrap(), Some(b));
     s.delete_session(&ta).unwrap(); // deleting twice is fine
+}
+
+pub fn check_session_expiry_and_revocation(s: &dyn Store) {
+    let a = user(s, "cx_alice");
+    let b = user(s, "cx_bob");
+    let t = |n: u8| [n; 32];
+    // Late times: the sweep below also deletes the (earlier) tokens of
+    // checks that ran before on the same store; none looks at them again.
+    let base = 1u64 << 50;
+    s.create_session(&t(1), a, base).unwrap();
+    s.create_session(&t(2), a, base).unwrap();
+    s.create_session(&t(3), a, base).unwrap();
+    s.create_session(&t(4), b, base).unwrap();
+    // Used within the TTL: valid, and the use starts the time again.
+    assert_eq!(s.use_session(&t(1), base + 900, 1000).unwrap(), Some(a));
+    assert_eq!(s.use_session(&t(1), base + 1800, 1000).unwrap(), Some(a));
+    // Not used for the TTL: refused and deleted.
+    assert_eq!(s.use_session(&t(2), base + 1000, 1000).unwrap(), None);
+    assert_eq!(s.session_user(&t(2)).unwrap(), None);
+    // TTL 0: never expires; a use never moves the time backwards.
+    assert_eq!(s.use_session(&t(3), base + 10_000_000, 0).unwrap(), Some(a));
+    assert_eq!(s.use_session(&t(3), base + 5, 0).unwrap(), Some(a));
+    assert_eq!(s.use_session(&[9; 32], base, 1000).unwrap(), None);
+    // The sweep deletes what was last used before the bound.
+    assert!(s.delete_sessions_unused_since(base + 1000).unwrap() >= 1); // t(4)
+    assert_eq!(s.session_user(&t(4)).unwrap(), None);
+    assert_eq!(s.session_user(&t(1)).unwrap(), Some(a));
+    assert_eq!(s.session_user(&t(3)).unwrap(), Some(a));
+    // Revoking all of a user's sessions but one, then all.
+    s.create_session(&t(5), a, base).unwrap();
+    s.create_session(&t(6), b, base).unwrap();
+    assert_eq!(s.delete_user_sessions(a, Some(&t(1))).unwrap(), 2); // t(3), t(5)
+    assert_eq!(s.session_user(&t(1)).unwrap(), Some(a));
+    assert_eq!(s.session_user(&t(3)).unwrap(), None);
+    assert_eq!(s.session_user(&t(6)).unwrap(), Some(b));
+    assert_eq!(s.delete_user_sessions(a, None).unwrap(), 1);
+    assert_eq!(s.session_user(&t(1)).unwrap(), None);
+    assert_eq!(s.session_user(&t(6)).unwrap(), Some(b));
+}
+
+pub fn check_password_changes(s: &dyn Store) {
+    let a = s.create_user("cw_alice", "hash-1").unwrap();
+    let b = s.create_user("cw_bob", "hash-b").unwrap();
+    let t = |n: u8| [n; 32];
+    s.create_session(&t(21), a, 1).unwrap();
+    s.create_session(&t(22), a, 1).unwrap();
+    s.create_session(&t(23), b, 1).unwrap();
+    // A change keeps the caller's session only.
+    s.set_password(a, "hash-2", Some(&t(21))).unwrap();
+    let rec = s.user_by_id(a).unwrap().unwrap();
+    assert_eq!(rec.password_hash, "hash-2");
+    assert_eq!(s.session_user(&t(21)).unwrap(), Some(a));
+    assert_eq!(s.session_user(&t(22)).unwrap(), None);
+    assert_eq!(s.session_user(&t(23)).unwrap(), Some(b));
+    // An upgrade applies only over the hash it was computed from.
+    assert!(
+        !s.upgrade_password_hash(a, "hash-1", "hash-1-strong")
+            .unwrap()
+    );
+    assert_eq!(s.user_by_id(a).unwrap().unwrap().password_hash, "hash-2");
+    assert!(
+        s.upgrade_password_hash(a, "hash-2", "hash-2-strong")
+            .unwrap()
+    );
+    assert_eq!(
+        s.user_by_name("cw_alice").unwrap().unwrap().password_hash,
+        "hash-2-strong"
+    );
+    assert_eq!(s.user_by_id(b).unwrap().unwrap().password_hash, "hash-b");
+    s.set_password(a, "hash-3", None).unwrap();
+    assert_eq!(s.session_user(&t(21)).unwrap(), None);
 }
 
 pub fn check_pairs(s: &dyn Store) {

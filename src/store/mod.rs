@@ -63,14 +63,36 @@ pub trait Store: Send + Sync + 'static {
         after_id: UserId,
         limit: u32,
     ) -> Result<Vec<(UserId, String)>>;
+    /// Stores a session token (its hash), last used at `created_ms`.
     fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()>;
+    /// The token's user, whatever its age (no side effect).
     fn session_user(&self, token_hash: &[u8]) -> Result<Option<UserId>>;
+    /// Resuming with a token: its user if it exists and was last used less
+    /// than `ttl_ms` before `now_ms` (`ttl_ms == 0`: tokens never expire).
+    /// A live token is marked used at `now_ms` (sliding expiry); an expired
+    /// one is deleted and `None` returned.
+    fn use_session(&self, token_hash: &[u8], now_ms: u64, ttl_ms: u64) -> Result<Option<UserId>>;
     fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
     /// Revokes every session token of `user`; returns how many there were.
-    fn delete_sessions_of(&self, user: UserId) -> Result<u64>;
+    fn delete_sessions_of(&self, user: UserId) -> Result<u64> {
+        self.delete_user_sessions(user, None)
+    }
     /// Sets the account's disabled flag (`UserRecord::disabled`); nothing
     /// happens for an unknown user.
     fn set_disabled(&self, user: UserId, disabled: bool) -> Result<()>;
+    /// Deletes every session of `user` except the one whose hash is `keep`;
+    /// returns how many were deleted.
+    fn delete_user_sessions(&self, user: UserId, keep: Option<&[u8]>) -> Result<u64>;
+    /// Deletes sessions last used before `before_ms` (the expiry sweep);
+    /// returns how many.
+    fn delete_sessions_unused_since(&self, before_ms: u64) -> Result<u64>;
+    /// Sets `user`'s password hash and, in the same transaction, deletes
+    /// every session of the user except `keep`.
+    fn set_password(&self, user: UserId, password_hash: &str, keep: Option<&[u8]>) -> Result<()>;
+    /// Replaces `user`'s password hash with `new` only if it is still `old`
+    /// (an upgrade of the hash's parameters must not undo a password change
+    /// made meanwhile). Returns whether it was replaced.
+    fn upgrade_password_hash(&self, user: UserId, old: &str, new: &str) -> Result<bool>;
 
     // ---- relationships (owned by the pair's conversation shard)
     /// The stored pair, or the default (all false, empty note) if none.
@@ -129,8 +151,8 @@ pub trait Store: Send + Sync + 'static {
     fn group_desc(&self, id: GroupId) -> Result<String>;
 
     // ---- bulk provisioning (load tests; `ringchat provision`)
-    /// Idempotently creates `usernames` (all with `password_hash`; existing
-    /// users are reused untouched), makes each `(i, j)` pair of indices
+    /// Idempotently creates `usernames` (user `i` with `password_hashes[i]`;
+    /// existing users are reused untouched), makes each `(i, j)` pair of indices
     /// friends, and creates each named group (reused if a live group has
     /// that name) with the listed member indices, the first one as owner.
     /// Returns the user ids in `usernames` order and the group ids in
@@ -139,16 +161,19 @@ pub trait Store: Send + Sync + 'static {
     /// because 20k users one fsync at a time takes minutes.
     fn provision_bulk(
         &self,
-        password_hash: &str,
+        password_hashes: &[String],
         usernames: &[String],
         pairs: &[(usize, usize)],
         groups: &[(String, Vec<usize>)],
     ) -> Result<(Vec<UserId>, Vec<GroupId>)> {
+        if password_hashes.len() != usernames.len() {
+            return Err(StoreError::Backend("one password hash per user".into()));
+        }
         let mut ids = Vec::with_capacity(usernames.len());
-        for name in usernames {
+        for (name, hash) in usernames.iter().zip(password_hashes) {
             let id = match self.user_by_name(name)? {
                 Some(u) => u.id,
-                None => self.create_user(name, password_hash)?,
+                None => self.create_user(name, hash)?,
             };
             ids.push(id);
         }

@@ -168,10 +168,21 @@ const MIGRATIONS: &[&[&str]] = &[
     // 3: accounts an operator disabled (`ringchat admin disable`); the same
     // duplicate-column tolerance makes a re-run harmless.
     &[r#"ALTER TABLE users ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT 0"#],
+    // 4: session expiry (`serve --session-ttl-secs`): when a token was last
+    // used; existing tokens count from their creation. Each statement is
+    // safe to re-run (duplicate column/key count as done; the UPDATE only
+    // touches rows the first run did not).
+    &[
+        r#"ALTER TABLE sessions ADD COLUMN last_used_ms BIGINT UNSIGNED NOT NULL DEFAULT 0"#,
+        r#"UPDATE sessions SET last_used_ms = created_ms WHERE last_used_ms = 0"#,
+        r#"ALTER TABLE sessions ADD KEY sessions_last_used(last_used_ms)"#,
+    ],
 ];
 
 /// ER_DUP_FIELDNAME: an `ADD COLUMN` that already ran.
 const ER_DUP_FIELDNAME: u16 = 1060;
+/// ER_DUP_KEYNAME: an `ADD KEY` that already ran.
+const ER_DUP_KEYNAME: u16 = 1061;
 
 /// Session setup run on every new connection: utf8mb4 on the wire, and strict
 /// mode so an oversized value is an error instead of a silent truncation, and
@@ -415,7 +426,7 @@ fn migrate_locked(conn: &mut Conn) -> Result<()> {
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         for stmt in *step {
             match conn.query_drop(stmt) {
-                Err(e) if is_code(&e, &[ER_DUP_FIELDNAME]) => {}
+                Err(e) if is_code(&e, &[ER_DUP_FIELDNAME, ER_DUP_KEYNAME]) => {}
                 r => r?,
             }
         }
@@ -425,6 +436,21 @@ fn migrate_locked(conn: &mut Conn) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn delete_user_sessions(
+    tx: &mut Transaction<'_>,
+    user: UserId,
+    keep: Option<&[u8]>,
+) -> ::mysql::Result<u64> {
+    match keep {
+        Some(k) => tx.exec_drop(
+            "DELETE FROM sessions WHERE user_id = ? AND token_hash <> ?",
+            (user, k),
+        )?,
+        None => tx.exec_drop("DELETE FROM sessions WHERE user_id = ?", (user,))?,
+    }
+    Ok(tx.affected_rows())
 }
 
 type MessageRow = (u64, u64, u64, u64, u64, String, String);
@@ -603,8 +629,9 @@ impl Store for MysqlStore {
     fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()> {
         self.write(|tx| {
             tx.exec_drop(
-                "INSERT INTO sessions(token_hash, user_id, created_ms) VALUES (?, ?, ?)",
-                (token_hash, user, created_ms),
+                "INSERT INTO sessions(token_hash, user_id, created_ms, last_used_ms) \
+                 VALUES (?, ?, ?, ?)",
+                (token_hash, user, created_ms, created_ms),
             )
         })
     }
@@ -617,16 +644,32 @@ impl Store for MysqlStore {
         )?)
     }
 
+    fn use_session(&self, token_hash: &[u8], now_ms: u64, ttl_ms: u64) -> Result<Option<UserId>> {
+        self.write(|tx| {
+            let row: Option<(u64, u64)> = first(
+                tx,
+                "SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ? FOR UPDATE",
+                (token_hash,),
+            )?;
+            let Some((user, last)) = row else {
+                return Ok(None);
+            };
+            if ttl_ms > 0 && last.saturating_add(ttl_ms) <= now_ms {
+                tx.exec_drop("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))?;
+                return Ok(None);
+            }
+            tx.exec_drop(
+                "UPDATE sessions SET last_used_ms = GREATEST(last_used_ms, ?) WHERE token_hash = ?",
+                (now_ms, token_hash),
+            )?;
+            Ok(Some(user))
+        })
+    }
+
     fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
         Ok(self
             .conn()?
             .exec_drop("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))?)
-    }
-
-    fn delete_sessions_of(&self, user: UserId) -> Result<u64> {
-        let mut c = self.conn()?;
-        c.exec_drop("DELETE FROM sessions WHERE user_id = ?", (user,))?;
-        Ok(c.affected_rows())
     }
 
     fn set_disabled(&self, user: UserId, disabled: bool) -> Result<()> {
@@ -634,6 +677,38 @@ impl Store for MysqlStore {
             "UPDATE users SET disabled = ? WHERE id = ?",
             (disabled, user),
         )?)
+    }
+
+    fn delete_user_sessions(&self, user: UserId, keep: Option<&[u8]>) -> Result<u64> {
+        self.write(|tx| delete_user_sessions(tx, user, keep))
+    }
+
+    fn delete_sessions_unused_since(&self, before_ms: u64) -> Result<u64> {
+        self.write(|tx| {
+            tx.exec_drop("DELETE FROM sessions WHERE last_used_ms < ?", (before_ms,))?;
+            Ok(tx.affected_rows())
+        })
+    }
+
+    fn set_password(&self, user: UserId, password_hash: &str, keep: Option<&[u8]>) -> Result<()> {
+        self.write(|tx| {
+            tx.exec_drop(
+                "UPDATE users SET password_hash = ? WHERE id = ?",
+                (password_hash, user),
+            )?;
+            delete_user_sessions(tx, user, keep)?;
+            Ok(())
+        })
+    }
+
+    fn upgrade_password_hash(&self, user: UserId, old: &str, new: &str) -> Result<bool> {
+        self.write(|tx| {
+            tx.exec_drop(
+                "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                (new, user, old),
+            )?;
+            Ok(tx.affected_rows() == 1)
+        })
     }
 
     fn get_pair(&self, lo: UserId, hi: UserId) -> Result<PairRecord> {
@@ -1143,7 +1218,7 @@ mod tests {
     #[test]
     fn all_checks_listed_here() {
         // Keeps the macro's list in step with CHECKS.
-        assert_eq!(conformance::CHECKS.len(), 16);
+        assert_eq!(conformance::CHECKS.len(), 18);
     }
 
     #[test]
@@ -1267,6 +1342,44 @@ mod tests {
         assert!(!u.disabled, "existing accounts stay enabled");
         s.set_disabled(id, true).unwrap();
         assert!(s.user_by_name("old").unwrap().unwrap().disabled);
+    }
+
+    #[test]
+    fn a_version_2_database_gets_session_expiry_and_step_3_reruns() {
+        let Some(db) = TestDb::new() else { return };
+        let s = db.open();
+        let u = s.create_user("old", "h").unwrap();
+        drop(s);
+        // Back to a database from before session expiry, with a token.
+        let mut c = db.admin();
+        let n = &db.name;
+        c.query_drop(format!(
+            "ALTER TABLE `{n}`.sessions DROP COLUMN last_used_ms"
+        ))
+        .unwrap();
+        c.query_drop(format!(
+            "UPDATE `{n}`.ringchat_schema SET version = 2 WHERE id = 1"
+        ))
+        .unwrap();
+        c.exec_drop(
+            format!("INSERT INTO `{n}`.sessions(token_hash, user_id, created_ms) VALUES (?, ?, ?)"),
+            (&[1u8, 2][..], u, 5000u64),
+        )
+        .unwrap();
+        let s = db.open();
+        // The old token counts from its creation.
+        assert_eq!(s.use_session(&[1, 2], 5999, 1000).unwrap(), Some(u));
+        assert_eq!(s.use_session(&[1, 2], 7000, 1000).unwrap(), None);
+        drop(s);
+        // A step 3 interrupted after its DDL (MySQL commits DDL at once)
+        // runs again without harm.
+        c.query_drop(format!(
+            "UPDATE `{n}`.ringchat_schema SET version = 2 WHERE id = 1"
+        ))
+        .unwrap();
+        let s = db.open();
+        s.create_session(&[3], u, 10).unwrap();
+        assert_eq!(s.delete_sessions_unused_since(11).unwrap(), 1);
     }
 
     #[test]

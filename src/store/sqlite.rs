@@ -126,6 +126,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 4: session expiry (`serve --session-ttl-secs`): when a token was last
+    // used; existing tokens count from their creation.
+    r#"
+    ALTER TABLE sessions ADD COLUMN last_used_ms INTEGER NOT NULL DEFAULT 0;
+    UPDATE sessions SET last_used_ms = created_ms;
+    CREATE INDEX sessions_last_used ON sessions(last_used_ms);
+    "#,
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -296,6 +303,18 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+fn delete_user_sessions(tx: &Transaction<'_>, user: UserId, keep: Option<&[u8]>) -> Result<u64> {
+    let n = match keep {
+        Some(k) => tx
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND token_hash <> ?2")?
+            .execute(params![user as i64, k])?,
+        None => tx
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+            .execute([user as i64])?,
+    };
+    Ok(n as u64)
+}
+
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
         id: r.get::<_, i64>(0)? as u64,
@@ -433,7 +452,8 @@ impl Store for SqliteStore {
     fn create_session(&self, token_hash: &[u8], user: UserId, created_ms: u64) -> Result<()> {
         self.write(|tx| {
             tx.prepare_cached(
-                "INSERT INTO sessions(token_hash, user_id, created_ms) VALUES (?1, ?2, ?3)",
+                "INSERT INTO sessions(token_hash, user_id, created_ms, last_used_ms) \
+                 VALUES (?1, ?2, ?3, ?3)",
             )?
             .execute(params![token_hash, user as i64, created_ms as i64])?;
             Ok(())
@@ -449,6 +469,28 @@ impl Store for SqliteStore {
             .map(|v| v as u64))
     }
 
+    fn use_session(&self, token_hash: &[u8], now_ms: u64, ttl_ms: u64) -> Result<Option<UserId>> {
+        self.write(|tx| {
+            let row: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ?1")?
+                .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((user, last)) = row else {
+                return Ok(None);
+            };
+            if ttl_ms > 0 && (last as u64).saturating_add(ttl_ms) <= now_ms {
+                tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                    .execute([token_hash])?;
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "UPDATE sessions SET last_used_ms = MAX(last_used_ms, ?2) WHERE token_hash = ?1",
+            )?
+            .execute(params![token_hash, now_ms as i64])?;
+            Ok(Some(user as u64))
+        })
+    }
+
     fn delete_session(&self, token_hash: &[u8]) -> Result<()> {
         self.write(|tx| {
             tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
@@ -457,20 +499,44 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_sessions_of(&self, user: UserId) -> Result<u64> {
-        self.write(|tx| {
-            let n = tx
-                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
-                .execute([user as i64])?;
-            Ok(n as u64)
-        })
-    }
-
     fn set_disabled(&self, user: UserId, disabled: bool) -> Result<()> {
         self.write(|tx| {
             tx.prepare_cached("UPDATE users SET disabled = ?1 WHERE id = ?2")?
                 .execute(params![disabled as i64, user as i64])?;
             Ok(())
+        })
+    }
+
+    fn delete_user_sessions(&self, user: UserId, keep: Option<&[u8]>) -> Result<u64> {
+        self.write(|tx| delete_user_sessions(tx, user, keep))
+    }
+
+    fn delete_sessions_unused_since(&self, before_ms: u64) -> Result<u64> {
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM sessions WHERE last_used_ms < ?1")?
+                .execute([before])? as u64)
+        })
+    }
+
+    fn set_password(&self, user: UserId, password_hash: &str, keep: Option<&[u8]>) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")?
+                .execute(params![user as i64, password_hash])?;
+            delete_user_sessions(tx, user, keep)?;
+            Ok(())
+        })
+    }
+
+    fn upgrade_password_hash(&self, user: UserId, old: &str, new: &str) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
+                )?
+                .execute(params![user as i64, old, new])?
+                == 1)
         })
     }
 
@@ -842,11 +908,14 @@ impl Store for SqliteStore {
     /// per user, pair and membership (20k users in about a second).
     fn provision_bulk(
         &self,
-        password_hash: &str,
+        password_hashes: &[String],
         usernames: &[String],
         pairs: &[(usize, usize)],
         groups: &[(String, Vec<usize>)],
     ) -> Result<(Vec<UserId>, Vec<GroupId>)> {
+        if password_hashes.len() != usernames.len() {
+            return Err(StoreError::Backend("one password hash per user".into()));
+        }
         self.write(|tx| {
             let now = crate::model::now_ms() as i64;
             let mut ids = Vec::with_capacity(usernames.len());
@@ -855,8 +924,8 @@ impl Store for SqliteStore {
                     "INSERT OR IGNORE INTO users(username, password_hash, created_ms) VALUES (?1, ?2, ?3)",
                 )?;
                 let mut sel = tx.prepare_cached("SELECT id FROM users WHERE username = ?1")?;
-                for name in usernames {
-                    ins.execute(params![name, password_hash, now])?;
+                for (name, hash) in usernames.iter().zip(password_hashes) {
+                    ins.execute(params![name, hash, now])?;
                     ids.push(sel.query_row([name], |r| r.get::<_, i64>(0))? as u64);
                 }
             }
@@ -992,7 +1061,7 @@ mod tests {
     #[test]
     fn all_checks_listed_here() {
         // Keeps the macro's list in step with CHECKS.
-        assert_eq!(conformance::CHECKS.len(), 16);
+        assert_eq!(conformance::CHECKS.len(), 18);
     }
 
     #[test]
@@ -1048,6 +1117,37 @@ mod tests {
         assert!(s.user_by_id(u.id).unwrap().unwrap().disabled);
         drop(s);
         assert!(db.open().user_by_name("old").unwrap().unwrap().disabled);
+    }
+
+    #[test]
+    fn a_version_2_database_gets_session_expiry() {
+        // A data dir from before session expiry: schema steps 1-2 only,
+        // with a user and a token.
+        let db = TempDb::new("v2");
+        {
+            let mut c = Connection::open(&db.0).unwrap();
+            let tx = c.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.execute_batch(MIGRATIONS[1]).unwrap();
+            tx.pragma_update(None, "user_version", 2).unwrap();
+            tx.execute(
+                "INSERT INTO users(username, password_hash, created_ms) VALUES ('old', 'h', 1)",
+                [],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO sessions(token_hash, user_id, created_ms) VALUES (x'0102', 1, 5000)",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = db.open();
+        // The old token counts from its creation.
+        assert_eq!(s.use_session(&[1, 2], 5999, 1000).unwrap(), Some(1));
+        assert_eq!(s.use_session(&[1, 2], 7000, 1000).unwrap(), None);
+        s.create_session(&[3], 1, 10).unwrap();
+        assert_eq!(s.delete_sessions_unused_since(11).unwrap(), 1);
     }
 
     #[test]

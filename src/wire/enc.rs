@@ -457,6 +457,26 @@ impl Enc {
         self.finish(req_id, fb::Body::Logout, o.as_union_value())
     }
 
+    pub fn logout_all(&mut self, req_id: u64) -> &[u8] {
+        let b = self.start();
+        let o = fb::LogoutAll::create(b, &fb::LogoutAllArgs {});
+        self.finish(req_id, fb::Body::LogoutAll, o.as_union_value())
+    }
+
+    pub fn change_password(&mut self, req_id: u64, old: &str, new: &str) -> &[u8] {
+        let b = self.start();
+        let o = b.create_string(old);
+        let n = b.create_string(new);
+        let o = fb::ChangePassword::create(
+            b,
+            &fb::ChangePasswordArgs {
+                old_password: Some(o),
+                new_password: Some(n),
+            },
+        );
+        self.finish(req_id, fb::Body::ChangePassword, o.as_union_value())
+    }
+
     pub fn ping(&mut self, req_id: u64, nonce: u64) -> &[u8] {
         let b = self.start();
         let o = fb::Ping::create(b, &fb::PingArgs { nonce });

@@ -590,10 +590,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for GroupEventKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 41;
+pub const ENUM_MAX_BODY: u8 = 43;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 42] = [
+pub const ENUM_VALUES_BODY: [Body; 44] = [
   Body::NONE,
   Body::Hello,
   Body::Register,
@@ -636,6 +636,8 @@ pub const ENUM_VALUES_BODY: [Body; 42] = [
   Body::FriendEvent,
   Body::GroupEvent,
   Body::Goodbye,
+  Body::ChangePassword,
+  Body::LogoutAll,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -685,9 +687,11 @@ impl Body {
   pub const FriendEvent: Self = Self(39);
   pub const GroupEvent: Self = Self(40);
   pub const Goodbye: Self = Self(41);
+  pub const ChangePassword: Self = Self(42);
+  pub const LogoutAll: Self = Self(43);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 41;
+  pub const ENUM_MAX: u8 = 43;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -731,6 +735,8 @@ impl Body {
     Self::FriendEvent,
     Self::GroupEvent,
     Self::Goodbye,
+    Self::ChangePassword,
+    Self::LogoutAll,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -777,6 +783,8 @@ impl Body {
       Self::FriendEvent => Some("FriendEvent"),
       Self::GroupEvent => Some("GroupEvent"),
       Self::Goodbye => Some("Goodbye"),
+      Self::ChangePassword => Some("ChangePassword"),
+      Self::LogoutAll => Some("LogoutAll"),
       _ => None,
     }
   }
@@ -3407,6 +3415,202 @@ impl ::core::fmt::Debug for SetAdmin<'_> {
       ds.field("group_id", &self.group_id());
       ds.field("user_id", &self.user_id());
       ds.field("admin", &self.admin());
+      ds.finish()
+  }
+}
+pub enum ChangePasswordOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Sets a new password (same length rules as Register) after checking the
+/// old one. Every other session of the user (tokens and live connections,
+/// both protocols) ends; the caller's stays. Reply: OkReply.
+pub struct ChangePassword<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ChangePassword<'a> {
+  type Inner = ChangePassword<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ChangePassword<'a> {
+  pub const VT_OLD_PASSWORD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NEW_PASSWORD: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ChangePassword { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ChangePasswordArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ChangePassword<'bldr>> {
+    let mut builder = ChangePasswordBuilder::new(_fbb);
+    if let Some(x) = args.new_password { builder.add_new_password(x); }
+    if let Some(x) = args.old_password { builder.add_old_password(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn old_password(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ChangePassword::VT_OLD_PASSWORD, None)}
+  }
+  #[inline]
+  pub fn new_password(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ChangePassword::VT_NEW_PASSWORD, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ChangePassword<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("old_password", Self::VT_OLD_PASSWORD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("new_password", Self::VT_NEW_PASSWORD, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ChangePasswordArgs<'a> {
+    pub old_password: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub new_password: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ChangePasswordArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ChangePasswordArgs {
+      old_password: None,
+      new_password: None,
+    }
+  }
+}
+
+pub struct ChangePasswordBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChangePasswordBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_old_password(&mut self, old_password: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ChangePassword::VT_OLD_PASSWORD, old_password);
+  }
+  #[inline]
+  pub fn add_new_password(&mut self, new_password: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ChangePassword::VT_NEW_PASSWORD, new_password);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChangePasswordBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ChangePasswordBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ChangePassword<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ChangePassword<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ChangePassword");
+      ds.field("old_password", &self.old_password());
+      ds.field("new_password", &self.new_password());
+      ds.finish()
+  }
+}
+pub enum LogoutAllOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Ends every session of the user: all tokens are revoked and every live
+/// connection is closed (with a Goodbye BadToken), this one after its OkReply.
+pub struct LogoutAll<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LogoutAll<'a> {
+  type Inner = LogoutAll<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LogoutAll<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LogoutAll { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args LogoutAllArgs
+  ) -> ::flatbuffers::WIPOffset<LogoutAll<'bldr>> {
+    let mut builder = LogoutAllBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for LogoutAll<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LogoutAllArgs {
+}
+impl<'a> Default for LogoutAllArgs {
+  #[inline]
+  fn default() -> Self {
+    LogoutAllArgs {
+    }
+  }
+}
+
+pub struct LogoutAllBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LogoutAllBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LogoutAllBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LogoutAllBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LogoutAll<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LogoutAll<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LogoutAll");
       ds.finish()
   }
 }
@@ -6944,6 +7148,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_change_password(&self) -> Option<ChangePassword<'a>> {
+    if self.body_type() == Body::ChangePassword {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ChangePassword::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_logout_all(&self) -> Option<LogoutAll<'a>> {
+    if self.body_type() == Body::LogoutAll {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LogoutAll::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -6996,6 +7230,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::FriendEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FriendEvent>>("Body::FriendEvent", pos),
           Body::GroupEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupEvent>>("Body::GroupEvent", pos),
           Body::Goodbye => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Goodbye>>("Body::Goodbye", pos),
+          Body::ChangePassword => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePassword>>("Body::ChangePassword", pos),
+          Body::LogoutAll => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LogoutAll>>("Body::LogoutAll", pos),
           _ => Ok(()),
         }
      })?
@@ -7339,6 +7575,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Goodbye => {
           if let Some(x) = self.body_as_goodbye() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ChangePassword => {
+          if let Some(x) = self.body_as_change_password() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::LogoutAll => {
+          if let Some(x) = self.body_as_logout_all() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

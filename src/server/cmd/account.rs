@@ -8,7 +8,7 @@ use crate::model::{MAX_USER_ID, UserId};
 use crate::server::auth;
 use crate::server::hasher::Denied;
 use crate::server::session::Session;
-use crate::server::shard::Shard;
+use crate::server::shard::{Revoked, Shard};
 use crate::store::{StoreError, UserRecord};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -23,6 +23,21 @@ pub async fn register(
     password: &str,
 ) -> Result<UserId, Refusal> {
     validate::username(username).map_err(Refusal::from)?;
+    let hash = new_password_hash(shard, password).await?;
+    let name = username.to_string();
+    match shard.blocking(move |s| s.create_user(&name, &hash)).await {
+        Ok(id) => Ok(id),
+        Err(StoreError::Conflict) => {
+            Err(Reject(ErrorCode::UsernameTaken, "username is taken").into())
+        }
+        Err(_) => Err(STORAGE.into()),
+    }
+}
+
+/// A new password (registration, change): the length rules
+/// (`--min-password-len` to 128 bytes), then its hash on the hashing pool
+/// (a full queue is `RateLimited`).
+async fn new_password_hash(shard: &Rc<Shard>, password: &str) -> Result<String, Refusal> {
     let min = shard.cfg.min_password;
     if !validate::password_len_ok(password, min) {
         return Err(Refusal {
@@ -35,18 +50,10 @@ pub async fn register(
         });
     }
     let pass = password.to_string();
-    let hash = match shard.hasher.run(move || auth::hash_password(&pass)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(_)) => return Err(Reject(ErrorCode::Internal, "password hashing failed").into()),
-        Err(d) => return Err(d.into()),
-    };
-    let name = username.to_string();
-    match shard.blocking(move |s| s.create_user(&name, &hash)).await {
-        Ok(id) => Ok(id),
-        Err(StoreError::Conflict) => {
-            Err(Reject(ErrorCode::UsernameTaken, "username is taken").into())
-        }
-        Err(_) => Err(STORAGE.into()),
+    match shard.hasher.run(move || auth::hash_password(&pass)).await {
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(_)) => Err(Reject(ErrorCode::Internal, "password hashing failed").into()),
+        Err(d) => Err(d.into()),
     }
 }
 
@@ -98,11 +105,58 @@ impl From<Denied> for Refusal {
 }
 
 /// The password check behind every login, native (by name) and legacy (by
-/// id). Refusals that cost no hashing come first: an over-long password
-/// (argon2's cost grows with it), a throttled account or address, a full
-/// hashing queue; an unknown account costs a dummy hash (no enumeration by
-/// timing). Failures count against the account's name and the address.
+/// id): see [`verify`]. After a success, a stored hash whose parameters are
+/// not the server's (a fast test hash, an older choice) is replaced, in the
+/// background, by a hash of the same password with the server's parameters.
 pub async fn check_password(
+    shard: &Rc<Shard>,
+    account: Account<'_>,
+    password: &str,
+    peer: Option<IpAddr>,
+) -> Result<UserRecord, LoginError> {
+    let rec = verify(shard, account, password, peer).await?;
+    if shard.cfg.rehash && auth::needs_rehash(&rec.password_hash) {
+        upgrade_hash(
+            shard,
+            rec.id,
+            rec.password_hash.clone(),
+            password.to_string(),
+        );
+    }
+    Ok(rec)
+}
+
+/// Rehashes `password` with the server's parameters on the hashing pool and
+/// stores it if the stored hash is still `old`. Best effort: a full hashing
+/// queue or a store error leaves the old hash for the next login.
+fn upgrade_hash(shard: &Rc<Shard>, user: UserId, old: String, password: String) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let Ok(Ok(new)) = shard
+            .hasher
+            .run(move || auth::hash_password(&password))
+            .await
+        else {
+            return;
+        };
+        match shard
+            .blocking(move |s| s.upgrade_password_hash(user, &old, &new))
+            .await
+        {
+            Ok(true) => tracing::info!(user, "password hash upgraded to the server's parameters"),
+            Ok(false) => {} // changed meanwhile: the new one is current
+            Err(e) => tracing::warn!(user, error = %e, "upgrading a password hash failed"),
+        }
+    })
+    .detach();
+}
+
+/// Checks an account's password. Refusals that cost no hashing come first:
+/// an over-long password (argon2's cost grows with it), a throttled account
+/// or address, a full hashing queue; an unknown account costs a dummy hash
+/// (no enumeration by timing). Failures count against the account's name
+/// and the address.
+async fn verify(
     shard: &Rc<Shard>,
     account: Account<'_>,
     password: &str,
@@ -158,23 +212,102 @@ pub async fn check_password(
     }
 }
 
-/// Ends the session: its resume token stops working. The connection closes
+/// Ends the session: its resume token stops working and every other live
+/// connection that logged in or resumed with it (on this node and, in a
+/// cluster, on the others) is closed with a Goodbye. This connection closes
 /// after the reply (the old protocol goes back to its login menu instead;
 /// its codec handles that).
 pub async fn logout(shard: &Rc<Shard>, sess: &Session, req_id: u64) -> Next {
     if let Some(token) = &sess.token {
         let th = auth::token_hash(token);
+        let th2 = th.clone();
         if shard
-            .blocking(move |s| s.delete_session(&th))
+            .blocking(move |s| s.delete_session(&th2))
             .await
             .is_err()
         {
             sess.error(req_id, STORAGE);
             return Next::Continue;
         }
+        end_sessions(shard, sess, Revoked::Logout(th));
     }
     sess.reply.ok(req_id);
     Next::Close
+}
+
+/// Closes the user's other live connections that `why` ends, here and on
+/// the other nodes holding sessions of the user. (All of a user's
+/// connections on a node live on its home shard, which is this one.)
+fn end_sessions(shard: &Shard, sess: &Session, why: Revoked) {
+    let n = shard.end_sessions(sess.user(), &why, Some(sess.conn.id));
+    if let Some(c) = &shard.cluster {
+        c.end_sessions_remote(sess.user(), &why);
+    }
+    tracing::info!(
+        user = sess.user(),
+        closed_here = n,
+        why = why.text(),
+        "sessions ended"
+    );
+}
+
+/// Logs out everywhere: every token of the user is deleted and every live
+/// connection closed (both protocols), this one after the reply.
+pub async fn logout_all(shard: &Rc<Shard>, sess: &Session, req_id: u64) -> Next {
+    let user = sess.user();
+    if shard
+        .blocking(move |s| s.delete_user_sessions(user, None))
+        .await
+        .is_err()
+    {
+        sess.error(req_id, STORAGE);
+        return Next::Continue;
+    }
+    end_sessions(shard, sess, Revoked::LogoutAll);
+    sess.reply.ok(req_id);
+    Next::Close
+}
+
+/// Changes the password: the old one is checked like a login's (same
+/// throttle, so a stolen session cannot guess it quickly), the new one
+/// follows the registration rules. Every other session of the user ends
+/// (tokens deleted with the password change, in one transaction; live
+/// connections closed); this one stays and its token keeps working.
+pub async fn change_password(
+    shard: &Rc<Shard>,
+    sess: &Session,
+    req_id: u64,
+    old_password: &str,
+    new_password: &str,
+) {
+    let user = sess.user();
+    match verify(shard, Account::Id(user), old_password, None).await {
+        Ok(_) => {}
+        Err(LoginError::BadCredentials) => {
+            return sess
+                .reply
+                .error(req_id, ErrorCode::BadCredentials, "wrong password");
+        }
+        Err(LoginError::Denied(d)) => {
+            return sess.reply.error(req_id, ErrorCode::RateLimited, &d.text());
+        }
+        Err(LoginError::Storage) => return sess.error(req_id, STORAGE),
+        Err(LoginError::Disabled) => return sess.error(req_id, DISABLED),
+    }
+    let hash = match new_password_hash(shard, new_password).await {
+        Ok(h) => h,
+        Err(r) => return sess.reply.error(req_id, r.code, &r.text),
+    };
+    let keep = sess.token.as_deref().map(auth::token_hash);
+    if shard
+        .blocking(move |s| s.set_password(user, &hash, keep.as_deref()))
+        .await
+        .is_err()
+    {
+        return sess.error(req_id, STORAGE);
+    }
+    end_sessions(shard, sess, Revoked::PasswordChanged);
+    sess.reply.ok(req_id);
 }
 
 /// Users whose name starts with `prefix`, after id `after`, a page at a

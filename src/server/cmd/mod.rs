@@ -6,7 +6,7 @@
 //!
 //! | file | requests |
 //! |---|---|
-//! | `account.rs` | Register, Login/Resume checks, Logout, SearchUsers, Ping |
+//! | `account.rs` | Register, Login/Resume checks, Logout, LogoutAll, ChangePassword, SearchUsers, Ping |
 //! | `message.rs` | Send, Ack, History |
 //! | `friend.rs` | FriendRequest/Respond/Remove/Block/Add, ListFriends |
 //! | `group.rs` | CreateGroup, Join/Leave/Dissolve, RemoveMember, SetAdmin, GroupMembers, GroupInfo, ListGroups |
@@ -47,6 +47,11 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
         } => message::history(shard, sess, req_id, conversation, before_seq, limit).await,
         Request::Ping { nonce } => sess.reply.pong(req_id, nonce),
         Request::Logout => return account::logout(shard, sess, req_id).await,
+        Request::LogoutAll => return account::logout_all(shard, sess, req_id).await,
+        Request::ChangePassword {
+            old_password,
+            new_password,
+        } => account::change_password(shard, sess, req_id, old_password, new_password).await,
         Request::Register { username, password } => {
             match account::register(shard, username, password).await {
                 Ok(id) => sess.reply.register_ok(req_id, id),
