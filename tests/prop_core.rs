@@ -717,6 +717,7 @@ proptest! {
             name: "g".into(),
             owner,
             members: model.iter().map(|(u, r)| (*u, *r)).collect(),
+            ..Default::default()
         };
         for op in ops {
             match op {
@@ -785,7 +786,7 @@ proptest! {
     ) {
         let mut cursors: Vec<ConvCursor> = convs
             .iter()
-            .map(|(&conv, &(d, extra))| ConvCursor { conv, delivered: d, last_seq: d + extra })
+            .map(|(&conv, &(d, extra))| ConvCursor { conv, delivered: d, last_seq: d + extra, floor: 0 })
             .collect();
         if !cursors.is_empty() {
             let k = shuffle.index(cursors.len());
@@ -895,7 +896,7 @@ proptest! {
         // Session start: the hold is in place before the plan reads the store.
         let mut hold: Hold<(usize, u64)> = Hold::new(cap);
         let cursors: Vec<ConvCursor> = (0..k)
-            .map(|i| ConvCursor { conv: conv(i), delivered: cursor[i], last_seq: stored[i] })
+            .map(|i| ConvCursor { conv: conv(i), delivered: cursor[i], last_seq: stored[i], floor: 0 })
             .collect();
         let mut replay: BTreeMap<usize, u64> = plan(&cursors, &since_v)
             .into_iter()
@@ -960,6 +961,7 @@ proptest! {
                                     conv: conv(i),
                                     delivered: shown[i].last().copied().unwrap_or(from[i]),
                                     last_seq: stored[i],
+                                    floor: 0,
                                 })
                                 .collect();
                             replay = got
