@@ -327,7 +327,8 @@ fn every_msgid_between_legacy_users() {
     assert!(m["time"].as_str().unwrap().len() == 19, "{m}");
     a.quiet();
 
-    // 7: create group (name taken → errno 1).
+    // 7: create group (a name its creator already uses → errno 1; names
+    // are unique per owner, tests/group_privacy.rs).
     let gname = uname("lgg");
     a.send(json!({"msgid": 7, "from": a_id, "groupname": gname, "groupdesc": "the \"desc\""}));
     let r = a.reply();
@@ -337,8 +338,8 @@ fn every_msgid_between_legacy_users() {
         "{r}"
     );
     let g = r["groupid"].as_u64().unwrap();
-    b.send(json!({"msgid": 7, "from": b_id, "groupname": gname, "groupdesc": ""}));
-    let r = b.reply();
+    a.send(json!({"msgid": 7, "from": a_id, "groupname": gname, "groupdesc": ""}));
+    let r = a.reply();
     assert_eq!(
         (r["msgid"].as_i64(), r["errno"].as_i64()),
         (Some(7), Some(1)),
