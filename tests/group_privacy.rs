@@ -138,7 +138,9 @@ fn join_requests_are_approved_or_rejected_by_owners_and_admins() {
     let alice = s.user(&uname("rq_a"));
     let adm = s.user(&uname("rq_adm"));
     let bob = s.user(&uname("rq_b"));
-    let (g, _) = alice.create_group_opts(&uname("club"), true, false).unwrap();
+    let (g, _) = alice
+        .create_group_opts(&uname("club"), true, false)
+        .unwrap();
     alice.invite_to_group(g, adm.id).unwrap();
     adm.join_group(g).unwrap();
     alice.set_admin(g, adm.id, true).unwrap();

@@ -1384,11 +1384,19 @@ fn legacy_join_works_for_public_groups_and_is_refused_for_private_ones() {
 
     l.send(json!({"msgid": 8, "id": l_id, "groupid": public}));
     let r = l.reply();
-    assert_eq!((r["msgid"].as_i64(), r["errno"].as_i64()), (Some(8), Some(0)), "{r}");
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(8), Some(0)),
+        "{r}"
+    );
 
     l.send(json!({"msgid": 8, "id": l_id, "groupid": private}));
     let r = l.reply();
-    assert_eq!((r["msgid"].as_i64(), r["errno"].as_i64()), (Some(8), Some(1)), "{r}");
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(8), Some(1)),
+        "{r}"
+    );
     assert_eq!(r["groupid"], private);
     assert!(r.get("groupname").is_none(), "{r}");
     wait(&owner.c, "JoinRequested", |e| {
@@ -1428,7 +1436,11 @@ fn legacy_group_info_of_a_private_group_is_for_members_only() {
 
     l.send(json!({"msgid": 12, "id": l_id, "groupid": public}));
     let r = l.next();
-    assert_eq!((r["msgid"].as_i64(), r["errno"].as_i64()), (Some(12), Some(0)), "{r}");
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(12), Some(0)),
+        "{r}"
+    );
     assert_eq!(r["groupname"], pub_name.as_str());
 
     l.send(json!({"msgid": 12, "id": l_id, "groupid": private}));
@@ -1445,5 +1457,9 @@ fn legacy_group_info_of_a_private_group_is_for_members_only() {
     assert_eq!(l.reply()["errno"], 0);
     l.send(json!({"msgid": 12, "id": l_id, "groupid": private}));
     let r = l.next();
-    assert_eq!((r["errno"].as_i64(), r["groupname"].as_str()), (Some(0), Some(priv_name.as_str())), "{r}");
+    assert_eq!(
+        (r["errno"].as_i64(), r["groupname"].as_str()),
+        (Some(0), Some(priv_name.as_str())),
+        "{r}"
+    );
 }

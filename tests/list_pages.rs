@@ -64,7 +64,12 @@ fn list_replies_fit_max_frame_and_page_through_everything_once() {
     // GROUPS groups of two (owned by another, `me` a member), and one group
     // of everybody owned by `me`.
     let mut groups: Vec<(String, Vec<usize>)> = (0..GROUPS)
-        .map(|i| (format!("pg-group-{i:05}-{}", "g".repeat(40)), vec![i, me_idx]))
+        .map(|i| {
+            (
+                format!("pg-group-{i:05}-{}", "g".repeat(40)),
+                vec![i, me_idx],
+            )
+        })
         .collect();
     let mut all = vec![me_idx];
     all.extend(0..USERS);

@@ -152,7 +152,10 @@ pub const HELP: &[(&str, &str)] = &[
         "/requests <group>",
         "who asks to join your group, and who is invited",
     ),
-    ("/approve <group> <user>", "let a user who asked join your group"),
+    (
+        "/approve <group> <user>",
+        "let a user who asked join your group",
+    ),
     (
         "/reject <user> | <group> <user>",
         "reject a friend request, or a request to join your group",

@@ -149,12 +149,7 @@ impl Responder for NativeReplies {
         );
     }
     fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)], next: GroupId) {
-        self.push(
-            self.shard
-                .enc
-                .borrow_mut()
-                .group_list(req_id, groups, next),
-        );
+        self.push(self.shard.enc.borrow_mut().group_list(req_id, groups, next));
     }
     fn messages(&self, req_id: u64, msgs: &[StoredMessage]) {
         self.push(self.shard.enc.borrow_mut().messages(req_id, msgs.iter()));
@@ -163,7 +158,13 @@ impl Responder for NativeReplies {
         let entries: Vec<(UserId, &str, crate::wire::fb::Role)> = info
             .members
             .iter()
-            .map(|m| (m.user_id, m.username.as_str(), crate::wire::enc::role_fb(m.role)))
+            .map(|m| {
+                (
+                    m.user_id,
+                    m.username.as_str(),
+                    crate::wire::enc::role_fb(m.role),
+                )
+            })
             .collect();
         let f = self
             .shard

@@ -1068,7 +1068,10 @@ pub fn check_group_privacy(s: &dyn Store) {
         .iter()
         .map(|c| (c.conv, c.delivered, c.floor))
         .collect();
-    assert_eq!(floors, vec![(group_conv(g), 5, 5), (group_conv(full), 9, 0)]);
+    assert_eq!(
+        floors,
+        vec![(group_conv(g), 5, 5), (group_conv(full), 9, 0)]
+    );
 
     // Dissolving forgets the pending ones.
     s.set_pending(g, b, Some(false)).unwrap();

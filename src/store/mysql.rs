@@ -815,16 +815,16 @@ impl Store for MysqlStore {
             "SELECT id, name, owner, dissolved, is_private, full_history FROM chat_groups WHERE id = ?",
             (id,),
         )?;
-        Ok(
-            r.map(|(id, name, owner, dissolved, private, full_history)| GroupRecord {
+        Ok(r.map(
+            |(id, name, owner, dissolved, private, full_history)| GroupRecord {
                 id,
                 name,
                 owner,
                 dissolved,
                 private,
                 full_history,
-            }),
-        )
+            },
+        ))
     }
 
     fn group_members(&self, id: GroupId) -> Result<Vec<MemberRow>> {
@@ -880,7 +880,7 @@ impl Store for MysqlStore {
 
     fn set_pending(&self, id: GroupId, user: UserId, invited: Option<bool>) -> Result<()> {
         let mut c = self.conn()?;
-        Ok(match invited {
+        match invited {
             Some(inv) => c.exec_drop(
                 "INSERT INTO group_pending(group_id, user_id, invited, created_ms) \
                  VALUES (?, ?, ?, ?) \
@@ -891,7 +891,8 @@ impl Store for MysqlStore {
                 "DELETE FROM group_pending WHERE group_id = ? AND user_id = ?",
                 (id, user),
             )?,
-        })
+        }
+        Ok(())
     }
 
     fn group_pending(&self, id: GroupId) -> Result<Vec<PendingRow>> {
@@ -949,19 +950,21 @@ impl Store for MysqlStore {
             (user,),
         )?;
         Ok(r.into_iter()
-            .map(|(id, name, owner, dissolved, role, private, full_history)| {
-                (
-                    GroupRecord {
-                        id,
-                        name,
-                        owner,
-                        dissolved,
-                        private,
-                        full_history,
-                    },
-                    Role::from_u8(role),
-                )
-            })
+            .map(
+                |(id, name, owner, dissolved, role, private, full_history)| {
+                    (
+                        GroupRecord {
+                            id,
+                            name,
+                            owner,
+                            dissolved,
+                            private,
+                            full_history,
+                        },
+                        Role::from_u8(role),
+                    )
+                },
+            )
             .collect())
     }
 
@@ -1379,7 +1382,10 @@ mod tests {
         assert_eq!(s.join_floor(5, 2).unwrap(), 0, "existing members see all");
         assert_eq!(s.conversations_of(2).unwrap()[0].floor, 0);
         assert!(s.create_group("old", 3).is_ok(), "another owner's name");
-        assert!(matches!(s.create_group("old", 1), Err(StoreError::Conflict)));
+        assert!(matches!(
+            s.create_group("old", 1),
+            Err(StoreError::Conflict)
+        ));
         drop(s);
         // Reopening is a no-op.
         assert!(matches!(

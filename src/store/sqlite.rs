@@ -716,8 +716,9 @@ impl Store for SqliteStore {
 
     fn join_floor(&self, conv: ConvId, user: UserId) -> Result<Seq> {
         let conn = self.reader();
-        let mut st = conn
-            .prepare_cached("SELECT join_floor FROM conv_members WHERE user_id = ?1 AND conv = ?2")?;
+        let mut st = conn.prepare_cached(
+            "SELECT join_floor FROM conv_members WHERE user_id = ?1 AND conv = ?2",
+        )?;
         let f: Option<i64> = st
             .query_row([user as i64, conv as i64], |r| r.get(0))
             .optional()?;
@@ -1132,7 +1133,10 @@ mod tests {
         assert_eq!(s.join_floor(5, 2).unwrap(), 0, "existing members see all");
         assert_eq!(s.conversations_of(2).unwrap()[0].floor, 0);
         assert!(s.create_group("old", 3).is_ok(), "another owner's name");
-        assert!(matches!(s.create_group("old", 1), Err(StoreError::Conflict)));
+        assert!(matches!(
+            s.create_group("old", 1),
+            Err(StoreError::Conflict)
+        ));
         drop(s);
         assert!(matches!(
             db.open().create_group("old", 3),

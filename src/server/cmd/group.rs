@@ -140,7 +140,10 @@ pub async fn create(
         }
         Err(StoreError::Conflict) => sess.error(
             req_id,
-            Reject(ErrorCode::NameTaken, "you already have a group with that name"),
+            Reject(
+                ErrorCode::NameTaken,
+                "you already have a group with that name",
+            ),
         ),
         Err(_) => sess.error(req_id, STORAGE),
     }
