@@ -229,6 +229,20 @@ pub struct GroupRecord {
     pub name: String,
     pub owner: UserId,
     pub dissolved: bool,
+    /// Joining needs an invitation or an approved request.
+    pub private: bool,
+    /// New members may read history from before they joined.
+    pub full_history: bool,
+}
+
+/// Someone waiting at a group's door: invited by an owner/admin, or asking
+/// to join (a private group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    pub user_id: UserId,
+    pub username: String,
+    /// true: invited; false: asked to join.
+    pub invited: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,4 +282,7 @@ pub struct ConvCursor {
     pub delivered: Seq,
     /// Highest stored seq in the conversation (0 when empty).
     pub last_seq: Seq,
+    /// The user may see only messages after this seq: their join point in a
+    /// group without full history (0: everything).
+    pub floor: Seq,
 }

@@ -530,3 +530,58 @@ fn passwd_and_logout_all_from_the_chat_client() {
     // The refused /passwd fails the run.
     assert!(!st.success(), "{lines:?}");
 }
+
+/// Private groups from the console: `/create --private`, a join that asks,
+/// `/invite`, `/requests`, `/approve` and `/reject <group> <user>`.
+#[test]
+fn private_group_invitations_and_requests() {
+    let s = TestServer::start();
+    let (a, b, c, d) = (uname("pa"), uname("pb"), uname("pc"), uname("pd"));
+    register(&s, &[&a, &b, &c, &d]);
+    let mut ca = login_chat(s.addr, &a);
+    let mut cb = login_chat(s.addr, &b);
+    let mut cc = login_chat(s.addr, &c);
+    let mut cd = login_chat(s.addr, &d);
+    let group = uname("inner");
+
+    ca.send(&format!("/create --private {group}"));
+    let created = ca.expect_prefix("ok create ");
+    let gid: u64 = created.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(created, format!("ok create {gid} {group}"));
+
+    cb.send(&format!("/join {gid}"));
+    cb.expect_prefix("error PendingApproval: ");
+    ca.expect(&format!("group-event {gid} asks-to-join {b}"));
+    ca.send(&format!("/invite {c} {group}"));
+    ca.expect(&format!("ok invite {gid} {c}"));
+    cc.expect(&format!("group-invite {gid} {group}"));
+    ca.send(&format!("/requests {group}"));
+    ca.expect(&format!("request {gid} {b} asks"));
+    ca.expect(&format!("request {gid} {c} invited"));
+    ca.expect("ok requests 2");
+
+    ca.send(&format!("/approve {group} {b}"));
+    ca.expect(&format!("ok approve {gid} {b}"));
+    cb.expect(&format!("group-event {gid} joined {b}"));
+    cc.send(&format!("/join {gid}"));
+    cc.expect(&format!("ok join {gid}"));
+
+    cd.send(&format!("/join {gid}"));
+    cd.expect_prefix("error PendingApproval: ");
+    ca.expect(&format!("group-event {gid} asks-to-join {d}"));
+    ca.send(&format!("/reject {group} {d}"));
+    ca.expect(&format!("ok reject {gid} {d}"));
+    cd.expect_prefix(&format!("group-event {gid} join-rejected {d} by "));
+
+    ca.send(&format!("/members {group}"));
+    ca.expect("ok members 3");
+    ca.send("/quit");
+    let (st, _) = ca.finish();
+    assert!(st.success(), "{st}");
+    let (st, lines) = cc.finish();
+    assert!(st.success(), "{st}: {lines:?}");
+    for x in [cb, cd] {
+        let (st, _) = x.finish();
+        assert!(!st.success(), "the join that asked fails the run");
+    }
+}

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ringchat::client::{Event, FriendEventKind};
+use ringchat::client::{Event, FriendEventKind, GroupEventKind};
 use ringchat::legacy::codec::{Split, Splitter};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -327,7 +327,8 @@ fn every_msgid_between_legacy_users() {
     assert!(m["time"].as_str().unwrap().len() == 19, "{m}");
     a.quiet();
 
-    // 7: create group (name taken → errno 1).
+    // 7: create group (a name its creator already uses → errno 1; names
+    // are unique per owner, tests/group_privacy.rs).
     let gname = uname("lgg");
     a.send(json!({"msgid": 7, "from": a_id, "groupname": gname, "groupdesc": "the \"desc\""}));
     let r = a.reply();
@@ -337,8 +338,8 @@ fn every_msgid_between_legacy_users() {
         "{r}"
     );
     let g = r["groupid"].as_u64().unwrap();
-    b.send(json!({"msgid": 7, "from": b_id, "groupname": gname, "groupdesc": ""}));
-    let r = b.reply();
+    a.send(json!({"msgid": 7, "from": a_id, "groupname": gname, "groupdesc": ""}));
+    let r = a.reply();
     assert_eq!(
         (r["msgid"].as_i64(), r["errno"].as_i64()),
         (Some(7), Some(1)),
@@ -1365,5 +1366,100 @@ fn the_password_minimum_is_a_serve_option_for_migrations() {
     assert!(
         r["errmsg"].as_str().unwrap_or("").contains("3-128"),
         "the reply states the configured rule: {r}"
+    );
+}
+
+/// Security issue item 3: the old protocol's join (msgid 8) keeps working
+/// for public groups; a private group refuses it in the old shape (the
+/// request is recorded for the owner, as natively), until an invitation.
+#[test]
+fn legacy_join_works_for_public_groups_and_is_refused_for_private_ones() {
+    let (srv, addr) = TestServer::start_legacy();
+    let owner = srv.user(&uname("lgpo"));
+    let (mut l, l_id, _) = user(addr, "lgpj");
+    let public = owner.create_group(&uname("lgpub")).unwrap();
+    let (private, _) = owner
+        .create_group_opts(&uname("lgpriv"), true, false)
+        .unwrap();
+
+    l.send(json!({"msgid": 8, "id": l_id, "groupid": public}));
+    let r = l.reply();
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(8), Some(0)),
+        "{r}"
+    );
+
+    l.send(json!({"msgid": 8, "id": l_id, "groupid": private}));
+    let r = l.reply();
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(8), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["groupid"], private);
+    assert!(r.get("groupname").is_none(), "{r}");
+    wait(&owner.c, "JoinRequested", |e| {
+        matches!(e, Event::Group { kind: GroupEventKind::JoinRequested, group_id, user_id, .. }
+            if *group_id == private && *user_id == l_id)
+    });
+    // Still not a member: a post reaches nobody and is refused.
+    l.send(json!({"msgid": 9, "id": l_id, "groupid": private, "msg": "hi"}));
+    assert_eq!(l.reply()["errno"], 1);
+
+    owner.invite_to_group(private, l_id).unwrap();
+    wait(&owner.c, "Joined", |e| {
+        matches!(e, Event::Group { kind: GroupEventKind::Joined, group_id, user_id, .. }
+            if *group_id == private && *user_id == l_id)
+    });
+    assert!(
+        owner
+            .group_members(private)
+            .unwrap()
+            .iter()
+            .any(|m| m.user_id == l_id && m.pending.is_none())
+    );
+}
+
+/// Security issue item 3: the old protocol's "group info" (msgid 12)
+/// answers for any public group, but tells a non-member nothing about a
+/// private one (not even its name): the same reply as for no group.
+#[test]
+fn legacy_group_info_of_a_private_group_is_for_members_only() {
+    let (srv, addr) = TestServer::start_legacy();
+    let owner = srv.user(&uname("lgio"));
+    let (mut l, l_id, _) = user(addr, "lgii");
+    let pub_name = uname("lginfopub");
+    let priv_name = uname("lginfopriv");
+    let public = owner.create_group(&pub_name).unwrap();
+    let (private, _) = owner.create_group_opts(&priv_name, true, false).unwrap();
+
+    l.send(json!({"msgid": 12, "id": l_id, "groupid": public}));
+    let r = l.next();
+    assert_eq!(
+        (r["msgid"].as_i64(), r["errno"].as_i64()),
+        (Some(12), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["groupname"], pub_name.as_str());
+
+    l.send(json!({"msgid": 12, "id": l_id, "groupid": private}));
+    let hidden = l.next();
+    l.send(json!({"msgid": 12, "id": l_id, "groupid": 9_999_999}));
+    let missing = l.next();
+    assert_eq!(hidden["errno"], 1, "{hidden}");
+    assert!(!hidden.to_string().contains(&priv_name), "{hidden}");
+    assert_eq!(hidden["errmsg"], missing["errmsg"]);
+
+    // A member asks: answered.
+    owner.invite_to_group(private, l_id).unwrap();
+    l.send(json!({"msgid": 8, "id": l_id, "groupid": private}));
+    assert_eq!(l.reply()["errno"], 0);
+    l.send(json!({"msgid": 12, "id": l_id, "groupid": private}));
+    let r = l.next();
+    assert_eq!(
+        (r["errno"].as_i64(), r["groupname"].as_str()),
+        (Some(0), Some(priv_name.as_str())),
+        "{r}"
     );
 }

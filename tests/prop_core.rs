@@ -55,7 +55,7 @@ fn code<T: std::fmt::Debug>(d: &Result<T, Reject>) -> Option<ErrorCode> {
 // ------------------------------------------------------------------ session gate
 
 /// The client requests of the schema's `Body` union (docs/PROTOCOL.md).
-const REQUESTS: [Body; 25] = [
+const REQUESTS: [Body; 27] = [
     Body::Hello,
     Body::Register,
     Body::Login,
@@ -81,6 +81,8 @@ const REQUESTS: [Body; 25] = [
     Body::SetAdmin,
     Body::ChangePassword,
     Body::LogoutAll,
+    Body::InviteToGroup,
+    Body::RespondJoinRequest,
 ];
 
 /// The native gate: the codec's request kind, then the protocol-neutral rules.
@@ -641,6 +643,8 @@ fn group_ops() -> impl Strategy<Value = Vec<GroupOp>> {
         3 => user.clone().prop_map(GroupAction::Remove),
         3 => (user.clone(), any::<bool>()).prop_map(|(u, a)| GroupAction::SetAdmin(u, a)),
         1 => Just(GroupAction::Dissolve),
+        2 => user.clone().prop_map(GroupAction::Invite),
+        2 => (user.clone(), any::<bool>()).prop_map(|(u, a)| GroupAction::Respond(u, a)),
     ];
     let op = prop_oneof![
         4 => (user.clone(), action).prop_map(|(u, a)| GroupOp::Act(u, a)),
@@ -649,19 +653,47 @@ fn group_ops() -> impl Strategy<Value = Vec<GroupOp>> {
     proptest::collection::vec(op, 0..60)
 }
 
-/// The rules, from the model's membership map.
+/// The rules, from the model's membership map and its invitations (true)
+/// and join requests (false).
 fn group_rule(
     members: &BTreeMap<u64, Role>,
+    pending: &BTreeMap<u64, bool>,
+    private: bool,
     actor: u64,
     action: GroupAction,
 ) -> Result<GroupChange, ErrorCode> {
     let role = |u: u64| members.get(&u).copied();
     let mine = role(actor);
+    let admin = |mine: Option<Role>| match mine {
+        None => Err(ErrorCode::NotMember),
+        Some(Role::Member) => Err(ErrorCode::NotAllowed),
+        Some(_) => Ok(()),
+    };
     match action {
-        GroupAction::Join => match mine {
-            Some(_) => Err(ErrorCode::AlreadyMember),
-            None => Ok(GroupChange::Joined(actor)),
+        GroupAction::Join => match (mine, pending.get(&actor)) {
+            (Some(_), _) => Err(ErrorCode::AlreadyMember),
+            (None, Some(true)) => Ok(GroupChange::Joined(actor)),
+            (None, _) if !private => Ok(GroupChange::Joined(actor)),
+            (None, Some(false)) => Err(ErrorCode::PendingApproval),
+            (None, None) => Ok(GroupChange::Requested(actor)),
         },
+        GroupAction::Invite(t) => {
+            admin(mine)?;
+            match (role(t), pending.get(&t)) {
+                (Some(_), _) => Err(ErrorCode::AlreadyMember),
+                (None, Some(false)) => Ok(GroupChange::Joined(t)),
+                _ => Ok(GroupChange::Invited(t)),
+            }
+        }
+        GroupAction::Respond(t, accept) => {
+            admin(mine)?;
+            match (role(t), pending.get(&t)) {
+                (Some(_), _) => Err(ErrorCode::AlreadyMember),
+                (None, Some(false)) if accept => Ok(GroupChange::Joined(t)),
+                (None, Some(false)) => Ok(GroupChange::Rejected(t)),
+                _ => Err(ErrorCode::NoSuchRequest),
+            }
+        }
         GroupAction::Leave => match mine {
             None => Err(ErrorCode::NotMember),
             // The group always has its owner: the owner dissolves instead.
@@ -707,8 +739,10 @@ proptest! {
     fn groups_follow_permissions(
         owner in 1u64..8,
         initial in proptest::collection::btree_map(1u64..8, any::<bool>(), 0..5),
+        private in any::<bool>(),
         ops in group_ops(),
     ) {
+        let mut pending: BTreeMap<u64, bool> = BTreeMap::new();
         let mut model: BTreeMap<u64, Role> = initial
             .into_iter()
             .map(|(u, admin)| (u, if admin { Role::Admin } else { Role::Member }))
@@ -719,6 +753,8 @@ proptest! {
             name: "g".into(),
             owner,
             members: model.iter().map(|(u, r)| (*u, *r)).collect(),
+            private,
+            ..Default::default()
         };
         for op in ops {
             match op {
@@ -729,13 +765,23 @@ proptest! {
                 }
                 GroupOp::Act(actor, action) => {
                     let got = g.decide(actor, action).map_err(|r| r.0);
-                    let want = group_rule(&model, actor, action);
+                    let want = group_rule(&model, &pending, private, actor, action);
                     prop_assert_eq!(got, want, "{} {:?} in {:?}", actor, action, model);
                     let Ok(change) = got else { continue };
                     let alive = g.apply(change);
                     match change {
                         GroupChange::Joined(u) => {
                             model.insert(u, Role::Member);
+                            pending.remove(&u);
+                        }
+                        GroupChange::Invited(u) => {
+                            pending.insert(u, true);
+                        }
+                        GroupChange::Requested(u) => {
+                            pending.insert(u, false);
+                        }
+                        GroupChange::Rejected(u) => {
+                            pending.remove(&u);
                         }
                         GroupChange::Left(u) | GroupChange::Removed(u) => {
                             model.remove(&u);
@@ -754,17 +800,28 @@ proptest! {
                     // change, plus the one who left or was removed.
                     let mut audience = g.audience(change);
                     audience.sort_unstable();
-                    let mut want: Vec<u64> = model.keys().copied().collect();
+                    // Invitations, requests and rejections: the owner and
+                    // admins, and (but for a request) the user concerned.
+                    let admins = model.iter().filter(|(_, r)| **r >= Role::Admin).map(|(u, _)| *u);
+                    let mut want: Vec<u64> = match change {
+                        GroupChange::Invited(u) | GroupChange::Rejected(u) => {
+                            admins.chain([u]).collect()
+                        }
+                        GroupChange::Requested(_) => admins.collect(),
+                        _ => model.keys().copied().collect(),
+                    };
                     if let GroupChange::Left(u) | GroupChange::Removed(u) = change {
                         want.push(u);
-                        want.sort_unstable();
                     }
+                    want.sort_unstable();
                     prop_assert_eq!(audience, want);
                 }
             }
             // The state is the model, and the owner is always there, alone in its role.
             let members: BTreeMap<u64, Role> = g.members.iter().map(|(u, r)| (*u, *r)).collect();
             prop_assert_eq!(&members, &model);
+            let waiting: BTreeMap<u64, bool> = g.pending.iter().map(|(u, p)| (*u, *p)).collect();
+            prop_assert_eq!(&waiting, &pending);
             let owners: Vec<u64> = model.iter().filter(|(_, r)| **r == Role::Owner).map(|(u, _)| *u).collect();
             prop_assert_eq!(owners, vec![owner]);
         }
@@ -787,7 +844,7 @@ proptest! {
     ) {
         let mut cursors: Vec<ConvCursor> = convs
             .iter()
-            .map(|(&conv, &(d, extra))| ConvCursor { conv, delivered: d, last_seq: d + extra })
+            .map(|(&conv, &(d, extra))| ConvCursor { conv, delivered: d, last_seq: d + extra, floor: 0 })
             .collect();
         if !cursors.is_empty() {
             let k = shuffle.index(cursors.len());
@@ -897,7 +954,7 @@ proptest! {
         // Session start: the hold is in place before the plan reads the store.
         let mut hold: Hold<(usize, u64)> = Hold::new(cap);
         let cursors: Vec<ConvCursor> = (0..k)
-            .map(|i| ConvCursor { conv: conv(i), delivered: cursor[i], last_seq: stored[i] })
+            .map(|i| ConvCursor { conv: conv(i), delivered: cursor[i], last_seq: stored[i], floor: 0 })
             .collect();
         let mut replay: BTreeMap<usize, u64> = plan(&cursors, &since_v)
             .into_iter()
@@ -962,6 +1019,7 @@ proptest! {
                                     conv: conv(i),
                                     delivered: shown[i].last().copied().unwrap_or(from[i]),
                                     last_seq: stored[i],
+                                    floor: 0,
                                 })
                                 .collect();
                             replay = got

@@ -299,6 +299,8 @@ enum Req {
     RemoveMember(u64, u64, u64),
     DissolveGroup(u64, u64),
     SetAdmin(u64, u64, u64, bool),
+    InviteToGroup(u64, u64, u64),
+    RespondJoinRequest(u64, u64, u64, bool),
     ListGroups(u64),
     SendMessage(u64, u64, u64, u64, String),
     Ack(Vec<(u64, u64)>),
@@ -347,6 +349,9 @@ fn req() -> impl Strategy<Value = Req> {
         (id(), id(), id()).prop_map(|(r, g, u)| Req::RemoveMember(r, g, u)),
         (id(), id()).prop_map(|(r, g)| Req::DissolveGroup(r, g)),
         (id(), id(), id(), any::<bool>()).prop_map(|(r, g, u, a)| Req::SetAdmin(r, g, u, a)),
+        (id(), id(), id()).prop_map(|(r, g, u)| Req::InviteToGroup(r, g, u)),
+        (id(), id(), id(), any::<bool>())
+            .prop_map(|(r, g, u, a)| Req::RespondJoinRequest(r, g, u, a)),
         id().prop_map(Req::ListGroups),
         (id(), id(), id(), id(), text())
             .prop_map(|(r, t, g, c, b)| Req::SendMessage(r, t, g, c, b)),
@@ -381,6 +386,8 @@ fn encode(e: &mut Enc, r: &Req) -> Vec<u8> {
         Req::RemoveMember(id, g, u) => e.remove_member(*id, *g, *u),
         Req::DissolveGroup(id, g) => e.dissolve_group(*id, *g),
         Req::SetAdmin(id, g, u, a) => e.set_admin(*id, *g, *u, *a),
+        Req::InviteToGroup(id, g, u) => e.invite_to_group(*id, *g, *u),
+        Req::RespondJoinRequest(id, g, u, a) => e.respond_join_request(*id, *g, *u, *a),
         Req::ListGroups(id) => e.list_groups(*id),
         Req::SendMessage(id, t, g, c, b) => e.send_message(*id, *t, *g, *c, b),
         Req::Ack(items) => e.ack(items),
@@ -497,6 +504,14 @@ fn read_back(env: fb::Envelope<'_>) -> Req {
         fb::Body::SetAdmin => {
             let r = must(env.body_as_set_admin(), ty);
             Req::SetAdmin(id, r.group_id(), r.user_id(), r.admin())
+        }
+        fb::Body::InviteToGroup => {
+            let r = must(env.body_as_invite_to_group(), ty);
+            Req::InviteToGroup(id, r.group_id(), r.user_id())
+        }
+        fb::Body::RespondJoinRequest => {
+            let r = must(env.body_as_respond_join_request(), ty);
+            Req::RespondJoinRequest(id, r.group_id(), r.user_id(), r.accept())
         }
         fb::Body::ListGroups => {
             must(env.body_as_list_groups(), ty);

@@ -41,6 +41,7 @@ class ErrorCode(object):
     NameTaken = 30
     LimitReached = 31
     AccountDisabled = 32
+    PendingApproval = 33
 
 
 class FriendState(object):
@@ -50,10 +51,13 @@ class FriendState(object):
     Blocked = 3
 
 
+# Pending and Invited appear only in GroupMembers replies to owners and admins.
 class Role(object):
     Member = 0
     Admin = 1
     Owner = 2
+    Pending = 3
+    Invited = 4
 
 
 class FriendEventKind(object):
@@ -69,6 +73,9 @@ class GroupEventKind(object):
     Removed = 2
     Dissolved = 3
     RoleChanged = 4
+    Invited = 5
+    JoinRequested = 6
+    JoinRejected = 7
 
 
 class Body(object):
@@ -116,6 +123,8 @@ class Body(object):
     Goodbye = 41
     ChangePassword = 42
     LogoutAll = 43
+    InviteToGroup = 44
+    RespondJoinRequest = 45
 
 
 class Hello(object):
@@ -640,6 +649,8 @@ def FriendBlockEnd(builder):
 
 
 
+# Pages by user id: `after_id` 0 for the first page, then the reply's
+# `next_after_id` until it is 0. `limit` 0 = the server's page size.
 class ListFriends(object):
     __slots__ = ['_tab']
 
@@ -658,14 +669,37 @@ class ListFriends(object):
     def Init(self, buf, pos):
         self._tab = flatbuffers.table.Table(buf, pos)
 
+    # ListFriends
+    def AfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ListFriends
+    def Limit(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
 def ListFriendsStart(builder):
-    builder.StartObject(0)
+    builder.StartObject(2)
+
+def ListFriendsAddAfterId(builder, afterId):
+    builder.PrependUint64Slot(0, afterId, 0)
+
+def ListFriendsAddLimit(builder, limit):
+    builder.PrependUint32Slot(1, limit, 0)
 
 def ListFriendsEnd(builder):
     return builder.EndObject()
 
 
 
+# `private`: joining needs an invitation or an approved request.
+# `full_history`: new members may read History from before they joined
+# (default: from their join point).
 class CreateGroup(object):
     __slots__ = ['_tab']
 
@@ -691,11 +725,31 @@ class CreateGroup(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
+    # CreateGroup
+    def Private(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+    # CreateGroup
+    def FullHistory(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
 def CreateGroupStart(builder):
-    builder.StartObject(1)
+    builder.StartObject(3)
 
 def CreateGroupAddName(builder, name):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def CreateGroupAddPrivate(builder, private):
+    builder.PrependBoolSlot(1, private, 0)
+
+def CreateGroupAddFullHistory(builder, fullHistory):
+    builder.PrependBoolSlot(2, fullHistory, 0)
 
 def CreateGroupEnd(builder):
     return builder.EndObject()
@@ -774,6 +828,8 @@ def LeaveGroupEnd(builder):
 
 
 
+# Paged by user id like ListFriends. Owners and admins of a group also
+# get its pending join requests (role Pending) and invitations (Invited).
 class GroupMembers(object):
     __slots__ = ['_tab']
 
@@ -799,11 +855,31 @@ class GroupMembers(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # GroupMembers
+    def AfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # GroupMembers
+    def Limit(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
 def GroupMembersStart(builder):
-    builder.StartObject(1)
+    builder.StartObject(3)
 
 def GroupMembersAddGroupId(builder, groupId):
     builder.PrependUint64Slot(0, groupId, 0)
+
+def GroupMembersAddAfterId(builder, afterId):
+    builder.PrependUint64Slot(1, afterId, 0)
+
+def GroupMembersAddLimit(builder, limit):
+    builder.PrependUint32Slot(2, limit, 0)
 
 def GroupMembersEnd(builder):
     return builder.EndObject()
@@ -910,8 +986,28 @@ class ListGroups(object):
     def Init(self, buf, pos):
         self._tab = flatbuffers.table.Table(buf, pos)
 
+    # ListGroups
+    def AfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ListGroups
+    def Limit(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
 def ListGroupsStart(builder):
-    builder.StartObject(0)
+    builder.StartObject(2)
+
+def ListGroupsAddAfterId(builder, afterId):
+    builder.PrependUint64Slot(0, afterId, 0)
+
+def ListGroupsAddLimit(builder, limit):
+    builder.PrependUint32Slot(1, limit, 0)
 
 def ListGroupsEnd(builder):
     return builder.EndObject()
@@ -1227,6 +1323,111 @@ def LogoutAllStart(builder):
     builder.StartObject(0)
 
 def LogoutAllEnd(builder):
+    return builder.EndObject()
+
+
+
+# Owner/admin: lets `user_id` join (a private group); if they asked to
+# join already, they become a member now.
+class InviteToGroup(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = InviteToGroup()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsInviteToGroup(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # InviteToGroup
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # InviteToGroup
+    def GroupId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # InviteToGroup
+    def UserId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+def InviteToGroupStart(builder):
+    builder.StartObject(2)
+
+def InviteToGroupAddGroupId(builder, groupId):
+    builder.PrependUint64Slot(0, groupId, 0)
+
+def InviteToGroupAddUserId(builder, userId):
+    builder.PrependUint64Slot(1, userId, 0)
+
+def InviteToGroupEnd(builder):
+    return builder.EndObject()
+
+
+
+# Owner/admin: accept or reject `user_id`'s request to join.
+class RespondJoinRequest(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = RespondJoinRequest()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsRespondJoinRequest(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # RespondJoinRequest
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # RespondJoinRequest
+    def GroupId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # RespondJoinRequest
+    def UserId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # RespondJoinRequest
+    def Accept(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+def RespondJoinRequestStart(builder):
+    builder.StartObject(3)
+
+def RespondJoinRequestAddGroupId(builder, groupId):
+    builder.PrependUint64Slot(0, groupId, 0)
+
+def RespondJoinRequestAddUserId(builder, userId):
+    builder.PrependUint64Slot(1, userId, 0)
+
+def RespondJoinRequestAddAccept(builder, accept):
+    builder.PrependBoolSlot(2, accept, 0)
+
+def RespondJoinRequestEnd(builder):
     return builder.EndObject()
 
 
@@ -1737,14 +1938,24 @@ class FriendList(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         return o == 0
 
+    # FriendList
+    def NextAfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def FriendListStart(builder):
-    builder.StartObject(1)
+    builder.StartObject(2)
 
 def FriendListAddFriends(builder, friends):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(friends), 0)
 
 def FriendListStartFriendsVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
+
+def FriendListAddNextAfterId(builder, nextAfterId):
+    builder.PrependUint64Slot(1, nextAfterId, 0)
 
 def FriendListEnd(builder):
     return builder.EndObject()
@@ -1912,8 +2123,15 @@ class MemberList(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
+    # MemberList
+    def NextAfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def MemberListStart(builder):
-    builder.StartObject(2)
+    builder.StartObject(3)
 
 def MemberListAddGroupId(builder, groupId):
     builder.PrependUint64Slot(0, groupId, 0)
@@ -1923,6 +2141,9 @@ def MemberListAddMembers(builder, members):
 
 def MemberListStartMembersVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
+
+def MemberListAddNextAfterId(builder, nextAfterId):
+    builder.PrependUint64Slot(2, nextAfterId, 0)
 
 def MemberListEnd(builder):
     return builder.EndObject()
@@ -1975,8 +2196,22 @@ class GroupInfo(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # GroupInfo
+    def Private(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+    # GroupInfo
+    def FullHistory(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
 def GroupInfoStart(builder):
-    builder.StartObject(4)
+    builder.StartObject(6)
 
 def GroupInfoAddGroupId(builder, groupId):
     builder.PrependUint64Slot(0, groupId, 0)
@@ -1989,6 +2224,12 @@ def GroupInfoAddRole(builder, role):
 
 def GroupInfoAddConversation(builder, conversation):
     builder.PrependUint64Slot(3, conversation, 0)
+
+def GroupInfoAddPrivate(builder, private):
+    builder.PrependBoolSlot(4, private, 0)
+
+def GroupInfoAddFullHistory(builder, fullHistory):
+    builder.PrependBoolSlot(5, fullHistory, 0)
 
 def GroupInfoEnd(builder):
     return builder.EndObject()
@@ -2037,14 +2278,24 @@ class GroupList(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         return o == 0
 
+    # GroupList
+    def NextAfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def GroupListStart(builder):
-    builder.StartObject(1)
+    builder.StartObject(2)
 
 def GroupListAddGroups(builder, groups):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(groups), 0)
 
 def GroupListStartGroupsVector(builder, numElems):
     return builder.StartVector(4, numElems, 4)
+
+def GroupListAddNextAfterId(builder, nextAfterId):
+    builder.PrependUint64Slot(1, nextAfterId, 0)
 
 def GroupListEnd(builder):
     return builder.EndObject()
@@ -2432,6 +2683,7 @@ def FriendEventEnd(builder):
 
 
 
+# `name`: the group's name, set on Invited only.
 class GroupEvent(object):
     __slots__ = ['_tab']
 
@@ -2478,8 +2730,15 @@ class GroupEvent(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # GroupEvent
+    def Name(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
 def GroupEventStart(builder):
-    builder.StartObject(4)
+    builder.StartObject(5)
 
 def GroupEventAddKind(builder, kind):
     builder.PrependUint8Slot(0, kind, 0)
@@ -2492,6 +2751,9 @@ def GroupEventAddUserId(builder, userId):
 
 def GroupEventAddActor(builder, actor):
     builder.PrependUint64Slot(3, actor, 0)
+
+def GroupEventAddName(builder, name):
+    builder.PrependUOffsetTRelativeSlot(4, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
 
 def GroupEventEnd(builder):
     return builder.EndObject()

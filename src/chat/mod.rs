@@ -68,6 +68,25 @@ pub enum Command {
     Groups,
     Create {
         name: String,
+        /// Join by invitation or approved request only.
+        private: bool,
+        /// New members may read what was said before they joined.
+        full_history: bool,
+    },
+    /// Invite a user into one of my groups (owner/admin).
+    Invite {
+        user: String,
+        group: String,
+    },
+    /// Pending invitations and join requests of a group (owner/admin).
+    Requests {
+        group: String,
+    },
+    /// Accept (`approve`) or reject a request to join a group.
+    Decide {
+        group: String,
+        user: String,
+        accept: bool,
     },
     Join {
         group: String,
@@ -130,7 +149,6 @@ pub const HELP: &[(&str, &str)] = &[
     ("/search <prefix>", "find users by name"),
     ("/add <user> [note]", "send a friend request"),
     ("/accept <user>", "accept a friend request"),
-    ("/reject <user>", "reject a friend request"),
     ("/unfriend <user>", "remove a friend"),
     ("/block <user>", "block a user (ends a friendship)"),
     ("/unblock <user>", "lift a block"),
@@ -139,8 +157,24 @@ pub const HELP: &[(&str, &str)] = &[
         "friends, requests and blocks, with online state",
     ),
     ("/groups", "your groups"),
-    ("/create <name>", "create a group"),
-    ("/join <group-id>", "join a group"),
+    (
+        "/create [--private] [--full-history] <name>",
+        "create a group (private: join by invitation or approval)",
+    ),
+    ("/join <group-id>", "join a group (a private one: ask to)"),
+    ("/invite <user> <group>", "invite a user into your group"),
+    (
+        "/requests <group>",
+        "who asks to join your group, and who is invited",
+    ),
+    (
+        "/approve <group> <user>",
+        "let a user who asked join your group",
+    ),
+    (
+        "/reject <user> | <group> <user>",
+        "reject a friend request, or a request to join your group",
+    ),
     ("/leave <group>", "leave a group"),
     ("/dissolve <group>", "dissolve a group you own"),
     ("/members <group>", "members of a group"),
@@ -263,19 +297,57 @@ pub fn parse(line: &str) -> Result<Command, String> {
             })
         }
         "accept" => one(|user| Command::Accept { user }),
-        "reject" => one(|user| Command::Reject { user }),
+        "reject" => match args.as_slice() {
+            [u] => Ok(Command::Reject {
+                user: u.to_string(),
+            }),
+            [g, u] => Ok(Command::Decide {
+                group: g.to_string(),
+                user: u.strip_prefix('@').unwrap_or(u).to_string(),
+                accept: false,
+            }),
+            _ => bad(),
+        },
+        "approve" => match args.as_slice() {
+            [g, u] => Ok(Command::Decide {
+                group: g.to_string(),
+                user: u.strip_prefix('@').unwrap_or(u).to_string(),
+                accept: true,
+            }),
+            _ => bad(),
+        },
+        "invite" => match args.as_slice() {
+            [u, g] => Ok(Command::Invite {
+                user: u.strip_prefix('@').unwrap_or(u).to_string(),
+                group: g.to_string(),
+            }),
+            _ => bad(),
+        },
+        "requests" => one(|group| Command::Requests { group }),
         "unfriend" | "remove" => one(|user| Command::Unfriend { user }),
         "block" => one(|user| Command::Block { user }),
         "unblock" => one(|user| Command::Unblock { user }),
         "friends" => none(Command::Friends),
         "groups" => none(Command::Groups),
         "create" => {
-            let name = rest.trim();
+            let (mut private, mut full_history) = (false, false);
+            let mut name = rest.trim();
+            loop {
+                let (w, after) = word(name);
+                match w {
+                    "--private" => private = true,
+                    "--full-history" => full_history = true,
+                    _ => break,
+                }
+                name = after.trim();
+            }
             if name.is_empty() {
                 return bad();
             }
             Ok(Command::Create {
                 name: name.to_string(),
+                private,
+                full_history,
             })
         }
         "join" => one(|group| Command::Join { group }),
@@ -535,9 +607,50 @@ mod tests {
         assert_eq!(
             p("/create rust fans"),
             Command::Create {
-                name: "rust fans".into()
+                name: "rust fans".into(),
+                private: false,
+                full_history: false,
             }
         );
+        assert_eq!(
+            p("/create --private --full-history inner circle"),
+            Command::Create {
+                name: "inner circle".into(),
+                private: true,
+                full_history: true,
+            }
+        );
+        assert!(parse("/create --private").is_err());
+        assert_eq!(
+            p("/invite @bob devs"),
+            Command::Invite {
+                user: "bob".into(),
+                group: "devs".into()
+            }
+        );
+        assert_eq!(
+            p("/requests devs"),
+            Command::Requests {
+                group: "devs".into()
+            }
+        );
+        assert_eq!(
+            p("/approve devs bob"),
+            Command::Decide {
+                group: "devs".into(),
+                user: "bob".into(),
+                accept: true
+            }
+        );
+        assert_eq!(
+            p("/reject devs bob"),
+            Command::Decide {
+                group: "devs".into(),
+                user: "bob".into(),
+                accept: false
+            }
+        );
+        assert!(parse("/approve bob").is_err());
         assert_eq!(p("/join 12"), Command::Join { group: "12".into() });
         assert_eq!(
             p("/kick devs @bob"),

@@ -625,7 +625,16 @@ impl<O: Out> Engine<O> {
                 group_id,
                 user_id,
                 actor,
-            } => self.group_event(kind, group_id, user_id, actor),
+                name,
+            } => {
+                if kind == GroupEventKind::Invited && user_id == self.my_id() {
+                    // Not a member yet: only the invitation names the group.
+                    let s = self.style.invited(group_id, &name);
+                    self.print(&s);
+                } else {
+                    self.group_event(kind, group_id, user_id, actor)
+                }
+            }
             // Logged out elsewhere, or the password changed: say so (the
             // reconnect that follows finds the token gone: "expired").
             Event::Goodbye {
@@ -654,13 +663,19 @@ impl<O: Out> Engine<O> {
             GroupEventKind::Left => "left",
             GroupEventKind::Removed => "removed",
             GroupEventKind::Dissolved => "dissolved",
+            GroupEventKind::Invited => "invited",
+            GroupEventKind::JoinRequested => "asks-to-join",
+            GroupEventKind::JoinRejected => "join-rejected",
             _ => "role-changed",
         };
         if !self.groups.contains_key(&gid) && what != "dissolved" {
             let _ = self.refresh_groups();
         }
         if (!self.names.contains_key(&user) || !self.names.contains_key(&actor))
-            && matches!(what, "joined" | "removed" | "role-changed")
+            && matches!(
+                what,
+                "joined" | "removed" | "role-changed" | "invited" | "asks-to-join"
+            )
             && let Ok(c) = self.client()
             && let Ok(ms) = c.group_members(gid)
         {
@@ -862,10 +877,49 @@ impl<O: Out> Engine<O> {
                 }
                 self.ok(&format!("groups {}", gs.len()));
             }
-            Command::Create { name } => {
-                let (gid, _) = self.client()?.create_group_conv(&name)?;
+            Command::Create {
+                name,
+                private,
+                full_history,
+            } => {
+                let (gid, _) = self
+                    .client()?
+                    .create_group_opts(&name, private, full_history)?;
                 self.groups.insert(gid, name.clone());
                 self.ok(&format!("create {gid} {name}"));
+            }
+            Command::Invite { user, group } => {
+                let (gid, _) = self.group(&group)?;
+                let uid = self.user_id(&user)?;
+                self.client()?.invite_to_group(gid, uid)?;
+                self.ok(&format!("invite {gid} {user}"));
+            }
+            Command::Requests { group } => {
+                let (gid, _) = self.group(&group)?;
+                let ms = self.client()?.group_members(gid)?;
+                let mut n = 0;
+                for m in &ms {
+                    self.learn(m.user_id, &m.username);
+                    let what = match m.pending {
+                        Some(client::Pending::Requested) => "asks",
+                        Some(client::Pending::Invited) => "invited",
+                        None => continue,
+                    };
+                    n += 1;
+                    self.print(&format!("request {gid} {} {what}", m.username));
+                }
+                self.ok(&format!("requests {n}"));
+            }
+            Command::Decide {
+                group,
+                user,
+                accept,
+            } => {
+                let (gid, _) = self.group(&group)?;
+                let uid = self.user_id(&user)?;
+                self.client()?.respond_join_request(gid, uid, accept)?;
+                let verb = if accept { "approve" } else { "reject" };
+                self.ok(&format!("{verb} {gid} {user}"));
             }
             Command::Join { group } => {
                 let g = group.strip_prefix('#').unwrap_or(&group);
@@ -896,7 +950,12 @@ impl<O: Out> Engine<O> {
             }
             Command::Members { group } => {
                 let (gid, _) = self.group(&group)?;
-                let ms = self.client()?.group_members(gid)?;
+                let ms: Vec<_> = self
+                    .client()?
+                    .group_members(gid)?
+                    .into_iter()
+                    .filter(|m| m.pending.is_none())
+                    .collect();
                 for m in &ms {
                     self.learn(m.user_id, &m.username);
                     let online = if m.online { "online" } else { "offline" };

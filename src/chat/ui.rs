@@ -126,8 +126,11 @@ pub fn plain_words(code: ErrorCode) -> &'static str {
         ErrorCode::IdleTimeout => "the connection was idle too long",
         ErrorCode::SelfTarget => "you cannot do that to yourself",
         ErrorCode::InvalidName => "group names are 1 to 64 bytes",
-        ErrorCode::NameTaken => "a group with that name exists",
+        ErrorCode::NameTaken => "you already have a group with that name",
         ErrorCode::AccountDisabled => "an operator disabled this account",
+        ErrorCode::PendingApproval => {
+            "the group is private: your request to join waits for an owner or admin"
+        }
         _ => "the server refused",
     }
 }
@@ -213,7 +216,17 @@ impl Style {
         }
     }
 
-    /// `what`: `joined`, `left`, `removed`, `role-changed`, `dissolved`.
+    /// An invitation to me: the group's name is all I know of it.
+    pub fn invited(&self, gid: u64, gname: &str) -> String {
+        if self.pretty {
+            format!("* you are invited to #{gname} (/join {gid})")
+        } else {
+            format!("group-invite {gid} {}", one_line(gname))
+        }
+    }
+
+    /// `what`: `joined`, `left`, `removed`, `role-changed`, `dissolved`,
+    /// `invited`, `asks-to-join`, `join-rejected`.
     pub fn group_event(
         &self,
         gid: u64,
@@ -227,12 +240,19 @@ impl Style {
                 "dissolved" => format!("* group #{gname} was dissolved"),
                 "removed" => format!("* {actor} removed {user} from #{gname}"),
                 "role-changed" => format!("* {actor} changed the role of {user} in #{gname}"),
+                "invited" => format!("* {actor} invited {user} to #{gname} (/join {gid})"),
+                "asks-to-join" => format!(
+                    "* {user} asks to join #{gname} (/approve {gid} {user} or /reject {gid} {user})"
+                ),
+                "join-rejected" => format!("* {actor} rejected {user}'s request to join #{gname}"),
                 _ => format!("* {user} {what} #{gname}"),
             }
         } else {
             match what {
                 "dissolved" => format!("group-event {gid} dissolved"),
-                "removed" | "role-changed" => format!("group-event {gid} {what} {user} by {actor}"),
+                "removed" | "role-changed" | "invited" | "join-rejected" => {
+                    format!("group-event {gid} {what} {user} by {actor}")
+                }
                 _ => format!("group-event {gid} {what} {user}"),
             }
         }

@@ -134,7 +134,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Incoming> {
                         .collect()
                 })
                 .unwrap_or_default();
-            Reply::FriendList(friends)
+            Reply::FriendList(friends, l.next_after_id())
         }
         fb::Body::GroupCreated => {
             let g = env
@@ -155,11 +155,16 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Incoming> {
                             username: s(m.username()),
                             role: role_from_fb(m.role()),
                             online: m.online(),
+                            pending: match m.role() {
+                                fb::Role::Invited => Some(Pending::Invited),
+                                fb::Role::Pending => Some(Pending::Requested),
+                                _ => None,
+                            },
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            Reply::MemberList(members)
+            Reply::MemberList(members, l.next_after_id())
         }
         fb::Body::GroupList => {
             let l = env
@@ -174,11 +179,13 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Incoming> {
                             name: s(g.name()),
                             role: role_from_fb(g.role()),
                             conversation: g.conversation(),
+                            private: g.private(),
+                            full_history: g.full_history(),
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            Reply::GroupList(groups)
+            Reply::GroupList(groups, l.next_after_id())
         }
         fb::Body::SendOk => {
             let o = env
@@ -238,6 +245,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Incoming> {
                 group_id: e.group_id(),
                 user_id: e.user_id(),
                 actor: e.actor(),
+                name: s(e.name()),
             }));
         }
         fb::Body::Goodbye => {

@@ -90,6 +90,21 @@ struct Shared {
     closed: AtomicBool,
 }
 
+/// Follows a paged list to its end (`page(after)` returns a page and the
+/// cursor of the next one, 0 at the end).
+fn all_pages<T>(mut page: impl FnMut(u64) -> Result<(Vec<T>, u64)>) -> Result<Vec<T>> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let (items, next) = page(after)?;
+        all.extend(items);
+        if next == 0 || next <= after {
+            return Ok(all);
+        }
+        after = next;
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind
     // (maps, a socket); carrying on is safer than poisoning every caller.
@@ -475,11 +490,18 @@ impl Client {
         self.ok_request(|e, id| e.friend_block(id, user_id, block))
     }
 
+    /// Every relationship, page after page.
     pub fn list_friends(&self) -> Result<Vec<Friend>> {
+        all_pages(|after| self.list_friends_page(after, 0))
+    }
+
+    /// One page: user ids above `after_id`, at most `limit` (0: the
+    /// server's page size); the second value asks for the next page (0: last).
+    pub fn list_friends_page(&self, after_id: UserId, limit: u32) -> Result<(Vec<Friend>, UserId)> {
         self.request(
-            |e, id| e.list_friends(id),
+            |e, id| e.list_friends_page(id, after_id, limit),
             |r| match r {
-                Reply::FriendList(f) => Ok(f),
+                Reply::FriendList(f, next) => Ok((f, next)),
                 r => Err(r),
             },
         )
@@ -493,8 +515,19 @@ impl Client {
 
     /// Like [`create_group`](Self::create_group), also returning the conversation id.
     pub fn create_group_conv(&self, name: &str) -> Result<(GroupId, ConvId)> {
+        self.create_group_opts(name, false, false)
+    }
+
+    /// Creates a group: `private` (join by invitation or approved request),
+    /// `full_history` (new members may read what was said before they joined).
+    pub fn create_group_opts(
+        &self,
+        name: &str,
+        private: bool,
+        full_history: bool,
+    ) -> Result<(GroupId, ConvId)> {
         self.request(
-            |e, id| e.create_group(id, name),
+            |e, id| e.create_group_opts(id, name, private, full_history),
             |r| match r {
                 Reply::GroupCreated(g, c) => Ok((g, c)),
                 r => Err(r),
@@ -502,6 +535,8 @@ impl Client {
         )
     }
 
+    /// Joins a group; on a private group without an invitation this records
+    /// a join request and fails with `ErrorCode::PendingApproval`.
     pub fn join_group(&self, group_id: GroupId) -> Result<()> {
         self.ok_request(|e, id| e.join_group(id, group_id))
     }
@@ -510,11 +545,38 @@ impl Client {
         self.ok_request(|e, id| e.leave_group(id, group_id))
     }
 
+    /// Owner/admin: invites a user to the group (they may then join it).
+    pub fn invite_to_group(&self, group_id: GroupId, user_id: UserId) -> Result<()> {
+        self.ok_request(|e, id| e.invite_to_group(id, group_id, user_id))
+    }
+
+    /// Owner/admin: accepts or rejects a user's request to join.
+    pub fn respond_join_request(
+        &self,
+        group_id: GroupId,
+        user_id: UserId,
+        accept: bool,
+    ) -> Result<()> {
+        self.ok_request(|e, id| e.respond_join_request(id, group_id, user_id, accept))
+    }
+
+    /// Every member, page after page (for owners and admins, also the
+    /// invited and those asking to join: `Member::pending`).
     pub fn group_members(&self, group_id: GroupId) -> Result<Vec<Member>> {
+        all_pages(|after| self.group_members_page(group_id, after, 0))
+    }
+
+    /// One page of members, as [`list_friends_page`](Self::list_friends_page).
+    pub fn group_members_page(
+        &self,
+        group_id: GroupId,
+        after_id: UserId,
+        limit: u32,
+    ) -> Result<(Vec<Member>, UserId)> {
         self.request(
-            |e, id| e.group_members(id, group_id),
+            |e, id| e.group_members_page(id, group_id, after_id, limit),
             |r| match r {
-                Reply::MemberList(m) => Ok(m),
+                Reply::MemberList(m, next) => Ok((m, next)),
                 r => Err(r),
             },
         )
@@ -532,11 +594,21 @@ impl Client {
         self.ok_request(|e, id| e.dissolve_group(id, group_id))
     }
 
+    /// Every group of the user, page after page.
     pub fn list_groups(&self) -> Result<Vec<GroupInfo>> {
+        all_pages(|after| self.list_groups_page(after, 0))
+    }
+
+    /// One page of groups, as [`list_friends_page`](Self::list_friends_page).
+    pub fn list_groups_page(
+        &self,
+        after_id: GroupId,
+        limit: u32,
+    ) -> Result<(Vec<GroupInfo>, GroupId)> {
         self.request(
-            |e, id| e.list_groups(id),
+            |e, id| e.list_groups_page(id, after_id, limit),
             |r| match r {
-                Reply::GroupList(g) => Ok(g),
+                Reply::GroupList(g, next) => Ok((g, next)),
                 r => Err(r),
             },
         )

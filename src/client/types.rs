@@ -118,8 +118,21 @@ pub struct Friend {
 pub struct Member {
     pub user_id: UserId,
     pub username: String,
+    /// `Member` for the pending ones.
     pub role: Role,
     pub online: bool,
+    /// Not a member yet: invited, or asking to join (shown to the owner and
+    /// admins only).
+    pub pending: Option<Pending>,
+}
+
+/// Why a non-member is listed with a group's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// An owner or admin invited them; they may join.
+    Invited,
+    /// They asked to join; an owner or admin decides.
+    Requested,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +141,8 @@ pub struct GroupInfo {
     pub name: String,
     pub role: Role,
     pub conversation: ConvId,
+    pub private: bool,
+    pub full_history: bool,
 }
 
 /// The server's acknowledgement of a sent message: it is durable.
@@ -175,6 +190,8 @@ pub enum Event {
         group_id: GroupId,
         user_id: UserId,
         actor: UserId,
+        /// The group's name, on `Invited` only (empty otherwise).
+        name: String,
     },
     /// Catch-up after login/resume is complete; `messages` is how many the
     /// server sent (before client-side dedup).
@@ -205,10 +222,10 @@ pub(crate) enum Reply {
     LoginOk(Session),
     Pong(u64),
     UserList(Vec<UserInfo>, UserId),
-    FriendList(Vec<Friend>),
+    FriendList(Vec<Friend>, UserId),
     GroupCreated(GroupId, ConvId),
-    MemberList(Vec<Member>),
-    GroupList(Vec<GroupInfo>),
+    MemberList(Vec<Member>, UserId),
+    GroupList(Vec<GroupInfo>, GroupId),
     SendOk(Sent),
     Messages(Vec<ChatMsg>),
 }
@@ -223,10 +240,10 @@ impl Reply {
             Reply::LoginOk(_) => "LoginOk",
             Reply::Pong(_) => "Pong",
             Reply::UserList(..) => "UserList",
-            Reply::FriendList(_) => "FriendList",
+            Reply::FriendList(..) => "FriendList",
             Reply::GroupCreated(..) => "GroupCreated",
-            Reply::MemberList(_) => "MemberList",
-            Reply::GroupList(_) => "GroupList",
+            Reply::MemberList(..) => "MemberList",
+            Reply::GroupList(..) => "GroupList",
             Reply::SendOk(_) => "SendOk",
             Reply::Messages(_) => "Messages",
         }

@@ -10,12 +10,23 @@ use crate::model::Role;
 use crate::model::{GroupId, UserId};
 use ahash::AHashMap;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The answer to a join of a private group without an invitation: the
+/// request is recorded (or was already), an owner or admin decides.
+pub const PENDING: Reject = Reject(
+    ErrorCode::PendingApproval,
+    "this group is private: your request to join awaits an owner's or admin's approval",
+);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupState {
     pub id: GroupId,
     pub name: String,
     pub owner: UserId,
     pub members: AHashMap<UserId, Role>,
+    /// Joining needs an invitation or an approved request.
+    pub private: bool,
+    /// Users invited (true) or asking to join (false).
+    pub pending: AHashMap<UserId, bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +36,10 @@ pub enum GroupAction {
     Remove(UserId),
     SetAdmin(UserId, bool),
     Dissolve,
+    /// Owner/admin: let the user join; a user who asked joins at once.
+    Invite(UserId),
+    /// Owner/admin: accept (true) or reject a user's request to join.
+    Respond(UserId, bool),
 }
 
 /// A decided change, to be written to the store and then applied.
@@ -35,6 +50,12 @@ pub enum GroupChange {
     Removed(UserId),
     RoleSet(UserId, Role),
     Dissolved,
+    /// An invitation was recorded for the user.
+    Invited(UserId),
+    /// The user asked to join a private group.
+    Requested(UserId),
+    /// The user's request was rejected (and forgotten).
+    Rejected(UserId),
 }
 
 impl GroupState {
@@ -49,13 +70,64 @@ impl GroupState {
         ))
     }
 
+    /// Owners and admins decide who enters.
+    fn require_admin(&self, actor: UserId) -> Decision<()> {
+        if self.require_member(actor)? >= Role::Admin {
+            Ok(())
+        } else {
+            Err(Reject(
+                ErrorCode::NotAllowed,
+                "only the owner or an admin may do that",
+            ))
+        }
+    }
+
+    /// Owners and admins: the ones told about join requests.
+    pub fn admins(&self) -> Vec<UserId> {
+        self.members
+            .iter()
+            .filter(|(_, r)| **r >= Role::Admin)
+            .map(|(u, _)| *u)
+            .collect()
+    }
+
     pub fn decide(&self, actor: UserId, action: GroupAction) -> Decision<GroupChange> {
         match action {
             GroupAction::Join => {
                 if self.members.contains_key(&actor) {
                     Err(Reject(ErrorCode::AlreadyMember, "already a member"))
-                } else {
+                } else if !self.private || self.pending.get(&actor) == Some(&true) {
                     Ok(GroupChange::Joined(actor))
+                } else if self.pending.get(&actor) == Some(&false) {
+                    Err(PENDING)
+                } else {
+                    Ok(GroupChange::Requested(actor))
+                }
+            }
+            GroupAction::Invite(target) => {
+                self.require_admin(actor)?;
+                if self.members.contains_key(&target) {
+                    Err(Reject(ErrorCode::AlreadyMember, "already a member"))
+                } else if self.pending.get(&target) == Some(&false) {
+                    // They asked already: the invitation lets them in.
+                    Ok(GroupChange::Joined(target))
+                } else {
+                    Ok(GroupChange::Invited(target))
+                }
+            }
+            GroupAction::Respond(target, accept) => {
+                self.require_admin(actor)?;
+                if self.members.contains_key(&target) {
+                    Err(Reject(ErrorCode::AlreadyMember, "already a member"))
+                } else if self.pending.get(&target) != Some(&false) {
+                    Err(Reject(
+                        ErrorCode::NoSuchRequest,
+                        "that user has not asked to join",
+                    ))
+                } else if accept {
+                    Ok(GroupChange::Joined(target))
+                } else {
+                    Ok(GroupChange::Rejected(target))
                 }
             }
             GroupAction::Leave => {
@@ -123,6 +195,16 @@ impl GroupState {
         match change {
             GroupChange::Joined(u) => {
                 self.members.insert(u, Role::Member);
+                self.pending.remove(&u);
+            }
+            GroupChange::Invited(u) => {
+                self.pending.insert(u, true);
+            }
+            GroupChange::Requested(u) => {
+                self.pending.insert(u, false);
+            }
+            GroupChange::Rejected(u) => {
+                self.pending.remove(&u);
             }
             GroupChange::Left(u) | GroupChange::Removed(u) => {
                 self.members.remove(&u);
@@ -132,6 +214,7 @@ impl GroupState {
             }
             GroupChange::Dissolved => {
                 self.members.clear();
+                self.pending.clear();
                 return false;
             }
         }
@@ -139,9 +222,19 @@ impl GroupState {
     }
 
     /// Everyone who hears about `change`: the members after it, plus the
-    /// one who left or was removed (so their client updates too).
+    /// one who left or was removed (so their client updates too). An
+    /// invitation or a rejection is heard by its target and the owner and
+    /// admins; a join request by the owner and admins only.
     pub fn audience(&self, change: GroupChange) -> Vec<UserId> {
-        let mut v: Vec<UserId> = self.members.keys().copied().collect();
+        let mut v: Vec<UserId> = match change {
+            GroupChange::Invited(u) | GroupChange::Rejected(u) => {
+                let mut v = self.admins();
+                v.push(u);
+                return v;
+            }
+            GroupChange::Requested(_) => return self.admins(),
+            _ => self.members.keys().copied().collect(),
+        };
         if let GroupChange::Left(u) | GroupChange::Removed(u) = change
             && !v.contains(&u)
         {
@@ -166,7 +259,60 @@ mod tests {
             name: "g".into(),
             owner: 1,
             members,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn private_groups_need_an_invitation_or_an_approval() {
+        let mut g = group();
+        g.private = true;
+        // Asking records a request; asking again is answered the same.
+        let c = g.decide(5, GroupAction::Join).unwrap();
+        assert_eq!(c, GroupChange::Requested(5));
+        let mut audience = g.audience(c);
+        audience.sort_unstable();
+        assert_eq!(audience, vec![1, 2], "owner and admins");
+        g.apply(c);
+        assert_eq!(
+            g.decide(5, GroupAction::Join).unwrap_err().0,
+            ErrorCode::PendingApproval
+        );
+        // Plain members decide nothing.
+        assert_eq!(
+            g.decide(3, GroupAction::Respond(5, true)).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        assert_eq!(
+            g.decide(3, GroupAction::Invite(6)).unwrap_err().0,
+            ErrorCode::NotAllowed
+        );
+        assert_eq!(
+            g.decide(2, GroupAction::Respond(6, true)).unwrap_err().0,
+            ErrorCode::NoSuchRequest
+        );
+        assert_eq!(
+            g.decide(2, GroupAction::Respond(5, false)),
+            Ok(GroupChange::Rejected(5))
+        );
+        let c = g.decide(2, GroupAction::Respond(5, true)).unwrap();
+        assert_eq!(c, GroupChange::Joined(5));
+        g.apply(c);
+        assert!(g.pending.is_empty());
+        // An invitation lets the invitee in; inviting one who asked admits them.
+        let c = g.decide(1, GroupAction::Invite(6)).unwrap();
+        assert_eq!(c, GroupChange::Invited(6));
+        g.apply(c);
+        assert_eq!(g.decide(6, GroupAction::Join), Ok(GroupChange::Joined(6)));
+        g.apply(GroupChange::Requested(7));
+        assert_eq!(
+            g.decide(2, GroupAction::Invite(7)),
+            Ok(GroupChange::Joined(7))
+        );
+        assert_eq!(
+            g.decide(1, GroupAction::Invite(3)).unwrap_err().0,
+            ErrorCode::AlreadyMember
+        );
     }
 
     #[test]

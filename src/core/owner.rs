@@ -215,6 +215,7 @@ mod tests {
             name: "g".into(),
             owner,
             members: m.into_iter().collect(),
+            ..Default::default()
         }))
     }
 

@@ -120,10 +120,19 @@ pub enum Request<'a> {
         user: UserId,
         note: &'a str,
     },
-    ListFriends,
+    /// A page of the user's relationships: user ids above `after`, at most
+    /// `limit` (0: the server's page size), never more than fit one frame.
+    ListFriends {
+        after: UserId,
+        limit: u32,
+    },
     CreateGroup {
         name: &'a str,
         desc: &'a str,
+        /// Joining needs an invitation or an approved request.
+        private: bool,
+        /// New members may read history from before they joined.
+        full_history: bool,
     },
     JoinGroup {
         group: GroupId,
@@ -143,16 +152,35 @@ pub enum Request<'a> {
         user: UserId,
         admin: bool,
     },
-    /// Members of a group (members only).
+    /// A page of a group's members (members only), by user id like
+    /// `ListFriends`; owners and admins also see who is invited or asks.
     GroupMembers {
         group: GroupId,
+        after: UserId,
+        limit: u32,
     },
-    /// Name, description and members of any existing group (the old
-    /// protocol's "group info", answered to anyone as the old server did).
+    /// Owner/admin: lets `user` join the (private) group.
+    InviteToGroup {
+        group: GroupId,
+        user: UserId,
+    },
+    /// Owner/admin: accepts or rejects `user`'s request to join.
+    RespondJoinRequest {
+        group: GroupId,
+        user: UserId,
+        accept: bool,
+    },
+    /// Name, description and members of an existing group (the old
+    /// protocol's "group info"): of a public group to anyone, as the old
+    /// server did; of a private group to its members only.
     GroupInfo {
         group: GroupId,
     },
-    ListGroups,
+    /// A page of the user's groups, by group id like `ListFriends`.
+    ListGroups {
+        after: GroupId,
+        limit: u32,
+    },
     History {
         conversation: ConvId,
         before_seq: Seq,
@@ -207,7 +235,10 @@ mod tests {
         let none: &[(ConvId, Seq)] = &[];
         assert_eq!(Request::Ping { nonce: 1 }.kind(), Kind::Ping);
         assert_eq!(Request::Ack { items: &none }.kind(), Kind::Ack);
-        assert_eq!(Request::ListFriends.kind(), Kind::Session);
+        assert_eq!(
+            Request::ListFriends { after: 0, limit: 0 }.kind(),
+            Kind::Session
+        );
         assert_eq!(
             Request::Login {
                 account: Account::Id(7),

@@ -22,13 +22,18 @@ pub struct Replay {
 
 /// Which conversations to replay from where: the user's stored cursor, or
 /// the device's own `since` for conversations it names (only for
-/// conversations the user belongs to).
+/// conversations the user belongs to), never from below the user's floor
+/// (their join point in a group that does not show new members its past).
 pub fn plan(convs: &[ConvCursor], since: &[(ConvId, Seq)]) -> Vec<Replay> {
     let overrides: AHashMap<ConvId, Seq> = since.iter().copied().collect();
     convs
         .iter()
         .filter_map(|c| {
-            let after = overrides.get(&c.conv).copied().unwrap_or(c.delivered);
+            let after = overrides
+                .get(&c.conv)
+                .copied()
+                .unwrap_or(c.delivered)
+                .max(c.floor);
             (c.last_seq > after).then_some(Replay {
                 conv: c.conv,
                 after,
@@ -100,7 +105,16 @@ mod tests {
             conv,
             delivered,
             last_seq,
+            floor: 0,
         }
+    }
+
+    #[test]
+    fn a_device_cannot_replay_from_below_its_floor() {
+        let mut c = cc(7, 10, 12);
+        c.floor = 10;
+        assert_eq!(plan(&[c], &[(7, 0)]), vec![Replay { conv: 7, after: 10 }]);
+        assert_eq!(plan(&[c], &[(7, 11)]), vec![Replay { conv: 7, after: 11 }]);
     }
 
     #[test]

@@ -82,6 +82,40 @@ pub fn fit_in_frame(sizes: impl IntoIterator<Item = usize>, max_frame: usize) ->
     n
 }
 
+/// Entries in a list reply page when the request asks for none (0).
+pub const DEFAULT_PAGE: usize = 200;
+/// The most entries a list reply page holds, whatever the request asks.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of a list ordered by ascending id: the entries with an id above
+/// `after`, at most `limit` (0: [`DEFAULT_PAGE`]; capped at [`MAX_PAGE`])
+/// and no more than fit one frame of `max_frame` bytes (`size`: the bytes
+/// of an entry's strings). Returns the page and the cursor for the next one
+/// (the last id of the page), or 0 when nothing follows.
+pub fn page<T>(
+    items: &[T],
+    id: impl Fn(&T) -> u64,
+    size: impl Fn(&T) -> usize,
+    after: u64,
+    limit: u32,
+    max_frame: usize,
+) -> (&[T], u64) {
+    let start = items.partition_point(|t| id(t) <= after);
+    let rest = &items[start..];
+    let limit = match limit as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let n = fit_in_frame(rest.iter().take(limit).map(&size), max_frame).min(rest.len());
+    let page = &rest[..n];
+    let next = if n < rest.len() {
+        page.last().map(&id).unwrap_or(0)
+    } else {
+        0
+    };
+    (page, next)
+}
+
 pub fn body(text: &str, max_frame: usize) -> Decision<()> {
     if text.is_empty() {
         return Err(Reject(ErrorCode::BadRequest, "message body is empty"));
@@ -95,6 +129,29 @@ pub fn body(text: &str, max_frame: usize) -> Decision<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_cover_everything_once_and_fit() {
+        let items: Vec<(u64, usize)> = (1..=2500).map(|i| (i * 3, 40)).collect();
+        for (limit, max_frame) in [(0, 65536), (7, 65536), (5000, 65536), (5000, 4096)] {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            loop {
+                let (p, next) = page(&items, |t| t.0, |t| t.1, after, limit, max_frame);
+                assert!(!p.is_empty());
+                assert!(p.len() <= MAX_PAGE);
+                assert!(p.len() * (40 + MESSAGE_OVERHEAD) <= max_frame);
+                seen.extend(p.iter().map(|t| t.0));
+                if next == 0 {
+                    break;
+                }
+                after = next;
+            }
+            assert_eq!(seen, items.iter().map(|t| t.0).collect::<Vec<_>>());
+        }
+        let (p, next) = page(&items, |t| t.0, |t| t.1, 7500, 0, 65536);
+        assert!(p.is_empty() && next == 0);
+    }
 
     #[test]
     fn pages_fit_the_frame_limit() {

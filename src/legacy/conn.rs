@@ -509,8 +509,14 @@ impl Responder for LegacyReplies {
     fn user_list(&self, req_id: u64, items: &[(UserId, &str, bool)], next: UserId) {
         self.native.user_list(req_id, items, next)
     }
-    fn friend_list(&self, req_id: u64, rows: &[FriendRow], online: &dyn Fn(UserId) -> bool) {
-        self.native.friend_list(req_id, rows, online)
+    fn friend_list(
+        &self,
+        req_id: u64,
+        rows: &[FriendRow],
+        online: &dyn Fn(UserId) -> bool,
+        next: UserId,
+    ) {
+        self.native.friend_list(req_id, rows, online, next)
     }
     fn group_created(&self, req_id: u64, group: GroupId, name: &str) {
         self.ctx
@@ -519,8 +525,8 @@ impl Responder for LegacyReplies {
             .insert(group, name.to_string());
         self.native.group_created(req_id, group, name)
     }
-    fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)]) {
-        self.native.group_list(req_id, groups)
+    fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)], next: GroupId) {
+        self.native.group_list(req_id, groups, next)
     }
     fn messages(&self, req_id: u64, msgs: &[StoredMessage]) {
         self.native.messages(req_id, msgs)
@@ -913,9 +919,12 @@ async fn request(shard: &Rc<Shard>, sess: &Session, ctx: &Ctx, r: Request) {
         }
         Request::CreateGroup { name, desc } => {
             let req_id = ctx.expect(Pending::CreateGroup);
+            // Old clients create public groups (their join has no invitations).
             let req = CoreRequest::CreateGroup {
                 name: &name,
                 desc: &desc,
+                private: false,
+                full_history: false,
             };
             cmd::dispatch(shard, sess, req_id, req).await;
         }

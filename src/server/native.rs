@@ -52,7 +52,9 @@ pub fn kind(body: Body) -> Option<Kind> {
         | Body::History
         | Body::SetAdmin
         | Body::ChangePassword
-        | Body::LogoutAll => Kind::Session,
+        | Body::LogoutAll
+        | Body::InviteToGroup
+        | Body::RespondJoinRequest => Kind::Session,
         _ => return None,
     })
 }
@@ -184,11 +186,22 @@ pub fn decode<'a>(
                 block: r.block(),
             }
         }
-        Body::ListFriends => Request::ListFriends,
-        Body::CreateGroup => Request::CreateGroup {
-            name: s(env.body_as_create_group().and_then(|g| g.name())),
-            desc: "",
-        },
+        Body::ListFriends => {
+            let r = env.body_as_list_friends();
+            Request::ListFriends {
+                after: r.map(|x| x.after_id()).unwrap_or(0),
+                limit: r.map(|x| x.limit()).unwrap_or(0),
+            }
+        }
+        Body::CreateGroup => {
+            let g = env.body_as_create_group();
+            Request::CreateGroup {
+                name: s(g.and_then(|g| g.name())),
+                desc: "",
+                private: g.map(|g| g.private()).unwrap_or(false),
+                full_history: g.map(|g| g.full_history()).unwrap_or(false),
+            }
+        }
         Body::JoinGroup => Request::JoinGroup {
             group: env.body_as_join_group().map(|x| x.group_id()).unwrap_or(0),
         },
@@ -216,13 +229,36 @@ pub fn decode<'a>(
                 admin: r.admin(),
             }
         }
-        Body::GroupMembers => Request::GroupMembers {
-            group: env
-                .body_as_group_members()
-                .map(|x| x.group_id())
-                .unwrap_or(0),
-        },
-        Body::ListGroups => Request::ListGroups,
+        Body::GroupMembers => {
+            let r = env.body_as_group_members();
+            Request::GroupMembers {
+                group: r.map(|x| x.group_id()).unwrap_or(0),
+                after: r.map(|x| x.after_id()).unwrap_or(0),
+                limit: r.map(|x| x.limit()).unwrap_or(0),
+            }
+        }
+        Body::ListGroups => {
+            let r = env.body_as_list_groups();
+            Request::ListGroups {
+                after: r.map(|x| x.after_id()).unwrap_or(0),
+                limit: r.map(|x| x.limit()).unwrap_or(0),
+            }
+        }
+        Body::InviteToGroup => {
+            let r = env.body_as_invite_to_group().ok_or(missing)?;
+            Request::InviteToGroup {
+                group: r.group_id(),
+                user: r.user_id(),
+            }
+        }
+        Body::RespondJoinRequest => {
+            let r = env.body_as_respond_join_request().ok_or(missing)?;
+            Request::RespondJoinRequest {
+                group: r.group_id(),
+                user: r.user_id(),
+                accept: r.accept(),
+            }
+        }
         Body::History => {
             let h = env.body_as_history().ok_or(missing)?;
             Request::History {

@@ -13,8 +13,10 @@ use crate::core::conv::DEDUP_WINDOW;
 use crate::core::group::{GroupAction, GroupChange, GroupState};
 use crate::core::owner::{ConvCore, ConvData, SendDecision};
 use crate::core::pair::{self, PairAction, PairEffect};
+use crate::core::validate;
 use crate::model::{ConvId, ConvKind, GroupId, UserId, conv_kind, direct_conv, group_conv, now_ms};
 use crate::store::{Role, StoreError, StoredMessage, WriteOp};
+use crate::wire::enc::role_fb;
 use crate::wire::fb;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ fn conv_of(origin: &Origin, op: &OwnerOp) -> ConvId {
         OwnerOp::Send { conv, .. } => *conv,
         OwnerOp::Pair { other, .. } => direct_conv(origin.user, *other),
         OwnerOp::Group { group, .. }
-        | OwnerOp::Members { group }
+        | OwnerOp::Members { group, .. }
         | OwnerOp::History { group, .. }
         | OwnerOp::System { group, .. } => group_conv(*group),
     }
@@ -98,11 +100,18 @@ fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
                                 .into_iter()
                                 .map(|m| (m.user_id, m.role))
                                 .collect();
+                            let pending = s
+                                .group_pending(g)?
+                                .into_iter()
+                                .map(|p| (p.user_id, p.invited))
+                                .collect();
                             ConvData::Group(Some(GroupState {
                                 id: g,
                                 name: rec.name,
                                 owner: rec.owner,
                                 members,
+                                private: rec.private,
+                                pending,
                             }))
                         }
                         _ => ConvData::Group(None),
@@ -193,7 +202,11 @@ async fn process(shard: Rc<Shard>, conv: ConvId) {
             OwnerOp::Group { group, action } => {
                 group_op(&shard, &origin, conv, group, action).await
             }
-            OwnerOp::Members { group } => members(&shard, &origin, conv, group).await,
+            OwnerOp::Members {
+                group,
+                after,
+                limit,
+            } => members(&shard, &origin, conv, group, after, limit).await,
             OwnerOp::History {
                 group,
                 before,
@@ -504,23 +517,23 @@ async fn group_op(
 ) {
     let cap = shard.limits.cfg.members_per_group;
     let decided = with_conv(shard, conv, |st| match &st.conv.data {
-        ConvData::Group(Some(g))
-            if action == GroupAction::Join
-                && !g.members.contains_key(&origin.user)
-                && crate::core::limits::over(g.members.len(), cap) =>
-        {
-            shard.limits.refused(super::limits::Kind::Members);
-            Err(Reject(
-                fb::ErrorCode::LimitReached,
-                "this group is full (members per group limit)",
-            ))
-        }
-        ConvData::Group(Some(g)) => g
-            .decide(origin.user, action)
-            .map(|c| (c, g.audience(c), st.conv.seq.last_seq())),
+        ConvData::Group(Some(g)) => g.decide(origin.user, action).and_then(|c| {
+            // Whoever lets a member in (a join, an invitation that admits
+            // one who asked, an approval) meets the cap.
+            if matches!(c, GroupChange::Joined(_))
+                && crate::core::limits::over(g.members.len(), cap)
+            {
+                shard.limits.refused(super::limits::Kind::Members);
+                return Err(Reject(
+                    fb::ErrorCode::LimitReached,
+                    "this group is full (members per group limit)",
+                ));
+            }
+            Ok((c, g.audience(c), st.conv.seq.last_seq(), g.name.clone()))
+        }),
         _ => Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group")),
     });
-    let (change, before_audience, last_seq) = match decided {
+    let (change, before_audience, last_seq, group_name) = match decided {
         None => {
             return shard.reply_error(
                 origin,
@@ -532,22 +545,39 @@ async fn group_op(
         Some(Ok(x)) => x,
     };
     let res = shard
-        .blocking(move |s| match change {
-            // A joiner's cursor starts at the current end: they receive what
-            // is sent after they joined (History shows the rest).
-            GroupChange::Joined(u) => s.add_member(group, u, Role::Member, last_seq),
-            GroupChange::Left(u) | GroupChange::Removed(u) => s.remove_member(group, u),
-            GroupChange::RoleSet(u, r) => s.set_role(group, u, r),
-            GroupChange::Dissolved => s.dissolve_group(group),
+        .blocking(move |s| {
+            match change {
+                // A joiner's cursor starts at the current end: they receive
+                // what is sent after they joined; unless the group shows new
+                // members its full history, that is also their floor (History
+                // and catch-up show nothing before it).
+                GroupChange::Joined(u) => s.add_member(group, u, Role::Member, last_seq)?,
+                GroupChange::Left(u) | GroupChange::Removed(u) => s.remove_member(group, u)?,
+                GroupChange::RoleSet(u, r) => s.set_role(group, u, r)?,
+                GroupChange::Dissolved => s.dissolve_group(group)?,
+                GroupChange::Invited(u) => {
+                    if s.user_by_id(u)?.is_none() {
+                        return Ok(false);
+                    }
+                    s.set_pending(group, u, Some(true))?
+                }
+                GroupChange::Requested(u) => s.set_pending(group, u, Some(false))?,
+                GroupChange::Rejected(u) => s.set_pending(group, u, None)?,
+            }
+            Ok(true)
         })
         .await;
-    if let Err(e) = res {
-        tracing::error!(error = %e, "group write failed");
-        return shard.reply_error(
-            origin,
-            fb::ErrorCode::Internal,
-            "storage write failed, retry",
-        );
+    match res {
+        Ok(true) => {}
+        Ok(false) => return shard.reply_error(origin, fb::ErrorCode::NoSuchUser, "no such user"),
+        Err(e) => {
+            tracing::error!(error = %e, "group write failed");
+            return shard.reply_error(
+                origin,
+                fb::ErrorCode::Internal,
+                "storage write failed, retry",
+            );
+        }
     }
     let audience = with_conv(shard, conv, |st| {
         if let ConvData::Group(g) = &mut st.conv.data
@@ -561,28 +591,43 @@ async fn group_op(
         before_audience.clone()
     })
     .unwrap_or(before_audience);
-    let ok = shard.enc.borrow_mut().ok(origin.req_id).to_vec();
-    shard.reply(origin, &ok);
+    if let GroupChange::Requested(_) = change {
+        // Recorded; the requester is told it waits for a decision.
+        let Reject(code, text) = crate::core::group::PENDING;
+        shard.reply_error(origin, code, text);
+    } else {
+        let ok = shard.enc.borrow_mut().ok(origin.req_id).to_vec();
+        shard.reply(origin, &ok);
+    }
     let (kind, user) = match change {
         GroupChange::Joined(u) => (fb::GroupEventKind::Joined, u),
         GroupChange::Left(u) => (fb::GroupEventKind::Left, u),
         GroupChange::Removed(u) => (fb::GroupEventKind::Removed, u),
         GroupChange::RoleSet(u, _) => (fb::GroupEventKind::RoleChanged, u),
         GroupChange::Dissolved => (fb::GroupEventKind::Dissolved, 0),
+        GroupChange::Invited(u) => (fb::GroupEventKind::Invited, u),
+        GroupChange::Requested(u) => (fb::GroupEventKind::JoinRequested, u),
+        GroupChange::Rejected(u) => (fb::GroupEventKind::JoinRejected, u),
+    };
+    // Only an invitee learns the name this way (members know it already).
+    let name = if kind == fb::GroupEventKind::Invited {
+        group_name.as_str()
+    } else {
+        ""
     };
     let f: Arc<[u8]> = shard
         .enc
         .borrow_mut()
-        .group_event(kind, group, user, origin.user)
+        .group_event(kind, group, user, origin.user, name)
         .into();
     // Every session hears it, the acting connection included: its client
     // updates its view from events, not from the OkReply.
     shard.push_users(&audience, f, 0, None);
 }
 
-fn require_member(shard: &Shard, origin: &Origin, conv: ConvId) -> Result<(), Reject> {
+fn require_member(shard: &Shard, origin: &Origin, conv: ConvId) -> Result<Role, Reject> {
     match with_conv(shard, conv, |st| match &st.conv.data {
-        ConvData::Group(Some(g)) => g.require_member(origin.user).map(|_| ()),
+        ConvData::Group(Some(g)) => g.require_member(origin.user),
         _ => Err(Reject(fb::ErrorCode::NoSuchGroup, "no such group")),
     }) {
         Some(r) => r,
@@ -593,16 +638,59 @@ fn require_member(shard: &Shard, origin: &Origin, conv: ConvId) -> Result<(), Re
     }
 }
 
-async fn members(shard: &Rc<Shard>, origin: &Origin, conv: ConvId, group: GroupId) {
-    if let Err(Reject(code, text)) = require_member(shard, origin, conv) {
-        return shard.reply_error(origin, code, text);
-    }
-    match shard.blocking(move |s| s.group_members(group)).await {
-        Ok(rows) => {
+/// A page of members (user ids above `after`); owners and admins also see
+/// the invited (role `Invited`) and those asking to join (`Pending`).
+async fn members(
+    shard: &Rc<Shard>,
+    origin: &Origin,
+    conv: ConvId,
+    group: GroupId,
+    after: UserId,
+    limit: u32,
+) {
+    let role = match require_member(shard, origin, conv) {
+        Ok(r) => r,
+        Err(Reject(code, text)) => return shard.reply_error(origin, code, text),
+    };
+    let admin = role >= Role::Admin;
+    let rows = shard
+        .blocking(move |s| {
+            let members = s.group_members(group)?;
+            let pending = if admin {
+                s.group_pending(group)?
+            } else {
+                Vec::new()
+            };
+            Ok((members, pending))
+        })
+        .await;
+    match rows {
+        Ok((members, pending)) => {
+            let mut all: Vec<(UserId, &str, fb::Role)> = members
+                .iter()
+                .map(|m| (m.user_id, m.username.as_str(), role_fb(m.role)))
+                .chain(pending.iter().map(|p| {
+                    let r = if p.invited {
+                        fb::Role::Invited
+                    } else {
+                        fb::Role::Pending
+                    };
+                    (p.user_id, p.username.as_str(), r)
+                }))
+                .collect();
+            all.sort_by_key(|e| e.0);
+            let (page, next) = validate::page(
+                &all,
+                |e| e.0,
+                |e| e.1.len(),
+                after,
+                limit,
+                shard.cfg.max_frame,
+            );
             let f = shard
                 .enc
                 .borrow_mut()
-                .member_list(origin.req_id, group, &rows, |u| shard.is_online(u))
+                .member_list(origin.req_id, group, page, |u| shard.is_online(u), next)
                 .to_vec();
             shard.reply(origin, &f);
         }
@@ -625,7 +713,18 @@ async fn history(
     if let Err(Reject(code, text)) = require_member(shard, origin, conv) {
         return shard.reply_error(origin, code, text);
     }
-    match super::cmd::message::read_history(shard, conv, before, limit).await {
+    let user = origin.user;
+    let floor = match shard.blocking(move |s| s.join_floor(conv, user)).await {
+        Ok(f) => f,
+        Err(_) => {
+            return shard.reply_error(
+                origin,
+                fb::ErrorCode::Internal,
+                "storage unavailable, retry",
+            );
+        }
+    };
+    match super::cmd::message::read_history(shard, conv, before, limit, floor).await {
         Ok(msgs) => {
             let f = shard
                 .enc

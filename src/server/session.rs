@@ -48,9 +48,17 @@ pub trait Responder {
     fn register_ok(&self, req_id: u64, user: UserId);
     /// Search results: (id, name, online as seen by the searcher), next page.
     fn user_list(&self, req_id: u64, items: &[(UserId, &str, bool)], next: UserId);
-    fn friend_list(&self, req_id: u64, rows: &[FriendRow], online: &dyn Fn(UserId) -> bool);
+    /// A page of relationships; `next`: the cursor of the next page (0: last).
+    fn friend_list(
+        &self,
+        req_id: u64,
+        rows: &[FriendRow],
+        online: &dyn Fn(UserId) -> bool,
+        next: UserId,
+    );
     fn group_created(&self, req_id: u64, group: GroupId, name: &str);
-    fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)]);
+    /// A page of the user's groups; `next` as for `friend_list`.
+    fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)], next: GroupId);
     /// A page of history (oldest first).
     fn messages(&self, req_id: u64, msgs: &[StoredMessage]);
     fn group_info(&self, req_id: u64, info: &GroupInfo<'_>, online: &dyn Fn(UserId) -> bool);
@@ -117,12 +125,18 @@ impl Responder for NativeReplies {
     fn user_list(&self, req_id: u64, items: &[(UserId, &str, bool)], next: UserId) {
         self.push(self.shard.enc.borrow_mut().user_list(req_id, items, next));
     }
-    fn friend_list(&self, req_id: u64, rows: &[FriendRow], online: &dyn Fn(UserId) -> bool) {
+    fn friend_list(
+        &self,
+        req_id: u64,
+        rows: &[FriendRow],
+        online: &dyn Fn(UserId) -> bool,
+        next: UserId,
+    ) {
         self.push(
             self.shard
                 .enc
                 .borrow_mut()
-                .friend_list(req_id, rows, online),
+                .friend_list(req_id, rows, online, next),
         );
     }
     fn group_created(&self, req_id: u64, group: GroupId, _name: &str) {
@@ -134,18 +148,29 @@ impl Responder for NativeReplies {
                 .group_created(req_id, group, conv),
         );
     }
-    fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)]) {
-        self.push(self.shard.enc.borrow_mut().group_list(req_id, groups));
+    fn group_list(&self, req_id: u64, groups: &[(GroupRecord, Role)], next: GroupId) {
+        self.push(self.shard.enc.borrow_mut().group_list(req_id, groups, next));
     }
     fn messages(&self, req_id: u64, msgs: &[StoredMessage]) {
         self.push(self.shard.enc.borrow_mut().messages(req_id, msgs.iter()));
     }
     fn group_info(&self, req_id: u64, info: &GroupInfo<'_>, online: &dyn Fn(UserId) -> bool) {
+        let entries: Vec<(UserId, &str, crate::wire::fb::Role)> = info
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.user_id,
+                    m.username.as_str(),
+                    crate::wire::enc::role_fb(m.role),
+                )
+            })
+            .collect();
         let f = self
             .shard
             .enc
             .borrow_mut()
-            .member_list(req_id, info.group, info.members, online)
+            .member_list(req_id, info.group, &entries, online, 0)
             .to_vec();
         self.push(&f);
     }

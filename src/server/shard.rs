@@ -61,6 +61,8 @@ pub enum OwnerOp {
     },
     Members {
         group: GroupId,
+        after: UserId,
+        limit: u32,
     },
     History {
         group: GroupId,

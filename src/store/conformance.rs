@@ -42,6 +42,7 @@ macro_rules! for_each_conformance_check {
             check_disable_and_revoke,
             check_session_expiry_and_revocation,
             check_password_changes,
+            check_group_privacy,
         );
     };
 }
@@ -72,6 +73,7 @@ pub const CHECKS: &[(&str, Check)] = &[
         check_session_expiry_and_revocation,
     ),
     ("check_password_changes", check_password_changes),
+    ("check_group_privacy", check_group_privacy),
 ];
 
 /// Runs every check in [`CHECKS`] against one store. [`check_survives_reopen`]
@@ -503,6 +505,8 @@ pub fn check_groups(s: &dyn Store) {
         name: "cg_team 'one'".into(),
         owner,
         dissolved: false,
+        private: false,
+        full_history: false,
     };
     assert_eq!(s.get_group(g).unwrap(), Some(rec.clone()));
     assert_eq!(s.get_group(g + 1_000_000).unwrap(), None);
@@ -862,6 +866,7 @@ pub fn check_conversations_of(s: &dyn Store) {
         conv,
         delivered,
         last_seq,
+        floor: 0,
     };
     // Ordered by conv id as u64: groups (small ids) before direct convs.
     assert_eq!(
@@ -1133,4 +1138,71 @@ pub fn bench_write_batch_sizes(store: &dyn Store) {
         );
     }
     assert_eq!(store.conv_tail(conv, 1).unwrap().last_seq, seq);
+}
+
+/// Private groups, join points, invitations and join requests, and group
+/// names unique per owner.
+pub fn check_group_privacy(s: &dyn Store) {
+    let owner = user(s, "cpv_owner");
+    let other = user(s, "cpv_other");
+    let a = user(s, "cpv_a");
+    let b = user(s, "cpv_b");
+    // Names are unique per owner: another owner may reuse one.
+    let g = s.create_group_opts("cpv same", owner, true, false).unwrap();
+    let g_other = s.create_group("cpv same", other).unwrap();
+    assert_ne!(g, g_other);
+    assert!(matches!(
+        s.create_group("cpv same", owner),
+        Err(StoreError::Conflict)
+    ));
+    let rec = s.get_group(g).unwrap().unwrap();
+    assert!(rec.private && !rec.full_history);
+    let rec2 = s.get_group(g_other).unwrap().unwrap();
+    assert!(!rec2.private && !rec2.full_history);
+    assert_eq!(s.groups_of(owner).unwrap(), vec![(rec, Role::Owner)]);
+    let full = s.create_group_opts("cpv full", owner, false, true).unwrap();
+    assert!(s.get_group(full).unwrap().unwrap().full_history);
+
+    // Invitations and requests: one per user, replaced, ordered by user id.
+    s.set_pending(g, b, Some(false)).unwrap();
+    s.set_pending(g, a, Some(false)).unwrap();
+    s.set_pending(g, a, Some(true)).unwrap();
+    let pend = |s: &dyn Store| {
+        s.group_pending(g)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.user_id, p.username, p.invited))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        pend(s),
+        vec![(a, "cpv_a".into(), true), (b, "cpv_b".into(), false)]
+    );
+    s.set_pending(g, b, None).unwrap();
+    assert_eq!(pend(s), vec![(a, "cpv_a".into(), true)]);
+
+    // Joining ends the invitation; the floor is the join point unless the
+    // group shows its full history. The owner sees everything.
+    s.add_member(g, a, Role::Member, 5).unwrap();
+    assert!(pend(s).is_empty());
+    assert_eq!(s.join_floor(group_conv(g), a).unwrap(), 5);
+    assert_eq!(s.join_floor(group_conv(g), owner).unwrap(), 0);
+    assert_eq!(s.join_floor(group_conv(g), b).unwrap(), 0, "non-member");
+    s.add_member(full, a, Role::Member, 9).unwrap();
+    assert_eq!(s.join_floor(group_conv(full), a).unwrap(), 0);
+    let floors: Vec<(ConvId, Seq, Seq)> = s
+        .conversations_of(a)
+        .unwrap()
+        .iter()
+        .map(|c| (c.conv, c.delivered, c.floor))
+        .collect();
+    assert_eq!(
+        floors,
+        vec![(group_conv(g), 5, 5), (group_conv(full), 9, 0)]
+    );
+
+    // Dissolving forgets the pending ones.
+    s.set_pending(g, b, Some(false)).unwrap();
+    s.dissolve_group(g).unwrap();
+    assert!(s.group_pending(g).unwrap().is_empty());
 }

@@ -31,7 +31,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 // only persists it). Re-exported here for the store's callers.
 pub use crate::model::{
     ConvCursor, ConvTail, FriendKind, FriendRow, GroupRecord, MemberRow, PairRecord, PairState,
-    Role, StoredMessage, UserRecord,
+    PendingRow, Role, StoredMessage, UserRecord,
 };
 
 /// A hot-path write, applied with others in one transaction.
@@ -107,20 +107,45 @@ pub trait Store: Send + Sync + 'static {
     fn friends_of(&self, user: UserId) -> Result<Vec<FriendRow>>;
 
     // ---- groups (owned by the group's conversation shard)
-    /// Creates a group with `owner` as its `Owner` member (cursor 0);
-    /// `Conflict` if a live group has that name.
-    fn create_group(&self, name: &str, owner: UserId) -> Result<GroupId>;
+    /// Creates a public group with `owner` as its `Owner` member (cursor 0);
+    /// `Conflict` if a live group of the same owner has that name.
+    fn create_group(&self, name: &str, owner: UserId) -> Result<GroupId> {
+        self.create_group_opts(name, owner, false, false)
+    }
+    /// `create_group` with the group's privacy flags (`GroupRecord`).
+    /// Names are unique per owner among live groups.
+    fn create_group_opts(
+        &self,
+        name: &str,
+        owner: UserId,
+        private: bool,
+        full_history: bool,
+    ) -> Result<GroupId>;
     fn get_group(&self, id: GroupId) -> Result<Option<GroupRecord>>;
     /// Members ordered by user id.
     fn group_members(&self, id: GroupId) -> Result<Vec<MemberRow>>;
     /// Adds a member whose delivered cursor starts at `delivered` (so they do
-    /// not receive history from before they joined). Idempotent: for an
-    /// existing member nothing changes (role changes go through `set_role`).
+    /// not receive history from before they joined). Unless the group has
+    /// `full_history`, `delivered` is also the member's floor
+    /// (`ConvCursor::floor`, `join_floor`): History and catch-up show them
+    /// nothing at or below it. Removes any invitation or join request of
+    /// the user for the group. Idempotent: for an existing member nothing
+    /// changes (role changes go through `set_role`).
     fn add_member(&self, id: GroupId, user: UserId, role: Role, delivered: Seq) -> Result<()>;
+    /// The floor of `user` in group conversation `conv`: the seq they joined
+    /// at (0 for members who may see everything, and for non-members).
+    fn join_floor(&self, conv: ConvId, user: UserId) -> Result<Seq>;
+    /// Records an invitation (`Some(true)`), a join request (`Some(false)`)
+    /// of `user` for the group, replacing any earlier one, or removes it
+    /// (`None`).
+    fn set_pending(&self, id: GroupId, user: UserId, invited: Option<bool>) -> Result<()>;
+    /// Invitations and join requests of a group, ordered by user id.
+    fn group_pending(&self, id: GroupId) -> Result<Vec<PendingRow>>;
     fn set_role(&self, id: GroupId, user: UserId, role: Role) -> Result<()>;
     /// Removes membership and the user's cursor row for the group conversation.
     fn remove_member(&self, id: GroupId, user: UserId) -> Result<()>;
-    /// Marks the group dissolved and removes all members; its name becomes free.
+    /// Marks the group dissolved and removes all members, invitations and
+    /// join requests; its name becomes free.
     fn dissolve_group(&self, id: GroupId) -> Result<()>;
     /// Live groups the user belongs to, with their role, ordered by group id.
     fn groups_of(&self, user: UserId) -> Result<Vec<(GroupRecord, Role)>>;
@@ -199,10 +224,10 @@ pub trait Store: Send + Sync + 'static {
                 Err(StoreError::Conflict) => self
                     .groups_of(owner)?
                     .into_iter()
-                    .find(|(g, _)| &g.name == name)
+                    .find(|(g, _)| &g.name == name && g.owner == owner)
                     .map(|(g, _)| g.id)
                     .ok_or_else(|| {
-                        StoreError::Backend(format!("group {name} exists with another owner"))
+                        StoreError::Backend(format!("group {name} exists but is not found"))
                     })?,
                 Err(e) => return Err(e),
             };

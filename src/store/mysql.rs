@@ -177,12 +177,34 @@ const MIGRATIONS: &[&[&str]] = &[
         r#"UPDATE sessions SET last_used_ms = created_ms WHERE last_used_ms = 0"#,
         r#"ALTER TABLE sessions ADD KEY sessions_last_used(last_used_ms)"#,
     ],
+    // 5: private groups, join points, invitations and join requests; live
+    // group names unique per owner instead of globally (the new key is
+    // added before the old one is dropped, so names stay unique throughout).
+    // Existing groups are public; existing members keep their full view.
+    &[
+        r#"ALTER TABLE chat_groups ADD COLUMN is_private BOOLEAN NOT NULL DEFAULT 0"#,
+        r#"ALTER TABLE chat_groups ADD COLUMN full_history BOOLEAN NOT NULL DEFAULT 0"#,
+        r#"ALTER TABLE conv_members ADD COLUMN join_floor BIGINT UNSIGNED NOT NULL DEFAULT 0"#,
+        r#"CREATE TABLE IF NOT EXISTS group_pending(
+            group_id   BIGINT UNSIGNED NOT NULL,
+            user_id    BIGINT UNSIGNED NOT NULL,
+            invited    BOOLEAN NOT NULL,
+            created_ms BIGINT UNSIGNED NOT NULL,
+            PRIMARY KEY(group_id, user_id),
+            FOREIGN KEY (group_id) REFERENCES chat_groups(id),
+            FOREIGN KEY (user_id) REFERENCES users(id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"#,
+        r#"ALTER TABLE chat_groups ADD UNIQUE KEY chat_groups_owner_live_name(owner, live_name)"#,
+        r#"ALTER TABLE chat_groups DROP INDEX chat_groups_live_name"#,
+    ],
 ];
 
 /// ER_DUP_FIELDNAME: an `ADD COLUMN` that already ran.
 const ER_DUP_FIELDNAME: u16 = 1060;
 /// ER_DUP_KEYNAME: an `ADD KEY` that already ran.
 const ER_DUP_KEYNAME: u16 = 1061;
+/// ER_CANT_DROP_FIELD_OR_KEY: a `DROP INDEX` that already ran.
+const ER_CANT_DROP_FIELD_OR_KEY: u16 = 1091;
 
 /// Session setup run on every new connection: utf8mb4 on the wire, and strict
 /// mode so an oversized value is an error instead of a silent truncation, and
@@ -426,7 +448,11 @@ fn migrate_locked(conn: &mut Conn) -> Result<()> {
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         for stmt in *step {
             match conn.query_drop(stmt) {
-                Err(e) if is_code(&e, &[ER_DUP_FIELDNAME, ER_DUP_KEYNAME]) => {}
+                Err(e)
+                    if is_code(
+                        &e,
+                        &[ER_DUP_FIELDNAME, ER_DUP_KEYNAME, ER_CANT_DROP_FIELD_OR_KEY],
+                    ) => {}
                 r => r?,
             }
         }
@@ -809,11 +835,24 @@ impl Store for MysqlStore {
         Ok(out)
     }
 
-    fn create_group(&self, name: &str, owner: UserId) -> Result<GroupId> {
+    fn create_group_opts(
+        &self,
+        name: &str,
+        owner: UserId,
+        private: bool,
+        full_history: bool,
+    ) -> Result<GroupId> {
         self.write(|tx| {
             tx.exec_drop(
-                "INSERT INTO chat_groups(name, owner, dissolved, created_ms) VALUES (?, ?, 0, ?)",
-                (name.as_bytes(), owner, crate::model::now_ms()),
+                "INSERT INTO chat_groups(name, owner, dissolved, created_ms, is_private, full_history) \
+                 VALUES (?, ?, 0, ?, ?, ?)",
+                (
+                    name.as_bytes(),
+                    owner,
+                    crate::model::now_ms(),
+                    private,
+                    full_history,
+                ),
             )?;
             let id = tx.last_insert_id().ok_or_else(no_insert_id)?;
             tx.exec_drop(
@@ -876,17 +915,21 @@ impl Store for MysqlStore {
     }
 
     fn get_group(&self, id: GroupId) -> Result<Option<GroupRecord>> {
-        let r: Option<(u64, String, u64, bool)> = first(
+        let r: Option<(u64, String, u64, bool, bool, bool)> = first(
             &mut self.conn()?,
-            "SELECT id, name, owner, dissolved FROM chat_groups WHERE id = ?",
+            "SELECT id, name, owner, dissolved, is_private, full_history FROM chat_groups WHERE id = ?",
             (id,),
         )?;
-        Ok(r.map(|(id, name, owner, dissolved)| GroupRecord {
-            id,
-            name,
-            owner,
-            dissolved,
-        }))
+        Ok(r.map(
+            |(id, name, owner, dissolved, private, full_history)| GroupRecord {
+                id,
+                name,
+                owner,
+                dissolved,
+                private,
+                full_history,
+            },
+        ))
     }
 
     fn group_members(&self, id: GroupId) -> Result<Vec<MemberRow>> {
@@ -914,12 +957,63 @@ impl Store for MysqlStore {
                  ON DUPLICATE KEY UPDATE role = role",
                 (id, user, role as u8),
             )?;
+            let full: Option<bool> = tx.exec_first(
+                "SELECT full_history FROM chat_groups WHERE id = ?",
+                (id,),
+            )?;
+            let floor = if full.unwrap_or(false) { 0 } else { delivered };
             tx.exec_drop(
-                "INSERT INTO conv_members(user_id, conv, delivered) VALUES (?, ?, ?) \
+                "INSERT INTO conv_members(user_id, conv, delivered, join_floor) VALUES (?, ?, ?, ?) \
                  ON DUPLICATE KEY UPDATE delivered = delivered",
-                (user, group_conv(id), delivered),
+                (user, group_conv(id), delivered, floor),
+            )?;
+            tx.exec_drop(
+                "DELETE FROM group_pending WHERE group_id = ? AND user_id = ?",
+                (id, user),
             )
         })
+    }
+
+    fn join_floor(&self, conv: ConvId, user: UserId) -> Result<Seq> {
+        let r: Option<u64> = first(
+            &mut self.conn()?,
+            "SELECT join_floor FROM conv_members WHERE user_id = ? AND conv = ?",
+            (user, conv),
+        )?;
+        Ok(r.unwrap_or(0))
+    }
+
+    fn set_pending(&self, id: GroupId, user: UserId, invited: Option<bool>) -> Result<()> {
+        let mut c = self.conn()?;
+        match invited {
+            Some(inv) => c.exec_drop(
+                "INSERT INTO group_pending(group_id, user_id, invited, created_ms) \
+                 VALUES (?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE invited = VALUES(invited), created_ms = VALUES(created_ms)",
+                (id, user, inv, crate::model::now_ms()),
+            )?,
+            None => c.exec_drop(
+                "DELETE FROM group_pending WHERE group_id = ? AND user_id = ?",
+                (id, user),
+            )?,
+        }
+        Ok(())
+    }
+
+    fn group_pending(&self, id: GroupId) -> Result<Vec<PendingRow>> {
+        let r: Vec<(u64, String, bool)> = rows(
+            &mut self.conn()?,
+            "SELECT p.user_id, u.username, p.invited FROM group_pending p \
+             JOIN users u ON u.id = p.user_id WHERE p.group_id = ? ORDER BY p.user_id",
+            (id,),
+        )?;
+        Ok(r.into_iter()
+            .map(|(user_id, username, invited)| PendingRow {
+                user_id,
+                username,
+                invited,
+            })
+            .collect())
     }
 
     /// A no-op for a non-member.
@@ -947,30 +1041,35 @@ impl Store for MysqlStore {
         self.write(|tx| {
             tx.exec_drop("UPDATE chat_groups SET dissolved = 1 WHERE id = ?", (id,))?;
             tx.exec_drop("DELETE FROM group_members WHERE group_id = ?", (id,))?;
-            tx.exec_drop("DELETE FROM conv_members WHERE conv = ?", (group_conv(id),))
+            tx.exec_drop("DELETE FROM conv_members WHERE conv = ?", (group_conv(id),))?;
+            tx.exec_drop("DELETE FROM group_pending WHERE group_id = ?", (id,))
         })
     }
 
     fn groups_of(&self, user: UserId) -> Result<Vec<(GroupRecord, Role)>> {
-        let r: Vec<(u64, String, u64, bool, u8)> = rows(
+        let r: Vec<(u64, String, u64, bool, u8, bool, bool)> = rows(
             &mut self.conn()?,
-            "SELECT g.id, g.name, g.owner, g.dissolved, gm.role FROM group_members gm \
-             JOIN chat_groups g ON g.id = gm.group_id \
+            "SELECT g.id, g.name, g.owner, g.dissolved, gm.role, g.is_private, g.full_history \
+             FROM group_members gm JOIN chat_groups g ON g.id = gm.group_id \
              WHERE gm.user_id = ? AND g.dissolved = 0 ORDER BY g.id",
             (user,),
         )?;
         Ok(r.into_iter()
-            .map(|(id, name, owner, dissolved, role)| {
-                (
-                    GroupRecord {
-                        id,
-                        name,
-                        owner,
-                        dissolved,
-                    },
-                    Role::from_u8(role),
-                )
-            })
+            .map(
+                |(id, name, owner, dissolved, role, private, full_history)| {
+                    (
+                        GroupRecord {
+                            id,
+                            name,
+                            owner,
+                            dissolved,
+                            private,
+                            full_history,
+                        },
+                        Role::from_u8(role),
+                    )
+                },
+            )
             .collect())
     }
 
@@ -1091,18 +1190,19 @@ impl Store for MysqlStore {
 
     /// Ordered by conv as `u64` (the column is unsigned, so SQL's order is it).
     fn conversations_of(&self, user: UserId) -> Result<Vec<ConvCursor>> {
-        let r: Vec<(u64, u64, u64)> = rows(
+        let r: Vec<(u64, u64, u64, u64)> = rows(
             &mut self.conn()?,
             "SELECT c.conv, c.delivered, \
-             COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conv = c.conv), 0) \
+             COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conv = c.conv), 0), c.join_floor \
              FROM conv_members c WHERE c.user_id = ? ORDER BY c.conv",
             (user,),
         )?;
         Ok(r.into_iter()
-            .map(|(conv, delivered, last_seq)| ConvCursor {
+            .map(|(conv, delivered, last_seq, floor)| ConvCursor {
                 conv,
                 delivered,
                 last_seq,
+                floor,
             })
             .collect())
     }
@@ -1218,7 +1318,7 @@ mod tests {
     #[test]
     fn all_checks_listed_here() {
         // Keeps the macro's list in step with CHECKS.
-        assert_eq!(conformance::CHECKS.len(), 18);
+        assert_eq!(conformance::CHECKS.len(), 19);
     }
 
     #[test]
@@ -1401,13 +1501,65 @@ mod tests {
                 (&db.name,),
             )
             .unwrap();
-        assert_eq!(engines.len(), 8, "{engines:?}");
+        assert_eq!(engines.len(), 9, "{engines:?}");
         assert!(engines.iter().all(|(_, e)| e == "InnoDB"), "{engines:?}");
         // Reopening must keep the data (migrations do not re-run destructively).
         let s = db.open();
         s.create_user("m", "h").unwrap();
         drop(s);
         assert!(db.open().user_by_name("m").unwrap().is_some());
+    }
+
+    /// A database at schema 2 (before private groups) upgrades in place:
+    /// its groups become public, its members keep their full view, and
+    /// group names become unique per owner.
+    #[test]
+    fn version_2_database_upgrades_to_private_groups() {
+        let Some(db) = TestDb::new() else { return };
+        db.admin()
+            .query_drop(format!("CREATE DATABASE `{}`", db.name))
+            .unwrap();
+        let mut c = Conn::new(Opts::from_url(&db.url()).unwrap()).unwrap();
+        for stmt in MIGRATIONS[..2].iter().flat_map(|s| s.iter()) {
+            c.query_drop(stmt).unwrap();
+        }
+        c.query_drop(
+            "CREATE TABLE ringchat_schema(id TINYINT UNSIGNED NOT NULL PRIMARY KEY, \
+             version INT UNSIGNED NOT NULL) ENGINE=InnoDB",
+        )
+        .unwrap();
+        c.query_drop("INSERT INTO ringchat_schema VALUES (1, 2)")
+            .unwrap();
+        c.query_drop(
+            "INSERT INTO users(id, username, password_hash, created_ms) VALUES \
+             (1, 'old_owner', 'h', 0), (2, 'old_member', 'h', 0), (3, 'other', 'h', 0)",
+        )
+        .unwrap();
+        c.query_drop(
+            "INSERT INTO chat_groups(id, name, owner, dissolved, created_ms) VALUES (5, 'old', 1, 0, 0)",
+        )
+        .unwrap();
+        c.query_drop("INSERT INTO group_members VALUES (5, 1, 2), (5, 2, 0)")
+            .unwrap();
+        c.query_drop("INSERT INTO conv_members VALUES (1, 5, 0), (2, 5, 7)")
+            .unwrap();
+        drop(c);
+        let s = db.open();
+        let g = s.get_group(5).unwrap().unwrap();
+        assert!(!g.private && !g.full_history);
+        assert_eq!(s.join_floor(5, 2).unwrap(), 0, "existing members see all");
+        assert_eq!(s.conversations_of(2).unwrap()[0].floor, 0);
+        assert!(s.create_group("old", 3).is_ok(), "another owner's name");
+        assert!(matches!(
+            s.create_group("old", 1),
+            Err(StoreError::Conflict)
+        ));
+        drop(s);
+        // Reopening is a no-op.
+        assert!(matches!(
+            db.open().create_group("old", 3),
+            Err(StoreError::Conflict)
+        ));
     }
 
     #[test]

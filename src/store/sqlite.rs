@@ -133,6 +133,23 @@ const MIGRATIONS: &[&str] = &[
     UPDATE sessions SET last_used_ms = created_ms;
     CREATE INDEX sessions_last_used ON sessions(last_used_ms);
     "#,
+    // 5: private groups, join points, invitations and join requests; group
+    // names unique per owner instead of globally. Existing groups are public
+    // and existing members keep their full view (floor 0).
+    r#"
+    ALTER TABLE chat_groups ADD COLUMN is_private INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE chat_groups ADD COLUMN full_history INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE conv_members ADD COLUMN join_floor INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE group_pending(
+        group_id   INTEGER NOT NULL REFERENCES chat_groups(id),
+        user_id    INTEGER NOT NULL REFERENCES users(id),
+        invited    INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY(group_id, user_id)
+    ) WITHOUT ROWID;
+    DROP INDEX chat_groups_live_name;
+    CREATE UNIQUE INDEX chat_groups_live_owner_name ON chat_groups(owner, name) WHERE dissolved = 0;
+    "#,
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -637,12 +654,25 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn create_group(&self, name: &str, owner: UserId) -> Result<GroupId> {
+    fn create_group_opts(
+        &self,
+        name: &str,
+        owner: UserId,
+        private: bool,
+        full_history: bool,
+    ) -> Result<GroupId> {
         self.write(|tx| {
             tx.prepare_cached(
-                "INSERT INTO chat_groups(name, owner, dissolved, created_ms) VALUES (?1, ?2, 0, ?3)",
+                "INSERT INTO chat_groups(name, owner, dissolved, created_ms, is_private, full_history) \
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5)",
             )?
-            .execute(params![name, owner as i64, crate::model::now_ms() as i64])?;
+            .execute(params![
+                name,
+                owner as i64,
+                crate::model::now_ms() as i64,
+                private,
+                full_history
+            ])?;
             let id = tx.last_insert_rowid() as u64;
             tx.prepare_cached(
                 "INSERT INTO group_members(group_id, user_id, role) VALUES (?1, ?2, ?3)",
@@ -713,7 +743,7 @@ impl Store for SqliteStore {
     fn get_group(&self, id: GroupId) -> Result<Option<GroupRecord>> {
         let conn = self.reader();
         let mut st = conn
-            .prepare_cached("SELECT id, name, owner, dissolved FROM chat_groups WHERE id = ?1")?;
+            .prepare_cached("SELECT id, name, owner, dissolved, is_private, full_history FROM chat_groups WHERE id = ?1")?;
         Ok(st
             .query_row([id as i64], |r| {
                 Ok(GroupRecord {
@@ -721,6 +751,8 @@ impl Store for SqliteStore {
                     name: r.get(1)?,
                     owner: r.get::<_, i64>(2)? as u64,
                     dissolved: r.get(3)?,
+                    private: r.get(4)?,
+                    full_history: r.get(5)?,
                 })
             })
             .optional()?)
@@ -751,12 +783,77 @@ impl Store for SqliteStore {
                 "INSERT OR IGNORE INTO group_members(group_id, user_id, role) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![id as i64, user as i64, role as u8])?;
+            let full: bool = tx
+                .prepare_cached("SELECT full_history FROM chat_groups WHERE id = ?1")?
+                .query_row([id as i64], |r| r.get(0))
+                .optional()?
+                .unwrap_or(false);
+            let floor = if full { 0 } else { delivered };
             tx.prepare_cached(
-                "INSERT OR IGNORE INTO conv_members(user_id, conv, delivered) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO conv_members(user_id, conv, delivered, join_floor) \
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute([user as i64, group_conv(id) as i64, delivered as i64])?;
+            .execute([
+                user as i64,
+                group_conv(id) as i64,
+                delivered as i64,
+                floor as i64,
+            ])?;
+            tx.prepare_cached("DELETE FROM group_pending WHERE group_id = ?1 AND user_id = ?2")?
+                .execute([id as i64, user as i64])?;
             Ok(())
         })
+    }
+
+    fn join_floor(&self, conv: ConvId, user: UserId) -> Result<Seq> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT join_floor FROM conv_members WHERE user_id = ?1 AND conv = ?2",
+        )?;
+        let f: Option<i64> = st
+            .query_row([user as i64, conv as i64], |r| r.get(0))
+            .optional()?;
+        Ok(f.unwrap_or(0) as u64)
+    }
+
+    fn set_pending(&self, id: GroupId, user: UserId, invited: Option<bool>) -> Result<()> {
+        self.write(|tx| {
+            match invited {
+                Some(inv) => tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO group_pending(group_id, user_id, invited, created_ms) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        id as i64,
+                        user as i64,
+                        inv,
+                        crate::model::now_ms() as i64
+                    ])?,
+                None => tx
+                    .prepare_cached(
+                        "DELETE FROM group_pending WHERE group_id = ?1 AND user_id = ?2",
+                    )?
+                    .execute([id as i64, user as i64])?,
+            };
+            Ok(())
+        })
+    }
+
+    fn group_pending(&self, id: GroupId) -> Result<Vec<PendingRow>> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT p.user_id, u.username, p.invited FROM group_pending p \
+             JOIN users u ON u.id = p.user_id WHERE p.group_id = ?1 ORDER BY p.user_id",
+        )?;
+        let rows = st.query_map([id as i64], |r| {
+            Ok(PendingRow {
+                user_id: r.get::<_, i64>(0)? as u64,
+                username: r.get(1)?,
+                invited: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// A no-op for a non-member.
@@ -788,6 +885,8 @@ impl Store for SqliteStore {
                 .execute([id as i64])?;
             tx.prepare_cached("DELETE FROM conv_members WHERE conv = ?1")?
                 .execute([group_conv(id) as i64])?;
+            tx.prepare_cached("DELETE FROM group_pending WHERE group_id = ?1")?
+                .execute([id as i64])?;
             Ok(())
         })
     }
@@ -795,8 +894,8 @@ impl Store for SqliteStore {
     fn groups_of(&self, user: UserId) -> Result<Vec<(GroupRecord, Role)>> {
         let conn = self.reader();
         let mut st = conn.prepare_cached(
-            "SELECT g.id, g.name, g.owner, g.dissolved, gm.role FROM group_members gm \
-             JOIN chat_groups g ON g.id = gm.group_id \
+            "SELECT g.id, g.name, g.owner, g.dissolved, gm.role, g.is_private, g.full_history \
+             FROM group_members gm JOIN chat_groups g ON g.id = gm.group_id \
              WHERE gm.user_id = ?1 AND g.dissolved = 0 ORDER BY g.id",
         )?;
         let rows = st.query_map([user as i64], |r| {
@@ -806,6 +905,8 @@ impl Store for SqliteStore {
                     name: r.get(1)?,
                     owner: r.get::<_, i64>(2)? as u64,
                     dissolved: r.get(3)?,
+                    private: r.get(5)?,
+                    full_history: r.get(6)?,
                 },
                 Role::from_u8(r.get(4)?),
             ))
@@ -946,7 +1047,7 @@ impl Store for SqliteStore {
                     member.execute([hi as i64, conv, 0])?;
                 }
                 let mut find = tx.prepare_cached(
-                    "SELECT id FROM chat_groups WHERE name = ?1 AND dissolved = 0",
+                    "SELECT id FROM chat_groups WHERE name = ?1 AND owner = ?2 AND dissolved = 0",
                 )?;
                 let mut create = tx.prepare_cached(
                     "INSERT INTO chat_groups(name, owner, dissolved, created_ms) VALUES (?1, ?2, 0, ?3)",
@@ -961,7 +1062,10 @@ impl Store for SqliteStore {
                     let Some(&owner) = members.first() else {
                         return Err(StoreError::Backend(format!("group {name} has no members")));
                     };
-                    let gid = match find.query_row([name], |r| r.get::<_, i64>(0)).optional()? {
+                    let gid = match find
+                        .query_row(params![name, ids[owner] as i64], |r| r.get::<_, i64>(0))
+                        .optional()?
+                    {
                         Some(g) => g,
                         None => {
                             create.execute(params![name, ids[owner] as i64, now])?;
@@ -988,7 +1092,7 @@ impl Store for SqliteStore {
         // in the messages primary key.
         let mut st = conn.prepare_cached(
             "SELECT c.conv, c.delivered, \
-             COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conv = c.conv), 0) \
+             COALESCE((SELECT MAX(m.seq) FROM messages m WHERE m.conv = c.conv), 0), c.join_floor \
              FROM conv_members c WHERE c.user_id = ?1",
         )?;
         let rows = st.query_map([user as i64], |r| {
@@ -996,6 +1100,7 @@ impl Store for SqliteStore {
                 conv: r.get::<_, i64>(0)? as u64,
                 delivered: r.get::<_, i64>(1)? as u64,
                 last_seq: r.get::<_, i64>(2)? as u64,
+                floor: r.get::<_, i64>(3)? as u64,
             })
         })?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1061,7 +1166,7 @@ mod tests {
     #[test]
     fn all_checks_listed_here() {
         // Keeps the macro's list in step with CHECKS.
-        assert_eq!(conformance::CHECKS.len(), 18);
+        assert_eq!(conformance::CHECKS.len(), 19);
     }
 
     #[test]
@@ -1093,6 +1198,44 @@ mod tests {
         drop(c);
         // Reopening must not re-run step 1 (it would fail on existing tables).
         drop(db.open());
+    }
+
+    /// A database at schema 2 (before private groups) upgrades in place:
+    /// its groups become public, its members keep their full view, and
+    /// group names become unique per owner.
+    #[test]
+    fn version_2_database_upgrades_to_private_groups() {
+        let db = TempDb::new("v2");
+        {
+            let c = Connection::open(&db.0).unwrap();
+            for step in &MIGRATIONS[..2] {
+                c.execute_batch(step).unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO users(id, username, password_hash, created_ms) VALUES \
+                 (1, 'old_owner', 'h', 0), (2, 'old_member', 'h', 0), (3, 'other', 'h', 0);
+                 INSERT INTO chat_groups(id, name, owner, dissolved, created_ms) VALUES (5, 'old', 1, 0, 0);
+                 INSERT INTO group_members VALUES (5, 1, 2), (5, 2, 0);
+                 INSERT INTO conv_members VALUES (1, 5, 0), (2, 5, 7);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let s = db.open();
+        let g = s.get_group(5).unwrap().unwrap();
+        assert!(!g.private && !g.full_history);
+        assert_eq!(s.join_floor(5, 2).unwrap(), 0, "existing members see all");
+        assert_eq!(s.conversations_of(2).unwrap()[0].floor, 0);
+        assert!(s.create_group("old", 3).is_ok(), "another owner's name");
+        assert!(matches!(
+            s.create_group("old", 1),
+            Err(StoreError::Conflict)
+        ));
+        drop(s);
+        assert!(matches!(
+            db.open().create_group("old", 3),
+            Err(StoreError::Conflict)
+        ));
     }
 
     #[test]

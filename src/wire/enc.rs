@@ -6,7 +6,7 @@
 
 use super::fb;
 use crate::model::{ConvId, GroupId, Seq, UserId};
-use crate::model::{FriendKind, FriendRow, GroupRecord, MemberRow, Role, StoredMessage};
+use crate::model::{FriendKind, FriendRow, GroupRecord, Role, StoredMessage};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
 /// Protocol version this build speaks.
@@ -25,7 +25,7 @@ impl Default for Enc {
 /// One user for `UserList`: (id, name, online).
 pub type UserItem<'a> = (UserId, &'a str, bool);
 
-fn role_fb(r: Role) -> fb::Role {
+pub fn role_fb(r: Role) -> fb::Role {
     match r {
         Role::Member => fb::Role::Member,
         Role::Admin => fb::Role::Admin,
@@ -165,6 +165,7 @@ impl Enc {
         req_id: u64,
         rows: &[FriendRow],
         online: impl Fn(UserId) -> bool,
+        next_after_id: UserId,
     ) -> &[u8] {
         let b = self.start();
         let mut items = Vec::with_capacity(rows.len());
@@ -191,7 +192,13 @@ impl Enc {
             ));
         }
         let v = b.create_vector(&items);
-        let o = fb::FriendList::create(b, &fb::FriendListArgs { friends: Some(v) });
+        let o = fb::FriendList::create(
+            b,
+            &fb::FriendListArgs {
+                friends: Some(v),
+                next_after_id,
+            },
+        );
         self.finish(req_id, fb::Body::FriendList, o.as_union_value())
     }
 
@@ -207,24 +214,28 @@ impl Enc {
         self.finish(req_id, fb::Body::GroupCreated, o.as_union_value())
     }
 
+    /// Members as `(user, name, role)`; `role` may be `Pending`/`Invited`
+    /// for the owner's and admins' view. Presence only for real members.
     pub fn member_list(
         &mut self,
         req_id: u64,
         group_id: GroupId,
-        members: &[MemberRow],
+        members: &[(UserId, &str, fb::Role)],
         online: impl Fn(UserId) -> bool,
+        next_after_id: UserId,
     ) -> &[u8] {
         let b = self.start();
         let mut items = Vec::with_capacity(members.len());
-        for m in members {
-            let n = b.create_string(&m.username);
+        for &(user_id, name, role) in members {
+            let n = b.create_string(name);
+            let member = matches!(role, fb::Role::Member | fb::Role::Admin | fb::Role::Owner);
             items.push(fb::Member::create(
                 b,
                 &fb::MemberArgs {
-                    user_id: m.user_id,
+                    user_id,
                     username: Some(n),
-                    role: role_fb(m.role),
-                    online: online(m.user_id),
+                    role,
+                    online: member && online(user_id),
                 },
             ));
         }
@@ -234,12 +245,18 @@ impl Enc {
             &fb::MemberListArgs {
                 group_id,
                 members: Some(v),
+                next_after_id,
             },
         );
         self.finish(req_id, fb::Body::MemberList, o.as_union_value())
     }
 
-    pub fn group_list(&mut self, req_id: u64, groups: &[(GroupRecord, Role)]) -> &[u8] {
+    pub fn group_list(
+        &mut self,
+        req_id: u64,
+        groups: &[(GroupRecord, Role)],
+        next_after_id: GroupId,
+    ) -> &[u8] {
         let b = self.start();
         let mut items = Vec::with_capacity(groups.len());
         for (g, role) in groups {
@@ -251,11 +268,19 @@ impl Enc {
                     name: Some(n),
                     role: role_fb(*role),
                     conversation: crate::model::group_conv(g.id),
+                    private: g.private,
+                    full_history: g.full_history,
                 },
             ));
         }
         let v = b.create_vector(&items);
-        let o = fb::GroupList::create(b, &fb::GroupListArgs { groups: Some(v) });
+        let o = fb::GroupList::create(
+            b,
+            &fb::GroupListArgs {
+                groups: Some(v),
+                next_after_id,
+            },
+        );
         self.finish(req_id, fb::Body::GroupList, o.as_union_value())
     }
 
@@ -350,14 +375,17 @@ impl Enc {
         self.finish(0, fb::Body::FriendEvent, o.as_union_value())
     }
 
+    /// `name`: the group's name, for an invitee (empty: none sent).
     pub fn group_event(
         &mut self,
         kind: fb::GroupEventKind,
         group_id: GroupId,
         user_id: UserId,
         actor: UserId,
+        name: &str,
     ) -> &[u8] {
         let b = self.start();
+        let name = (!name.is_empty()).then(|| b.create_string(name));
         let o = fb::GroupEvent::create(
             b,
             &fb::GroupEventArgs {
@@ -365,6 +393,7 @@ impl Enc {
                 group_id,
                 user_id,
                 actor,
+                name,
             },
         );
         self.finish(0, fb::Body::GroupEvent, o.as_union_value())
@@ -535,16 +564,62 @@ impl Enc {
     }
 
     pub fn list_friends(&mut self, req_id: u64) -> &[u8] {
+        self.list_friends_page(req_id, 0, 0)
+    }
+
+    pub fn list_friends_page(&mut self, req_id: u64, after_id: UserId, limit: u32) -> &[u8] {
         let b = self.start();
-        let o = fb::ListFriends::create(b, &fb::ListFriendsArgs {});
+        let o = fb::ListFriends::create(b, &fb::ListFriendsArgs { after_id, limit });
         self.finish(req_id, fb::Body::ListFriends, o.as_union_value())
     }
 
     pub fn create_group(&mut self, req_id: u64, name: &str) -> &[u8] {
+        self.create_group_opts(req_id, name, false, false)
+    }
+
+    pub fn create_group_opts(
+        &mut self,
+        req_id: u64,
+        name: &str,
+        private: bool,
+        full_history: bool,
+    ) -> &[u8] {
         let b = self.start();
         let n = b.create_string(name);
-        let o = fb::CreateGroup::create(b, &fb::CreateGroupArgs { name: Some(n) });
+        let o = fb::CreateGroup::create(
+            b,
+            &fb::CreateGroupArgs {
+                name: Some(n),
+                private,
+                full_history,
+            },
+        );
         self.finish(req_id, fb::Body::CreateGroup, o.as_union_value())
+    }
+
+    pub fn invite_to_group(&mut self, req_id: u64, group_id: GroupId, user_id: UserId) -> &[u8] {
+        let b = self.start();
+        let o = fb::InviteToGroup::create(b, &fb::InviteToGroupArgs { group_id, user_id });
+        self.finish(req_id, fb::Body::InviteToGroup, o.as_union_value())
+    }
+
+    pub fn respond_join_request(
+        &mut self,
+        req_id: u64,
+        group_id: GroupId,
+        user_id: UserId,
+        accept: bool,
+    ) -> &[u8] {
+        let b = self.start();
+        let o = fb::RespondJoinRequest::create(
+            b,
+            &fb::RespondJoinRequestArgs {
+                group_id,
+                user_id,
+                accept,
+            },
+        );
+        self.finish(req_id, fb::Body::RespondJoinRequest, o.as_union_value())
     }
 
     pub fn join_group(&mut self, req_id: u64, group_id: GroupId) -> &[u8] {
@@ -560,8 +635,25 @@ impl Enc {
     }
 
     pub fn group_members(&mut self, req_id: u64, group_id: GroupId) -> &[u8] {
+        self.group_members_page(req_id, group_id, 0, 0)
+    }
+
+    pub fn group_members_page(
+        &mut self,
+        req_id: u64,
+        group_id: GroupId,
+        after_id: UserId,
+        limit: u32,
+    ) -> &[u8] {
         let b = self.start();
-        let o = fb::GroupMembers::create(b, &fb::GroupMembersArgs { group_id });
+        let o = fb::GroupMembers::create(
+            b,
+            &fb::GroupMembersArgs {
+                group_id,
+                after_id,
+                limit,
+            },
+        );
         self.finish(req_id, fb::Body::GroupMembers, o.as_union_value())
     }
 
@@ -597,8 +689,12 @@ impl Enc {
     }
 
     pub fn list_groups(&mut self, req_id: u64) -> &[u8] {
+        self.list_groups_page(req_id, 0, 0)
+    }
+
+    pub fn list_groups_page(&mut self, req_id: u64, after_id: GroupId, limit: u32) -> &[u8] {
         let b = self.start();
-        let o = fb::ListGroups::create(b, &fb::ListGroupsArgs {});
+        let o = fb::ListGroups::create(b, &fb::ListGroupsArgs { after_id, limit });
         self.finish(req_id, fb::Body::ListGroups, o.as_union_value())
     }
 

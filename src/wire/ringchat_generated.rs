@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 32;
+pub const ENUM_MAX_ERROR_CODE: u16 = 33;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 34] = [
   ErrorCode::Unknown,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedVersion,
@@ -50,6 +50,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 33] = [
   ErrorCode::NameTaken,
   ErrorCode::LimitReached,
   ErrorCode::AccountDisabled,
+  ErrorCode::PendingApproval,
 ];
 
 /// Error codes carried by `ErrorReply` replies. Stable numbers: clients switch on them.
@@ -91,9 +92,10 @@ impl ErrorCode {
   pub const NameTaken: Self = Self(30);
   pub const LimitReached: Self = Self(31);
   pub const AccountDisabled: Self = Self(32);
+  pub const PendingApproval: Self = Self(33);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 32;
+  pub const ENUM_MAX: u16 = 33;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Unknown,
     Self::BadRequest,
@@ -128,6 +130,7 @@ impl ErrorCode {
     Self::NameTaken,
     Self::LimitReached,
     Self::AccountDisabled,
+    Self::PendingApproval,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -165,6 +168,7 @@ impl ErrorCode {
       Self::NameTaken => Some("NameTaken"),
       Self::LimitReached => Some("LimitReached"),
       Self::AccountDisabled => Some("AccountDisabled"),
+      Self::PendingApproval => Some("PendingApproval"),
       _ => None,
     }
   }
@@ -314,15 +318,18 @@ impl ::flatbuffers::SimpleToVerifyInSlice for FriendState {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ROLE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ROLE: u8 = 2;
+pub const ENUM_MAX_ROLE: u8 = 4;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ROLE: [Role; 3] = [
+pub const ENUM_VALUES_ROLE: [Role; 5] = [
   Role::Member,
   Role::Admin,
   Role::Owner,
+  Role::Pending,
+  Role::Invited,
 ];
 
+/// Pending and Invited appear only in GroupMembers replies to owners and admins.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct Role(pub u8);
@@ -331,13 +338,17 @@ impl Role {
   pub const Member: Self = Self(0);
   pub const Admin: Self = Self(1);
   pub const Owner: Self = Self(2);
+  pub const Pending: Self = Self(3);
+  pub const Invited: Self = Self(4);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_MAX: u8 = 4;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Member,
     Self::Admin,
     Self::Owner,
+    Self::Pending,
+    Self::Invited,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -345,6 +356,8 @@ impl Role {
       Self::Member => Some("Member"),
       Self::Admin => Some("Admin"),
       Self::Owner => Some("Owner"),
+      Self::Pending => Some("Pending"),
+      Self::Invited => Some("Invited"),
       _ => None,
     }
   }
@@ -494,15 +507,18 @@ impl ::flatbuffers::SimpleToVerifyInSlice for FriendEventKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_GROUP_EVENT_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_GROUP_EVENT_KIND: u8 = 4;
+pub const ENUM_MAX_GROUP_EVENT_KIND: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_GROUP_EVENT_KIND: [GroupEventKind; 5] = [
+pub const ENUM_VALUES_GROUP_EVENT_KIND: [GroupEventKind; 8] = [
   GroupEventKind::Joined,
   GroupEventKind::Left,
   GroupEventKind::Removed,
   GroupEventKind::Dissolved,
   GroupEventKind::RoleChanged,
+  GroupEventKind::Invited,
+  GroupEventKind::JoinRequested,
+  GroupEventKind::JoinRejected,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -515,15 +531,21 @@ impl GroupEventKind {
   pub const Removed: Self = Self(2);
   pub const Dissolved: Self = Self(3);
   pub const RoleChanged: Self = Self(4);
+  pub const Invited: Self = Self(5);
+  pub const JoinRequested: Self = Self(6);
+  pub const JoinRejected: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 4;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Joined,
     Self::Left,
     Self::Removed,
     Self::Dissolved,
     Self::RoleChanged,
+    Self::Invited,
+    Self::JoinRequested,
+    Self::JoinRejected,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -533,6 +555,9 @@ impl GroupEventKind {
       Self::Removed => Some("Removed"),
       Self::Dissolved => Some("Dissolved"),
       Self::RoleChanged => Some("RoleChanged"),
+      Self::Invited => Some("Invited"),
+      Self::JoinRequested => Some("JoinRequested"),
+      Self::JoinRejected => Some("JoinRejected"),
       _ => None,
     }
   }
@@ -590,10 +615,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for GroupEventKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 43;
+pub const ENUM_MAX_BODY: u8 = 45;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 44] = [
+pub const ENUM_VALUES_BODY: [Body; 46] = [
   Body::NONE,
   Body::Hello,
   Body::Register,
@@ -638,6 +663,8 @@ pub const ENUM_VALUES_BODY: [Body; 44] = [
   Body::Goodbye,
   Body::ChangePassword,
   Body::LogoutAll,
+  Body::InviteToGroup,
+  Body::RespondJoinRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -689,9 +716,11 @@ impl Body {
   pub const Goodbye: Self = Self(41);
   pub const ChangePassword: Self = Self(42);
   pub const LogoutAll: Self = Self(43);
+  pub const InviteToGroup: Self = Self(44);
+  pub const RespondJoinRequest: Self = Self(45);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 43;
+  pub const ENUM_MAX: u8 = 45;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -737,6 +766,8 @@ impl Body {
     Self::Goodbye,
     Self::ChangePassword,
     Self::LogoutAll,
+    Self::InviteToGroup,
+    Self::RespondJoinRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -785,6 +816,8 @@ impl Body {
       Self::Goodbye => Some("Goodbye"),
       Self::ChangePassword => Some("ChangePassword"),
       Self::LogoutAll => Some("LogoutAll"),
+      Self::InviteToGroup => Some("InviteToGroup"),
+      Self::RespondJoinRequest => Some("RespondJoinRequest"),
       _ => None,
     }
   }
@@ -2166,6 +2199,8 @@ impl ::core::fmt::Debug for FriendBlock<'_> {
 pub enum ListFriendsOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// Pages by user id: `after_id` 0 for the first page, then the reply's
+/// `next_after_id` until it is 0. `limit` 0 = the server's page size.
 pub struct ListFriends<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2179,6 +2214,8 @@ impl<'a> ::flatbuffers::Follow<'a> for ListFriends<'a> {
 }
 
 impl<'a> ListFriends<'a> {
+  pub const VT_AFTER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2187,12 +2224,29 @@ impl<'a> ListFriends<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    _args: &'args ListFriendsArgs
+    args: &'args ListFriendsArgs
   ) -> ::flatbuffers::WIPOffset<ListFriends<'bldr>> {
     let mut builder = ListFriendsBuilder::new(_fbb);
+    builder.add_after_id(args.after_id);
+    builder.add_limit(args.limit);
     builder.finish()
   }
 
+
+  #[inline]
+  pub fn after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ListFriends::VT_AFTER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ListFriends::VT_LIMIT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ListFriends<'_> {
@@ -2201,16 +2255,22 @@ impl ::flatbuffers::Verifiable for ListFriends<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
+     .visit_field::<u64>("after_id", Self::VT_AFTER_ID, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
      .finish();
     Ok(())
   }
 }
 pub struct ListFriendsArgs {
+    pub after_id: u64,
+    pub limit: u32,
 }
 impl<'a> Default for ListFriendsArgs {
   #[inline]
   fn default() -> Self {
     ListFriendsArgs {
+      after_id: 0,
+      limit: 0,
     }
   }
 }
@@ -2220,6 +2280,14 @@ pub struct ListFriendsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListFriendsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_after_id(&mut self, after_id: u64) {
+    self.fbb_.push_slot::<u64>(ListFriends::VT_AFTER_ID, after_id, 0);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(ListFriends::VT_LIMIT, limit, 0);
+  }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ListFriendsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
@@ -2238,12 +2306,17 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListFriendsBuilder<'a, 'b, A>
 impl ::core::fmt::Debug for ListFriends<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ListFriends");
+      ds.field("after_id", &self.after_id());
+      ds.field("limit", &self.limit());
       ds.finish()
   }
 }
 pub enum CreateGroupOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `private`: joining needs an invitation or an approved request.
+/// `full_history`: new members may read History from before they joined
+/// (default: from their join point).
 pub struct CreateGroup<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2258,6 +2331,8 @@ impl<'a> ::flatbuffers::Follow<'a> for CreateGroup<'a> {
 
 impl<'a> CreateGroup<'a> {
   pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRIVATE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FULL_HISTORY: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2270,6 +2345,8 @@ impl<'a> CreateGroup<'a> {
   ) -> ::flatbuffers::WIPOffset<CreateGroup<'bldr>> {
     let mut builder = CreateGroupBuilder::new(_fbb);
     if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_full_history(args.full_history);
+    builder.add_private(args.private);
     builder.finish()
   }
 
@@ -2281,6 +2358,20 @@ impl<'a> CreateGroup<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CreateGroup::VT_NAME, None)}
   }
+  #[inline]
+  pub fn private(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CreateGroup::VT_PRIVATE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn full_history(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CreateGroup::VT_FULL_HISTORY, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateGroup<'_> {
@@ -2290,18 +2381,24 @@ impl ::flatbuffers::Verifiable for CreateGroup<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<bool>("private", Self::VT_PRIVATE, false)?
+     .visit_field::<bool>("full_history", Self::VT_FULL_HISTORY, false)?
      .finish();
     Ok(())
   }
 }
 pub struct CreateGroupArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub private: bool,
+    pub full_history: bool,
 }
 impl<'a> Default for CreateGroupArgs<'a> {
   #[inline]
   fn default() -> Self {
     CreateGroupArgs {
       name: None,
+      private: false,
+      full_history: false,
     }
   }
 }
@@ -2314,6 +2411,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateGroupBuilder<'a, 'b, A>
   #[inline]
   pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreateGroup::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_private(&mut self, private: bool) {
+    self.fbb_.push_slot::<bool>(CreateGroup::VT_PRIVATE, private, false);
+  }
+  #[inline]
+  pub fn add_full_history(&mut self, full_history: bool) {
+    self.fbb_.push_slot::<bool>(CreateGroup::VT_FULL_HISTORY, full_history, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateGroupBuilder<'a, 'b, A> {
@@ -2334,6 +2439,8 @@ impl ::core::fmt::Debug for CreateGroup<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("CreateGroup");
       ds.field("name", &self.name());
+      ds.field("private", &self.private());
+      ds.field("full_history", &self.full_history());
       ds.finish()
   }
 }
@@ -2532,6 +2639,8 @@ impl ::core::fmt::Debug for LeaveGroup<'_> {
 pub enum GroupMembersOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// Paged by user id like ListFriends. Owners and admins of a group also
+/// get its pending join requests (role Pending) and invitations (Invited).
 pub struct GroupMembers<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2546,6 +2655,8 @@ impl<'a> ::flatbuffers::Follow<'a> for GroupMembers<'a> {
 
 impl<'a> GroupMembers<'a> {
   pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_AFTER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2557,7 +2668,9 @@ impl<'a> GroupMembers<'a> {
     args: &'args GroupMembersArgs
   ) -> ::flatbuffers::WIPOffset<GroupMembers<'bldr>> {
     let mut builder = GroupMembersBuilder::new(_fbb);
+    builder.add_after_id(args.after_id);
     builder.add_group_id(args.group_id);
+    builder.add_limit(args.limit);
     builder.finish()
   }
 
@@ -2569,6 +2682,20 @@ impl<'a> GroupMembers<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(GroupMembers::VT_GROUP_ID, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupMembers::VT_AFTER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(GroupMembers::VT_LIMIT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GroupMembers<'_> {
@@ -2578,18 +2705,24 @@ impl ::flatbuffers::Verifiable for GroupMembers<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("after_id", Self::VT_AFTER_ID, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
      .finish();
     Ok(())
   }
 }
 pub struct GroupMembersArgs {
     pub group_id: u64,
+    pub after_id: u64,
+    pub limit: u32,
 }
 impl<'a> Default for GroupMembersArgs {
   #[inline]
   fn default() -> Self {
     GroupMembersArgs {
       group_id: 0,
+      after_id: 0,
+      limit: 0,
     }
   }
 }
@@ -2602,6 +2735,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupMembersBuilder<'a, 'b, A
   #[inline]
   pub fn add_group_id(&mut self, group_id: u64) {
     self.fbb_.push_slot::<u64>(GroupMembers::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_after_id(&mut self, after_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupMembers::VT_AFTER_ID, after_id, 0);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(GroupMembers::VT_LIMIT, limit, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupMembersBuilder<'a, 'b, A> {
@@ -2622,6 +2763,8 @@ impl ::core::fmt::Debug for GroupMembers<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("GroupMembers");
       ds.field("group_id", &self.group_id());
+      ds.field("after_id", &self.after_id());
+      ds.field("limit", &self.limit());
       ds.finish()
   }
 }
@@ -2850,6 +2993,8 @@ impl<'a> ::flatbuffers::Follow<'a> for ListGroups<'a> {
 }
 
 impl<'a> ListGroups<'a> {
+  pub const VT_AFTER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2858,12 +3003,29 @@ impl<'a> ListGroups<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    _args: &'args ListGroupsArgs
+    args: &'args ListGroupsArgs
   ) -> ::flatbuffers::WIPOffset<ListGroups<'bldr>> {
     let mut builder = ListGroupsBuilder::new(_fbb);
+    builder.add_after_id(args.after_id);
+    builder.add_limit(args.limit);
     builder.finish()
   }
 
+
+  #[inline]
+  pub fn after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ListGroups::VT_AFTER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ListGroups::VT_LIMIT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ListGroups<'_> {
@@ -2872,16 +3034,22 @@ impl ::flatbuffers::Verifiable for ListGroups<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
+     .visit_field::<u64>("after_id", Self::VT_AFTER_ID, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
      .finish();
     Ok(())
   }
 }
 pub struct ListGroupsArgs {
+    pub after_id: u64,
+    pub limit: u32,
 }
 impl<'a> Default for ListGroupsArgs {
   #[inline]
   fn default() -> Self {
     ListGroupsArgs {
+      after_id: 0,
+      limit: 0,
     }
   }
 }
@@ -2891,6 +3059,14 @@ pub struct ListGroupsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListGroupsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_after_id(&mut self, after_id: u64) {
+    self.fbb_.push_slot::<u64>(ListGroups::VT_AFTER_ID, after_id, 0);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(ListGroups::VT_LIMIT, limit, 0);
+  }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ListGroupsBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
@@ -2909,6 +3085,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListGroupsBuilder<'a, 'b, A> 
 impl ::core::fmt::Debug for ListGroups<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ListGroups");
+      ds.field("after_id", &self.after_id());
+      ds.field("limit", &self.limit());
       ds.finish()
   }
 }
@@ -3611,6 +3789,252 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LogoutAllBuilder<'a, 'b, A> {
 impl ::core::fmt::Debug for LogoutAll<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("LogoutAll");
+      ds.finish()
+  }
+}
+pub enum InviteToGroupOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Owner/admin: lets `user_id` join (a private group); if they asked to
+/// join already, they become a member now.
+pub struct InviteToGroup<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InviteToGroup<'a> {
+  type Inner = InviteToGroup<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InviteToGroup<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InviteToGroup { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InviteToGroupArgs
+  ) -> ::flatbuffers::WIPOffset<InviteToGroup<'bldr>> {
+    let mut builder = InviteToGroupBuilder::new(_fbb);
+    builder.add_user_id(args.user_id);
+    builder.add_group_id(args.group_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(InviteToGroup::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(InviteToGroup::VT_USER_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InviteToGroup<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InviteToGroupArgs {
+    pub group_id: u64,
+    pub user_id: u64,
+}
+impl<'a> Default for InviteToGroupArgs {
+  #[inline]
+  fn default() -> Self {
+    InviteToGroupArgs {
+      group_id: 0,
+      user_id: 0,
+    }
+  }
+}
+
+pub struct InviteToGroupBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InviteToGroupBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(InviteToGroup::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(InviteToGroup::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InviteToGroupBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InviteToGroupBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InviteToGroup<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InviteToGroup<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InviteToGroup");
+      ds.field("group_id", &self.group_id());
+      ds.field("user_id", &self.user_id());
+      ds.finish()
+  }
+}
+pub enum RespondJoinRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Owner/admin: accept or reject `user_id`'s request to join.
+pub struct RespondJoinRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RespondJoinRequest<'a> {
+  type Inner = RespondJoinRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RespondJoinRequest<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ACCEPT: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RespondJoinRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RespondJoinRequestArgs
+  ) -> ::flatbuffers::WIPOffset<RespondJoinRequest<'bldr>> {
+    let mut builder = RespondJoinRequestBuilder::new(_fbb);
+    builder.add_user_id(args.user_id);
+    builder.add_group_id(args.group_id);
+    builder.add_accept(args.accept);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RespondJoinRequest::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RespondJoinRequest::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn accept(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(RespondJoinRequest::VT_ACCEPT, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RespondJoinRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<bool>("accept", Self::VT_ACCEPT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RespondJoinRequestArgs {
+    pub group_id: u64,
+    pub user_id: u64,
+    pub accept: bool,
+}
+impl<'a> Default for RespondJoinRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    RespondJoinRequestArgs {
+      group_id: 0,
+      user_id: 0,
+      accept: false,
+    }
+  }
+}
+
+pub struct RespondJoinRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RespondJoinRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(RespondJoinRequest::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(RespondJoinRequest::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_accept(&mut self, accept: bool) {
+    self.fbb_.push_slot::<bool>(RespondJoinRequest::VT_ACCEPT, accept, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RespondJoinRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RespondJoinRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RespondJoinRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RespondJoinRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RespondJoinRequest");
+      ds.field("group_id", &self.group_id());
+      ds.field("user_id", &self.user_id());
+      ds.field("accept", &self.accept());
       ds.finish()
   }
 }
@@ -4698,6 +5122,7 @@ impl<'a> ::flatbuffers::Follow<'a> for FriendList<'a> {
 
 impl<'a> FriendList<'a> {
   pub const VT_FRIENDS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NEXT_AFTER_ID: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4709,6 +5134,7 @@ impl<'a> FriendList<'a> {
     args: &'args FriendListArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FriendList<'bldr>> {
     let mut builder = FriendListBuilder::new(_fbb);
+    builder.add_next_after_id(args.next_after_id);
     if let Some(x) = args.friends { builder.add_friends(x); }
     builder.finish()
   }
@@ -4721,6 +5147,13 @@ impl<'a> FriendList<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FriendEntry>>>>(FriendList::VT_FRIENDS, None)}
   }
+  #[inline]
+  pub fn next_after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(FriendList::VT_NEXT_AFTER_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FriendList<'_> {
@@ -4730,18 +5163,21 @@ impl ::flatbuffers::Verifiable for FriendList<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<FriendEntry>>>>("friends", Self::VT_FRIENDS, false)?
+     .visit_field::<u64>("next_after_id", Self::VT_NEXT_AFTER_ID, false)?
      .finish();
     Ok(())
   }
 }
 pub struct FriendListArgs<'a> {
     pub friends: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FriendEntry<'a>>>>>,
+    pub next_after_id: u64,
 }
 impl<'a> Default for FriendListArgs<'a> {
   #[inline]
   fn default() -> Self {
     FriendListArgs {
       friends: None,
+      next_after_id: 0,
     }
   }
 }
@@ -4754,6 +5190,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FriendListBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_friends(&mut self, friends: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<FriendEntry<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FriendList::VT_FRIENDS, friends);
+  }
+  #[inline]
+  pub fn add_next_after_id(&mut self, next_after_id: u64) {
+    self.fbb_.push_slot::<u64>(FriendList::VT_NEXT_AFTER_ID, next_after_id, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FriendListBuilder<'a, 'b, A> {
@@ -4774,6 +5214,7 @@ impl ::core::fmt::Debug for FriendList<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("FriendList");
       ds.field("friends", &self.friends());
+      ds.field("next_after_id", &self.next_after_id());
       ds.finish()
   }
 }
@@ -5055,6 +5496,7 @@ impl<'a> ::flatbuffers::Follow<'a> for MemberList<'a> {
 impl<'a> MemberList<'a> {
   pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NEXT_AFTER_ID: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5066,6 +5508,7 @@ impl<'a> MemberList<'a> {
     args: &'args MemberListArgs<'args>
   ) -> ::flatbuffers::WIPOffset<MemberList<'bldr>> {
     let mut builder = MemberListBuilder::new(_fbb);
+    builder.add_next_after_id(args.next_after_id);
     builder.add_group_id(args.group_id);
     if let Some(x) = args.members { builder.add_members(x); }
     builder.finish()
@@ -5086,6 +5529,13 @@ impl<'a> MemberList<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member>>>>(MemberList::VT_MEMBERS, None)}
   }
+  #[inline]
+  pub fn next_after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MemberList::VT_NEXT_AFTER_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for MemberList<'_> {
@@ -5096,6 +5546,7 @@ impl ::flatbuffers::Verifiable for MemberList<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Member>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<u64>("next_after_id", Self::VT_NEXT_AFTER_ID, false)?
      .finish();
     Ok(())
   }
@@ -5103,6 +5554,7 @@ impl ::flatbuffers::Verifiable for MemberList<'_> {
 pub struct MemberListArgs<'a> {
     pub group_id: u64,
     pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Member<'a>>>>>,
+    pub next_after_id: u64,
 }
 impl<'a> Default for MemberListArgs<'a> {
   #[inline]
@@ -5110,6 +5562,7 @@ impl<'a> Default for MemberListArgs<'a> {
     MemberListArgs {
       group_id: 0,
       members: None,
+      next_after_id: 0,
     }
   }
 }
@@ -5126,6 +5579,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberListBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Member<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberList::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_next_after_id(&mut self, next_after_id: u64) {
+    self.fbb_.push_slot::<u64>(MemberList::VT_NEXT_AFTER_ID, next_after_id, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberListBuilder<'a, 'b, A> {
@@ -5147,6 +5604,7 @@ impl ::core::fmt::Debug for MemberList<'_> {
     let mut ds = f.debug_struct("MemberList");
       ds.field("group_id", &self.group_id());
       ds.field("members", &self.members());
+      ds.field("next_after_id", &self.next_after_id());
       ds.finish()
   }
 }
@@ -5170,6 +5628,8 @@ impl<'a> GroupInfo<'a> {
   pub const VT_NAME: ::flatbuffers::VOffsetT = 6;
   pub const VT_ROLE: ::flatbuffers::VOffsetT = 8;
   pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PRIVATE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_FULL_HISTORY: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5184,6 +5644,8 @@ impl<'a> GroupInfo<'a> {
     builder.add_conversation(args.conversation);
     builder.add_group_id(args.group_id);
     if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_full_history(args.full_history);
+    builder.add_private(args.private);
     builder.add_role(args.role);
     builder.finish()
   }
@@ -5217,6 +5679,20 @@ impl<'a> GroupInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(GroupInfo::VT_CONVERSATION, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn private(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GroupInfo::VT_PRIVATE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn full_history(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(GroupInfo::VT_FULL_HISTORY, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GroupInfo<'_> {
@@ -5229,6 +5705,8 @@ impl ::flatbuffers::Verifiable for GroupInfo<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<Role>("role", Self::VT_ROLE, false)?
      .visit_field::<u64>("conversation", Self::VT_CONVERSATION, false)?
+     .visit_field::<bool>("private", Self::VT_PRIVATE, false)?
+     .visit_field::<bool>("full_history", Self::VT_FULL_HISTORY, false)?
      .finish();
     Ok(())
   }
@@ -5238,6 +5716,8 @@ pub struct GroupInfoArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub role: Role,
     pub conversation: u64,
+    pub private: bool,
+    pub full_history: bool,
 }
 impl<'a> Default for GroupInfoArgs<'a> {
   #[inline]
@@ -5247,6 +5727,8 @@ impl<'a> Default for GroupInfoArgs<'a> {
       name: None,
       role: Role::Member,
       conversation: 0,
+      private: false,
+      full_history: false,
     }
   }
 }
@@ -5273,6 +5755,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupInfoBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(GroupInfo::VT_CONVERSATION, conversation, 0);
   }
   #[inline]
+  pub fn add_private(&mut self, private: bool) {
+    self.fbb_.push_slot::<bool>(GroupInfo::VT_PRIVATE, private, false);
+  }
+  #[inline]
+  pub fn add_full_history(&mut self, full_history: bool) {
+    self.fbb_.push_slot::<bool>(GroupInfo::VT_FULL_HISTORY, full_history, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GroupInfoBuilder {
@@ -5294,6 +5784,8 @@ impl ::core::fmt::Debug for GroupInfo<'_> {
       ds.field("name", &self.name());
       ds.field("role", &self.role());
       ds.field("conversation", &self.conversation());
+      ds.field("private", &self.private());
+      ds.field("full_history", &self.full_history());
       ds.finish()
   }
 }
@@ -5314,6 +5806,7 @@ impl<'a> ::flatbuffers::Follow<'a> for GroupList<'a> {
 
 impl<'a> GroupList<'a> {
   pub const VT_GROUPS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NEXT_AFTER_ID: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5325,6 +5818,7 @@ impl<'a> GroupList<'a> {
     args: &'args GroupListArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GroupList<'bldr>> {
     let mut builder = GroupListBuilder::new(_fbb);
+    builder.add_next_after_id(args.next_after_id);
     if let Some(x) = args.groups { builder.add_groups(x); }
     builder.finish()
   }
@@ -5337,6 +5831,13 @@ impl<'a> GroupList<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupInfo>>>>(GroupList::VT_GROUPS, None)}
   }
+  #[inline]
+  pub fn next_after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupList::VT_NEXT_AFTER_ID, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GroupList<'_> {
@@ -5346,18 +5847,21 @@ impl ::flatbuffers::Verifiable for GroupList<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupInfo>>>>("groups", Self::VT_GROUPS, false)?
+     .visit_field::<u64>("next_after_id", Self::VT_NEXT_AFTER_ID, false)?
      .finish();
     Ok(())
   }
 }
 pub struct GroupListArgs<'a> {
     pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupInfo<'a>>>>>,
+    pub next_after_id: u64,
 }
 impl<'a> Default for GroupListArgs<'a> {
   #[inline]
   fn default() -> Self {
     GroupListArgs {
       groups: None,
+      next_after_id: 0,
     }
   }
 }
@@ -5370,6 +5874,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupListBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GroupInfo<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupList::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn add_next_after_id(&mut self, next_after_id: u64) {
+    self.fbb_.push_slot::<u64>(GroupList::VT_NEXT_AFTER_ID, next_after_id, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupListBuilder<'a, 'b, A> {
@@ -5390,6 +5898,7 @@ impl ::core::fmt::Debug for GroupList<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("GroupList");
       ds.field("groups", &self.groups());
+      ds.field("next_after_id", &self.next_after_id());
       ds.finish()
   }
 }
@@ -6215,6 +6724,7 @@ impl ::core::fmt::Debug for FriendEvent<'_> {
 pub enum GroupEventOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
+/// `name`: the group's name, set on Invited only.
 pub struct GroupEvent<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -6232,6 +6742,7 @@ impl<'a> GroupEvent<'a> {
   pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_USER_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_ACTOR: ::flatbuffers::VOffsetT = 10;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6240,12 +6751,13 @@ impl<'a> GroupEvent<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args GroupEventArgs
+    args: &'args GroupEventArgs<'args>
   ) -> ::flatbuffers::WIPOffset<GroupEvent<'bldr>> {
     let mut builder = GroupEventBuilder::new(_fbb);
     builder.add_actor(args.actor);
     builder.add_user_id(args.user_id);
     builder.add_group_id(args.group_id);
+    if let Some(x) = args.name { builder.add_name(x); }
     builder.add_kind(args.kind);
     builder.finish()
   }
@@ -6279,6 +6791,13 @@ impl<'a> GroupEvent<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(GroupEvent::VT_ACTOR, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupEvent::VT_NAME, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for GroupEvent<'_> {
@@ -6291,17 +6810,19 @@ impl ::flatbuffers::Verifiable for GroupEvent<'_> {
      .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
      .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
      .visit_field::<u64>("actor", Self::VT_ACTOR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .finish();
     Ok(())
   }
 }
-pub struct GroupEventArgs {
+pub struct GroupEventArgs<'a> {
     pub kind: GroupEventKind,
     pub group_id: u64,
     pub user_id: u64,
     pub actor: u64,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
-impl<'a> Default for GroupEventArgs {
+impl<'a> Default for GroupEventArgs<'a> {
   #[inline]
   fn default() -> Self {
     GroupEventArgs {
@@ -6309,6 +6830,7 @@ impl<'a> Default for GroupEventArgs {
       group_id: 0,
       user_id: 0,
       actor: 0,
+      name: None,
     }
   }
 }
@@ -6335,6 +6857,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupEventBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u64>(GroupEvent::VT_ACTOR, actor, 0);
   }
   #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupEvent::VT_NAME, name);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupEventBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     GroupEventBuilder {
@@ -6356,6 +6882,7 @@ impl ::core::fmt::Debug for GroupEvent<'_> {
       ds.field("group_id", &self.group_id());
       ds.field("user_id", &self.user_id());
       ds.field("actor", &self.actor());
+      ds.field("name", &self.name());
       ds.finish()
   }
 }
@@ -7178,6 +7705,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_invite_to_group(&self) -> Option<InviteToGroup<'a>> {
+    if self.body_type() == Body::InviteToGroup {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InviteToGroup::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_respond_join_request(&self) -> Option<RespondJoinRequest<'a>> {
+    if self.body_type() == Body::RespondJoinRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RespondJoinRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -7232,6 +7789,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::Goodbye => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Goodbye>>("Body::Goodbye", pos),
           Body::ChangePassword => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChangePassword>>("Body::ChangePassword", pos),
           Body::LogoutAll => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LogoutAll>>("Body::LogoutAll", pos),
+          Body::InviteToGroup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InviteToGroup>>("Body::InviteToGroup", pos),
+          Body::RespondJoinRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RespondJoinRequest>>("Body::RespondJoinRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -7589,6 +8148,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::LogoutAll => {
           if let Some(x) = self.body_as_logout_all() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::InviteToGroup => {
+          if let Some(x) = self.body_as_invite_to_group() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RespondJoinRequest => {
+          if let Some(x) = self.body_as_respond_join_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -65,12 +65,23 @@ pub fn block(shard: &Shard, sess: &Session, req_id: u64, other: UserId, block: b
     pair(shard, sess, req_id, other, action)
 }
 
-pub async fn list(shard: &Rc<Shard>, sess: &Session, req_id: u64) {
+/// A page of the user's relationships (user ids above `after`), within one
+/// frame; the reply's `next_after_id` asks for the next.
+pub async fn list(shard: &Rc<Shard>, sess: &Session, req_id: u64, after: UserId, limit: u32) {
     let me = sess.user();
     match shard.blocking(move |s| s.friends_of(me)).await {
-        Ok(rows) => sess
-            .reply
-            .friend_list(req_id, &rows, &|u| shard.is_online(u)),
+        Ok(rows) => {
+            let (page, next) = crate::core::validate::page(
+                &rows,
+                |r| r.user_id,
+                |r| r.username.len() + r.note.len(),
+                after,
+                limit,
+                shard.cfg.max_frame,
+            );
+            sess.reply
+                .friend_list(req_id, page, &|u| shard.is_online(u), next)
+        }
         Err(_) => sess.error(req_id, STORAGE),
     }
 }

@@ -61,14 +61,46 @@ pub fn set_admin(
     action(shard, sess, req_id, g, GroupAction::SetAdmin(user, admin))
 }
 
-/// Members only: asked of the owner, which knows the membership.
-pub fn members(shard: &Shard, sess: &Session, req_id: u64, g: GroupId) {
-    to_group(shard, sess, req_id, g, OwnerOp::Members { group: g })
+/// Owner/admin: invites `user`, who may then join the (private) group.
+pub fn invite(shard: &Shard, sess: &Session, req_id: u64, g: GroupId, user: UserId) {
+    if user == 0 || user > crate::model::MAX_USER_ID {
+        return sess.error(req_id, Reject(ErrorCode::NoSuchUser, "no such user"));
+    }
+    action(shard, sess, req_id, g, GroupAction::Invite(user))
+}
+
+/// Owner/admin: accepts or rejects `user`'s request to join.
+pub fn respond(shard: &Shard, sess: &Session, req_id: u64, g: GroupId, user: UserId, accept: bool) {
+    action(shard, sess, req_id, g, GroupAction::Respond(user, accept))
+}
+
+/// Members only: asked of the owner, which knows the membership. A page of
+/// user ids above `after`.
+pub fn members(shard: &Shard, sess: &Session, req_id: u64, g: GroupId, after: UserId, limit: u32) {
+    to_group(
+        shard,
+        sess,
+        req_id,
+        g,
+        OwnerOp::Members {
+            group: g,
+            after,
+            limit,
+        },
+    )
 }
 
 /// Creates a group owned by the session's user. `desc` (the old protocol's
 /// group description) is kept if given.
-pub async fn create(shard: &Rc<Shard>, sess: &Session, req_id: u64, name: &str, desc: &str) {
+pub async fn create(
+    shard: &Rc<Shard>,
+    sess: &Session,
+    req_id: u64,
+    name: &str,
+    desc: &str,
+    private: bool,
+    full_history: bool,
+) {
     if let Err(r) = validate::group_name(name) {
         return sess.error(req_id, r);
     }
@@ -92,7 +124,7 @@ pub async fn create(shard: &Rc<Shard>, sess: &Session, req_id: u64, name: &str, 
                     return Ok(None);
                 }
             }
-            let g = s.create_group(&n2, me)?;
+            let g = s.create_group_opts(&n2, me, private, full_history)?;
             if !desc.is_empty() {
                 s.set_group_desc(g, &desc)?;
             }
@@ -108,32 +140,53 @@ pub async fn create(shard: &Rc<Shard>, sess: &Session, req_id: u64, name: &str, 
         }
         Err(StoreError::Conflict) => sess.error(
             req_id,
-            Reject(ErrorCode::NameTaken, "a group with that name exists"),
+            Reject(
+                ErrorCode::NameTaken,
+                "you already have a group with that name",
+            ),
         ),
         Err(_) => sess.error(req_id, STORAGE),
     }
 }
 
-pub async fn list(shard: &Rc<Shard>, sess: &Session, req_id: u64) {
+/// A page of the user's groups (ids above `after`), within one frame.
+pub async fn list(shard: &Rc<Shard>, sess: &Session, req_id: u64, after: GroupId, limit: u32) {
     let me = sess.user();
     match shard.blocking(move |s| s.groups_of(me)).await {
-        Ok(gs) => sess.reply.group_list(req_id, &gs),
+        Ok(gs) => {
+            let (page, next) = validate::page(
+                &gs,
+                |(g, _)| g.id,
+                |(g, _)| g.name.len(),
+                after,
+                limit,
+                shard.cfg.max_frame,
+            );
+            sess.reply.group_list(req_id, page, next)
+        }
         Err(_) => sess.error(req_id, STORAGE),
     }
 }
 
-/// Name, description and members of any existing group, to anyone: the old
-/// server answered its "group info" (msgid 12) so, and its console client
-/// asks it before joining.
+/// Name, description and members of an existing group: of a public group
+/// to anyone (the old server answered its "group info", msgid 12, so, and
+/// its console client asks it before joining); of a private group to its
+/// members only; anyone else is told there is no such group.
 pub async fn info(shard: &Rc<Shard>, sess: &Session, req_id: u64, g: GroupId) {
     if !valid(g) {
         return sess.error(req_id, NO_SUCH_GROUP);
     }
+    let me = sess.user();
     let res = shard
         .blocking(move |s| {
             Ok(match s.get_group(g)? {
                 Some(rec) if !rec.dissolved => {
-                    Some((rec.name, s.group_desc(g)?, s.group_members(g)?))
+                    let members = s.group_members(g)?;
+                    if rec.private && !members.iter().any(|m| m.user_id == me) {
+                        None
+                    } else {
+                        Some((rec.name, s.group_desc(g)?, members))
+                    }
                 }
                 _ => None,
             })

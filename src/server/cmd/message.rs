@@ -93,7 +93,7 @@ pub async fn history(
                     Reject(ErrorCode::NotMember, "not your conversation"),
                 );
             }
-            match read_history(shard, conv, before, limit).await {
+            match read_history(shard, conv, before, limit, 0).await {
                 Ok(f) => sess.reply.messages(req_id, &f),
                 Err(r) => sess.error(req_id, r),
             }
@@ -119,17 +119,20 @@ pub async fn history(
 
 /// Reads a page of history: the newest messages before `before` that fit
 /// one frame, oldest first (the client pages on with `before_seq` = the
-/// first seq it got).
+/// first seq it got). Nothing at or below `floor` (the reader's join point
+/// in a group that does not show new members its past).
 pub async fn read_history(
     shard: &Rc<Shard>,
     conv: ConvId,
     before: Seq,
     limit: u32,
+    floor: Seq,
 ) -> Result<Vec<crate::store::StoredMessage>, Reject> {
     let mut msgs = shard
         .blocking(move |s| s.history(conv, before, limit))
         .await
         .map_err(|_| STORAGE)?;
+    msgs.retain(|m| m.seq > floor);
     let n = validate::fit_in_frame(
         msgs.iter()
             .rev()

@@ -9,7 +9,7 @@
 //! | `account.rs` | Register, Login/Resume checks, Logout, LogoutAll, ChangePassword, SearchUsers, Ping |
 //! | `message.rs` | Send, Ack, History |
 //! | `friend.rs` | FriendRequest/Respond/Remove/Block/Add, ListFriends |
-//! | `group.rs` | CreateGroup, Join/Leave/Dissolve, RemoveMember, SetAdmin, GroupMembers, GroupInfo, ListGroups |
+//! | `group.rs` | CreateGroup, Join/Leave/Dissolve, RemoveMember, SetAdmin, InviteToGroup, RespondJoinRequest, GroupMembers, GroupInfo, ListGroups |
 
 pub mod account;
 pub mod friend;
@@ -70,8 +70,15 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
         Request::FriendRemove { user } => friend::remove(shard, sess, req_id, user),
         Request::FriendBlock { user, block } => friend::block(shard, sess, req_id, user, block),
         Request::FriendAdd { user, .. } => friend::respond(shard, sess, req_id, user, true),
-        Request::ListFriends => friend::list(shard, sess, req_id).await,
-        Request::CreateGroup { name, desc } => group::create(shard, sess, req_id, name, desc).await,
+        Request::ListFriends { after, limit } => {
+            friend::list(shard, sess, req_id, after, limit).await
+        }
+        Request::CreateGroup {
+            name,
+            desc,
+            private,
+            full_history,
+        } => group::create(shard, sess, req_id, name, desc, private, full_history).await,
         Request::JoinGroup { group: g } => group::join(shard, sess, req_id, g),
         Request::LeaveGroup { group: g } => group::leave(shard, sess, req_id, g),
         Request::DissolveGroup { group: g } => group::dissolve(shard, sess, req_id, g),
@@ -81,9 +88,21 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
             user,
             admin,
         } => group::set_admin(shard, sess, req_id, g, user, admin),
-        Request::GroupMembers { group: g } => group::members(shard, sess, req_id, g),
+        Request::GroupMembers {
+            group: g,
+            after,
+            limit,
+        } => group::members(shard, sess, req_id, g, after, limit),
+        Request::InviteToGroup { group: g, user } => group::invite(shard, sess, req_id, g, user),
+        Request::RespondJoinRequest {
+            group: g,
+            user,
+            accept,
+        } => group::respond(shard, sess, req_id, g, user, accept),
         Request::GroupInfo { group: g } => group::info(shard, sess, req_id, g).await,
-        Request::ListGroups => group::list(shard, sess, req_id).await,
+        Request::ListGroups { after, limit } => {
+            group::list(shard, sess, req_id, after, limit).await
+        }
         Request::Hello { .. } | Request::Login { .. } | Request::Resume { .. } => {
             // The phase gate answers these before a session exists.
             sess.reply
