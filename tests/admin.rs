@@ -103,17 +103,8 @@ impl Node {
 
     /// `ringchat_admin_actions_total{action=ACTION}`.
     fn actions(&self, action: &str) -> u64 {
-        let mut s = TcpStream::connect(self.metrics).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        let prefix = format!("ringchat_admin_actions_total{{action=\"{action}\"}} ");
-        body.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-            .trim()
-            .parse()
-            .unwrap()
+        let series = format!("ringchat_admin_actions_total{{action=\"{action}\"}}");
+        common::metric(self.metrics, &series)
     }
 
     /// Waits until the node's lookup of `name` shows `conns` connections.

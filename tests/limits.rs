@@ -17,17 +17,10 @@ fn metrics_addr() -> SocketAddr {
 
 /// `ringchat_limited_total{kind="KIND"}` from the node's /metrics.
 fn limited(metrics: SocketAddr, kind: &str) -> u64 {
-    let mut s = std::net::TcpStream::connect(metrics).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    let prefix = format!("ringchat_limited_total{{kind=\"{kind}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    common::metric(
+        metrics,
+        &format!("ringchat_limited_total{{kind=\"{kind}\"}}"),
+    )
 }
 
 fn start(args: &[&str]) -> (TestServer, SocketAddr) {

@@ -627,3 +627,20 @@ impl Drop for MysqlDb {
         self.drop_database();
     }
 }
+
+/// The value of one metric series (`name{labels}` exactly as exported) on
+/// a server's `--metrics` address.
+pub fn metric(metrics: std::net::SocketAddr, series: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let prefix = format!("{series} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
