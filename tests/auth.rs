@@ -275,3 +275,25 @@ fn a_full_hashing_queue_refuses_at_once_and_retries_succeed() {
         "8 concurrent hashes on a 1+1 pool: some must be refused"
     );
 }
+
+/// A refused login's reply is held on its connection (a tarpit): one
+/// connection gets at most five refusals a second, however fast it asks,
+/// whether the refusal is a wrong password or the throttle.
+#[test]
+fn refused_logins_are_held_so_one_connection_cannot_flood() {
+    let s = TestServer::start();
+    let c = s.client();
+    let t0 = std::time::Instant::now();
+    let n = 12; // past the 5 free failures: the last ones are throttled
+    for _ in 0..n {
+        assert!(c.login("nobody-at-all", "wrong password!").is_err());
+    }
+    let took = t0.elapsed();
+    let floor = ringchat::server::cmd::account::TARPIT * n;
+    assert!(
+        took >= floor,
+        "{n} refusals came back in {took:?}, under the {floor:?} the tarpit holds them"
+    );
+    // The connection is still usable after the refusals.
+    c.ping().unwrap();
+}

@@ -13,6 +13,7 @@ use crate::store::{StoreError, UserRecord};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Registers an account (the same name and password rules for every
 /// protocol, so every account can log in on each). Hashing runs on the
@@ -114,7 +115,11 @@ pub async fn check_password(
     password: &str,
     peer: Option<IpAddr>,
 ) -> Result<UserRecord, LoginError> {
-    let rec = verify(shard, account, password, peer).await?;
+    let res = verify(shard, account, password, peer).await;
+    if let Some(pause) = res.as_ref().err().and_then(tarpit) {
+        glommio::timer::sleep(pause).await;
+    }
+    let rec = res?;
     if shard.cfg.rehash && auth::needs_rehash(&rec.password_hash) {
         upgrade_hash(
             shard,
@@ -124,6 +129,29 @@ pub async fn check_password(
         );
     }
     Ok(rec)
+}
+
+/// How long a refused login's reply is held on its connection.
+pub const TARPIT: Duration = Duration::from_millis(200);
+
+/// How long to hold a refused login's reply on its connection.
+///
+/// Why: refusals before hashing are cheap for the server but also for the
+/// attacker, who otherwise gets one back at once and sends the next (a
+/// 48-connection flood reached 23,000 attempts/s on one shard, and the
+/// cycles spent answering it raised other users' send latency from 1.5 to
+/// 84 ms: `bench/login_flood.sh`). A connection handles one request at a
+/// time, so holding the reply (a timer, no thread, no CPU) caps each
+/// connection at a few attempts per second, while a person who mistypes
+/// waits a fraction of a second. Shorter than the first back-off step, so
+/// a throttled client that retries at once is still refused (and held
+/// again). The connection count is capped elsewhere (`--max-conns-per-addr`,
+/// `--max-conns`).
+fn tarpit(e: &LoginError) -> Option<Duration> {
+    match e {
+        LoginError::Denied(_) | LoginError::BadCredentials => Some(TARPIT),
+        LoginError::Storage | LoginError::Disabled => None,
+    }
 }
 
 /// Rehashes `password` with the server's parameters on the hashing pool and
