@@ -23,6 +23,9 @@ start_server() {
     port=$(free_port); mport=$(free_port)
     SERVER_ADDR=127.0.0.1:$port
     METRICS_ADDR=127.0.0.1:$mport
+    # The log exists before the wait below greps it (the background job's
+    # redirection may not have run yet).
+    : >"$log"
     # shellcheck disable=SC2046 # empty or one word
     "$bin" serve --listen "$SERVER_ADDR" --data-dir "$dir" --metrics "$METRICS_ADDR" \
         $(insecure_fast_hash "$bin") "$@" >"$log" 2>&1 &
