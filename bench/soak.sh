@@ -3,7 +3,9 @@
 #   1. mixed load (80 % direct, 20 % group) - CONNS connections at RATE msgs/s
 #      for LOAD_SECS (3000 x 1500/s x 180 s; 60 s when --minutes < 10),
 #   2. a login storm (everyone drops and resumes with its token),
-#   3. an idle gap - nothing connected for IDLE_SECS (75 s; 45 s when short).
+#   3. an idle gap - nothing connected for IDLE_SECS (90 s; 45 s when short:
+#      owner state is dropped after 60 s unused and the heap trimmed right
+#      after, so a long gap's last samples show the settled footprint).
 #      Always longer than 35 s: an old bug killed every shard after ~35 s
 #      without traffic (docs/WAKEUPS.md), and only a server left alone shows
 #      that kind of thing. The last idle gap stretches to the end of the run.
@@ -17,9 +19,9 @@
 # Fails on: lost/duplicated/out-of-order messages or a failed loadgen run,
 # a panic in the server log, the server dying, a failed liveness probe, the
 # server not stopping on SIGTERM, idle RSS that keeps growing (the settled
-# RSS at the end of each idle gap: last third of the gaps > middle third
-# + 10 % and + 4 MiB, see soak_tool.py analyze), or idle fds that do not
-# return to their floor.
+# anonymous RSS at the end of each idle gap: median of the last third of the
+# gaps > median of the middle third + 10 % and + 4 MiB, see soak_tool.py
+# analyze), or idle fds that do not return to their floor.
 #
 # Usage: bench/soak.sh [--minutes N] [--out DIR]
 #   --minutes N  run length (default 30; at least 3, which CI can afford)
@@ -45,7 +47,7 @@ rm -f "$0"
 cd "$(dirname "$SOAK_SELF")/.."
 . bench/lib.sh
 
-usage() { sed -n '2,33p' "$SOAK_SELF" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,35p' "$SOAK_SELF" | sed 's/^# \{0,1\}//'; exit 2; }
 MINUTES=30
 OUT=
 CMD="bench/soak.sh${*:+ $*}"
@@ -79,7 +81,7 @@ if ! "$LOADGEN" --help | grep -q -- --window-report; then
     exit 2
 fi
 if [ "$MINUTES" -lt 10 ]; then LOAD_S=${LOAD_SECS:-60}; IDLE_S=${IDLE_SECS:-45}
-else LOAD_S=${LOAD_SECS:-180}; IDLE_S=${IDLE_SECS:-75}; fi
+else LOAD_S=${LOAD_SECS:-180}; IDLE_S=${IDLE_SECS:-90}; fi
 CONNS=${CONNS:-3000}
 RATE=${RATE:-1500}
 STORM_CONNS=${STORM_CONNS:-$CONNS}

@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod conn;
 pub mod hasher;
 pub mod health;
+pub mod heap;
 pub mod io;
 pub mod limits;
 pub mod listen;
@@ -196,30 +197,6 @@ pub fn preflight(cfg: &Config, shards: usize) -> Result<(), String> {
 const MAX_CACHED_CONVS: usize = 50_000;
 /// Owner state unused for this long is dropped (reloaded on next use).
 const CONV_IDLE_EVICT_S: u64 = 60;
-/// Dropping this many conversations at once asks for a heap trim.
-const TRIM_AFTER_EVICTED: usize = 256;
-/// And the heap is trimmed at least this often.
-const TRIM_EVERY: Duration = Duration::from_secs(300);
-
-/// Returns free heap pages to the system, in every malloc arena. glibc
-/// gives back only the top of each arena by itself; the shards' arenas are
-/// long-lived and a load peak leaves their middle free but resident (seen
-/// in the 60-minute soak: 114 MB resident, 76 MB in use, while idle).
-/// Runs on the main thread, never on an executor: it holds each arena's
-/// lock while it walks it, which is brief next to how rarely it runs.
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    {
-        let t = std::time::Instant::now();
-        // SAFETY: malloc_trim only releases free memory back to the kernel.
-        let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(
-            released,
-            took_us = t.elapsed().as_micros() as u64,
-            "heap trimmed"
-        );
-    }
-}
 
 /// What the caller holds of a running node: its stop signal and where it
 /// reports its bound address. A value, not process-wide state, so one
@@ -441,12 +418,14 @@ pub fn serve_with(
 /// A deaf process must not keep its listeners: see `watchdog`.
 fn supervise(ctl: &Control, progress: &watchdog::Progress, limit: Duration) {
     progress.restart_clocks();
-    let mut last_trim = std::time::Instant::now();
+    let mut trims = heap::TrimClock::new(std::time::Instant::now());
     while !ctl.stopping() {
         std::thread::sleep(Duration::from_millis(200));
-        if progress.trim.swap(false, Ordering::Relaxed) || last_trim.elapsed() >= TRIM_EVERY {
-            trim_heap();
-            last_trim = std::time::Instant::now();
+        if trims.due(
+            std::time::Instant::now(),
+            progress.trim.swap(false, Ordering::Relaxed),
+        ) {
+            heap::trim();
         }
         if ctl.stopping() || limit.is_zero() {
             continue;
@@ -600,6 +579,7 @@ async fn shard_main(
         let published = published.clone();
         glommio::spawn_local(async move {
             let mut ticks = 0u64;
+            let mut evictions = heap::EvictionTrim::default();
             while !stop.load(Ordering::SeqCst) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 ticks += 1;
@@ -623,8 +603,8 @@ async fn shard_main(
                 }
                 if ticks.is_multiple_of(20) {
                     shard.clock_s.set(ticks / 20);
-                    if shard.evict_idle_convs(MAX_CACHED_CONVS, CONV_IDLE_EVICT_S)
-                        >= TRIM_AFTER_EVICTED
+                    if evictions
+                        .after_pass(shard.evict_idle_convs(MAX_CACHED_CONVS, CONV_IDLE_EVICT_S))
                     {
                         progress.trim.store(true, Ordering::Relaxed);
                     }
