@@ -125,6 +125,13 @@ class Body(object):
     LogoutAll = 43
     InviteToGroup = 44
     RespondJoinRequest = 45
+    ListConversations = 46
+    ConversationList = 47
+    ReadUpTo = 48
+    ReadCursors = 49
+    ReadCursorList = 50
+    Typing = 51
+    TypingEvent = 52
 
 
 class Hello(object):
@@ -2804,6 +2811,612 @@ def GoodbyeAddMessage(builder, message):
     builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(message), 0)
 
 def GoodbyeEnd(builder):
+    return builder.EndObject()
+
+
+
+# The caller's conversations (direct and group), paged by conversation id:
+# `after` 0 for the first page, then the reply's `next_after` until it is
+# 0. `limit` 0 = the server's page size. Reply: ConversationList.
+class ListConversations(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ListConversations()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsListConversations(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # ListConversations
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ListConversations
+    def After(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ListConversations
+    def Limit(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+def ListConversationsStart(builder):
+    builder.StartObject(2)
+
+def ListConversationsAddAfter(builder, after):
+    builder.PrependUint64Slot(0, after, 0)
+
+def ListConversationsAddLimit(builder, limit):
+    builder.PrependUint32Slot(1, limit, 0)
+
+def ListConversationsEnd(builder):
+    return builder.EndObject()
+
+
+
+# One conversation of the caller, as a conversation list shows it.
+class ConversationInfo(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ConversationInfo()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsConversationInfo(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # ConversationInfo
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ConversationInfo
+    def Conversation(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # 0 for direct conversations.
+    # ConversationInfo
+    def GroupId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # Direct: the other participant; 0 for groups.
+    # ConversationInfo
+    def Peer(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # Direct: the peer's username; group: the group's name.
+    # ConversationInfo
+    def Name(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # Highest seq in the conversation (0: empty).
+    # ConversationInfo
+    def LastSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # The caller's read cursor: what they acknowledged (Ack) or sent.
+    # ConversationInfo
+    def ReadSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # Messages after `read_seq` (and after the caller's join point).
+    # ConversationInfo
+    def Unread(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # Direct: the peer's read cursor (0 for groups: see ReadCursors).
+    # ConversationInfo
+    def PeerReadSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # The newest message the caller may see, its body cut to a preview
+    # (`preview_truncated`); absent when there is none.
+    # ConversationInfo
+    def LastMessage(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            x = self._tab.Indirect(o + self._tab.Pos)
+            obj = ChatMessage()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # ConversationInfo
+    def PreviewTruncated(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(22))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+    # Direct: whether the peer is online (friends only).
+    # ConversationInfo
+    def Online(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(24))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+def ConversationInfoStart(builder):
+    builder.StartObject(11)
+
+def ConversationInfoAddConversation(builder, conversation):
+    builder.PrependUint64Slot(0, conversation, 0)
+
+def ConversationInfoAddGroupId(builder, groupId):
+    builder.PrependUint64Slot(1, groupId, 0)
+
+def ConversationInfoAddPeer(builder, peer):
+    builder.PrependUint64Slot(2, peer, 0)
+
+def ConversationInfoAddName(builder, name):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(name), 0)
+
+def ConversationInfoAddLastSeq(builder, lastSeq):
+    builder.PrependUint64Slot(4, lastSeq, 0)
+
+def ConversationInfoAddReadSeq(builder, readSeq):
+    builder.PrependUint64Slot(5, readSeq, 0)
+
+def ConversationInfoAddUnread(builder, unread):
+    builder.PrependUint64Slot(6, unread, 0)
+
+def ConversationInfoAddPeerReadSeq(builder, peerReadSeq):
+    builder.PrependUint64Slot(7, peerReadSeq, 0)
+
+def ConversationInfoAddLastMessage(builder, lastMessage):
+    builder.PrependUOffsetTRelativeSlot(8, flatbuffers.number_types.UOffsetTFlags.py_type(lastMessage), 0)
+
+def ConversationInfoAddPreviewTruncated(builder, previewTruncated):
+    builder.PrependBoolSlot(9, previewTruncated, 0)
+
+def ConversationInfoAddOnline(builder, online):
+    builder.PrependBoolSlot(10, online, 0)
+
+def ConversationInfoEnd(builder):
+    return builder.EndObject()
+
+
+
+class ConversationList(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ConversationList()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsConversationList(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # ConversationList
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ConversationList
+    def Conversations(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 4
+            x = self._tab.Indirect(x)
+            obj = ConversationInfo()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # ConversationList
+    def ConversationsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # ConversationList
+    def ConversationsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        return o == 0
+
+    # ConversationList
+    def NextAfter(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+def ConversationListStart(builder):
+    builder.StartObject(2)
+
+def ConversationListAddConversations(builder, conversations):
+    builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(conversations), 0)
+
+def ConversationListStartConversationsVector(builder, numElems):
+    return builder.StartVector(4, numElems, 4)
+
+def ConversationListAddNextAfter(builder, nextAfter):
+    builder.PrependUint64Slot(1, nextAfter, 0)
+
+def ConversationListEnd(builder):
+    return builder.EndObject()
+
+
+
+# Pushed (req_id 0) when a participant's read cursor advances: to the
+# other participant of a direct conversation and to the reader's other
+# sessions. `reader` has shown everything up to `seq`.
+class ReadUpTo(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ReadUpTo()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsReadUpTo(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # ReadUpTo
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ReadUpTo
+    def Conversation(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ReadUpTo
+    def Reader(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ReadUpTo
+    def Seq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+def ReadUpToStart(builder):
+    builder.StartObject(3)
+
+def ReadUpToAddConversation(builder, conversation):
+    builder.PrependUint64Slot(0, conversation, 0)
+
+def ReadUpToAddReader(builder, reader):
+    builder.PrependUint64Slot(1, reader, 0)
+
+def ReadUpToAddSeq(builder, seq):
+    builder.PrependUint64Slot(2, seq, 0)
+
+def ReadUpToEnd(builder):
+    return builder.EndObject()
+
+
+
+# Every participant's read cursor in a conversation (direct: both; group:
+# members only), paged by user id like GroupMembers. Reply: ReadCursorList.
+class ReadCursors(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ReadCursors()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsReadCursors(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # ReadCursors
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ReadCursors
+    def Conversation(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ReadCursors
+    def AfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ReadCursors
+    def Limit(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
+        return 0
+
+def ReadCursorsStart(builder):
+    builder.StartObject(3)
+
+def ReadCursorsAddConversation(builder, conversation):
+    builder.PrependUint64Slot(0, conversation, 0)
+
+def ReadCursorsAddAfterId(builder, afterId):
+    builder.PrependUint64Slot(1, afterId, 0)
+
+def ReadCursorsAddLimit(builder, limit):
+    builder.PrependUint32Slot(2, limit, 0)
+
+def ReadCursorsEnd(builder):
+    return builder.EndObject()
+
+
+
+class UserSeq(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def SizeOf(cls):
+        return 16
+
+    # UserSeq
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # UserSeq
+    def UserId(self): return self._tab.Get(flatbuffers.number_types.Uint64Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(0))
+    # UserSeq
+    def Seq(self): return self._tab.Get(flatbuffers.number_types.Uint64Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(8))
+
+def CreateUserSeq(builder, userId, seq):
+    builder.Prep(8, 16)
+    builder.PrependUint64(seq)
+    builder.PrependUint64(userId)
+    return builder.Offset()
+
+
+class ReadCursorList(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = ReadCursorList()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsReadCursorList(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # ReadCursorList
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # ReadCursorList
+    def Conversation(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # ReadCursorList
+    def Cursors(self, j):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            x = self._tab.Vector(o)
+            x += flatbuffers.number_types.UOffsetTFlags.py_type(j) * 16
+            obj = UserSeq()
+            obj.Init(self._tab.Bytes, x)
+            return obj
+        return None
+
+    # ReadCursorList
+    def CursorsLength(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.VectorLen(o)
+        return 0
+
+    # ReadCursorList
+    def CursorsIsNone(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        return o == 0
+
+    # ReadCursorList
+    def NextAfterId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+def ReadCursorListStart(builder):
+    builder.StartObject(3)
+
+def ReadCursorListAddConversation(builder, conversation):
+    builder.PrependUint64Slot(0, conversation, 0)
+
+def ReadCursorListAddCursors(builder, cursors):
+    builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(cursors), 0)
+
+def ReadCursorListStartCursorsVector(builder, numElems):
+    return builder.StartVector(16, numElems, 8)
+
+def ReadCursorListAddNextAfterId(builder, nextAfterId):
+    builder.PrependUint64Slot(2, nextAfterId, 0)
+
+def ReadCursorListEnd(builder):
+    return builder.EndObject()
+
+
+
+# The caller is typing in `conversation` (`stopped`: no longer). Relayed
+# to the participants online now, never stored. Reply: OkReply.
+class Typing(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = Typing()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsTyping(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # Typing
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # Typing
+    def Conversation(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # Typing
+    def Stopped(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+def TypingStart(builder):
+    builder.StartObject(2)
+
+def TypingAddConversation(builder, conversation):
+    builder.PrependUint64Slot(0, conversation, 0)
+
+def TypingAddStopped(builder, stopped):
+    builder.PrependBoolSlot(1, stopped, 0)
+
+def TypingEnd(builder):
+    return builder.EndObject()
+
+
+
+# Pushed (req_id 0) to the online participants of `conversation` but the
+# typist. Clients show it for a few seconds unless renewed.
+class TypingEvent(object):
+    __slots__ = ['_tab']
+
+    @classmethod
+    def GetRootAs(cls, buf, offset=0):
+        n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
+        x = TypingEvent()
+        x.Init(buf, n + offset)
+        return x
+
+    @classmethod
+    def GetRootAsTypingEvent(cls, buf, offset=0):
+        """This method is deprecated. Please switch to GetRootAs."""
+        return cls.GetRootAs(buf, offset)
+    # TypingEvent
+    def Init(self, buf, pos):
+        self._tab = flatbuffers.table.Table(buf, pos)
+
+    # TypingEvent
+    def Conversation(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # TypingEvent
+    def GroupId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # TypingEvent
+    def UserId(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # TypingEvent
+    def Username(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.String(o + self._tab.Pos)
+        return None
+
+    # TypingEvent
+    def Stopped(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
+def TypingEventStart(builder):
+    builder.StartObject(5)
+
+def TypingEventAddConversation(builder, conversation):
+    builder.PrependUint64Slot(0, conversation, 0)
+
+def TypingEventAddGroupId(builder, groupId):
+    builder.PrependUint64Slot(1, groupId, 0)
+
+def TypingEventAddUserId(builder, userId):
+    builder.PrependUint64Slot(2, userId, 0)
+
+def TypingEventAddUsername(builder, username):
+    builder.PrependUOffsetTRelativeSlot(3, flatbuffers.number_types.UOffsetTFlags.py_type(username), 0)
+
+def TypingEventAddStopped(builder, stopped):
+    builder.PrependBoolSlot(4, stopped, 0)
+
+def TypingEventEnd(builder):
     return builder.EndObject()
 
 

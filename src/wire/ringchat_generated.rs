@@ -615,10 +615,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for GroupEventKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 45;
+pub const ENUM_MAX_BODY: u8 = 52;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 46] = [
+pub const ENUM_VALUES_BODY: [Body; 53] = [
   Body::NONE,
   Body::Hello,
   Body::Register,
@@ -665,6 +665,13 @@ pub const ENUM_VALUES_BODY: [Body; 46] = [
   Body::LogoutAll,
   Body::InviteToGroup,
   Body::RespondJoinRequest,
+  Body::ListConversations,
+  Body::ConversationList,
+  Body::ReadUpTo,
+  Body::ReadCursors,
+  Body::ReadCursorList,
+  Body::Typing,
+  Body::TypingEvent,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -718,9 +725,16 @@ impl Body {
   pub const LogoutAll: Self = Self(43);
   pub const InviteToGroup: Self = Self(44);
   pub const RespondJoinRequest: Self = Self(45);
+  pub const ListConversations: Self = Self(46);
+  pub const ConversationList: Self = Self(47);
+  pub const ReadUpTo: Self = Self(48);
+  pub const ReadCursors: Self = Self(49);
+  pub const ReadCursorList: Self = Self(50);
+  pub const Typing: Self = Self(51);
+  pub const TypingEvent: Self = Self(52);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 45;
+  pub const ENUM_MAX: u8 = 52;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -768,6 +782,13 @@ impl Body {
     Self::LogoutAll,
     Self::InviteToGroup,
     Self::RespondJoinRequest,
+    Self::ListConversations,
+    Self::ConversationList,
+    Self::ReadUpTo,
+    Self::ReadCursors,
+    Self::ReadCursorList,
+    Self::Typing,
+    Self::TypingEvent,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -818,6 +839,13 @@ impl Body {
       Self::LogoutAll => Some("LogoutAll"),
       Self::InviteToGroup => Some("InviteToGroup"),
       Self::RespondJoinRequest => Some("RespondJoinRequest"),
+      Self::ListConversations => Some("ListConversations"),
+      Self::ConversationList => Some("ConversationList"),
+      Self::ReadUpTo => Some("ReadUpTo"),
+      Self::ReadCursors => Some("ReadCursors"),
+      Self::ReadCursorList => Some("ReadCursorList"),
+      Self::Typing => Some("Typing"),
+      Self::TypingEvent => Some("TypingEvent"),
       _ => None,
     }
   }
@@ -958,6 +986,133 @@ impl<'a> ConvSeq {
   }
 
   pub fn set_conversation(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn seq(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_seq(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
+// struct UserSeq, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct UserSeq(pub [u8; 16]);
+impl Default for UserSeq { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl ::core::fmt::Debug for UserSeq {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("UserSeq")
+      .field("user_id", &self.user_id())
+      .field("seq", &self.seq())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for UserSeq {}
+impl<'a> ::flatbuffers::Follow<'a> for UserSeq {
+  type Inner = &'a UserSeq;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a UserSeq>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a UserSeq {
+  type Inner = &'a UserSeq;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<UserSeq>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for UserSeq {
+    type Output = UserSeq;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const UserSeq as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for UserSeq {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> UserSeq {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    user_id: u64,
+    seq: u64,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_user_id(user_id);
+    s.set_seq(seq);
+    s
+  }
+
+  pub fn user_id(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_user_id(&mut self, x: u64) {
     let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
     // Safety:
     // Created from a valid Table for this object
@@ -7001,6 +7156,1188 @@ impl ::core::fmt::Debug for Goodbye<'_> {
       ds.finish()
   }
 }
+pub enum ListConversationsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The caller's conversations (direct and group), paged by conversation id:
+/// `after` 0 for the first page, then the reply's `next_after` until it is
+/// 0. `limit` 0 = the server's page size. Reply: ConversationList.
+pub struct ListConversations<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ListConversations<'a> {
+  type Inner = ListConversations<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ListConversations<'a> {
+  pub const VT_AFTER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ListConversations { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ListConversationsArgs
+  ) -> ::flatbuffers::WIPOffset<ListConversations<'bldr>> {
+    let mut builder = ListConversationsBuilder::new(_fbb);
+    builder.add_after(args.after);
+    builder.add_limit(args.limit);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn after(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ListConversations::VT_AFTER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ListConversations::VT_LIMIT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ListConversations<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("after", Self::VT_AFTER, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ListConversationsArgs {
+    pub after: u64,
+    pub limit: u32,
+}
+impl<'a> Default for ListConversationsArgs {
+  #[inline]
+  fn default() -> Self {
+    ListConversationsArgs {
+      after: 0,
+      limit: 0,
+    }
+  }
+}
+
+pub struct ListConversationsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListConversationsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_after(&mut self, after: u64) {
+    self.fbb_.push_slot::<u64>(ListConversations::VT_AFTER, after, 0);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(ListConversations::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ListConversationsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ListConversationsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ListConversations<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ListConversations<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ListConversations");
+      ds.field("after", &self.after());
+      ds.field("limit", &self.limit());
+      ds.finish()
+  }
+}
+pub enum ConversationInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One conversation of the caller, as a conversation list shows it.
+pub struct ConversationInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ConversationInfo<'a> {
+  type Inner = ConversationInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ConversationInfo<'a> {
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PEER: ::flatbuffers::VOffsetT = 8;
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LAST_SEQ: ::flatbuffers::VOffsetT = 12;
+  pub const VT_READ_SEQ: ::flatbuffers::VOffsetT = 14;
+  pub const VT_UNREAD: ::flatbuffers::VOffsetT = 16;
+  pub const VT_PEER_READ_SEQ: ::flatbuffers::VOffsetT = 18;
+  pub const VT_LAST_MESSAGE: ::flatbuffers::VOffsetT = 20;
+  pub const VT_PREVIEW_TRUNCATED: ::flatbuffers::VOffsetT = 22;
+  pub const VT_ONLINE: ::flatbuffers::VOffsetT = 24;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ConversationInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ConversationInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ConversationInfo<'bldr>> {
+    let mut builder = ConversationInfoBuilder::new(_fbb);
+    builder.add_peer_read_seq(args.peer_read_seq);
+    builder.add_unread(args.unread);
+    builder.add_read_seq(args.read_seq);
+    builder.add_last_seq(args.last_seq);
+    builder.add_peer(args.peer);
+    builder.add_group_id(args.group_id);
+    builder.add_conversation(args.conversation);
+    if let Some(x) = args.last_message { builder.add_last_message(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_online(args.online);
+    builder.add_preview_truncated(args.preview_truncated);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationInfo::VT_CONVERSATION, Some(0)).unwrap()}
+  }
+  /// 0 for direct conversations.
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationInfo::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  /// Direct: the other participant; 0 for groups.
+  #[inline]
+  pub fn peer(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationInfo::VT_PEER, Some(0)).unwrap()}
+  }
+  /// Direct: the peer's username; group: the group's name.
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConversationInfo::VT_NAME, None)}
+  }
+  /// Highest seq in the conversation (0: empty).
+  #[inline]
+  pub fn last_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationInfo::VT_LAST_SEQ, Some(0)).unwrap()}
+  }
+  /// The caller's read cursor: what they acknowledged (Ack) or sent.
+  #[inline]
+  pub fn read_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationInfo::VT_READ_SEQ, Some(0)).unwrap()}
+  }
+  /// Messages after `read_seq` (and after the caller's join point).
+  #[inline]
+  pub fn unread(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationInfo::VT_UNREAD, Some(0)).unwrap()}
+  }
+  /// Direct: the peer's read cursor (0 for groups: see ReadCursors).
+  #[inline]
+  pub fn peer_read_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationInfo::VT_PEER_READ_SEQ, Some(0)).unwrap()}
+  }
+  /// The newest message the caller may see, its body cut to a preview
+  /// (`preview_truncated`); absent when there is none.
+  #[inline]
+  pub fn last_message(&self) -> Option<ChatMessage<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ChatMessage>>(ConversationInfo::VT_LAST_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn preview_truncated(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ConversationInfo::VT_PREVIEW_TRUNCATED, Some(false)).unwrap()}
+  }
+  /// Direct: whether the peer is online (friends only).
+  #[inline]
+  pub fn online(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ConversationInfo::VT_ONLINE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ConversationInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("conversation", Self::VT_CONVERSATION, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("peer", Self::VT_PEER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<u64>("last_seq", Self::VT_LAST_SEQ, false)?
+     .visit_field::<u64>("read_seq", Self::VT_READ_SEQ, false)?
+     .visit_field::<u64>("unread", Self::VT_UNREAD, false)?
+     .visit_field::<u64>("peer_read_seq", Self::VT_PEER_READ_SEQ, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ChatMessage>>("last_message", Self::VT_LAST_MESSAGE, false)?
+     .visit_field::<bool>("preview_truncated", Self::VT_PREVIEW_TRUNCATED, false)?
+     .visit_field::<bool>("online", Self::VT_ONLINE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConversationInfoArgs<'a> {
+    pub conversation: u64,
+    pub group_id: u64,
+    pub peer: u64,
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    pub unread: u64,
+    pub peer_read_seq: u64,
+    pub last_message: Option<::flatbuffers::WIPOffset<ChatMessage<'a>>>,
+    pub preview_truncated: bool,
+    pub online: bool,
+}
+impl<'a> Default for ConversationInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConversationInfoArgs {
+      conversation: 0,
+      group_id: 0,
+      peer: 0,
+      name: None,
+      last_seq: 0,
+      read_seq: 0,
+      unread: 0,
+      peer_read_seq: 0,
+      last_message: None,
+      preview_truncated: false,
+      online: false,
+    }
+  }
+}
+
+pub struct ConversationInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConversationInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: u64) {
+    self.fbb_.push_slot::<u64>(ConversationInfo::VT_CONVERSATION, conversation, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(ConversationInfo::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_peer(&mut self, peer: u64) {
+    self.fbb_.push_slot::<u64>(ConversationInfo::VT_PEER, peer, 0);
+  }
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConversationInfo::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_last_seq(&mut self, last_seq: u64) {
+    self.fbb_.push_slot::<u64>(ConversationInfo::VT_LAST_SEQ, last_seq, 0);
+  }
+  #[inline]
+  pub fn add_read_seq(&mut self, read_seq: u64) {
+    self.fbb_.push_slot::<u64>(ConversationInfo::VT_READ_SEQ, read_seq, 0);
+  }
+  #[inline]
+  pub fn add_unread(&mut self, unread: u64) {
+    self.fbb_.push_slot::<u64>(ConversationInfo::VT_UNREAD, unread, 0);
+  }
+  #[inline]
+  pub fn add_peer_read_seq(&mut self, peer_read_seq: u64) {
+    self.fbb_.push_slot::<u64>(ConversationInfo::VT_PEER_READ_SEQ, peer_read_seq, 0);
+  }
+  #[inline]
+  pub fn add_last_message(&mut self, last_message: ::flatbuffers::WIPOffset<ChatMessage<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ChatMessage>>(ConversationInfo::VT_LAST_MESSAGE, last_message);
+  }
+  #[inline]
+  pub fn add_preview_truncated(&mut self, preview_truncated: bool) {
+    self.fbb_.push_slot::<bool>(ConversationInfo::VT_PREVIEW_TRUNCATED, preview_truncated, false);
+  }
+  #[inline]
+  pub fn add_online(&mut self, online: bool) {
+    self.fbb_.push_slot::<bool>(ConversationInfo::VT_ONLINE, online, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConversationInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ConversationInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ConversationInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ConversationInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ConversationInfo");
+      ds.field("conversation", &self.conversation());
+      ds.field("group_id", &self.group_id());
+      ds.field("peer", &self.peer());
+      ds.field("name", &self.name());
+      ds.field("last_seq", &self.last_seq());
+      ds.field("read_seq", &self.read_seq());
+      ds.field("unread", &self.unread());
+      ds.field("peer_read_seq", &self.peer_read_seq());
+      ds.field("last_message", &self.last_message());
+      ds.field("preview_truncated", &self.preview_truncated());
+      ds.field("online", &self.online());
+      ds.finish()
+  }
+}
+pub enum ConversationListOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ConversationList<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ConversationList<'a> {
+  type Inner = ConversationList<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ConversationList<'a> {
+  pub const VT_CONVERSATIONS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NEXT_AFTER: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ConversationList { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ConversationListArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ConversationList<'bldr>> {
+    let mut builder = ConversationListBuilder::new(_fbb);
+    builder.add_next_after(args.next_after);
+    if let Some(x) = args.conversations { builder.add_conversations(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversations(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConversationInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConversationInfo>>>>(ConversationList::VT_CONVERSATIONS, None)}
+  }
+  #[inline]
+  pub fn next_after(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ConversationList::VT_NEXT_AFTER, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ConversationList<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ConversationInfo>>>>("conversations", Self::VT_CONVERSATIONS, false)?
+     .visit_field::<u64>("next_after", Self::VT_NEXT_AFTER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConversationListArgs<'a> {
+    pub conversations: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConversationInfo<'a>>>>>,
+    pub next_after: u64,
+}
+impl<'a> Default for ConversationListArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConversationListArgs {
+      conversations: None,
+      next_after: 0,
+    }
+  }
+}
+
+pub struct ConversationListBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConversationListBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversations(&mut self, conversations: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ConversationInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConversationList::VT_CONVERSATIONS, conversations);
+  }
+  #[inline]
+  pub fn add_next_after(&mut self, next_after: u64) {
+    self.fbb_.push_slot::<u64>(ConversationList::VT_NEXT_AFTER, next_after, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConversationListBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ConversationListBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ConversationList<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ConversationList<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ConversationList");
+      ds.field("conversations", &self.conversations());
+      ds.field("next_after", &self.next_after());
+      ds.finish()
+  }
+}
+pub enum ReadUpToOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Pushed (req_id 0) when a participant's read cursor advances: to the
+/// other participant of a direct conversation and to the reader's other
+/// sessions. `reader` has shown everything up to `seq`.
+pub struct ReadUpTo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadUpTo<'a> {
+  type Inner = ReadUpTo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadUpTo<'a> {
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_READER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadUpTo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadUpToArgs
+  ) -> ::flatbuffers::WIPOffset<ReadUpTo<'bldr>> {
+    let mut builder = ReadUpToBuilder::new(_fbb);
+    builder.add_seq(args.seq);
+    builder.add_reader(args.reader);
+    builder.add_conversation(args.conversation);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadUpTo::VT_CONVERSATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn reader(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadUpTo::VT_READER, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadUpTo::VT_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadUpTo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("conversation", Self::VT_CONVERSATION, false)?
+     .visit_field::<u64>("reader", Self::VT_READER, false)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadUpToArgs {
+    pub conversation: u64,
+    pub reader: u64,
+    pub seq: u64,
+}
+impl<'a> Default for ReadUpToArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadUpToArgs {
+      conversation: 0,
+      reader: 0,
+      seq: 0,
+    }
+  }
+}
+
+pub struct ReadUpToBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadUpToBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: u64) {
+    self.fbb_.push_slot::<u64>(ReadUpTo::VT_CONVERSATION, conversation, 0);
+  }
+  #[inline]
+  pub fn add_reader(&mut self, reader: u64) {
+    self.fbb_.push_slot::<u64>(ReadUpTo::VT_READER, reader, 0);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(ReadUpTo::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadUpToBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadUpToBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadUpTo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadUpTo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadUpTo");
+      ds.field("conversation", &self.conversation());
+      ds.field("reader", &self.reader());
+      ds.field("seq", &self.seq());
+      ds.finish()
+  }
+}
+pub enum ReadCursorsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Every participant's read cursor in a conversation (direct: both; group:
+/// members only), paged by user id like GroupMembers. Reply: ReadCursorList.
+pub struct ReadCursors<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadCursors<'a> {
+  type Inner = ReadCursors<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadCursors<'a> {
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_AFTER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadCursors { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadCursorsArgs
+  ) -> ::flatbuffers::WIPOffset<ReadCursors<'bldr>> {
+    let mut builder = ReadCursorsBuilder::new(_fbb);
+    builder.add_after_id(args.after_id);
+    builder.add_conversation(args.conversation);
+    builder.add_limit(args.limit);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadCursors::VT_CONVERSATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadCursors::VT_AFTER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn limit(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReadCursors::VT_LIMIT, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadCursors<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("conversation", Self::VT_CONVERSATION, false)?
+     .visit_field::<u64>("after_id", Self::VT_AFTER_ID, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadCursorsArgs {
+    pub conversation: u64,
+    pub after_id: u64,
+    pub limit: u32,
+}
+impl<'a> Default for ReadCursorsArgs {
+  #[inline]
+  fn default() -> Self {
+    ReadCursorsArgs {
+      conversation: 0,
+      after_id: 0,
+      limit: 0,
+    }
+  }
+}
+
+pub struct ReadCursorsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadCursorsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: u64) {
+    self.fbb_.push_slot::<u64>(ReadCursors::VT_CONVERSATION, conversation, 0);
+  }
+  #[inline]
+  pub fn add_after_id(&mut self, after_id: u64) {
+    self.fbb_.push_slot::<u64>(ReadCursors::VT_AFTER_ID, after_id, 0);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot::<u32>(ReadCursors::VT_LIMIT, limit, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadCursorsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadCursorsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadCursors<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadCursors<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadCursors");
+      ds.field("conversation", &self.conversation());
+      ds.field("after_id", &self.after_id());
+      ds.field("limit", &self.limit());
+      ds.finish()
+  }
+}
+pub enum ReadCursorListOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ReadCursorList<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadCursorList<'a> {
+  type Inner = ReadCursorList<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadCursorList<'a> {
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CURSORS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NEXT_AFTER_ID: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadCursorList { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadCursorListArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReadCursorList<'bldr>> {
+    let mut builder = ReadCursorListBuilder::new(_fbb);
+    builder.add_next_after_id(args.next_after_id);
+    builder.add_conversation(args.conversation);
+    if let Some(x) = args.cursors { builder.add_cursors(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadCursorList::VT_CONVERSATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn cursors(&self) -> Option<::flatbuffers::Vector<'a, UserSeq>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, UserSeq>>>(ReadCursorList::VT_CURSORS, None)}
+  }
+  #[inline]
+  pub fn next_after_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadCursorList::VT_NEXT_AFTER_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadCursorList<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("conversation", Self::VT_CONVERSATION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, UserSeq>>>("cursors", Self::VT_CURSORS, false)?
+     .visit_field::<u64>("next_after_id", Self::VT_NEXT_AFTER_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadCursorListArgs<'a> {
+    pub conversation: u64,
+    pub cursors: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, UserSeq>>>,
+    pub next_after_id: u64,
+}
+impl<'a> Default for ReadCursorListArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReadCursorListArgs {
+      conversation: 0,
+      cursors: None,
+      next_after_id: 0,
+    }
+  }
+}
+
+pub struct ReadCursorListBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadCursorListBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: u64) {
+    self.fbb_.push_slot::<u64>(ReadCursorList::VT_CONVERSATION, conversation, 0);
+  }
+  #[inline]
+  pub fn add_cursors(&mut self, cursors: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , UserSeq>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReadCursorList::VT_CURSORS, cursors);
+  }
+  #[inline]
+  pub fn add_next_after_id(&mut self, next_after_id: u64) {
+    self.fbb_.push_slot::<u64>(ReadCursorList::VT_NEXT_AFTER_ID, next_after_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadCursorListBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadCursorListBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadCursorList<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadCursorList<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadCursorList");
+      ds.field("conversation", &self.conversation());
+      ds.field("cursors", &self.cursors());
+      ds.field("next_after_id", &self.next_after_id());
+      ds.finish()
+  }
+}
+pub enum TypingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The caller is typing in `conversation` (`stopped`: no longer). Relayed
+/// to the participants online now, never stored. Reply: OkReply.
+pub struct Typing<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Typing<'a> {
+  type Inner = Typing<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Typing<'a> {
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_STOPPED: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Typing { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TypingArgs
+  ) -> ::flatbuffers::WIPOffset<Typing<'bldr>> {
+    let mut builder = TypingBuilder::new(_fbb);
+    builder.add_conversation(args.conversation);
+    builder.add_stopped(args.stopped);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Typing::VT_CONVERSATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn stopped(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Typing::VT_STOPPED, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Typing<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("conversation", Self::VT_CONVERSATION, false)?
+     .visit_field::<bool>("stopped", Self::VT_STOPPED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TypingArgs {
+    pub conversation: u64,
+    pub stopped: bool,
+}
+impl<'a> Default for TypingArgs {
+  #[inline]
+  fn default() -> Self {
+    TypingArgs {
+      conversation: 0,
+      stopped: false,
+    }
+  }
+}
+
+pub struct TypingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TypingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: u64) {
+    self.fbb_.push_slot::<u64>(Typing::VT_CONVERSATION, conversation, 0);
+  }
+  #[inline]
+  pub fn add_stopped(&mut self, stopped: bool) {
+    self.fbb_.push_slot::<bool>(Typing::VT_STOPPED, stopped, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TypingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TypingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Typing<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Typing<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Typing");
+      ds.field("conversation", &self.conversation());
+      ds.field("stopped", &self.stopped());
+      ds.finish()
+  }
+}
+pub enum TypingEventOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Pushed (req_id 0) to the online participants of `conversation` but the
+/// typist. Clients show it for a few seconds unless renewed.
+pub struct TypingEvent<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TypingEvent<'a> {
+  type Inner = TypingEvent<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TypingEvent<'a> {
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_USERNAME: ::flatbuffers::VOffsetT = 10;
+  pub const VT_STOPPED: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TypingEvent { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TypingEventArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TypingEvent<'bldr>> {
+    let mut builder = TypingEventBuilder::new(_fbb);
+    builder.add_user_id(args.user_id);
+    builder.add_group_id(args.group_id);
+    builder.add_conversation(args.conversation);
+    if let Some(x) = args.username { builder.add_username(x); }
+    builder.add_stopped(args.stopped);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn conversation(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TypingEvent::VT_CONVERSATION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TypingEvent::VT_GROUP_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TypingEvent::VT_USER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn username(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TypingEvent::VT_USERNAME, None)}
+  }
+  #[inline]
+  pub fn stopped(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TypingEvent::VT_STOPPED, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TypingEvent<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("conversation", Self::VT_CONVERSATION, false)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("username", Self::VT_USERNAME, false)?
+     .visit_field::<bool>("stopped", Self::VT_STOPPED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TypingEventArgs<'a> {
+    pub conversation: u64,
+    pub group_id: u64,
+    pub user_id: u64,
+    pub username: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub stopped: bool,
+}
+impl<'a> Default for TypingEventArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TypingEventArgs {
+      conversation: 0,
+      group_id: 0,
+      user_id: 0,
+      username: None,
+      stopped: false,
+    }
+  }
+}
+
+pub struct TypingEventBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TypingEventBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_conversation(&mut self, conversation: u64) {
+    self.fbb_.push_slot::<u64>(TypingEvent::VT_CONVERSATION, conversation, 0);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot::<u64>(TypingEvent::VT_GROUP_ID, group_id, 0);
+  }
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(TypingEvent::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_username(&mut self, username: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TypingEvent::VT_USERNAME, username);
+  }
+  #[inline]
+  pub fn add_stopped(&mut self, stopped: bool) {
+    self.fbb_.push_slot::<bool>(TypingEvent::VT_STOPPED, stopped, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TypingEventBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TypingEventBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TypingEvent<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TypingEvent<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TypingEvent");
+      ds.field("conversation", &self.conversation());
+      ds.field("group_id", &self.group_id());
+      ds.field("user_id", &self.user_id());
+      ds.field("username", &self.username());
+      ds.field("stopped", &self.stopped());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7735,6 +9072,111 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_list_conversations(&self) -> Option<ListConversations<'a>> {
+    if self.body_type() == Body::ListConversations {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ListConversations::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_conversation_list(&self) -> Option<ConversationList<'a>> {
+    if self.body_type() == Body::ConversationList {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ConversationList::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_read_up_to(&self) -> Option<ReadUpTo<'a>> {
+    if self.body_type() == Body::ReadUpTo {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadUpTo::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_read_cursors(&self) -> Option<ReadCursors<'a>> {
+    if self.body_type() == Body::ReadCursors {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadCursors::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_read_cursor_list(&self) -> Option<ReadCursorList<'a>> {
+    if self.body_type() == Body::ReadCursorList {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ReadCursorList::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_typing(&self) -> Option<Typing<'a>> {
+    if self.body_type() == Body::Typing {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Typing::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_typing_event(&self) -> Option<TypingEvent<'a>> {
+    if self.body_type() == Body::TypingEvent {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TypingEvent::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -7791,6 +9233,13 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::LogoutAll => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LogoutAll>>("Body::LogoutAll", pos),
           Body::InviteToGroup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InviteToGroup>>("Body::InviteToGroup", pos),
           Body::RespondJoinRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RespondJoinRequest>>("Body::RespondJoinRequest", pos),
+          Body::ListConversations => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListConversations>>("Body::ListConversations", pos),
+          Body::ConversationList => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ConversationList>>("Body::ConversationList", pos),
+          Body::ReadUpTo => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadUpTo>>("Body::ReadUpTo", pos),
+          Body::ReadCursors => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadCursors>>("Body::ReadCursors", pos),
+          Body::ReadCursorList => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadCursorList>>("Body::ReadCursorList", pos),
+          Body::Typing => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Typing>>("Body::Typing", pos),
+          Body::TypingEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TypingEvent>>("Body::TypingEvent", pos),
           _ => Ok(()),
         }
      })?
@@ -8162,6 +9611,55 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::RespondJoinRequest => {
           if let Some(x) = self.body_as_respond_join_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ListConversations => {
+          if let Some(x) = self.body_as_list_conversations() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ConversationList => {
+          if let Some(x) = self.body_as_conversation_list() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadUpTo => {
+          if let Some(x) = self.body_as_read_up_to() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadCursors => {
+          if let Some(x) = self.body_as_read_cursors() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReadCursorList => {
+          if let Some(x) = self.body_as_read_cursor_list() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Typing => {
+          if let Some(x) = self.body_as_typing() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::TypingEvent => {
+          if let Some(x) = self.body_as_typing_event() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
