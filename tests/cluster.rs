@@ -2122,3 +2122,141 @@ fn admin_kick_and_disable_reach_the_users_sessions_on_every_node() {
     c.admin_http(0, "POST", &format!("/admin/users/{}/enable", a.name));
     login_synced(&c.client(c.addr(1)), &a.name);
 }
+
+/// Two nodes; a and b on `stay`, their conversation owned by the other
+/// node. Returns (cluster, a, b, index of the owner node).
+fn pair_owned_elsewhere(test: &str) -> Option<(Cluster, User, User, usize)> {
+    let c = Cluster::start(test, 2, 1, false)?;
+    let (an, bn) = (uname("a"), uname("b"));
+    let reg = c.client(c.addr(0));
+    let a_id = reg.register(&an, PASSWORD).unwrap();
+    let b_id = reg.register(&bn, PASSWORD).unwrap();
+    drop(reg);
+    let view = ringchat::cluster::NodeView {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str().into(), 1))
+            .collect(),
+    };
+    let conv = ringchat::model::direct_conv(a_id, b_id);
+    let owner = c.index_of(&view.owner(conv).unwrap().0);
+    let stay = 1 - owner;
+    let a = c.client(c.addr(stay));
+    let a_s = login_synced(&a, &an);
+    let b = c.client(c.addr(stay));
+    let b_s = login_synced(&b, &bn);
+    a.friend_request(b_id, "").unwrap();
+    b.friend_respond(a_id, true).unwrap();
+    let a = User {
+        c: a,
+        id: a_id,
+        name: an,
+        session: a_s,
+    };
+    let b = User {
+        c: b,
+        id: b_id,
+        name: bn,
+        session: b_s,
+    };
+    Some((c, a, b, owner))
+}
+
+fn signal(c: &Cluster, i: usize, sig: libc::c_int) {
+    let pid = c.nodes[i].child.as_ref().unwrap().id();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Issue 10: a send forwarded to an owner node that dies before answering
+/// is neither lost nor left unanswered. The owner is frozen (SIGSTOP) so
+/// the forwarded request is certainly in flight, then killed: the node the
+/// sender is on sees the owner's bus subscription vanish (not its 5 s
+/// liveness key), takes it out of the view and sends the request to the
+/// new owner, which stores it once and answers SendOk; b gets it once.
+#[test]
+fn send_in_flight_to_a_killed_owner_is_rerouted_and_answered() {
+    let test = "send_in_flight_to_a_killed_owner_is_rerouted_and_answered";
+    let Some((mut c, a, b, owner)) = pair_owned_elsewhere(test) else {
+        return;
+    };
+    let first = a.send_direct(b.id, "before").unwrap();
+    assert_eq!(wait_msg(&b.c, "message before the kill").seq, first.seq);
+    signal(&c, owner, libc::SIGSTOP);
+    let mut a = a;
+    a.c.set_timeout(Duration::from_secs(30));
+    let a = Arc::new(a);
+    let sender = {
+        let a = a.clone();
+        let to = b.id;
+        std::thread::spawn(move || {
+            let mid = a.c.next_msg_id();
+            a.c.send_raw(to, 0, mid, "in flight when the owner died")
+        })
+    };
+    // Let the request reach the frozen owner's socket, then kill it.
+    std::thread::sleep(Duration::from_millis(700));
+    c.kill9(owner);
+    let sent = sender
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("send across the kill: {e}; logs:\n{}", c.logs()));
+    assert_eq!(
+        sent.seq,
+        first.seq + 1,
+        "stored once, right after the first"
+    );
+    let m = wait_msg(&b.c, "the re-routed message");
+    assert_eq!(
+        (m.seq, m.body.as_str()),
+        (sent.seq, "in flight when the owner died")
+    );
+    common::assert_quiet(&b.c, "the re-routed message shown twice", |e| {
+        matches!(e, Event::Message { .. })
+    });
+    let logs = c.logs();
+    assert!(
+        logs.contains("bus subscription is gone"),
+        "the death should be seen through the bus subscription, not the TTL; logs:\n{logs}"
+    );
+}
+
+/// No false positive: a node that stops making progress for 3 s (frozen,
+/// as under a CPU starvation or a long GC-like stall) keeps its sockets, so
+/// nobody takes it out of the view; a send forwarded to it meanwhile is
+/// answered by it once it runs again.
+#[test]
+fn a_stalled_owner_is_not_declared_dead() {
+    let test = "a_stalled_owner_is_not_declared_dead";
+    let Some((c, a, b, owner)) = pair_owned_elsewhere(test) else {
+        return;
+    };
+    let first = a.send_direct(b.id, "before").unwrap();
+    signal(&c, owner, libc::SIGSTOP);
+    let mut a = a;
+    a.c.set_timeout(Duration::from_secs(30));
+    let a = Arc::new(a);
+    let sender = {
+        let a = a.clone();
+        let to = b.id;
+        std::thread::spawn(move || {
+            let mid = a.c.next_msg_id();
+            a.c.send_raw(to, 0, mid, "sent to a stalled owner")
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&c, owner, libc::SIGCONT);
+    let sent = sender
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("send to a stalled owner: {e}; logs:\n{}", c.logs()));
+    assert_eq!(sent.seq, first.seq + 1);
+    let logs = c.logs();
+    assert!(
+        !logs.contains("bus subscription is gone"),
+        "a stalled node must not be declared dead; logs:\n{logs}"
+    );
+}

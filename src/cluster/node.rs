@@ -5,16 +5,34 @@ use super::redis::{self as r, RedisConn};
 use super::{
     ALIVE_TTL_MS, ClusterConfig, NodeMsg, NodeView, PRESENCE_TTL_S, PresenceMsg, WireOrigin,
 };
+use crate::core::forward::Forwards;
 use crate::model::{ConvId, Seq, UserId, home_shard};
 use crate::server::io::{Frame, Signal};
 use crate::server::router::{LocalFut, Router, RouterFactory};
-use crate::server::shard::{Origin, OwnerOp, Revoked, Shard};
+use crate::server::shard::{Origin, OwnerOp, Revoked, Shard, ShardMsg};
 use ahash::{AHashMap, AHashSet};
 use redis::Value;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often each shard probes the other nodes' bus subscriptions
+/// (`PUBSUB NUMSUB`): a killed process's sockets are closed by its kernel at
+/// once, so Redis drops its subscriptions at once, and the probe sees the
+/// death within this interval, long before its liveness key expires.
+const PROBE_MS: u64 = 200;
+/// The full view refresh (heartbeat, node set, liveness keys) runs every
+/// this many probes (1 s).
+const REFRESH_EVERY: u64 = 5;
+/// A forwarded request unanswered this long is answered `Internal`
+/// (retryable) by the forwarding node (core::forward).
+const FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+/// What a forwarding shard keeps of a request until it is answered: its
+/// conversation, where the answer goes, and the operation itself when it is
+/// safe to send to a new owner (`OwnerOp::repeatable`).
+type Forwarded = (ConvId, Origin, Option<OwnerOp>);
 
 /// A destination on the bus: (node, shard).
 type Dest = (Arc<str>, usize);
@@ -65,6 +83,16 @@ pub struct ClusterShard {
     pub view_gen: Cell<u64>,
     /// Set when the node leaves: no more heartbeats or re-registration.
     leaving: Cell<bool>,
+    /// Requests forwarded to owners on other nodes, until answered.
+    forwards: RefCell<Forwards<Forwarded>>,
+    /// Nodes seen with a bus subscriber since our Redis connection was made:
+    /// only for those does a vanished subscription mean death (a node that
+    /// is starting has not subscribed yet).
+    subscribed: RefCell<AHashSet<Arc<str>>>,
+    /// Nodes whose subscription vanished: out of the view even while their
+    /// liveness key has not expired yet.
+    down: RefCell<AHashSet<Arc<str>>>,
+    epoch: std::time::Instant,
 }
 
 fn as_strings(v: Value) -> Vec<String> {
@@ -96,6 +124,10 @@ impl ClusterShard {
             wake: Signal::default(),
             view_gen: Cell::new(0),
             leaving: Cell::new(false),
+            forwards: RefCell::new(Forwards::new(FORWARD_TIMEOUT_MS)),
+            subscribed: RefCell::new(AHashSet::new()),
+            down: RefCell::new(AHashSet::new()),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -386,6 +418,17 @@ impl ClusterShard {
                 _ => return,
             }
         }
+        {
+            // A node whose liveness key is gone needs no probe any more;
+            // one whose subscription vanished is out of the view already.
+            let mut down = self.down.borrow_mut();
+            let mut subscribed = self.subscribed.borrow_mut();
+            for d in &dead {
+                down.remove(d.as_str());
+                subscribed.remove(d.as_str());
+            }
+            nodes.retain(|(n, _)| !down.contains(n));
+        }
         if self.shard == 0 {
             for d in &dead {
                 c.fire(redis::cmd("SREM").arg(self.cfg.nodes_key()).arg(d));
@@ -399,6 +442,7 @@ impl ClusterShard {
         tracing::info!(shard = self.shard, nodes = ?new.nodes, "cluster view changed");
         *self.view.borrow_mut() = new.clone();
         self.view_gen.set(self.view_gen.get() + 1);
+        self.reroute(shard);
         // Nodes that left: their users are offline unless seen elsewhere.
         let gone: AHashSet<&str> = old
             .nodes
@@ -442,6 +486,115 @@ impl ClusterShard {
                 self.set_remote(shard, u, n.clone(), true);
             }
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// After a view change: every request waiting on a node that left goes
+    /// to the conversation's new owner if it is safe to repeat, or is
+    /// answered `Internal` (retryable) now. Never silence.
+    fn reroute(&self, shard: &Rc<Shard>) {
+        let gone = {
+            let view = self.view.borrow();
+            self.forwards.borrow_mut().owner_gone(|n| view.contains(n))
+        };
+        for (_, (conv, origin, op)) in gone {
+            match op {
+                Some(op) => {
+                    crate::server::metrics::Metrics::inc(&shard.metrics.forwards_rerouted);
+                    if let Some((o, op)) = self.route_owner(conv, origin, op) {
+                        let to = crate::model::owner_shard(conv, shard.n);
+                        shard.send(to, ShardMsg::Owner(o, op));
+                    }
+                }
+                None => {
+                    crate::server::metrics::Metrics::inc(&shard.metrics.forwards_failed);
+                    shard.reply_error(
+                        &origin,
+                        crate::wire::fb::ErrorCode::Internal,
+                        "the conversation's server went away; retry",
+                    );
+                }
+            }
+        }
+    }
+
+    /// Answers `Internal` to forwarded requests past their deadline.
+    fn expire_forwards(&self, shard: &Shard) {
+        let late = self.forwards.borrow_mut().expired(self.now_ms());
+        for (_, (_, origin, _)) in late {
+            crate::server::metrics::Metrics::inc(&shard.metrics.forwards_expired);
+            shard.reply_error(
+                &origin,
+                crate::wire::fb::ErrorCode::Internal,
+                "no answer from the conversation's server; retry",
+            );
+        }
+    }
+
+    /// One `PUBSUB NUMSUB` over this shard's own channel and shard 0's
+    /// channel of every other known node. Returns whether the set of nodes
+    /// known down changed (then the caller refreshes the view).
+    ///
+    /// Why no false positives under load: the count is the state of a
+    /// node's socket to Redis, which a busy or stalled executor keeps open;
+    /// only the process's death (its kernel closes the socket), its loss of
+    /// Redis, or its shard 0 resubscribing clears it. The probe means
+    /// nothing while this shard is not subscribed itself (Redis restarting),
+    /// and a node counts as down only after it was seen subscribed on the
+    /// current Redis connection.
+    async fn probe(&self, shard: &Shard) -> bool {
+        let Some(c) = self.conn() else { return false };
+        let nodes: Vec<Arc<str>> = {
+            let view = self.view.borrow();
+            let down = self.down.borrow();
+            let mut v: Vec<Arc<str>> = view
+                .nodes
+                .iter()
+                .map(|(n, _)| n.clone())
+                .chain(down.iter().cloned())
+                .filter(|n| *n != self.me)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        if nodes.is_empty() {
+            return false;
+        }
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg("NUMSUB")
+            .arg(self.cfg.channel(&self.me, self.shard));
+        for n in &nodes {
+            cmd.arg(self.cfg.channel(n, 0));
+        }
+        let Ok(v) = c.query(&cmd).await else {
+            return false;
+        };
+        let counts = numsub_counts(v);
+        if counts.len() != nodes.len() + 1 || counts[0] == 0 {
+            return false;
+        }
+        let mut changed = false;
+        let mut subscribed = self.subscribed.borrow_mut();
+        let mut down = self.down.borrow_mut();
+        for (n, &count) in nodes.iter().zip(&counts[1..]) {
+            if count > 0 {
+                subscribed.insert(n.clone());
+                changed |= down.remove(n);
+            } else if count == 0 && subscribed.contains(n) && down.insert(n.clone()) {
+                changed = true;
+                crate::server::metrics::Metrics::inc(&shard.metrics.nodes_down);
+                tracing::warn!(
+                    shard = self.shard,
+                    node = %n,
+                    "node's bus subscription is gone: taking it out of the view"
+                );
+            }
+        }
+        changed
     }
 
     fn set_remote(&self, shard: &Shard, user: UserId, node: Arc<str>, online: bool) {
@@ -520,7 +673,16 @@ impl ClusterShard {
                     };
                     crate::server::owner::submit(shard, origin, op);
                 }
-                NodeMsg::Reply { conn, frame } => shard.reply_to_conn(conn, Frame::Own(frame)),
+                NodeMsg::Reply { conn, frame } => {
+                    // Exactly one answer per forwarded request: one that was
+                    // re-routed, failed or timed out already is dropped.
+                    let req_id = crate::wire::decode(&frame).map(|e| e.req_id()).unwrap_or(0);
+                    if req_id != 0 && !self.forwards.borrow_mut().answered((conn, req_id)) {
+                        crate::server::metrics::Metrics::inc(&shard.metrics.forwards_late);
+                        continue;
+                    }
+                    shard.reply_to_conn(conn, Frame::Own(frame))
+                }
                 NodeMsg::Push {
                     users,
                     frame,
@@ -559,6 +721,16 @@ impl Router for ClusterShard {
         match self.remote_owner(conv) {
             Some((node, shards)) => {
                 let o = self.wire_origin(&origin);
+                // req_id 0 asks for no tracking (it cannot be told apart
+                // from another request on the same connection).
+                if origin.req_id != 0 {
+                    let key = (origin.conn, origin.req_id);
+                    let copy = op.repeatable().then(|| op.clone());
+                    let now = self.now_ms();
+                    self.forwards
+                        .borrow_mut()
+                        .sent(key, node.clone(), (conv, origin, copy), now);
+                }
                 self.send_to(
                     node,
                     crate::model::owner_shard(conv, shards),
@@ -683,16 +855,30 @@ fn resync_sessions(shard: &Shard) {
     }
 }
 
+/// Every `PROBE_MS`: the subscription probe and forwarded-request
+/// deadlines; every second: reconnect, heartbeat and the full view refresh.
 async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
     let mut tick = 0u64;
     loop {
-        glommio::timer::sleep(Duration::from_millis(1000)).await;
+        glommio::timer::sleep(Duration::from_millis(PROBE_MS)).await;
         tick += 1;
+        c.expire_forwards(&shard);
+        if !tick.is_multiple_of(REFRESH_EVERY) {
+            if c.probe(&shard).await {
+                c.refresh_view(&shard).await;
+            }
+            continue;
+        }
+        let secs = tick / REFRESH_EVERY;
         if c.conn().is_none() {
             match RedisConn::connect(&c.cfg.redis).await {
                 Ok(conn) => {
                     tracing::info!(shard = c.shard, "redis reconnected");
                     *c.conn.borrow_mut() = Some(conn);
+                    // A new Redis (or a restarted one) holds no subscription
+                    // yet: a node counts as down by the probe only after it
+                    // is seen subscribed again.
+                    c.subscribed.borrow_mut().clear();
                     c.reregister(&shard);
                 }
                 Err(_) => continue,
@@ -700,9 +886,25 @@ async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
         }
         let _ = c.heartbeat(shard.n).await;
         c.refresh_view(&shard).await;
-        if tick.is_multiple_of(PRESENCE_TTL_S / 3) && !c.leaving.get() {
+        if secs.is_multiple_of(PRESENCE_TTL_S / 3) && !c.leaving.get() {
             c.reregister(&shard);
         }
+    }
+}
+
+/// The counts of a `PUBSUB NUMSUB` reply (channel, count, channel, count…).
+fn numsub_counts(v: Value) -> Vec<i64> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .skip(1)
+            .step_by(2)
+            .map(|x| match x {
+                Value::Int(n) => n,
+                _ => -1,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

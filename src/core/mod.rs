@@ -8,6 +8,7 @@
 //! planning) testable deterministically and in microseconds.
 
 pub mod conv;
+pub mod forward;
 pub mod group;
 pub mod limits;
 pub mod owner;

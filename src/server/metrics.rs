@@ -35,6 +35,16 @@ pub struct Metrics {
     pub task_panics: Cell<u64>,
     /// Cluster bus payloads dropped: unsigned, forged or stale (--cluster-key-file).
     pub bus_rejected: Cell<u64>,
+    /// Forwarded requests whose owner node left, sent to the new owner.
+    pub forwards_rerouted: Cell<u64>,
+    /// Forwarded requests whose owner node left, answered `Internal`.
+    pub forwards_failed: Cell<u64>,
+    /// Forwarded requests unanswered past their deadline, answered `Internal`.
+    pub forwards_expired: Cell<u64>,
+    /// Answers to forwarded requests that were answered already (dropped).
+    pub forwards_late: Cell<u64>,
+    /// Nodes taken out of the view because their bus subscription vanished.
+    pub nodes_down: Cell<u64>,
     /// Owner shard: message sequenced → its SendOk issued (durable).
     pub send_ack: Histogram,
     /// One group-commit batch: handed to the committer → committed.
@@ -168,6 +178,31 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "",
         "counter",
     ),
+    (
+        "ringchat_cluster_forwards_total{outcome=\"rerouted\"}",
+        "requests forwarded to an owner on another node that did not answer normally: re-routed to the new owner, answered Internal because the owner left (failed) or timed out (expired), or answered twice (late, dropped)",
+        "counter",
+    ),
+    (
+        "ringchat_cluster_forwards_total{outcome=\"failed\"}",
+        "",
+        "counter",
+    ),
+    (
+        "ringchat_cluster_forwards_total{outcome=\"expired\"}",
+        "",
+        "counter",
+    ),
+    (
+        "ringchat_cluster_forwards_total{outcome=\"late\"}",
+        "",
+        "counter",
+    ),
+    (
+        "ringchat_cluster_nodes_down_total",
+        "nodes taken out of the view because their bus subscription vanished (before their liveness key expired)",
+        "counter",
+    ),
 ];
 
 impl Metrics {
@@ -189,6 +224,11 @@ impl Metrics {
             slow_consumers: Cell::new(0),
             task_panics: Cell::new(0),
             bus_rejected: Cell::new(0),
+            forwards_rerouted: Cell::new(0),
+            forwards_failed: Cell::new(0),
+            forwards_expired: Cell::new(0),
+            forwards_late: Cell::new(0),
+            nodes_down: Cell::new(0),
             send_ack: Histogram::default(),
             store_batch: Histogram::default(),
             bus_lag: Histogram::default(),
@@ -208,7 +248,7 @@ impl Metrics {
         self.store_batch.observe(took);
     }
 
-    fn values(&self) -> [u64; 15] {
+    fn values(&self) -> [u64; FIELDS.len()] {
         [
             self.connections.get(),
             self.accepted.get(),
@@ -225,6 +265,11 @@ impl Metrics {
             self.slow_consumers.get(),
             self.task_panics.get(),
             self.bus_rejected.get(),
+            self.forwards_rerouted.get(),
+            self.forwards_failed.get(),
+            self.forwards_expired.get(),
+            self.forwards_late.get(),
+            self.nodes_down.get(),
         ]
     }
 
@@ -243,7 +288,7 @@ impl Metrics {
 
 /// The exporter's view: one row of atomics per shard.
 pub struct Published {
-    slots: Vec<[AtomicU64; 15]>,
+    slots: Vec<[AtomicU64; FIELDS.len()]>,
     hists: Vec<[[AtomicU64; HIST_SLOTS]; HISTOGRAMS.len()]>,
 }
 

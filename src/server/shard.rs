@@ -44,7 +44,7 @@ pub struct Origin {
 }
 
 /// Work for a conversation's owner shard (also sent between nodes).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum OwnerOp {
     Send {
         conv: ConvId,
@@ -76,6 +76,24 @@ pub enum OwnerOp {
         client_msg_id: u64,
         body: String,
     },
+}
+
+impl OwnerOp {
+    /// Whether running this twice has the effect of running it once, so a
+    /// forwarded copy may be sent to a new owner when the first one died
+    /// before answering (`core::forward`). Sends are: the owner's
+    /// `client_msg_id` dedup, rebuilt from the store, answers a repeat with
+    /// the original seq. Reads are. Friendship and group changes are not
+    /// (a repeated accept or join answers an error the user did not cause).
+    pub fn repeatable(&self) -> bool {
+        matches!(
+            self,
+            OwnerOp::Send { .. }
+                | OwnerOp::System { .. }
+                | OwnerOp::Members { .. }
+                | OwnerOp::History { .. }
+        )
+    }
 }
 
 /// A connection moving to its user's home shard after authentication.
