@@ -12,7 +12,11 @@
 //! and retries `connect` with exponential backoff (100 ms doubling to 5 s,
 //! each delay jittered to 50–100 %). Once connected it resumes the session
 //! with the token and `since` = the highest seq it has *shown* per
-//! conversation, so the server sends exactly what was missed; then it resends
+//! conversation, so the server sends exactly what was missed. That is gap-
+//! proof because the client library surfaces each conversation in seq order,
+//! filling a gap with `History` before it shows what lies above it
+//! (`core::inbox`): the highest seq shown is the highest contiguous one.
+//! Then it resends
 //! every message whose `SendOk` never came, with the same `client_msg_id`
 //! (the server dedups), and finally runs the commands typed while offline.
 //!

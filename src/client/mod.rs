@@ -13,17 +13,22 @@
 //! - One reader thread splits and decodes frames. Replies (req_id != 0)
 //!   complete the matching pending request; pushes (req_id 0) become
 //!   [`Event`]s on a channel.
-//! - The reader dedups messages by `(conversation, seq)`: the server
-//!   delivers each conversation in order per connection, but catch-up and
-//!   live delivery may overlap, and a resumed device may be sent what it
-//!   already holds. Whatever is surfaced is acknowledged (auto-ack) so the
-//!   user's cursor follows what this device has shown.
+//! - The reader surfaces each conversation in seq order, once
+//!   ([`crate::core::inbox`]): catch-up and live delivery may overlap, a
+//!   resumed device may be sent what it already holds, and across nodes a
+//!   later seq can arrive before an earlier one. A message above a gap is
+//!   held back while the reader asks for the gap (`History`); the cursor
+//!   this device acknowledges (auto-ack) and resumes from is the highest
+//!   *contiguous* seq it holds, so a reordering can never turn into a
+//!   message skipped for good. Its own messages count as held once their
+//!   `SendOk` arrives.
 
 mod decode;
 mod types;
 
 pub use types::*;
 
+use crate::core::inbox::{Effect, Fill, Inbox};
 use crate::model::{ConvId, GroupId, Seq, UserId};
 use crate::wire::{Enc, FrameBuf};
 use decode::Incoming;
@@ -83,8 +88,11 @@ struct Shared {
     writer: Mutex<Writer>,
     pending: Mutex<HashMap<u64, Sender<Reply>>>,
     next_req: AtomicU64,
-    /// Highest seq surfaced per conversation (the dedup and resume cursor).
-    seen: Mutex<HashMap<ConvId, Seq>>,
+    /// What this device holds per conversation (dedup, ordering, and the
+    /// contiguous resume cursor).
+    inbox: Mutex<Inbox<ChatMsg>>,
+    /// Gap fills in flight: request id → conversation.
+    fills: Mutex<HashMap<u64, ConvId>>,
     auto_ack: AtomicBool,
     dedup: bool,
     closed: AtomicBool,
@@ -126,29 +134,36 @@ impl Shared {
     }
 }
 
-/// Keeps the messages not surfaced before, advancing `seen`, and returns
-/// them with the per-conversation maxima to acknowledge. With `drop_seen`
-/// false every message is kept (and `seen` still tracks the maximum).
-fn dedup(
-    seen: &mut HashMap<ConvId, Seq>,
-    msgs: Vec<ChatMsg>,
-    drop_seen: bool,
-) -> (Vec<ChatMsg>, Vec<(ConvId, Seq)>) {
-    let mut fresh = Vec::with_capacity(msgs.len());
-    let mut acks: Vec<(ConvId, Seq)> = Vec::new();
-    for m in msgs {
-        let last = seen.entry(m.conversation).or_insert(0);
-        if m.seq <= *last && drop_seen {
-            continue;
+/// Hands what an [`Inbox`] step surfaced to the caller and collects what
+/// it asks of the server (acks and gap fills), so the reader thread can
+/// write them after releasing the inbox lock.
+#[derive(Default)]
+struct Step {
+    acks: Vec<(ConvId, Seq)>,
+    fills: Vec<Fill>,
+}
+
+impl Step {
+    fn take(
+        &mut self,
+        ib: &Inbox<ChatMsg>,
+        conv: ConvId,
+        e: Effect<ChatMsg>,
+        events: &Sender<Event>,
+    ) {
+        for m in e.shown {
+            let _ = events.send(Event::Message(m));
         }
-        *last = (*last).max(m.seq);
-        match acks.iter_mut().find(|(c, _)| *c == m.conversation) {
-            Some(a) => a.1 = a.1.max(m.seq),
-            None => acks.push((m.conversation, m.seq)),
+        if e.advanced
+            && let Some(held) = ib.held(conv)
+        {
+            match self.acks.iter_mut().find(|(c, _)| *c == conv) {
+                Some(a) => a.1 = a.1.max(held),
+                None => self.acks.push((conv, held)),
+            }
         }
-        fresh.push(m);
+        self.fills.extend(e.fill);
     }
-    (fresh, acks)
 }
 
 /// Events not yet taken by the caller: the channel from the reader plus
@@ -191,7 +206,8 @@ impl Client {
             }),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
-            seen: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(Inbox::default()),
+            fills: Mutex::new(HashMap::new()),
             auto_ack: AtomicBool::new(options.auto_ack),
             dedup: options.dedup,
             closed: AtomicBool::new(false),
@@ -287,9 +303,10 @@ impl Client {
         self.shared.auto_ack.store(on, Ordering::SeqCst);
     }
 
-    /// Highest seq surfaced per conversation: what this device holds.
+    /// The highest *contiguous* seq this device holds per conversation:
+    /// what it has acknowledged and what a resume starts after.
     pub fn seen(&self) -> HashMap<ConvId, Seq> {
-        lock(&self.shared.seen).clone()
+        lock(&self.shared.inbox).cursors()
     }
 
     /// Whether the connection has ended.
@@ -374,6 +391,9 @@ impl Client {
 
     /// Logs in; the server then pushes the catch-up and `SyncDone`.
     pub fn login(&self, username: &str, password: &str) -> Result<Session> {
+        // A fresh login is replayed from the user's acked cursor, which this
+        // device may be ahead of or behind: start from what arrives.
+        lock(&self.shared.inbox).clear();
         let s = self.request(
             |e, id| e.login(id, username, password),
             |r| match r {
@@ -397,10 +417,9 @@ impl Client {
     /// The list also seeds this client's dedup map.
     pub fn resume_since(&self, token: &str, since: &[(ConvId, Seq)]) -> Result<Session> {
         {
-            let mut seen = lock(&self.shared.seen);
+            let mut inbox = lock(&self.shared.inbox);
             for &(c, s) in since {
-                let e = seen.entry(c).or_insert(0);
-                *e = (*e).max(s);
+                inbox.seed(c, s);
             }
         }
         let s = self.request(
@@ -799,27 +818,66 @@ fn reader_loop(mut stream: TcpStream, shared: Arc<Shared>, events: Sender<Event>
                 Ok(i) => i,
                 Err(_) => break 'read,
             };
+            let mut step = Step::default();
             match incoming {
                 Incoming::Reply(id, reply) => {
-                    // A missing entry means the caller timed out and left.
-                    if let Some(tx) = lock(&shared.pending).remove(&id) {
-                        let _ = tx.send(reply);
+                    let fill = lock(&shared.fills).remove(&id);
+                    if let Some(conv) = fill {
+                        // The answer to a gap fill this reader asked for.
+                        let mut ib = lock(&shared.inbox);
+                        let mut progressed = false;
+                        if let Reply::Messages(msgs) = reply {
+                            for m in msgs.into_iter().filter(|m| m.conversation == conv) {
+                                let e = ib.arrive(conv, m.seq, Some(m));
+                                progressed |= e.new;
+                                step.take(&ib, conv, e, &events);
+                            }
+                        }
+                        let e = ib.fill_done(conv, progressed);
+                        step.take(&ib, conv, e, &events);
+                    } else {
+                        if let Reply::SendOk(s) = &reply {
+                            // This device's own message: held from now on.
+                            let mut ib = lock(&shared.inbox);
+                            let e = ib.arrive(s.conversation, s.seq, None);
+                            step.take(&ib, s.conversation, e, &events);
+                        }
+                        // A missing entry means the caller timed out and left.
+                        if let Some(tx) = lock(&shared.pending).remove(&id) {
+                            let _ = tx.send(reply);
+                        }
                     }
                 }
                 Incoming::Messages(msgs) => {
-                    let (fresh, acks) = dedup(&mut lock(&shared.seen), msgs, shared.dedup);
-                    for m in fresh {
-                        let _ = events.send(Event::Message(m));
-                    }
-                    if !acks.is_empty() && shared.auto_ack.load(Ordering::SeqCst) {
-                        // Best effort: a failed write shows up as a read error next.
-                        let _ = shared.write_frame(|e| e.ack(&acks));
+                    let mut ib = lock(&shared.inbox);
+                    for m in msgs {
+                        let conv = m.conversation;
+                        if shared.dedup {
+                            let e = ib.arrive(conv, m.seq, Some(m));
+                            step.take(&ib, conv, e, &events);
+                        } else {
+                            // Raw: show exactly what the server sent; the
+                            // cursor still follows (no gap fills).
+                            let mut e = ib.arrive(conv, m.seq, None);
+                            e.fill = None;
+                            let _ = events.send(Event::Message(m));
+                            step.take(&ib, conv, e, &events);
+                        }
                     }
                 }
                 Incoming::Event(e) => {
                     let _ = events.send(e);
                 }
                 Incoming::Ignored => {}
+            }
+            // Best effort: a failed write shows up as a read error next.
+            if !step.acks.is_empty() && shared.auto_ack.load(Ordering::SeqCst) {
+                let _ = shared.write_frame(|e| e.ack(&step.acks));
+            }
+            for f in step.fills {
+                let id = shared.next_req.fetch_add(1, Ordering::SeqCst);
+                lock(&shared.fills).insert(id, f.conv);
+                let _ = shared.write_frame(|e| e.history(id, f.conv, f.before, f.limit));
             }
         }
     }
@@ -839,45 +897,6 @@ mod tests {
     fn client_is_shareable_across_threads() {
         fn is<T: Send + Sync>() {}
         is::<Client>();
-    }
-
-    fn msg(conversation: ConvId, seq: Seq) -> ChatMsg {
-        ChatMsg {
-            conversation,
-            seq,
-            sender: 1,
-            group_id: 0,
-            timestamp_ms: 0,
-            client_msg_id: seq,
-            body: String::new(),
-            sender_name: String::new(),
-        }
-    }
-
-    #[test]
-    fn dedup_drops_seen_and_acks_per_conversation_maximum() {
-        let mut seen = HashMap::from([(7, 2)]);
-        let (fresh, acks) = dedup(
-            &mut seen,
-            vec![
-                msg(7, 1),
-                msg(7, 2),
-                msg(7, 3),
-                msg(9, 1),
-                msg(7, 4),
-                msg(7, 4),
-            ],
-            true,
-        );
-        let got: Vec<(ConvId, Seq)> = fresh.iter().map(|m| (m.conversation, m.seq)).collect();
-        assert_eq!(got, vec![(7, 3), (9, 1), (7, 4)]);
-        assert_eq!(acks, vec![(7, 4), (9, 1)]);
-        assert_eq!(seen, HashMap::from([(7, 4), (9, 1)]));
-        let (fresh, acks) = dedup(&mut seen, vec![msg(9, 1)], true);
-        assert!(fresh.is_empty() && acks.is_empty());
-        let (fresh, _) = dedup(&mut seen, vec![msg(9, 1)], false);
-        assert_eq!(fresh.len(), 1);
-        assert_eq!(seen[&9], 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod conv;
 pub mod forward;
 pub mod group;
+pub mod inbox;
 pub mod limits;
 pub mod owner;
 pub mod pair;
