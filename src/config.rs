@@ -217,6 +217,12 @@ pub struct ServeArgs {
     /// each login or resume with it starts the time again; 0: never).
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     pub session_ttl_secs: u64,
+    /// A store call (one query, one group-commit batch) unanswered for this
+    /// many seconds is answered `Internal` (retryable): a store that is
+    /// unreachable without refusing connections (a partition) must not hold
+    /// requests for minutes. The call itself finishes or fails on its own.
+    #[arg(long, default_value_t = 15)]
+    pub store_timeout_secs: u64,
     /// Benchmarks and tests only: keep the weak hashes of `provision
     /// --fast-hash` instead of upgrading each to the server's parameters at
     /// its user's next login (flag only: not a setting of the file or the
@@ -344,6 +350,7 @@ impl Effective {
             },
             min_password: a.min_password_len,
             session_ttl: Duration::from_secs(a.session_ttl_secs),
+            store_timeout: Duration::from_secs(a.store_timeout_secs.max(1)),
             rehash: !a.insecure_fast_hash_for_tests,
             ..Default::default()
         })
@@ -646,7 +653,7 @@ pub fn resolve(
              hash_threads, hash_queue, log_format, max_send_rate, max_send_burst,
              max_friend_requests_per_hour, max_sessions_per_user, max_groups_per_user,
              max_members_per_group, max_conns_per_addr, max_conns, min_password_len,
-             session_ttl_secs;
+             session_ttl_secs, store_timeout_secs;
         opt: metrics, redis, node_id, legacy_listen, redis_ca, cluster_key_file, admin_token,
              admin_token_file
     );

@@ -1912,6 +1912,8 @@ fn tls_through_nginx_reaches_the_cluster() {
 struct StoreProxy {
     port: u16,
     cut: Arc<AtomicBool>,
+    /// A partition: connections stay open, every byte vanishes.
+    swallow: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -1920,13 +1922,23 @@ impl StoreProxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let swallow = Arc::new(AtomicBool::new(false));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (cut2, live2) = (cut.clone(), live.clone());
+        let (cut2, live2, swallow2) = (cut.clone(), live.clone(), swallow.clone());
         std::thread::spawn(move || {
             for client in l.incoming() {
-                let Ok(client) = client else { continue };
+                let Ok(mut client) = client else { continue };
                 if cut2.load(Ordering::SeqCst) {
                     let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                if swallow2.load(Ordering::SeqCst) {
+                    // Accepted, never answered (a SYN reaching a host whose
+                    // replies are lost looks the same to the client).
+                    live2.lock().unwrap().push(client.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut client, &mut std::io::sink());
+                    });
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(MYSQL_ADDR) else {
@@ -1938,8 +1950,22 @@ impl StoreProxy {
                     v.push(server.try_clone().unwrap());
                 }
                 let pump = |mut from: TcpStream, mut to: TcpStream| {
+                    let swallow = swallow2.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        use std::io::{Read as _, Write as _};
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if swallow.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                         let _ = from.shutdown(std::net::Shutdown::Both);
                     });
@@ -1948,7 +1974,12 @@ impl StoreProxy {
                 pump(server, client);
             }
         });
-        StoreProxy { port, cut, live }
+        StoreProxy {
+            port,
+            cut,
+            swallow,
+            live,
+        }
     }
 
     /// The store URL prefix for the nodes. `prefer_socket=false`: the
@@ -1965,8 +1996,20 @@ impl StoreProxy {
         }
     }
 
+    /// Packets vanish: nothing is refused or closed, nothing is answered.
+    fn partition(&self) {
+        self.swallow.store(true, Ordering::SeqCst);
+    }
+
     fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        if self.swallow.swap(false, Ordering::SeqCst) {
+            // The connections that lost bytes are out of step with the
+            // server: end them, as a healed partition's TCP timeouts would.
+            for s in self.live.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 }
 
@@ -2259,4 +2302,87 @@ fn a_stalled_owner_is_not_declared_dead() {
         !logs.contains("bus subscription is gone"),
         "a stalled node must not be declared dead; logs:\n{logs}"
     );
+}
+
+/// A partition between the nodes and MySQL (packets vanish: no refusal, no
+/// close): a send is answered `Internal` (retryable) within the store
+/// timeout (`--store-timeout-secs 3` here), never left hanging for the
+/// minutes the driver's reconnects would take; connections stay up; after
+/// the partition heals the same send succeeds once, with the next seq.
+#[test]
+fn mysql_partition_answers_sends_within_the_store_timeout() {
+    let test = "mysql_partition_answers_sends_within_the_store_timeout";
+    if !services_ready(test, false) {
+        return;
+    }
+    let proxy = StoreProxy::start();
+    let redis = format!("redis://{REDIS_ADDR}");
+    let opts = NodeOpts {
+        mysql_url: Some(proxy.url()),
+        extra: vec!["--store-timeout-secs".into(), "3".into()],
+        ..NodeOpts::default()
+    };
+    let Some(c) = Cluster::start_with(test, 1, 1, false, redis, opts) else {
+        return;
+    };
+    let a = {
+        let name = uname("pa");
+        let cl = c.client_with(c.addr(0), |o| o.timeout = Duration::from_secs(60));
+        let id = cl.register(&name, PASSWORD).unwrap();
+        let session = login_synced(&cl, &name);
+        User {
+            id,
+            name,
+            session,
+            c: cl,
+        }
+    };
+    let b = c.user(c.addr(0), "pb");
+    befriend(&a, &b);
+    let s = a.send_direct(b.id, "before").unwrap();
+    assert_eq!(wait_msg(&b.c, "message before the partition").seq, s.seq);
+
+    proxy.partition();
+    let mid = 9_000_002;
+    let r = a.c.send_raw(b.id, 0, mid, "during");
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.code()),
+        Some(ringchat::wire::fb::ErrorCode::Internal),
+        "a send during the partition must be answered retryably: {r:?}; logs:\n{}",
+        c.logs()
+    );
+    a.c.ping().expect("a's connection survives the partition");
+    b.c.ping().expect("b's connection survives the partition");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sent = loop {
+        match a.c.send_raw(b.id, 0, mid, "during") {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "sends still fail 60 s after the partition healed: {e}; logs:\n{}",
+                    c.logs()
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    };
+    assert_eq!(sent.seq, s.seq + 1, "a seq was skipped or reused");
+    // b sees it exactly once (live, or through the gap fill of the next).
+    let s3 = a.send_direct(b.id, "after").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = wait_msg(&b.c, "messages after the partition");
+        got.push((m.seq, m.body));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (sent.seq, "during".to_string()),
+            (s3.seq, "after".to_string())
+        ]
+    );
+    common::assert_quiet(&b.c, "a second copy", |e| matches!(e, Event::Message(_)));
 }

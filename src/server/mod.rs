@@ -73,6 +73,8 @@ pub struct Config {
     pub admin_token: Option<admin::AdminToken>,
     /// A resume token unused this long expires (`Duration::ZERO`: never).
     pub session_ttl: Duration,
+    /// A store call unanswered this long is failed (`Internal`, retryable).
+    pub store_timeout: Duration,
     /// Upgrade a password hash whose parameters differ from the server's
     /// at a successful login (off only for benchmarks of fast hashes).
     pub rehash: bool,
@@ -103,6 +105,7 @@ impl Default for Config {
             min_password: crate::core::validate::MIN_PASSWORD,
             admin_token: None,
             session_ttl: Duration::from_secs(30 * 24 * 3600),
+            store_timeout: Duration::from_secs(15),
             rehash: true,
         }
     }

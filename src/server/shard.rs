@@ -835,7 +835,29 @@ impl Shard {
                 },
             )
         });
-        job.await
+        self.bounded(job).await
+    }
+
+    /// Fails a store call still unanswered after `cfg.store_timeout`: the
+    /// mysql driver bounds each socket operation, but a partitioned store
+    /// (packets vanish) makes a call wait again on every reconnect and
+    /// rollback, for minutes. The blocking thread keeps the call and it
+    /// finishes or fails on its own; its caller has been answered
+    /// `Internal` (retryable) by then, which is safe: a resent message is
+    /// deduped by its `client_msg_id` against whatever did get stored, and a
+    /// failed batch reloads its conversations from the store.
+    pub async fn bounded<R>(
+        &self,
+        call: impl std::future::Future<Output = crate::store::Result<R>>,
+    ) -> crate::store::Result<R> {
+        let limit = self.cfg.store_timeout;
+        futures_lite::future::or(call, async move {
+            glommio::timer::sleep(limit).await;
+            Err(crate::store::StoreError::Backend(format!(
+                "store call unanswered after {limit:?}"
+            )))
+        })
+        .await
     }
 
     /// Queues a hot-path write for the next group commit.
@@ -864,7 +886,7 @@ impl Shard {
             let started = std::time::Instant::now();
             let committer = self.committer.clone();
             let job = glommio::executor().spawn_blocking(move || committer.write(ops));
-            let res = job.await;
+            let res = self.bounded(job).await;
             self.metrics.record_batch(n, started.elapsed());
             match res {
                 Ok(()) => {
