@@ -12,6 +12,7 @@ pub mod group;
 pub mod limits;
 pub mod owner;
 pub mod pair;
+pub mod receipts;
 pub mod request;
 pub mod session;
 pub mod sync;
