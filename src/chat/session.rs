@@ -960,7 +960,9 @@ impl<O: Out> Engine<O> {
                         };
                         format!("{name}: {} unread  {last}", c.unread)
                     } else {
-                        format!("unread {label} {} {last}", c.unread).trim_end().to_string()
+                        format!("unread {label} {} {last}", c.unread)
+                            .trim_end()
+                            .to_string()
                     };
                     self.print(&s);
                 }

@@ -77,7 +77,10 @@ pub enum OwnerOp {
         body: String,
     },
     /// The origin's user is typing in `conv` (relayed, never stored).
-    Typing { conv: ConvId, stopped: bool },
+    Typing {
+        conv: ConvId,
+        stopped: bool,
+    },
 }
 
 /// A connection moving to its user's home shard after authentication.

@@ -951,7 +951,11 @@ pub fn check_conversation_list(s: &dyn Store) {
     let theirs = s.conversation_list(peer).unwrap();
     let dp = theirs.iter().find(|c| c.cursor.conv == d).unwrap();
     assert_eq!((dp.name.as_str(), dp.peer_delivered), ("cl_me", 2));
-    assert!(s.conversation_list(user(s, "cl_nobody")).unwrap().is_empty());
+    assert!(
+        s.conversation_list(user(s, "cl_nobody"))
+            .unwrap()
+            .is_empty()
+    );
 
     // Read cursors: every member's, by user id.
     let mut want = vec![(me, 1), (peer, 0), (other, 0)];

@@ -30,8 +30,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 // The domain types live in `model` (the core owns the domain; the store
 // only persists it). Re-exported here for the store's callers.
 pub use crate::model::{
-    ConvCursor, ConvSummary, ConvTail, FriendKind, FriendRow, GroupRecord, MemberRow, PairRecord, PairState,
-    PendingRow, Role, StoredMessage, UserRecord,
+    ConvCursor, ConvSummary, ConvTail, FriendKind, FriendRow, GroupRecord, MemberRow, PairRecord,
+    PairState, PendingRow, Role, StoredMessage, UserRecord,
 };
 
 /// A hot-path write, applied with others in one transaction.
