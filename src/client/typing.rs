@@ -33,11 +33,8 @@ impl TypingOut {
     pub fn keystroke(&mut self, conv: ConvId, now: u64) -> Vec<Notify> {
         let mut out = Vec::new();
         match self.active {
-            Some((c, at)) if c == conv => {
-                if now.saturating_sub(at) < RENEW_MS {
-                    return out;
-                }
-            }
+            Some((c, at)) if c == conv && now.saturating_sub(at) < RENEW_MS => return out,
+            Some((c, _)) if c == conv => {}
             Some((c, _)) => out.push(Notify::Stopped(c)),
             None => {}
         }
