@@ -39,13 +39,6 @@ impl ReadMarks {
         out
     }
 
-    /// The user's own message at `seq` counts as read by them: a later ack
-    /// up to it announces nothing new.
-    pub fn sent(&mut self, conv: ConvId, seq: Seq) {
-        let m = self.marks.entry(conv).or_insert(0);
-        *m = (*m).max(seq);
-    }
-
     pub fn get(&self, conv: ConvId) -> Seq {
         self.marks.get(&conv).copied().unwrap_or(0)
     }
@@ -70,15 +63,5 @@ mod tests {
         assert!(m.batch([(7, 5), (7, 4), (7, 0)]).is_empty());
         assert!(m.batch([(8, 0)]).is_empty(), "an ack of 0 reads nothing");
         assert_eq!(m.batch([(7, 6)]), vec![(7, 6)]);
-    }
-
-    #[test]
-    fn own_messages_are_read_already() {
-        let mut m = ReadMarks::default();
-        m.sent(7, 10);
-        assert!(m.batch([(7, 9), (7, 10)]).is_empty());
-        assert_eq!(m.batch([(7, 11)]), vec![(7, 11)]);
-        m.sent(7, 3);
-        assert_eq!(m.get(7), 11, "never backwards");
     }
 }
