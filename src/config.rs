@@ -347,6 +347,7 @@ impl Effective {
                 members_per_group: a.max_members_per_group,
                 conns_per_addr: a.max_conns_per_addr,
                 conns_total: a.max_conns,
+                ..crate::core::limits::Limits::default()
             },
             min_password: a.min_password_len,
             session_ttl: Duration::from_secs(a.session_ttl_secs),

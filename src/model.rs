@@ -286,3 +286,23 @@ pub struct ConvCursor {
     /// group without full history (0: everything).
     pub floor: Seq,
 }
+
+/// Characters of a message body a conversation list shows
+/// ([`ConvSummary::last`]); the store cuts longer bodies.
+pub const PREVIEW_CHARS: usize = 200;
+
+/// One conversation of a user as a conversation list shows it: their
+/// cursor row, the other side's cursor (direct), a name, the newest message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvSummary {
+    pub cursor: ConvCursor,
+    /// Direct: the peer's delivered (read) cursor; 0 for groups.
+    pub peer_delivered: Seq,
+    /// Direct: the peer's username; group: the group's name.
+    pub name: String,
+    /// The newest message (any sender), its body cut to [`PREVIEW_CHARS`]
+    /// characters; `None` for an empty conversation.
+    pub last: Option<StoredMessage>,
+    /// `last`'s body was cut.
+    pub truncated: bool,
+}

@@ -585,3 +585,49 @@ fn private_group_invitations_and_requests() {
         assert!(!st.success(), "the join that asked fails the run");
     }
 }
+
+#[test]
+fn unread_typing_and_read_receipts_in_the_chat() {
+    let s = TestServer::start();
+    let a = s.user(&uname("cua"));
+    let b = s.user(&uname("cub"));
+    befriend(&a, &b);
+    a.c.close();
+    b.send_direct(a.id, "first").unwrap();
+    b.send_direct(a.id, "second").unwrap();
+
+    let mut ca = login_chat(s.addr, &a.name);
+    let replayed = format!("msg @{} 2 {} second", b.name, b.name);
+    assert!(
+        ca.seen.contains(&replayed),
+        "catch-up at login: {:?}",
+        ca.seen
+    );
+    // Shown, so read: the list says so, with the last message.
+    ca.send("/unread");
+    ca.expect(&format!("unread @{} 0 {}: second", b.name, b.name));
+    ca.expect("ok unread 0");
+
+    ca.send(&format!("/open {}", b.name));
+    ca.expect(&format!("ok open @{}", b.name));
+    ca.send("/typing");
+    ca.expect("ok typing");
+    wait(
+        &b.c,
+        "the chat's typing notification",
+        |e| matches!(e, Event::Typing { user_id, .. } if *user_id == a.id),
+    );
+    b.typing(ringchat::model::direct_conv(a.id, b.id), false)
+        .unwrap();
+    ca.expect(&format!("typing @{}", b.name));
+
+    // Sent (ok msg), then read by bob's client (it acknowledges what it gets).
+    ca.send("hello bob");
+    ca.expect(&format!("ok msg @{} 3", b.name));
+    wait_msg(&b.c, "the chat's message");
+    ca.expect(&format!("read @{} 3", b.name));
+
+    ca.send("/quit");
+    let (st, lines) = ca.finish();
+    assert!(st.success(), "{st}: {lines:?}");
+}

@@ -1219,6 +1219,36 @@ fn sessions_end_on_every_node() {
     assert_eq!(m.seq, s.seq);
 }
 
+/// Conversation state across nodes: a typing notification and a read
+/// receipt reach a user on the other node (owner ops and pushes over the
+/// bus), and the conversation list there counts what was read.
+#[test]
+fn read_receipts_and_typing_cross_nodes() {
+    let Some(c) = Cluster::start("read_receipts_and_typing_cross_nodes", 2, 1, false) else {
+        return;
+    };
+    let a = c.user(c.addr(0), "rta");
+    let b = c.user(c.addr(1), "rtb");
+    befriend(&a, &b);
+    let conv = ringchat::model::direct_conv(a.id, b.id);
+    b.set_auto_ack(false);
+    let (sent, _) = send_retrying(&a.c, b.id, "read me", Instant::now() + T);
+    wait_msg(&b.c, "the message on n2");
+    b.ack(&[(conv, sent.seq)]).unwrap();
+    wait(&a.c, "ReadUpTo from n2", |e| {
+        matches!(e, Event::ReadUpTo { conversation, reader, seq }
+            if *conversation == conv && *reader == b.id && *seq == sent.seq)
+    });
+    b.typing(conv, false).unwrap();
+    wait(&a.c, "typing from n2", |e| {
+        matches!(e, Event::Typing { conversation, user_id, stopped: false, .. }
+            if *conversation == conv && *user_id == b.id)
+    });
+    let list = b.list_conversations().unwrap();
+    let i = list.iter().find(|i| i.conversation == conv).unwrap();
+    assert_eq!((i.read_seq, i.unread, i.peer), (sent.seq, 0, a.id));
+}
+
 /// A node that crashes and is restarted under the same name before its
 /// liveness key expires (a supervisor restarting it at once): the users it
 /// held are gone, so their friends must see them offline — not online

@@ -55,7 +55,7 @@ fn code<T: std::fmt::Debug>(d: &Result<T, Reject>) -> Option<ErrorCode> {
 // ------------------------------------------------------------------ session gate
 
 /// The client requests of the schema's `Body` union (docs/PROTOCOL.md).
-const REQUESTS: [Body; 27] = [
+const REQUESTS: [Body; 30] = [
     Body::Hello,
     Body::Register,
     Body::Login,
@@ -83,6 +83,9 @@ const REQUESTS: [Body; 27] = [
     Body::LogoutAll,
     Body::InviteToGroup,
     Body::RespondJoinRequest,
+    Body::ListConversations,
+    Body::ReadCursors,
+    Body::Typing,
 ];
 
 /// The native gate: the codec's request kind, then the protocol-neutral rules.

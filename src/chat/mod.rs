@@ -65,6 +65,11 @@ pub enum Command {
         user: String,
     },
     Friends,
+    /// `/unread`: the conversations with their unread counts.
+    Unread,
+    /// `/typing`: tell the open conversation you are typing (a terminal
+    /// does this as you type).
+    Typing,
     Groups,
     Create {
         name: String,
@@ -157,6 +162,14 @@ pub const HELP: &[(&str, &str)] = &[
         "friends, requests and blocks, with online state",
     ),
     ("/groups", "your groups"),
+    (
+        "/unread",
+        "your conversations with unread counts and the last message",
+    ),
+    (
+        "/typing",
+        "tell the open conversation you are typing (automatic on a terminal)",
+    ),
     (
         "/create [--private] [--full-history] <name>",
         "create a group (private: join by invitation or approval)",
@@ -328,6 +341,8 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "block" => one(|user| Command::Block { user }),
         "unblock" => one(|user| Command::Unblock { user }),
         "friends" => none(Command::Friends),
+        "unread" => none(Command::Unread),
+        "typing" => none(Command::Typing),
         "groups" => none(Command::Groups),
         "create" => {
             let (mut private, mut full_history) = (false, false);
@@ -426,9 +441,31 @@ pub fn run(opts: ChatOptions) -> i32 {
     }
 }
 
+/// Reports every edit of the input line to the engine (rustyline asks the
+/// hinter on each keystroke), which turns them into typing notifications.
+/// Never blocks the editor: a keystroke the busy engine cannot take now is
+/// dropped (the next one will do).
+struct Keys(crossbeam_channel::Sender<session::Input>);
+
+impl rustyline::completion::Completer for Keys {
+    type Candidate = String;
+}
+impl rustyline::hint::Hinter for Keys {
+    type Hint = String;
+    fn hint(&self, line: &str, _pos: usize, _ctx: &rustyline::Context<'_>) -> Option<String> {
+        if !line.is_empty() && !line.starts_with('/') {
+            let _ = self.0.try_send(session::Input::Keystroke);
+        }
+        None
+    }
+}
+impl rustyline::highlight::Highlighter for Keys {}
+impl rustyline::validate::Validator for Keys {}
+impl rustyline::Helper for Keys {}
+
 fn run_interactive(opts: ChatOptions) -> i32 {
     use rustyline::error::ReadlineError;
-    let mut rl = match rustyline::DefaultEditor::new() {
+    let mut rl = match rustyline::Editor::<Keys, rustyline::history::DefaultHistory>::new() {
         Ok(rl) => rl,
         Err(e) => {
             eprintln!("ringchat: cannot set up the terminal: {e}");
@@ -444,6 +481,7 @@ fn run_interactive(opts: ChatOptions) -> i32 {
     };
     let out = ui::Printer(printer);
     let (tx, rx) = crossbeam_channel::bounded::<session::Input>(0);
+    rl.set_helper(Some(Keys(tx.clone())));
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let engine = std::thread::spawn(move || {
         session::Engine::start_notify(opts, out, true, rx, Some(ready_tx))

@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 /// `None` when it is done (after `/quit`). A closed channel is end of input.
 pub enum Input {
     Line(String, Sender<Option<String>>),
+    /// The user edited the line being typed (no answer).
+    Keystroke,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -113,6 +115,15 @@ pub struct Engine<O: Out> {
     quit: bool,
     mid_base: u64,
     mid_next: u64,
+    /// When to tell the server this user is typing.
+    typing_out: client::typing::TypingOut,
+    /// Who is typing, as shown.
+    typing_in: client::typing::TypingIn,
+    /// Seqs this device sent per direct conversation that the peer has not
+    /// read yet (✓ printed, ✓✓ pending).
+    unread_by_peer: HashMap<ConvId, std::collections::BTreeSet<Seq>>,
+    /// When the engine started: the clock of the typing state.
+    epoch: Instant,
 }
 
 impl<O: Out> Engine<O> {
@@ -142,6 +153,10 @@ impl<O: Out> Engine<O> {
             quit: false,
             mid_base: rand::random::<u64>(),
             mid_next: 0,
+            typing_out: Default::default(),
+            typing_in: Default::default(),
+            unread_by_peer: HashMap::new(),
+            epoch: Instant::now(),
         }
     }
 
@@ -204,6 +219,7 @@ impl<O: Out> Engine<O> {
                         self.line(&line);
                         let _ = ack.send((!self.quit).then(|| self.prompt()));
                     }
+                    Ok(Input::Keystroke) => self.keystroke(),
                     Err(_) => {
                         self.drain();
                         break;
@@ -599,7 +615,58 @@ impl<O: Out> Engine<O> {
                 {
                     return;
                 }
+                self.typing_in.message(m.conversation, m.sender);
                 self.print_msg("msg", &m);
+            }
+            Event::ReadUpTo {
+                conversation,
+                reader,
+                seq,
+            } => {
+                if reader == self.my_id() {
+                    return; // another device of ours
+                }
+                let Some(set) = self.unread_by_peer.get_mut(&conversation) else {
+                    return;
+                };
+                let read: Vec<Seq> = set.range(..=seq).copied().collect();
+                if read.is_empty() {
+                    return;
+                }
+                for s in &read {
+                    set.remove(s);
+                }
+                let who = self.name_of(reader);
+                let s = if self.style.pretty {
+                    format!("✓✓ {who} read your messages (up to {seq})")
+                } else {
+                    format!("read @{who} {seq}")
+                };
+                self.print(&s);
+            }
+            Event::Typing {
+                conversation,
+                group_id,
+                user_id,
+                username,
+                stopped,
+            } => {
+                let now = self.now_ms();
+                let before = self.typing_in.status(conversation, now);
+                self.typing_in
+                    .event(conversation, user_id, &username, stopped, now);
+                let after = self.typing_in.status(conversation, now);
+                if stopped || before == after {
+                    return;
+                }
+                let s = if self.style.pretty {
+                    format!("-- {after}")
+                } else if group_id != 0 {
+                    format!("typing #{group_id} {username}")
+                } else {
+                    format!("typing @{username}")
+                };
+                self.print(&s);
             }
             Event::Presence { user_id, online } => {
                 if !self.names.contains_key(&user_id) {
@@ -873,6 +940,49 @@ impl<O: Out> Engine<O> {
                 }
                 self.ok(&format!("friends {}", fs.len()));
             }
+            Command::Unread => {
+                let convs = self.client()?.list_conversations()?;
+                let mut total = 0;
+                for c in &convs {
+                    total += c.unread;
+                    let label = if c.group_id != 0 {
+                        self.groups.insert(c.group_id, c.name.clone());
+                        format!("#{}", c.group_id)
+                    } else {
+                        self.learn(c.peer, &c.name);
+                        format!("@{}", c.name)
+                    };
+                    let last = c.last_message.as_ref().map_or(String::new(), |m| {
+                        let more = if c.preview_truncated { "…" } else { "" };
+                        format!("{}: {}{more}", m.sender_name, super::ui::one_line(&m.body))
+                    });
+                    let s = if self.style.pretty {
+                        let name = if c.group_id != 0 {
+                            format!("#{}", c.name)
+                        } else {
+                            label.clone()
+                        };
+                        format!("{name}: {} unread  {last}", c.unread)
+                    } else {
+                        format!("unread {label} {} {last}", c.unread)
+                            .trim_end()
+                            .to_string()
+                    };
+                    self.print(&s);
+                }
+                self.ok(&format!("unread {total}"));
+            }
+            Command::Typing => {
+                let conv = self.current.clone().ok_or_else(|| {
+                    local(
+                        "NoConversation",
+                        "no conversation is open: use /open <user> or /open #<group>",
+                    )
+                })?;
+                let id = self.conv_id(&conv);
+                self.client()?.typing(id, false)?;
+                self.ok("typing");
+            }
             Command::Groups => {
                 let gs = self.refresh_groups()?;
                 for g in &gs {
@@ -1050,6 +1160,9 @@ impl<O: Out> Engine<O> {
     // ------------------------------------------------------------ sending
 
     fn send(&mut self, to_user: UserId, group: GroupId, body: String) {
+        if let Some(client::typing::Notify::Stopped(conv)) = self.typing_out.done() {
+            self.notify_typing(conv, true);
+        }
         let client_msg_id = self.next_msg_id();
         self.unacked.push_back(Outgoing {
             to_user,
@@ -1073,9 +1186,17 @@ impl<O: Out> Engine<O> {
                     let label = if group != 0 {
                         format!("#{group}")
                     } else {
+                        self.unread_by_peer
+                            .entry(sent.conversation)
+                            .or_default()
+                            .insert(sent.seq);
                         format!("@{}", self.name_of(to))
                     };
-                    self.ok(&format!("msg {label} {}", sent.seq));
+                    if self.style.pretty {
+                        self.print(&format!("✓ sent to {label} ({})", sent.seq));
+                    } else {
+                        self.ok(&format!("msg {label} {}", sent.seq));
+                    }
                 }
                 Err(e @ ClientError::Server { .. }) => {
                     self.unacked.pop_front();
@@ -1088,6 +1209,36 @@ impl<O: Out> Engine<O> {
                     return;
                 }
             }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The user typed in the open conversation: maybe tell it.
+    fn keystroke(&mut self) {
+        let Some(conv) = self.current.clone() else {
+            return;
+        };
+        if self.me.is_none() {
+            return;
+        }
+        let id = self.conv_id(&conv);
+        let now = self.now_ms();
+        for n in self.typing_out.keystroke(id, now) {
+            match n {
+                client::typing::Notify::Typing(c) => self.notify_typing(c, false),
+                client::typing::Notify::Stopped(c) => self.notify_typing(c, true),
+            }
+        }
+    }
+
+    /// Best effort: a typing notification that fails (rate-limited, the
+    /// connection down) is not worth an error line.
+    fn notify_typing(&mut self, conv: ConvId, stopped: bool) {
+        if let Some(c) = self.conn.clone() {
+            let _ = c.typing(conv, stopped);
         }
     }
 

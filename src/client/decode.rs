@@ -20,22 +20,22 @@ fn s(v: Option<&str>) -> String {
     v.unwrap_or_default().to_owned()
 }
 
+fn chat_msg(c: fb::ChatMessage<'_>) -> ChatMsg {
+    ChatMsg {
+        conversation: c.conversation(),
+        seq: c.seq(),
+        sender: c.sender(),
+        group_id: c.group_id(),
+        timestamp_ms: c.timestamp_ms(),
+        client_msg_id: c.client_msg_id(),
+        body: s(c.body()),
+        sender_name: s(c.sender_name()),
+    }
+}
+
 fn chat_msgs(m: fb::Messages<'_>) -> Vec<ChatMsg> {
     m.messages()
-        .map(|v| {
-            v.iter()
-                .map(|c| ChatMsg {
-                    conversation: c.conversation(),
-                    seq: c.seq(),
-                    sender: c.sender(),
-                    group_id: c.group_id(),
-                    timestamp_ms: c.timestamp_ms(),
-                    client_msg_id: c.client_msg_id(),
-                    body: s(c.body()),
-                    sender_name: s(c.sender_name()),
-                })
-                .collect()
-        })
+        .map(|v| v.iter().map(chat_msg).collect())
         .unwrap_or_default()
 }
 
@@ -207,6 +207,64 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Incoming> {
                 return Ok(Incoming::Messages(msgs));
             }
             Reply::Messages(msgs)
+        }
+        fb::Body::ConversationList => {
+            let l = env
+                .body_as_conversation_list()
+                .ok_or_else(|| ClientError::Protocol(missing("ConversationList")))?;
+            let convs = l
+                .conversations()
+                .map(|v| {
+                    v.iter()
+                        .map(|c| ConversationInfo {
+                            conversation: c.conversation(),
+                            group_id: c.group_id(),
+                            peer: c.peer(),
+                            name: s(c.name()),
+                            last_seq: c.last_seq(),
+                            read_seq: c.read_seq(),
+                            unread: c.unread(),
+                            peer_read_seq: c.peer_read_seq(),
+                            last_message: c.last_message().map(chat_msg),
+                            preview_truncated: c.preview_truncated(),
+                            online: c.online(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Reply::ConversationList(convs, l.next_after())
+        }
+        fb::Body::ReadCursorList => {
+            let l = env
+                .body_as_read_cursor_list()
+                .ok_or_else(|| ClientError::Protocol(missing("ReadCursorList")))?;
+            let cursors = l
+                .cursors()
+                .map(|v| v.iter().map(|c| (c.user_id(), c.seq())).collect())
+                .unwrap_or_default();
+            Reply::ReadCursorList(cursors, l.next_after_id())
+        }
+        fb::Body::ReadUpTo => {
+            let r = env
+                .body_as_read_up_to()
+                .ok_or_else(|| ClientError::Protocol(missing("ReadUpTo")))?;
+            return Ok(Incoming::Event(Event::ReadUpTo {
+                conversation: r.conversation(),
+                reader: r.reader(),
+                seq: r.seq(),
+            }));
+        }
+        fb::Body::TypingEvent => {
+            let t = env
+                .body_as_typing_event()
+                .ok_or_else(|| ClientError::Protocol(missing("TypingEvent")))?;
+            return Ok(Incoming::Event(Event::Typing {
+                conversation: t.conversation(),
+                group_id: t.group_id(),
+                user_id: t.user_id(),
+                username: s(t.username()),
+                stopped: t.stopped(),
+            }));
         }
         fb::Body::SyncDone => {
             let d = env

@@ -25,6 +25,7 @@
 
 mod decode;
 mod types;
+pub mod typing;
 
 pub use types::*;
 
@@ -669,6 +670,62 @@ impl Client {
             |e, id| e.history(id, conversation, before_seq, limit),
             |r| match r {
                 Reply::Messages(m) => Ok(m),
+                r => Err(r),
+            },
+        )
+    }
+
+    // ------------------------------------------------------------ conversation state
+
+    /// Every conversation of the user (direct and group) with its read
+    /// state and newest message, page after page.
+    pub fn list_conversations(&self) -> Result<Vec<ConversationInfo>> {
+        all_pages(|after| self.list_conversations_page(after, 0))
+    }
+
+    /// One page of conversations by conversation id (`after` 0: the first);
+    /// the second value is the cursor of the next page (0: none).
+    pub fn list_conversations_page(
+        &self,
+        after: ConvId,
+        limit: u32,
+    ) -> Result<(Vec<ConversationInfo>, ConvId)> {
+        self.request(
+            |e, id| e.list_conversations(id, after, limit),
+            |r| match r {
+                Reply::ConversationList(c, next) => Ok((c, next)),
+                r => Err(r),
+            },
+        )
+    }
+
+    /// Every participant's read cursor in `conversation`, by user id.
+    pub fn read_cursors(&self, conversation: ConvId) -> Result<Vec<(UserId, Seq)>> {
+        all_pages(|after| self.read_cursors_page(conversation, after, 0))
+    }
+
+    pub fn read_cursors_page(
+        &self,
+        conversation: ConvId,
+        after_id: UserId,
+        limit: u32,
+    ) -> Result<(Vec<(UserId, Seq)>, UserId)> {
+        self.request(
+            |e, id| e.read_cursors(id, conversation, after_id, limit),
+            |r| match r {
+                Reply::ReadCursorList(c, next) => Ok((c, next)),
+                r => Err(r),
+            },
+        )
+    }
+
+    /// Tells the conversation's online participants the user is typing
+    /// (`stopped`: no longer). The server rate-limits these per user.
+    pub fn typing(&self, conversation: ConvId, stopped: bool) -> Result<()> {
+        self.request(
+            |e, id| e.typing(id, conversation, stopped),
+            |r| match r {
+                Reply::Ok => Ok(()),
                 r => Err(r),
             },
         )

@@ -170,6 +170,30 @@ pub struct ChatMsg {
     pub sender_name: String,
 }
 
+/// One conversation of the user, as a conversation list shows it
+/// (`ListConversations`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInfo {
+    pub conversation: ConvId,
+    /// 0 for direct conversations.
+    pub group_id: GroupId,
+    /// Direct: the other participant; 0 for groups.
+    pub peer: UserId,
+    /// Direct: the peer's username; group: the group's name.
+    pub name: String,
+    pub last_seq: Seq,
+    /// The user's read cursor (acknowledged or sent).
+    pub read_seq: Seq,
+    pub unread: u64,
+    /// Direct: the peer's read cursor; 0 for groups.
+    pub peer_read_seq: Seq,
+    /// The newest visible message, its body cut to a preview.
+    pub last_message: Option<ChatMsg>,
+    pub preview_truncated: bool,
+    /// Direct: whether the peer (a friend) is online.
+    pub online: bool,
+}
+
 /// Something the server pushed (req_id 0), or the end of the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -208,6 +232,22 @@ pub enum Event {
         code: fb::ErrorCode,
         message: String,
     },
+    /// `reader` has read `conversation` up to `seq` (the peer of a direct
+    /// conversation, or this user on another device).
+    ReadUpTo {
+        conversation: ConvId,
+        reader: UserId,
+        seq: Seq,
+    },
+    /// `user_id` is typing in `conversation` (or `stopped`). Show it for a
+    /// few seconds unless renewed.
+    Typing {
+        conversation: ConvId,
+        group_id: GroupId,
+        user_id: UserId,
+        username: String,
+        stopped: bool,
+    },
     /// The connection ended. Emitted once, last.
     Closed,
 }
@@ -228,6 +268,8 @@ pub(crate) enum Reply {
     GroupList(Vec<GroupInfo>, GroupId),
     SendOk(Sent),
     Messages(Vec<ChatMsg>),
+    ConversationList(Vec<ConversationInfo>, ConvId),
+    ReadCursorList(Vec<(UserId, Seq)>, UserId),
 }
 
 impl Reply {
@@ -246,6 +288,8 @@ impl Reply {
             Reply::GroupList(..) => "GroupList",
             Reply::SendOk(_) => "SendOk",
             Reply::Messages(_) => "Messages",
+            Reply::ConversationList(..) => "ConversationList",
+            Reply::ReadCursorList(..) => "ReadCursorList",
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct Limits {
     /// Connections in total, node-wide (`0`: the open-file limit less a
     /// reserve, see `server::limits`).
     pub conns_total: usize,
+    /// Typing notifications per second per user (sustained), and the burst
+    /// above it. Never stored, but each one fans out to a conversation.
+    pub typing_per_s: f64,
+    pub typing_burst: u32,
 }
 
 impl Default for Limits {
@@ -44,6 +48,8 @@ impl Default for Limits {
             members_per_group: 5000,
             conns_per_addr: 0,
             conns_total: 0,
+            typing_per_s: 1.0,
+            typing_burst: 5,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod limits;
 pub mod owner;
 pub mod pair;
+pub mod receipts;
 pub mod request;
 pub mod session;
 pub mod sync;

@@ -186,6 +186,25 @@ pub enum Request<'a> {
         before_seq: Seq,
         limit: u32,
     },
+    /// A page of the user's conversations (direct and group) with their
+    /// last message and read state, by conversation id like `ListFriends`.
+    ListConversations {
+        after: ConvId,
+        limit: u32,
+    },
+    /// A page of the participants' read cursors in a conversation the user
+    /// belongs to, by user id.
+    ReadCursors {
+        conversation: ConvId,
+        after: UserId,
+        limit: u32,
+    },
+    /// The user is typing (or stopped) in a conversation: relayed to its
+    /// online participants, never stored.
+    Typing {
+        conversation: ConvId,
+        stopped: bool,
+    },
 }
 
 /// The kind of a request, for the phase gate and for metrics.

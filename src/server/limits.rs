@@ -25,9 +25,10 @@ pub enum Kind {
     Members = 4,
     ConnsPerAddr = 5,
     ConnsTotal = 6,
+    Typing = 7,
 }
 
-const KINDS: [(&str, Kind); 7] = [
+const KINDS: [(&str, Kind); 8] = [
     ("send", Kind::Send),
     ("friend_request", Kind::FriendRequest),
     ("sessions", Kind::Sessions),
@@ -35,6 +36,7 @@ const KINDS: [(&str, Kind); 7] = [
     ("members", Kind::Members),
     ("conns_per_addr", Kind::ConnsPerAddr),
     ("conns_total", Kind::ConnsTotal),
+    ("typing", Kind::Typing),
 ];
 
 /// Descriptors kept free for the store, the data dir, the metrics and
@@ -47,7 +49,7 @@ pub struct NodeLimits {
     pub cfg: Limits,
     /// The total connection cap in force (`cfg.conns_total`, or derived).
     pub conns_total: usize,
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; 8],
     conns: Mutex<Conns>,
 }
 
@@ -181,6 +183,7 @@ impl NodeLimits {
 pub struct Rates {
     pub send: RateTable<UserId>,
     pub friend_requests: RateTable<UserId>,
+    pub typing: RateTable<UserId>,
 }
 
 /// Buckets kept per shard at most (each a few dozen bytes).
@@ -195,6 +198,7 @@ impl Rates {
                 l.friend_requests_per_hour,
                 MAX_BUCKETS,
             ),
+            typing: RateTable::new(l.typing_per_s, l.typing_burst, MAX_BUCKETS),
         }
     }
 
@@ -202,6 +206,7 @@ impl Rates {
     pub fn prune(&mut self, now_ms: u64) {
         self.send.prune(now_ms);
         self.friend_requests.prune(now_ms);
+        self.typing.prune(now_ms);
     }
 }
 

@@ -54,7 +54,10 @@ pub fn kind(body: Body) -> Option<Kind> {
         | Body::ChangePassword
         | Body::LogoutAll
         | Body::InviteToGroup
-        | Body::RespondJoinRequest => Kind::Session,
+        | Body::RespondJoinRequest
+        | Body::ListConversations
+        | Body::ReadCursors
+        | Body::Typing => Kind::Session,
         _ => return None,
     })
 }
@@ -265,6 +268,28 @@ pub fn decode<'a>(
                 conversation: h.conversation(),
                 before_seq: h.before_seq(),
                 limit: h.limit(),
+            }
+        }
+        Body::ListConversations => {
+            let r = env.body_as_list_conversations();
+            Request::ListConversations {
+                after: r.map(|x| x.after()).unwrap_or(0),
+                limit: r.map(|x| x.limit()).unwrap_or(0),
+            }
+        }
+        Body::ReadCursors => {
+            let r = env.body_as_read_cursors().ok_or(missing)?;
+            Request::ReadCursors {
+                conversation: r.conversation(),
+                after: r.after_id(),
+                limit: r.limit(),
+            }
+        }
+        Body::Typing => {
+            let r = env.body_as_typing().ok_or(missing)?;
+            Request::Typing {
+                conversation: r.conversation(),
+                stopped: r.stopped(),
             }
         }
         _ => {

@@ -29,6 +29,7 @@ fn conv_of(origin: &Origin, op: &OwnerOp) -> ConvId {
         | OwnerOp::Members { group, .. }
         | OwnerOp::History { group, .. }
         | OwnerOp::System { group, .. } => group_conv(*group),
+        OwnerOp::Typing { conv, .. } => *conv,
     }
 }
 
@@ -52,16 +53,19 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
             spawn_load(shard.clone(), conv);
         }
         Some(ConvEntry::Loading(waiting)) => waiting.push((origin, op)),
-        Some(ConvEntry::Ready(st)) if !st.busy && matches!(op, OwnerOp::Send { .. }) => {
+        Some(ConvEntry::Ready(st))
+            if !st.busy && matches!(op, OwnerOp::Send { .. } | OwnerOp::Typing { .. }) =>
+        {
             // The hot path: nothing queued ahead, decide inline (no task spawn).
             drop(convs);
-            if let OwnerOp::Send {
-                conv,
-                client_msg_id,
-                body,
-            } = op
-            {
-                send(shard, &origin, conv, client_msg_id, body);
+            match op {
+                OwnerOp::Send {
+                    conv,
+                    client_msg_id,
+                    body,
+                } => send(shard, &origin, conv, client_msg_id, body),
+                OwnerOp::Typing { conv, stopped } => typing(shard, &origin, conv, stopped),
+                _ => {}
             }
         }
         Some(ConvEntry::Ready(st)) => {
@@ -217,6 +221,7 @@ async fn process(shard: Rc<Shard>, conv: ConvId) {
                 body,
                 ..
             } => system(&shard, &origin, conv, client_msg_id, body),
+            OwnerOp::Typing { conv, stopped } => typing(&shard, &origin, conv, stopped),
         }
         // Long queues must not monopolise the executor.
         glommio::yield_if_needed().await;
@@ -236,6 +241,33 @@ fn send(shard: &Shard, origin: &Origin, conv: ConvId, client_msg_id: u64, body: 
             .send(origin.user, client_msg_id, now_ms(), || origin.clone())
     });
     sequenced(shard, origin, conv, client_msg_id, body, decided);
+}
+
+/// Relays a typing notification to the conversation's participants online
+/// now, the typist excepted, if the typist may write there (friends in a
+/// direct conversation, a member of a group). Nothing is stored.
+fn typing(shard: &Shard, origin: &Origin, conv: ConvId, stopped: bool) {
+    match with_conv(shard, conv, |st| st.conv.recipients(origin.user)) {
+        None => shard.reply_error(
+            origin,
+            fb::ErrorCode::Internal,
+            "conversation unavailable, retry",
+        ),
+        Some(Err(Reject(code, text))) => shard.reply_error(origin, code, text),
+        Some(Ok(mut users)) => {
+            users.retain(|&u| u != origin.user && shard.is_online(u));
+            let ok = shard.enc.borrow_mut().ok(origin.req_id).to_vec();
+            shard.reply(origin, &ok);
+            if !users.is_empty() {
+                let f: Arc<[u8]> = shard
+                    .enc
+                    .borrow_mut()
+                    .typing_event(conv, origin.user, &origin.name, stopped)
+                    .into();
+                shard.push_users(&users, f, 0, None);
+            }
+        }
+    }
 }
 
 /// An operator's system message (`server::admin`): the same path as a
@@ -289,6 +321,7 @@ fn sequenced(
             };
             let frame = super::shard::message_frame(&mut shard.enc.borrow_mut(), &msg);
             shard.metrics.msgs_in.set(shard.metrics.msgs_in.get() + 1);
+            let sender = msg.sender;
             shard.write(
                 WriteOp::Message(msg),
                 Some(Completion::Sent {
@@ -302,6 +335,19 @@ fn sequenced(
                     sequenced: std::time::Instant::now(),
                 }),
             );
+            // The sender has read their own message: their read cursor
+            // moves with it, in the same group commit (a system message's
+            // sender has no cursor row; the store ignores it).
+            if sender != crate::model::SYSTEM_USER {
+                shard.write(
+                    WriteOp::Cursor {
+                        user: sender,
+                        conv,
+                        seq,
+                    },
+                    None,
+                );
+            }
         }
     }
 }

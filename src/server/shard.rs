@@ -76,6 +76,11 @@ pub enum OwnerOp {
         client_msg_id: u64,
         body: String,
     },
+    /// The origin's user is typing in `conv` (relayed, never stored).
+    Typing {
+        conv: ConvId,
+        stopped: bool,
+    },
 }
 
 impl OwnerOp {
@@ -221,6 +226,8 @@ pub struct UserState {
     pub friends: Option<AHashSet<UserId>>,
     /// Whether friends were told this user is online.
     pub announced: bool,
+    /// Read receipts announced (`ReadUpTo`), per conversation.
+    pub read: crate::core::receipts::ReadMarks,
 }
 
 /// State of one conversation on its owner shard.
@@ -904,10 +911,23 @@ impl Shard {
                     // from the store so seqs stay dense.
                     let mut failed = done;
                     failed.append(&mut self.writer.done.borrow_mut());
-                    self.writer
-                        .ops
-                        .borrow_mut()
-                        .retain(|op| matches!(op, WriteOp::Cursor { .. }));
+                    // Acked cursors stay; a sender's own cursor goes with
+                    // its message (the seq is handed out again).
+                    let mut ops = self.writer.ops.borrow_mut();
+                    let dropped: AHashSet<(UserId, ConvId, Seq)> = ops
+                        .iter()
+                        .filter_map(|op| match op {
+                            WriteOp::Message(m) => Some((m.sender, m.conv, m.seq)),
+                            WriteOp::Cursor { .. } => None,
+                        })
+                        .collect();
+                    ops.retain(|op| match op {
+                        WriteOp::Cursor { user, conv, seq } => {
+                            !dropped.contains(&(*user, *conv, *seq))
+                        }
+                        WriteOp::Message(_) => false,
+                    });
+                    drop(ops);
                     super::owner::fail(&self, failed);
                 }
             }

@@ -43,6 +43,7 @@ macro_rules! for_each_conformance_check {
             check_session_expiry_and_revocation,
             check_password_changes,
             check_group_privacy,
+            check_conversation_list,
         );
     };
 }
@@ -74,6 +75,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ),
     ("check_password_changes", check_password_changes),
     ("check_group_privacy", check_group_privacy),
+    ("check_conversation_list", check_conversation_list),
 ];
 
 /// Runs every check in [`CHECKS`] against one store. [`check_survives_reopen`]
@@ -874,6 +876,95 @@ pub fn check_conversations_of(s: &dyn Store) {
         vec![cc(c1, 2, 3), cc(c2, 0, 0), cc(d, 0, 2)]
     );
     assert_eq!(s.conversations_of(peer).unwrap(), vec![cc(d, 0, 2)]);
+}
+
+pub fn check_conversation_list(s: &dyn Store) {
+    let me = user(s, "cl_me");
+    let peer = user(s, "cl_peer");
+    let other = user(s, "cl_other");
+    let g1 = s.create_group("cl_g1", me).unwrap();
+    let g2 = s.create_group("cl_g2", other).unwrap();
+    s.add_member(g2, me, Role::Member, 0).unwrap();
+    s.add_member(g2, peer, Role::Member, 0).unwrap();
+    relate(s, me, peer, true, false, false, false, false, "");
+    let (c1, c2, d) = (group_conv(g1), group_conv(g2), direct_conv(me, peer));
+    let long: String = "é".repeat(crate::model::PREVIEW_CHARS + 5);
+    write_msgs(
+        s,
+        &[
+            msg(c2, 1, other, "g2 first"),
+            msg(c2, 2, peer, &long),
+            msg(d, 1, peer, "x"),
+            msg(d, 2, me, "y"),
+            msg(d, 3, peer, "z 😀"),
+        ],
+    );
+    s.write_batch(&[
+        WriteOp::Cursor {
+            user: me,
+            conv: d,
+            seq: 2,
+        },
+        WriteOp::Cursor {
+            user: peer,
+            conv: d,
+            seq: 3,
+        },
+        WriteOp::Cursor {
+            user: me,
+            conv: c2,
+            seq: 1,
+        },
+    ])
+    .unwrap();
+
+    let list = s.conversation_list(me).unwrap();
+    let convs: Vec<ConvId> = list.iter().map(|c| c.cursor.conv).collect();
+    assert_eq!(convs, vec![c1, c2, d], "ordered by conv as u64");
+
+    // An empty group: its name, no message.
+    assert_eq!(list[0].name, "cl_g1");
+    assert_eq!(list[0].cursor.last_seq, 0);
+    assert_eq!(list[0].last, None);
+    assert_eq!(list[0].peer_delivered, 0);
+
+    // A group: the newest message cut to the preview, no peer cursor even
+    // though other members have rows.
+    assert_eq!(list[1].name, "cl_g2");
+    assert_eq!((list[1].cursor.delivered, list[1].cursor.last_seq), (1, 2));
+    assert_eq!(list[1].peer_delivered, 0);
+    let last = list[1].last.as_ref().expect("a last message");
+    assert_eq!((last.seq, last.sender), (2, peer));
+    assert_eq!(last.sender_name, "cl_peer");
+    assert_eq!(last.body, "é".repeat(crate::model::PREVIEW_CHARS));
+    assert!(list[1].truncated);
+
+    // Direct: the peer's name and cursor, the newest message whole.
+    assert_eq!(list[2].name, "cl_peer");
+    assert_eq!((list[2].cursor.delivered, list[2].cursor.last_seq), (2, 3));
+    assert_eq!(list[2].peer_delivered, 3);
+    let last = list[2].last.as_ref().unwrap();
+    assert_eq!((last.seq, last.body.as_str()), (3, "z 😀"));
+    assert!(!list[2].truncated);
+
+    // The same conversation from the peer's side.
+    let theirs = s.conversation_list(peer).unwrap();
+    let dp = theirs.iter().find(|c| c.cursor.conv == d).unwrap();
+    assert_eq!((dp.name.as_str(), dp.peer_delivered), ("cl_me", 2));
+    assert!(
+        s.conversation_list(user(s, "cl_nobody"))
+            .unwrap()
+            .is_empty()
+    );
+
+    // Read cursors: every member's, by user id.
+    let mut want = vec![(me, 1), (peer, 0), (other, 0)];
+    want.sort_unstable();
+    assert_eq!(s.read_cursors(c2).unwrap(), want);
+    let mut want = vec![(me, 2), (peer, 3)];
+    want.sort_unstable();
+    assert_eq!(s.read_cursors(d).unwrap(), want);
+    assert!(s.read_cursors(group_conv(999_999)).unwrap().is_empty());
 }
 
 pub fn check_body_roundtrip(s: &dyn Store) {

@@ -30,8 +30,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 // The domain types live in `model` (the core owns the domain; the store
 // only persists it). Re-exported here for the store's callers.
 pub use crate::model::{
-    ConvCursor, ConvTail, FriendKind, FriendRow, GroupRecord, MemberRow, PairRecord, PairState,
-    PendingRow, Role, StoredMessage, UserRecord,
+    ConvCursor, ConvSummary, ConvTail, FriendKind, FriendRow, GroupRecord, MemberRow, PairRecord,
+    PairState, PendingRow, Role, StoredMessage, UserRecord,
 };
 
 /// A hot-path write, applied with others in one transaction.
@@ -161,6 +161,13 @@ pub trait Store: Send + Sync + 'static {
     fn history(&self, conv: ConvId, before: Seq, limit: u32) -> Result<Vec<StoredMessage>>;
     /// Every conversation the user is a member of (cursor rows), ordered by conv.
     fn conversations_of(&self, user: UserId) -> Result<Vec<ConvCursor>>;
+    /// Every conversation the user is a member of with what a conversation
+    /// list shows (`ConvSummary`), ordered by conv as `u64`: one query, the
+    /// newest message's body cut in the store to `PREVIEW_CHARS` characters.
+    fn conversation_list(&self, user: UserId) -> Result<Vec<ConvSummary>>;
+    /// Every member's delivered (read) cursor in `conv` (cursor rows),
+    /// ordered by user id.
+    fn read_cursors(&self, conv: ConvId) -> Result<Vec<(UserId, Seq)>>;
 
     // ---- legacy protocol and import (src/legacy, docs/MIGRATING.md)
     /// Creates a user with a chosen id, so users imported from another

@@ -6,8 +6,19 @@
 
 use super::fb;
 use crate::model::{ConvId, GroupId, Seq, UserId};
-use crate::model::{FriendKind, FriendRow, GroupRecord, Role, StoredMessage};
+use crate::model::{ConvSummary, FriendKind, FriendRow, GroupRecord, Role, StoredMessage};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+
+/// One entry of a `ConversationList` reply: the stored summary and what
+/// the server adds (the peer, the unread count, presence).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvEntry<'a> {
+    pub summary: &'a ConvSummary,
+    /// Direct: the other participant; 0 for groups.
+    pub peer: UserId,
+    pub unread: u64,
+    pub online: bool,
+}
 
 /// Protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -305,7 +316,132 @@ impl Enc {
         self.finish(req_id, fb::Body::SendOk, o.as_union_value())
     }
 
+    pub fn conversation_list(
+        &mut self,
+        req_id: u64,
+        convs: &[ConvEntry<'_>],
+        next_after: ConvId,
+    ) -> &[u8] {
+        let b = self.start();
+        let mut items = Vec::with_capacity(convs.len());
+        for e in convs {
+            let s = e.summary;
+            let name = b.create_string(&s.name);
+            let group_id = match crate::model::conv_kind(s.cursor.conv) {
+                crate::model::ConvKind::Group(g) => g,
+                _ => 0,
+            };
+            let last_message = s.last.as_ref().map(|m| {
+                let body = b.create_string(&m.body);
+                let sender_name = b.create_string(&m.sender_name);
+                fb::ChatMessage::create(
+                    b,
+                    &fb::ChatMessageArgs {
+                        conversation: m.conv,
+                        seq: m.seq,
+                        sender: m.sender,
+                        group_id,
+                        timestamp_ms: m.timestamp_ms,
+                        client_msg_id: m.client_msg_id,
+                        body: Some(body),
+                        sender_name: Some(sender_name),
+                    },
+                )
+            });
+            items.push(fb::ConversationInfo::create(
+                b,
+                &fb::ConversationInfoArgs {
+                    conversation: s.cursor.conv,
+                    group_id,
+                    peer: e.peer,
+                    name: Some(name),
+                    last_seq: s.cursor.last_seq,
+                    read_seq: s.cursor.delivered,
+                    unread: e.unread,
+                    peer_read_seq: s.peer_delivered,
+                    preview_truncated: s.truncated && last_message.is_some(),
+                    last_message,
+                    online: e.online,
+                },
+            ));
+        }
+        let v = b.create_vector(&items);
+        let o = fb::ConversationList::create(
+            b,
+            &fb::ConversationListArgs {
+                conversations: Some(v),
+                next_after,
+            },
+        );
+        self.finish(req_id, fb::Body::ConversationList, o.as_union_value())
+    }
+
+    pub fn read_cursor_list(
+        &mut self,
+        req_id: u64,
+        conversation: ConvId,
+        cursors: &[(UserId, Seq)],
+        next_after_id: UserId,
+    ) -> &[u8] {
+        let b = self.start();
+        let items: Vec<fb::UserSeq> = cursors
+            .iter()
+            .map(|&(u, s)| fb::UserSeq::new(u, s))
+            .collect();
+        let v = b.create_vector(&items);
+        let o = fb::ReadCursorList::create(
+            b,
+            &fb::ReadCursorListArgs {
+                conversation,
+                cursors: Some(v),
+                next_after_id,
+            },
+        );
+        self.finish(req_id, fb::Body::ReadCursorList, o.as_union_value())
+    }
+
     // ------------------------------------------------------------ pushes
+
+    /// `reader` has read `conversation` up to `seq` (req_id 0).
+    pub fn read_up_to(&mut self, conversation: ConvId, reader: UserId, seq: Seq) -> &[u8] {
+        let b = self.start();
+        let o = fb::ReadUpTo::create(
+            b,
+            &fb::ReadUpToArgs {
+                conversation,
+                reader,
+                seq,
+            },
+        );
+        self.finish(0, fb::Body::ReadUpTo, o.as_union_value())
+    }
+
+    /// `user_id` is typing in `conversation` (req_id 0).
+    pub fn typing_event(
+        &mut self,
+        conversation: ConvId,
+        user_id: UserId,
+        username: &str,
+        stopped: bool,
+    ) -> &[u8] {
+        let b = self.start();
+        let group_id = match crate::model::conv_kind(conversation) {
+            crate::model::ConvKind::Group(g) => g,
+            _ => 0,
+        };
+        let u = b.create_string(username);
+        let o = fb::TypingEvent::create(
+            b,
+            &fb::TypingEventArgs {
+                conversation,
+                group_id,
+                user_id,
+                username: Some(u),
+                stopped,
+            },
+        );
+        self.finish(0, fb::Body::TypingEvent, o.as_union_value())
+    }
 
     /// `Messages` frame: a live push (req_id 0), a catch-up page, or a History reply.
     pub fn messages<'m>(
@@ -747,5 +883,42 @@ impl Enc {
             },
         );
         self.finish(req_id, fb::Body::History, o.as_union_value())
+    }
+
+    pub fn list_conversations(&mut self, req_id: u64, after: ConvId, limit: u32) -> &[u8] {
+        let b = self.start();
+        let o = fb::ListConversations::create(b, &fb::ListConversationsArgs { after, limit });
+        self.finish(req_id, fb::Body::ListConversations, o.as_union_value())
+    }
+
+    pub fn read_cursors(
+        &mut self,
+        req_id: u64,
+        conversation: ConvId,
+        after_id: UserId,
+        limit: u32,
+    ) -> &[u8] {
+        let b = self.start();
+        let o = fb::ReadCursors::create(
+            b,
+            &fb::ReadCursorsArgs {
+                conversation,
+                after_id,
+                limit,
+            },
+        );
+        self.finish(req_id, fb::Body::ReadCursors, o.as_union_value())
+    }
+
+    pub fn typing(&mut self, req_id: u64, conversation: ConvId, stopped: bool) -> &[u8] {
+        let b = self.start();
+        let o = fb::Typing::create(
+            b,
+            &fb::TypingArgs {
+                conversation,
+                stopped,
+            },
+        );
+        self.finish(req_id, fb::Body::Typing, o.as_union_value())
     }
 }

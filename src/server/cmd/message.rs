@@ -10,6 +10,7 @@ use crate::server::limits::Kind;
 use crate::server::session::Session;
 use crate::server::shard::{OwnerOp, Shard};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Validates a chat message and hands it to its conversation's owner, which
 /// sequences it, makes it durable and answers `SendOk` (or an error).
@@ -58,16 +59,39 @@ pub fn send(shard: &Shard, sess: &Session, req_id: u64, to: Target, cmid: u64, b
 /// Moves the user's delivered cursors forward (written in batches by the
 /// shard's cursor flush). Only conversations this session may see count:
 /// anything else would only fill the buffer and the store.
+///
+/// The ack is the read cursor: each conversation whose read mark advanced
+/// in this batch gets one `ReadUpTo` push (`core::receipts`), to the peer of
+/// a direct conversation and to the user's other sessions.
 pub fn ack(shard: &Shard, sess: &Session, items: &dyn Pairs) {
-    let mut cursors = shard.cursors.borrow_mut();
-    let known = sess.conn.convs.borrow();
     let me = sess.user();
-    items.each(&mut |conv, seq| {
-        if let Some(&last) = known.get(&conv) {
-            let e = cursors.entry((me, conv)).or_insert(0);
-            *e = (*e).max(seq.min(last));
+    let mut accepted: Vec<(ConvId, Seq)> = Vec::new();
+    {
+        let mut cursors = shard.cursors.borrow_mut();
+        let known = sess.conn.convs.borrow();
+        items.each(&mut |conv, seq| {
+            if let Some(&last) = known.get(&conv) {
+                let seq = seq.min(last);
+                let e = cursors.entry((me, conv)).or_insert(0);
+                *e = (*e).max(seq);
+                accepted.push((conv, seq));
+            }
+        });
+    }
+    if accepted.is_empty() {
+        return;
+    }
+    let advanced = match shard.users.borrow_mut().get_mut(&me) {
+        Some(st) => st.read.batch(accepted),
+        None => return,
+    };
+    for (conv, seq) in advanced {
+        let f: Arc<[u8]> = shard.enc.borrow_mut().read_up_to(conv, me, seq).into();
+        match direct_peer(conv, me) {
+            Some(peer) => shard.push_users(&[peer, me], f, sess.conn.id, None),
+            None => shard.push_users(&[me], f, sess.conn.id, None),
         }
-    });
+    }
 }
 
 /// A page of history before `before` (0: the newest). A direct

@@ -7,7 +7,8 @@
 //! | file | requests |
 //! |---|---|
 //! | `account.rs` | Register, Login/Resume checks, Logout, LogoutAll, ChangePassword, SearchUsers, Ping |
-//! | `message.rs` | Send, Ack, History |
+//! | `message.rs` | Send, Ack (and its read receipts), History |
+//! | `state.rs` | ListConversations, ReadCursors, Typing |
 //! | `friend.rs` | FriendRequest/Respond/Remove/Block/Add, ListFriends |
 //! | `group.rs` | CreateGroup, Join/Leave/Dissolve, RemoveMember, SetAdmin, InviteToGroup, RespondJoinRequest, GroupMembers, GroupInfo, ListGroups |
 
@@ -15,6 +16,7 @@ pub mod account;
 pub mod friend;
 pub mod group;
 pub mod message;
+pub mod state;
 
 use super::session::Session;
 use super::shard::{OwnerOp, Shard, ShardMsg};
@@ -103,6 +105,18 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
         Request::ListGroups { after, limit } => {
             group::list(shard, sess, req_id, after, limit).await
         }
+        Request::ListConversations { after, limit } => {
+            state::list(shard, sess, req_id, after, limit).await
+        }
+        Request::ReadCursors {
+            conversation,
+            after,
+            limit,
+        } => state::read_cursors(shard, sess, req_id, conversation, after, limit).await,
+        Request::Typing {
+            conversation,
+            stopped,
+        } => state::typing(shard, sess, req_id, conversation, stopped),
         Request::Hello { .. } | Request::Login { .. } | Request::Resume { .. } => {
             // The phase gate answers these before a session exists.
             sess.reply
