@@ -895,8 +895,13 @@ fn reader_loop(mut stream: TcpStream, shared: Arc<Shared>, events: Sender<Event>
                     } else {
                         if let Reply::SendOk(s) = &reply {
                             // This device's own message: held from now on.
+                            // No ack for it: storing it moved the sender's
+                            // read cursor already. Messages it releases are
+                            // acked with the next push.
                             let mut ib = lock(&shared.inbox);
-                            let e = ib.arrive(s.conversation, s.seq, None);
+                            let mut e = ib.arrive(s.conversation, s.seq, None);
+                            let released = !e.shown.is_empty();
+                            e.advanced &= released;
                             step.take(&ib, s.conversation, e, &events);
                         }
                         // A missing entry means the caller timed out and left.
