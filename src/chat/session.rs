@@ -15,7 +15,7 @@
 //! conversation, so the server sends exactly what was missed. That is gap-
 //! proof because the client library surfaces each conversation in seq order,
 //! filling a gap with `History` before it shows what lies above it
-//! (`core::inbox`): the highest seq shown is the highest contiguous one.
+//! (`client::inbox`): the highest seq shown is the highest contiguous one.
 //! Then it resends
 //! every message whose `SendOk` never came, with the same `client_msg_id`
 //! (the server dedups), and finally runs the commands typed while offline.

@@ -14,7 +14,7 @@
 //!   complete the matching pending request; pushes (req_id 0) become
 //!   [`Event`]s on a channel.
 //! - The reader surfaces each conversation in seq order, once
-//!   ([`crate::core::inbox`]): catch-up and live delivery may overlap, a
+//!   ([`crate::client::inbox`]): catch-up and live delivery may overlap, a
 //!   resumed device may be sent what it already holds, and across nodes a
 //!   later seq can arrive before an earlier one. A message above a gap is
 //!   held back while the reader asks for the gap (`History`); the cursor
@@ -24,15 +24,16 @@
 //!   `SendOk` arrives.
 
 mod decode;
+pub mod inbox;
 mod types;
 pub mod typing;
 
 pub use types::*;
 
-use crate::core::inbox::{Effect, Fill, Inbox};
 use crate::model::{ConvId, GroupId, Seq, UserId};
 use crate::wire::{Enc, FrameBuf};
 use decode::Incoming;
+use inbox::{Effect, Fill, Inbox};
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};

@@ -10,7 +10,6 @@
 pub mod conv;
 pub mod forward;
 pub mod group;
-pub mod inbox;
 pub mod limits;
 pub mod owner;
 pub mod pair;

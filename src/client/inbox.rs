@@ -150,7 +150,13 @@ impl<T> Inbox<T> {
 
     /// The device already holds everything of `conv` up to `seq` (a resume
     /// from cursors an earlier connection kept).
+    /// Seq 0 holds nothing: the conversation stays unknown and starts at
+    /// its first arrival (a group's replay starts at the member's join
+    /// point, which the device does not know).
     pub fn seed(&mut self, conv: ConvId, seq: Seq) {
+        if seq == 0 {
+            return;
+        }
         let c = self.convs.entry(conv).or_insert_with(|| Conv::new(seq));
         if seq > c.held {
             c.held = seq;
@@ -289,7 +295,8 @@ mod tests {
     #[test]
     fn a_large_gap_is_filled_in_several_requests() {
         let mut ib = Inbox::default();
-        ib.seed(7, 0);
+        ib.seed(7, 1);
+        show(&mut ib, 1);
         let e = show(&mut ib, 1000);
         assert_eq!(e.fill.unwrap().limit, FILL_LIMIT);
         // The first reply: the newest 200 before 1000 (800..=999).
@@ -315,7 +322,7 @@ mod tests {
             "filled down to the cursor: all shown"
         );
         let mut ib = Inbox::default();
-        ib.seed(7, 0);
+        ib.seed(7, 1);
         show(&mut ib, 300);
         for s in 1..200 {
             show(&mut ib, s);
@@ -358,11 +365,19 @@ mod tests {
     }
 
     #[test]
-    fn held_back_messages_are_bounded() {
+    fn a_seed_of_zero_holds_nothing_and_the_first_arrival_starts_the_conversation() {
         let mut ib = Inbox::default();
         ib.seed(7, 0);
+        let e = show(&mut ib, 3);
+        assert_eq!(e.shown, vec![3], "a group replay starts at the join point");
+    }
+
+    #[test]
+    fn held_back_messages_are_bounded() {
+        let mut ib = Inbox::default();
+        ib.seed(7, 1);
         let mut shown = 0;
-        for s in 2..(MAX_AHEAD as u64 + 3) {
+        for s in 3..(MAX_AHEAD as u64 + 4) {
             shown += show(&mut ib, s).shown.len();
         }
         assert_eq!(shown, MAX_AHEAD + 1);
