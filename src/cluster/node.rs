@@ -497,8 +497,15 @@ impl ClusterShard {
     /// answered `Internal` (retryable) now. Never silence.
     fn reroute(&self, shard: &Rc<Shard>) {
         let gone = {
+            // Only owners known dead (bus subscription gone): a node that
+            // left gracefully still drains and answers what it holds, and a
+            // second owner storing it too would collide on (conv, seq).
+            // The rest is answered by its owner or expires (10 s).
             let view = self.view.borrow();
-            self.forwards.borrow_mut().owner_gone(|n| view.contains(n))
+            let down = self.down.borrow();
+            self.forwards
+                .borrow_mut()
+                .owner_gone(|n| view.contains(n) || !down.contains(n))
         };
         for (_, (conv, origin, op)) in gone {
             match op {
