@@ -28,13 +28,33 @@ fn thread_state(tid: u64) -> Option<char> {
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
+/// The id of this process's thread named `name`, from /proc.
+///
+/// Found by name, not reported by the executor's first task: on a slow
+/// machine a 2 µs period can preempt every turn of the run loop from the
+/// first one, so the first task never runs, and an id it never reported
+/// must not read as "asleep" (CI saw exactly that: a livelocked executor
+/// reported as parked at iteration 0).
+fn thread_named(name: &str) -> Option<u64> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim_end() == name).then(|| e.file_name().to_str()?.parse().ok())?
+    })
+}
+
 /// Whether the stalled executor thread is asleep (parked: the bug) rather
 /// than spinning (on a slow or busy machine one turn of glommio's run loop
 /// can outlast a 2 µs period, so every turn is preempted before it runs a
 /// task: a livelock by configuration, not this bug).
-fn parked(tid: u64) -> bool {
+fn parked(name: &str) -> bool {
+    let Some(tid) = thread_named(name) else {
+        panic!("executor thread {name} not found in /proc/self/task");
+    };
     (0..20).all(|_| {
         std::thread::sleep(Duration::from_millis(10));
+        // Anything but 'R' (running or runnable): 'S' is the park in
+        // io_uring_enter.
         !matches!(thread_state(tid), Some('R'))
     })
 }
@@ -42,13 +62,12 @@ fn parked(tid: u64) -> bool {
 fn run(preempt: Duration, stall: Duration) -> Result<(), u64> {
     let progress = Arc::new(AtomicU64::new(0));
     let p = progress.clone();
-    let tid = Arc::new(AtomicU64::new(0));
-    let t2 = tid.clone();
+    // At most 15 bytes: the kernel's limit for a thread name.
+    let name = format!("park-{}us", preempt.as_micros());
     let h = LocalExecutorBuilder::new(Placement::Unbound)
+        .name(&name)
         .preempt_timer(preempt)
         .spawn(move || async move {
-            // SAFETY: gettid has no preconditions.
-            t2.store(unsafe { libc::gettid() } as u64, Ordering::Relaxed);
             for i in 1..=ITERATIONS {
                 let t = glommio::spawn_local(async move {
                     let s = Instant::now();
@@ -72,7 +91,7 @@ fn run(preempt: Duration, stall: Duration) -> Result<(), u64> {
             last = now;
             last_change = Instant::now();
         } else if last_change.elapsed() > stall {
-            if parked(tid.load(Ordering::Relaxed)) {
+            if parked(&name) {
                 // The executor thread is parked for good; leave it behind.
                 return Err(now);
             }
