@@ -9,7 +9,7 @@ use crate::core::forward::Forwards;
 use crate::model::{ConvId, Seq, UserId, home_shard};
 use crate::server::io::{Frame, Signal};
 use crate::server::router::{LocalFut, Router, RouterFactory};
-use crate::server::shard::{Origin, OwnerOp, Revoked, Shard, ShardMsg};
+use crate::server::shard::{Conn, Origin, OwnerOp, Revoked, Shard, ShardMsg};
 use ahash::{AHashMap, AHashSet};
 use redis::Value;
 use std::cell::{Cell, RefCell};
@@ -846,20 +846,62 @@ async fn subscriber_loop(
     }
 }
 
-fn resync_sessions(shard: &Shard) {
+/// After the bus subscription came back: every live native session is
+/// caught up from the store in place, from what it was sent (`Conn::convs`,
+/// the highest seq pushed to it per conversation), instead of being closed.
+/// Pushes that arrive meanwhile are held and released without the ones the
+/// catch-up covered (`session::go_live`), exactly as after a login; the
+/// client dedups by (conv, seq) anyway. A session still in its first replay
+/// (its reads may predate the gap) and an old-protocol session (its frames
+/// are not native) are closed to resume as before, as is any session whose
+/// catch-up fails (store unreachable).
+fn resync_sessions(shard: &Rc<Shard>) {
     let conns: Vec<_> = shard.conns.borrow().values().cloned().collect();
     for conn in conns {
-        let f = shard
-            .enc
-            .borrow_mut()
-            .goodbye(
-                crate::wire::fb::ErrorCode::Internal,
-                "cluster bus reconnected: resume to catch up",
-            )
-            .to_vec();
-        conn.out.push(Frame::Own(f));
-        conn.out.close();
+        let live = conn.hold.borrow().is_none() && conn.token_hash.is_some();
+        if !live {
+            bus_goodbye(shard, &conn);
+            continue;
+        }
+        let mut replayed: AHashMap<ConvId, Seq> = conn.convs.borrow().clone();
+        *conn.hold.borrow_mut() = Some(crate::core::sync::Hold::new(
+            crate::server::session::HOLD_CAP,
+        ));
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            use crate::server::session;
+            let res = async {
+                let n = session::catch_up(&shard, &conn, &[], &mut replayed, async |m: &[_]| {
+                    session::queue_page(&shard, &conn, m).await
+                })
+                .await?;
+                Ok::<u64, crate::store::StoreError>(
+                    n + session::go_live(&shard, &conn, &[], &mut replayed).await?,
+                )
+            }
+            .await;
+            match res {
+                Ok(n) => {
+                    tracing::debug!(conn = ?conn.id, replayed = n, "session caught up after bus reconnect");
+                }
+                Err(_) => bus_goodbye(&shard, &conn),
+            }
+        })
+        .detach();
     }
+}
+
+fn bus_goodbye(shard: &Shard, conn: &Conn) {
+    let f = shard
+        .enc
+        .borrow_mut()
+        .goodbye(
+            crate::wire::fb::ErrorCode::Internal,
+            "cluster bus reconnected: resume to catch up",
+        )
+        .to_vec();
+    conn.out.push(Frame::Own(f));
+    conn.out.close();
 }
 
 /// Every `PROBE_MS`: the subscription probe and forwarded-request
