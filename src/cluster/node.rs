@@ -892,16 +892,11 @@ fn resync_sessions(shard: &Rc<Shard>) {
 }
 
 fn bus_goodbye(shard: &Shard, conn: &Conn) {
-    let f = shard
-        .enc
-        .borrow_mut()
-        .goodbye(
-            crate::wire::fb::ErrorCode::Internal,
-            "cluster bus reconnected: resume to catch up",
-        )
-        .to_vec();
-    conn.out.push(Frame::Own(f));
-    conn.out.close();
+    shard.goodbye(
+        conn,
+        crate::wire::fb::ErrorCode::Internal,
+        "cluster bus reconnected: resume to catch up",
+    );
 }
 
 /// Every `PROBE_MS`: the subscription probe and forwarded-request

@@ -474,15 +474,11 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
             let f = shard.enc.borrow_mut().sync_done(count).to_vec();
             conn.out.push(Frame::Own(f));
         }
-        Err(_) => {
-            let f = shard
-                .enc
-                .borrow_mut()
-                .goodbye(fb::ErrorCode::Internal, "storage unavailable, reconnect")
-                .to_vec();
-            conn.out.push(Frame::Own(f));
-            conn.out.close();
-        }
+        Err(_) => shard.goodbye(
+            &conn,
+            fb::ErrorCode::Internal,
+            "storage unavailable, reconnect",
+        ),
     }
 }
 

@@ -645,16 +645,11 @@ async fn shard_main(
     }
     let conns: Vec<_> = shard.conns.borrow().values().cloned().collect();
     for c in conns {
-        let f = shard
-            .enc
-            .borrow_mut()
-            .goodbye(
-                crate::wire::fb::ErrorCode::ShuttingDown,
-                "server shutting down",
-            )
-            .to_vec();
-        c.out.push(io::Frame::Own(f));
-        c.out.close();
+        shard.goodbye(
+            &c,
+            crate::wire::fb::ErrorCode::ShuttingDown,
+            "server shutting down",
+        );
     }
     glommio::timer::sleep(Duration::from_millis(100)).await;
     shard.metrics.publish(&published);

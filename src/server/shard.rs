@@ -755,16 +755,18 @@ impl Shard {
             if Some(id) == keep || !ends || c.out.is_closing() {
                 continue;
             }
-            let f = self
-                .enc
-                .borrow_mut()
-                .goodbye(crate::wire::fb::ErrorCode::BadToken, why.text())
-                .to_vec();
-            c.out.push(Frame::Own(f));
-            c.out.close();
+            self.goodbye(c, crate::wire::fb::ErrorCode::BadToken, why.text());
             n += 1;
         }
         n
+    }
+
+    /// Tells `conn` why its session ends (`Goodbye`) and closes it once that
+    /// is written.
+    pub fn goodbye(&self, conn: &Conn, code: crate::wire::fb::ErrorCode, text: &str) {
+        let f = self.enc.borrow_mut().goodbye(code, text).to_vec();
+        conn.out.push(Frame::Own(f));
+        conn.out.close();
     }
 
     /// Removes a connection; the last one of a user announces them offline.
