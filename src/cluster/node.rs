@@ -869,18 +869,7 @@ fn resync_sessions(shard: &Rc<Shard>) {
         ));
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            use crate::server::session;
-            let res = async {
-                let n = session::catch_up(&shard, &conn, &[], &mut replayed, async |m: &[_]| {
-                    session::queue_page(&shard, &conn, m).await
-                })
-                .await?;
-                Ok::<u64, crate::store::StoreError>(
-                    n + session::go_live(&shard, &conn, &[], &mut replayed).await?,
-                )
-            }
-            .await;
-            match res {
+            match crate::server::session::replay_native(&shard, &conn, &[], &mut replayed).await {
                 Ok(n) => {
                     tracing::debug!(conn = ?conn.id, replayed = n, "session caught up after bus reconnect");
                 }

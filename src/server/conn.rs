@@ -459,17 +459,7 @@ impl Drop for CloseOnDrop {
 async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
     let mut replayed: AHashMap<ConvId, Seq> = AHashMap::new();
     shard.sync_point().await;
-    let res = async {
-        let n = session::catch_up(&shard, &conn, &since, &mut replayed, async |m: &[_]| {
-            session::queue_page(&shard, &conn, m).await
-        })
-        .await?;
-        Ok::<u64, crate::store::StoreError>(
-            n + session::go_live(&shard, &conn, &since, &mut replayed).await?,
-        )
-    }
-    .await;
-    match res {
+    match session::replay_native(&shard, &conn, &since, &mut replayed).await {
         Ok(count) => {
             let f = shard.enc.borrow_mut().sync_done(count).to_vec();
             conn.out.push(Frame::Own(f));

@@ -296,6 +296,27 @@ pub async fn queue_page(shard: &Shard, conn: &Conn, msgs: &[StoredMessage]) {
     }
 }
 
+/// The native replay: every stored message after the session's cursors as
+/// `Messages` pages (see [`catch_up`]), then live delivery (see
+/// [`go_live`]). Used after a login or resume and after a bus resync.
+/// Returns the messages read.
+pub async fn replay_native(
+    shard: &Rc<Shard>,
+    conn: &Conn,
+    since: &[(ConvId, Seq)],
+    replayed: &mut AHashMap<ConvId, Seq>,
+) -> crate::store::Result<u64> {
+    let n = catch_up(
+        shard,
+        conn,
+        since,
+        replayed,
+        async |m: &[StoredMessage]| queue_page(shard, conn, m).await,
+    )
+    .await?;
+    Ok(n + go_live(shard, conn, since, replayed).await?)
+}
+
 /// Switches a session that has caught up to `replayed` to live delivery:
 /// pushes held meanwhile that the catch-up did not cover are queued; if the
 /// hold overflowed, the gap is read from the store (and queued) first,
