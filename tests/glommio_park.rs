@@ -28,29 +28,20 @@ fn thread_state(tid: u64) -> Option<char> {
     stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
-/// The id of this process's thread named `name`, from /proc.
-///
-/// Found by name, not reported by the executor's first task: on a slow
-/// machine a 2 µs period can preempt every turn of the run loop from the
-/// first one, so the first task never runs, and an id it never reported
-/// must not read as "asleep" (CI saw exactly that: a livelocked executor
-/// reported as parked at iteration 0).
-fn thread_named(name: &str) -> Option<u64> {
-    std::fs::read_dir("/proc/self/task").ok()?.find_map(|e| {
-        let e = e.ok()?;
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (comm.trim_end() == name).then(|| e.file_name().to_str()?.parse().ok())?
-    })
+/// The kernel id of the calling thread, from /proc ("PID/task/TID").
+fn own_tid() -> u64 {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .expect("a numeric thread id")
 }
 
 /// Whether the stalled executor thread is asleep (parked: the bug) rather
 /// than spinning (on a slow or busy machine one turn of glommio's run loop
 /// can outlast a 2 µs period, so every turn is preempted before it runs a
 /// task: a livelock by configuration, not this bug).
-fn parked(name: &str) -> bool {
-    let Some(tid) = thread_named(name) else {
-        panic!("executor thread {name} not found in /proc/self/task");
-    };
+fn parked(tid: u64) -> bool {
     (0..20).all(|_| {
         std::thread::sleep(Duration::from_millis(10));
         // Anything but 'R' (running or runnable): 'S' is the park in
@@ -62,12 +53,20 @@ fn parked(name: &str) -> bool {
 fn run(preempt: Duration, stall: Duration) -> Result<(), u64> {
     let progress = Arc::new(AtomicU64::new(0));
     let p = progress.clone();
-    // At most 15 bytes: the kernel's limit for a thread name.
-    let name = format!("park-{}us", preempt.as_micros());
-    let h = LocalExecutorBuilder::new(Placement::Unbound)
-        .name(&name)
-        .preempt_timer(preempt)
-        .spawn(move || async move {
+    // The executor runs on a thread of ours, which reports its kernel id
+    // before the executor exists. Neither a first task (on a slow machine a
+    // 2 µs period can preempt every turn of the run loop from the first one,
+    // so it never runs, and an id never reported read as "asleep": CI failed
+    // so) nor the thread's name (glommio appends "-<id>" to it: looking for
+    // the bare name failed CI the next time) identifies it reliably.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        tid_tx.send(own_tid()).expect("test waits for the id");
+        let ex = LocalExecutorBuilder::new(Placement::Unbound)
+            .preempt_timer(preempt)
+            .make()
+            .expect("executor starts");
+        ex.run(async move {
             for i in 1..=ITERATIONS {
                 let t = glommio::spawn_local(async move {
                     let s = Instant::now();
@@ -77,7 +76,12 @@ fn run(preempt: Duration, stall: Duration) -> Result<(), u64> {
                 p.store(i, Ordering::Relaxed);
             }
         })
-        .expect("executor starts");
+    });
+    let tid = tid_rx.recv().expect("executor thread reports its id");
+    assert!(
+        thread_state(tid).is_some(),
+        "executor thread {tid} not found in /proc/self/task"
+    );
     let mut last = 0;
     let mut last_change = Instant::now();
     loop {
@@ -91,7 +95,7 @@ fn run(preempt: Duration, stall: Duration) -> Result<(), u64> {
             last = now;
             last_change = Instant::now();
         } else if last_change.elapsed() > stall {
-            if parked(&name) {
+            if parked(tid) {
                 // The executor thread is parked for good; leave it behind.
                 return Err(now);
             }
