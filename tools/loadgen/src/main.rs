@@ -50,6 +50,9 @@ pub enum Protocol {
     /// logged in by numeric id (--id-base / --id-map). Scenarios: connect,
     /// direct, group, mixed.
     Legacy,
+    /// The native protocol over WebSocket (`ringchat serve --ws-listen`,
+    /// `GET /ws`): one frame per binary message; every native scenario.
+    Ws,
 }
 
 #[derive(Parser, Clone, Debug)]
@@ -198,7 +201,7 @@ pub fn mono_us() -> u64 {
 impl Args {
     pub fn reconnect_on(&self) -> bool {
         self.reconnect.unwrap_or(
-            self.protocol == Protocol::Native
+            self.protocol != Protocol::Legacy
                 && matches!(
                     self.scenario,
                     Scenario::Direct | Scenario::Group | Scenario::Mixed

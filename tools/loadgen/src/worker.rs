@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringchat::model::{ConvId, Seq, UserId, conv_kind};
-use ringchat::wire::{self, Enc, FrameBuf, fb};
+use ringchat::wire::{self, Enc, FrameBuf, fb, ws};
 use std::cell::{Cell, RefCell};
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -177,11 +177,17 @@ struct Conn {
     auth_retries: Cell<u32>,
     /// LoginOk received on this connection.
     authed: Cell<bool>,
+    /// `--protocol ws`: every frame goes out as one WebSocket message.
+    ws: Cell<bool>,
 }
 
 impl Conn {
     fn push(&self, f: &[u8]) {
-        self.out.borrow_mut().extend_from_slice(f);
+        if self.ws.get() {
+            ws::encode_binary(ws::Role::Client, f, &mut self.out.borrow_mut());
+        } else {
+            self.out.borrow_mut().extend_from_slice(f);
+        }
         self.ready.notify();
     }
     fn req(&self) -> u64 {
@@ -440,6 +446,35 @@ enum Auth {
     Resume,
 }
 
+/// The WebSocket upgrade (`GET /ws`) on a fresh connection; returns bytes
+/// read past the response (already frames).
+async fn ws_upgrade(s: &mut TcpStream, server: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed during the upgrade"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 101 ") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                return Err(std::io::Error::other(format!("refused: {head}")));
+            }
+            return Ok(buf[end + 4..].to_vec());
+        }
+        if buf.len() > 16 << 10 {
+            return Err(std::io::Error::other("response head too large"));
+        }
+    }
+}
+
 /// Connects, authenticates, syncs, then processes frames until closed.
 async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
     let conn = w.conns[idx].clone();
@@ -470,6 +505,23 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
         drop(permit);
         fail(&w, idx, &format!("connect: {e}"));
         return;
+    }
+    let mut stream = stream;
+    conn.ws.set(w.args.protocol == Protocol::Ws);
+    let mut ws_in = None;
+    if conn.ws.get() {
+        match ws_upgrade(&mut stream, w.server).await {
+            Ok(rest) => {
+                let mut r = ws::WsIn::new(ws::Role::Client, 1 << 20);
+                r.push(&rest);
+                ws_in = Some(r);
+            }
+            Err(e) => {
+                drop(permit);
+                fail(&w, idx, &format!("websocket upgrade: {e}"));
+                return;
+            }
+        }
     }
     let stream = Rc::new(RefCell::new(stream));
     *conn.out.borrow_mut() = Vec::new();
@@ -551,6 +603,30 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
                     w.login.borrow_mut().record(now - t0).ok();
                 }
             }
+        }
+        if let Some(r) = &mut ws_in {
+            // Take WebSocket messages apart into native frames, reading
+            // until at least one is whole (pongs answered on the way).
+            let mut control = Vec::new();
+            loop {
+                match r.step(&mut fbuf, &mut control) {
+                    ws::Step::Frame => break,
+                    ws::Step::Close(_) => break 'outer,
+                    ws::Step::More => {}
+                }
+                match rd.read(r.spare(8192)).await {
+                    Ok(0) | Err(_) => break 'outer,
+                    Ok(n) => {
+                        conn.rx_us.set(mono_us());
+                        r.filled(n)
+                    }
+                }
+            }
+            if !control.is_empty() {
+                conn.out.borrow_mut().extend_from_slice(&control);
+                conn.ready.notify();
+            }
+            continue;
         }
         let buf = fbuf.spare(8192);
         match rd.read(buf).await {
