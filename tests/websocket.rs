@@ -365,3 +365,35 @@ fn the_http_side_serves_the_client_and_guards_the_upgrade() {
     // The native TCP listener does not speak HTTP: its port is unaffected.
     assert!(s.client().ping().is_ok());
 }
+
+#[test]
+fn a_request_head_trickled_byte_by_byte_is_cut_off() {
+    // Every byte arrives well within the idle timeout, but the head as a
+    // whole must too: otherwise one byte a minute holds a connection forever.
+    let s = TestServer::start_ws(&["--idle-timeout-secs", "1"]);
+    let mut c = TcpStream::connect(s.ws.unwrap()).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut closed = false;
+    for _ in 0..75 {
+        if c.write_all(b"a").is_err() {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("no answer is due to an unfinished request"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "still open after 15 s of a trickled request head");
+}

@@ -301,10 +301,15 @@ async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>, sl
 /// client, or an error (answered, then closed). See `server::websocket`.
 async fn http_request(shard: &Shard, stream: &mut TcpStream, opts: &WsOptions) -> Option<Framing> {
     let mut buf = Vec::with_capacity(1024);
+    // The whole request head must arrive within one idle timeout, not each
+    // of its bytes: a client trickling a byte at a time cannot hold a
+    // connection for hours.
+    let deadline = std::time::Instant::now() + shard.cfg.idle_timeout;
     loop {
         match websocket::answer(&buf, opts) {
             Http::Incomplete => {}
             Http::Upgrade { response, consumed } => {
+                stream.set_read_timeout(Some(shard.cfg.idle_timeout)).ok()?;
                 stream.write_all(&response).await.ok()?;
                 return Some(Framing::ws(shard.cfg.max_frame, &buf[consumed..]));
             }
@@ -312,6 +317,10 @@ async fn http_request(shard: &Shard, stream: &mut TcpStream, opts: &WsOptions) -
                 let _ = stream.write_all(&bytes).await;
                 return None;
             }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return None;
         }
         let at = buf.len();
         buf.resize(at + 1024, 0);
