@@ -1872,17 +1872,6 @@ impl TlsFrames {
 /// nginx terminates TLS (nginx/ringchat-tls.conf, loaded by a reload) in
 /// front of the nodes: a TLS client registers, logs in, becomes friends
 /// with a plain-TCP user on another node and chats both ways.
-/// One HTTP request through `addr`; the whole response (the node closes).
-fn http_get(addr: SocketAddr, req: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[test]
 fn websocket_through_nginx_reaches_the_cluster() {
     let test = "websocket_through_nginx_reaches_the_cluster";
@@ -1891,7 +1880,7 @@ fn websocket_through_nginx_reaches_the_cluster() {
     };
     let lb = c.nginx.as_ref().unwrap().ws;
     // The web client's page, through the proxy.
-    let page = http_get(lb, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let page = common::http(lb, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(
         page.starts_with("HTTP/1.1 200 OK\r\n") && page.contains("<html"),
         "{page}"
@@ -1916,7 +1905,7 @@ fn websocket_through_nginx_reaches_the_cluster() {
         let head = String::from_utf8_lossy(&head[..n]);
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     }
-    let evil = http_get(lb, &upgrade("https://evil.example"));
+    let evil = common::http(lb, &upgrade("https://evil.example"));
     assert!(evil.starts_with("HTTP/1.1 403 "), "{evil}");
     // WebSocket users through nginx chat with a TCP user on a node directly,
     // whichever node nginx picked for them.

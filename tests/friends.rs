@@ -393,8 +393,10 @@ fn accepting_right_at_login_still_shows_the_new_friend_online() {
             }
         }
         assert!(saw, "round {round}: the new friend's presence never came");
-        wait(&a.c, "presence of the new friend", |e| {
-            matches!(e, Event::Presence { user_id, online: true } if *user_id == bid)
-        });
+        wait(
+            &a.c,
+            "presence of the new friend",
+            |e| matches!(e, Event::Presence { user_id, online: true } if *user_id == bid),
+        );
     }
 }

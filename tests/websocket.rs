@@ -39,17 +39,6 @@ fn upgrade_request(extra: &str) -> String {
     )
 }
 
-/// Sends one HTTP request and returns the whole response (the server
-/// closes after it).
-fn http(addr: SocketAddr, req: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 impl RawWs {
     fn connect(addr: SocketAddr) -> RawWs {
         let mut s = TcpStream::connect(addr).unwrap();

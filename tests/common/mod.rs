@@ -477,6 +477,17 @@ pub fn assert_code<T: std::fmt::Debug>(
 
 // ---------------------------------------------------------------- raw sockets
 
+/// Sends one HTTP request and returns the whole response (the server
+/// closes after answering).
+pub fn http(addr: SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A bare connection for protocol tests: frames are built with [`Enc`] (or
 /// deliberately broken by hand) and replies decoded with `wire::decode`.
 pub struct Raw {
