@@ -386,3 +386,45 @@ fn a_request_head_trickled_byte_by_byte_is_cut_off() {
     }
     assert!(closed, "still open after 15 s of a trickled request head");
 }
+
+#[test]
+fn a_websocket_slow_consumer_is_cut_off_with_1008_and_catches_up() {
+    let s = TestServer::start_ws(&["--max-outbound-kib", "64", "--max-send-burst", "1000"]);
+    let alice = s.user(&uname("wsa"));
+    let bob_name = uname("wsb");
+    let bob = s.user(&bob_name);
+    befriend(&alice, &bob);
+    let bob_id = bob.id;
+    drop(bob);
+    // Bob logs in over WebSocket and then stops reading.
+    let mut raw = RawWs::connect(s.ws.unwrap());
+    let mut bytes = Vec::new();
+    ws::encode_binary(Role::Client, raw.enc.hello(1, "slow"), &mut bytes);
+    ws::encode_binary(
+        Role::Client,
+        raw.enc.login(2, &bob_name, PASSWORD),
+        &mut bytes,
+    );
+    raw.write(&bytes);
+    let body = "x".repeat(50_000);
+    for i in 0..120 {
+        alice.send_direct(bob_id, &format!("{i} {body}")).unwrap();
+    }
+    // What was queued before the cut-off arrives, then the Close says why.
+    raw.expect_close(ws::code::POLICY);
+    // Nothing was dropped: a new session catches up on every message.
+    let c = s.ws_client();
+    c.login(&bob_name, PASSWORD).unwrap();
+    let mut n = 0;
+    loop {
+        match c.next_event(T).expect("catch-up") {
+            Event::Message(m) => {
+                assert!(m.body.starts_with(&format!("{n} ")), "in order, once");
+                n += 1;
+            }
+            Event::SyncDone { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(n, 120);
+}
