@@ -43,7 +43,7 @@
 # Env: CONNS (3000), RATE (1500), DURATION (300), KILL_EVERY (45), DOWN (10),
 #      MYSQL_DOWN (10), PROCS (2), SEED (random; picks the victims), OUT,
 #      KEEP=1 (leave the cluster and private services running at the end).
-# A short run: CONNS=400 RATE=300 DURATION=100 KILL_EVERY=30 bench/chaos.sh
+# A short run: CONNS=400 RATE=300 DURATION=110 KILL_EVERY=30 bench/chaos.sh
 # Prerequisites: a release build (built if missing), nginx with the stream
 # module, redis-server, redis-cli, the mysql client, python3; the shared
 # MariaDB on 127.0.0.1:3306 (root, no password). Not a CI step: it needs
@@ -198,7 +198,7 @@ grep "logged in" "$OUT/loadgen.err" || true
 GO=$(awk -v n="$(now)" 'BEGIN { printf "%.3f", n + 0.7 }')
 until_t() { # sleep until GO + $1
     local s
-    s=$(awk -v g="$GO" -v t="$1" -v n="$(now)" 'BEGIN { d = g + t - n; printf "%.3f", d > 0 ? d : 0 }')
+    s=$(awk -v g="$GO" -v t="$1" -v n="$(now)" 'BEGIN { d = g + t - n; printf "%.3f", (d > 0 ? d : 0) }')
     sleep "$s"
 }
 pick() { echo "n$(( RANDOM % NODES + 1 ))"; }

@@ -507,6 +507,36 @@ impl ClusterShard {
                 .borrow_mut()
                 .owner_gone(|n| view.contains(n) || !down.contains(n))
         };
+        self.resend_forwards(shard, gone);
+    }
+
+    /// After the bus came back (our subscription was re-made after a Redis
+    /// restart): any request forwarded before, or its reply, may have been
+    /// published while a subscriber was missing (PUBLISH to nobody is
+    /// dropped) or not published at all (`redis down: bus messages
+    /// dropped`). Without this the sender waited for the 10 s deadline, or
+    /// its own ~5 s resend (bench/chaos.sh measured 5.3 s). Every request
+    /// still waiting is sent again to its owner now, exactly as after an
+    /// owner's death (a send is repeatable: the owner's `client_msg_id`
+    /// dedup answers a stored one with its seq; a second answer is dropped
+    /// by `Forwards::answered`), other operations are answered `Internal`.
+    fn reroute_all(&self, shard: &Rc<Shard>) {
+        let all = self.forwards.borrow_mut().owner_gone(|_| false);
+        if !all.is_empty() {
+            tracing::info!(
+                shard = self.shard,
+                requests = all.len(),
+                "bus back: forwarded requests sent again"
+            );
+        }
+        self.resend_forwards(shard, all);
+    }
+
+    fn resend_forwards(
+        &self,
+        shard: &Rc<Shard>,
+        gone: Vec<(crate::core::forward::Key, Forwarded)>,
+    ) {
         for (_, (conv, origin, op)) in gone {
             match op {
                 Some(op) => {
@@ -834,6 +864,18 @@ async fn subscriber_loop(
                     // lost to us: make this shard's sessions resume, which
                     // replays everything after their cursors from the store.
                     resync_sessions(&sh2);
+                    // Forwarded requests (or their replies) may be lost
+                    // too: send them again once now and once more after
+                    // the other nodes had time to resubscribe and their
+                    // command connections to reconnect (each within ~1 s).
+                    let (sh3, c3) = (sh2.clone(), c2.clone());
+                    glommio::spawn_local(async move {
+                        for ms in [300, 1500] {
+                            glommio::timer::sleep(Duration::from_millis(ms)).await;
+                            c3.reroute_all(&sh3);
+                        }
+                    })
+                    .detach();
                 }
             },
         )
