@@ -931,14 +931,16 @@ fn bus_goodbye(shard: &Shard, conn: &Conn) {
 }
 
 /// Every `PROBE_MS`: the subscription probe and forwarded-request
-/// deadlines; every second: reconnect, heartbeat and the full view refresh.
+/// deadlines, and a reconnect while the command connection is down (a
+/// restarted Redis is back within a tick, not a second: bus messages are
+/// dropped meanwhile); every second: heartbeat and the full view refresh.
 async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
     let mut tick = 0u64;
     loop {
         glommio::timer::sleep(Duration::from_millis(PROBE_MS)).await;
         tick += 1;
         c.expire_forwards(&shard);
-        if !tick.is_multiple_of(REFRESH_EVERY) {
+        if !tick.is_multiple_of(REFRESH_EVERY) && c.conn().is_some() {
             if c.probe(&shard).await {
                 c.refresh_view(&shard).await;
             }
@@ -955,6 +957,14 @@ async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                     // is seen subscribed again.
                     c.subscribed.borrow_mut().clear();
                     c.reregister(&shard);
+                    // What we published while it was down was dropped,
+                    // forwarded requests and their replies among them.
+                    let (sh, c2) = (shard.clone(), c.clone());
+                    glommio::spawn_local(async move {
+                        glommio::timer::sleep(Duration::from_millis(300)).await;
+                        c2.reroute_all(&sh);
+                    })
+                    .detach();
                 }
                 Err(_) => continue,
             }
