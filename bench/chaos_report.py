@@ -234,14 +234,17 @@ def svg_chart(title, series, faults, duration, log=False, unit=""):
         o.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{T}" y2="{H - B}" stroke="#d22" stroke-dasharray="3,2"/>'
                  f'<text x="{x(t) + 2:.1f}" y="{T + 10}" fill="#d22" font-size="9">{html.escape(label)}</text>')
     for k, (name, color, s) in enumerate(series):
-        path = []
+        path, pen = [], False
         for t, v in s:
             if v is None or (log and v <= 0):
+                pen = False  # no sample that second: break the line
                 continue
-            path.append(f"{'M' if not path else 'L'}{x(t):.1f},{y(v):.1f}")
+            path.append(f"{'L' if pen else 'M'}{x(t):.1f},{y(v):.1f}")
+            pen = True
         o.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="1.3"/>')
-        o.append(f'<rect x="{W - R - 200}" y="{T + 6 + 14 * k}" width="10" height="3" fill="{color}"/>'
-                 f'<text x="{W - R - 185}" y="{T + 10 + 14 * k}">{html.escape(name)}</text>')
+        lx = L + 330 + 200 * k
+        o.append(f'<rect x="{lx}" y="9" width="10" height="3" fill="{color}"/>'
+                 f'<text x="{lx + 14}" y="14">{html.escape(name)}</text>')
     o.append("</svg>")
     return "\n".join(o)
 
