@@ -83,6 +83,13 @@ pub struct ClusterShard {
     pub view_gen: Cell<u64>,
     /// Set when the node leaves: no more heartbeats or re-registration.
     leaving: Cell<bool>,
+    /// Until then the view does not shrink: our command connection was
+    /// re-made, maybe to a restarted Redis that holds no registrations
+    /// yet, so a node missing from it is one that has not re-registered,
+    /// not one that died. Shrinking meant two owners for its conversations
+    /// for ~1 s (bench/chaos.sh: `batch write failed ... already exists`,
+    /// thousands of `Internal` answers, sends waiting up to 5.7 s).
+    fresh_redis_until: Cell<Option<std::time::Instant>>,
     /// Requests forwarded to owners on other nodes, until answered.
     forwards: RefCell<Forwards<Forwarded>>,
     /// Nodes seen with a bus subscriber since our Redis connection was made:
@@ -124,6 +131,7 @@ impl ClusterShard {
             wake: Signal::default(),
             view_gen: Cell::new(0),
             leaving: Cell::new(false),
+            fresh_redis_until: Cell::new(None),
             forwards: RefCell::new(Forwards::new(FORWARD_TIMEOUT_MS)),
             subscribed: RefCell::new(AHashSet::new()),
             down: RefCell::new(AHashSet::new()),
@@ -428,6 +436,20 @@ impl ClusterShard {
                 subscribed.remove(d.as_str());
             }
             nodes.retain(|(n, _)| !down.contains(n));
+            if self
+                .fresh_redis_until
+                .get()
+                .is_some_and(|t| std::time::Instant::now() < t)
+            {
+                // Keep the nodes we knew (a death meanwhile is seen when
+                // the grace ends: the TTL, or the probe once subscribed).
+                for o in &self.view.borrow().nodes {
+                    if !nodes.iter().any(|(n, _)| n == &o.0) && !down.contains(&o.0) {
+                        nodes.push(o.clone());
+                    }
+                }
+                nodes.sort_by(|a, b| a.0.cmp(&b.0));
+            }
         }
         if self.shard == 0 {
             for d in &dead {
@@ -952,6 +974,11 @@ async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                 Ok(conn) => {
                     tracing::info!(shard = c.shard, "redis reconnected");
                     *c.conn.borrow_mut() = Some(conn);
+                    // Every node re-registers within ~1 s of Redis being
+                    // back (200 ms retries, then its heartbeat).
+                    c.fresh_redis_until.set(Some(
+                        std::time::Instant::now() + Duration::from_millis(2500),
+                    ));
                     // A new Redis (or a restarted one) holds no subscription
                     // yet: a node counts as down by the probe only after it
                     // is seen subscribed again.
