@@ -80,11 +80,12 @@ else
     MYSQL_URL=${RINGCHAT_MYSQL:-mysql://root@127.0.0.1:3306}
     REDIS_URL=${RINGCHAT_REDIS:-redis://127.0.0.1:6379}
     RUN=/tmp/ringchat-cluster-$CNAME
-    # nginx on PORT, nodes on PORT+1, PORT+2: find three free ports in a row.
+    # nginx on PORT, nodes on PORT+1, PORT+2 (and their WebSocket listeners
+    # 50 above, as tools/cluster lays them out): find the free ports.
     for _ in $(seq 1 50); do
         PORT=$(( 20000 + RANDOM % 20000 ))
         python3 -c "import socket,sys
-for p in range($PORT, $PORT + 3):
+for p in [*range($PORT, $PORT + 3), *range($PORT + 50, $PORT + 53)]:
     s = socket.socket(); s.bind(('127.0.0.1', p)); s.close()" 2>/dev/null && break
     done
     SERVER_ADDR=127.0.0.1:$PORT
@@ -100,6 +101,7 @@ for p in range($PORT, $PORT + 3):
         local i=$1 log=$RUN/n$1-$2.log pid
         mkdir -p "$WORK/n$i"
         "$BIN/ringchat" serve --listen "127.0.0.1:$(( PORT + i ))" --shards 1 --data-dir "$WORK/n$i" \
+            --ws-listen "127.0.0.1:$(( PORT + 50 + i ))" \
             --store "$MYSQL_URL/ringchat_cluster_$CNAME" --redis "$REDIS_URL" --node-id "n$i" \
             --redis-prefix "ringchat_cluster_$CNAME:" $(insecure_fast_hash "$BIN/ringchat") \
             > "$log" 2>&1 < /dev/null &
@@ -115,10 +117,13 @@ for p in range($PORT, $PORT + 3):
     }
     start_node 1 0
     start_node 2 0
-    awk -v listen="127.0.0.1:$PORT" -v run="$RUN" -v nodes="127.0.0.1:$(( PORT + 1 )) 127.0.0.1:$(( PORT + 2 ))" '
+    awk -v listen="127.0.0.1:$PORT" -v wslisten="127.0.0.1:$(( PORT + 50 ))" -v run="$RUN" \
+        -v nodes="127.0.0.1:$(( PORT + 1 )) 127.0.0.1:$(( PORT + 2 ))" \
+        -v wsnodes="127.0.0.1:$(( PORT + 51 )) 127.0.0.1:$(( PORT + 52 ))" '
         /^[[:space:]]*#/ { print; next }
         /\{\{NODE\}\}/ { n = split(nodes, a, " "); for (i = 1; i <= n; i++) { l = $0; gsub(/\{\{NODE\}\}/, a[i], l); print l }; next }
-        { gsub(/\{\{LISTEN\}\}/, listen); gsub(/\{\{RUN_DIR\}\}/, run); print }' nginx/ringchat.conf > "$RUN/nginx.conf"
+        /\{\{WS_NODE\}\}/ { n = split(wsnodes, a, " "); for (i = 1; i <= n; i++) { l = $0; gsub(/\{\{WS_NODE\}\}/, a[i], l); print l }; next }
+        { gsub(/\{\{LISTEN\}\}/, listen); gsub(/\{\{WS_LISTEN\}\}/, wslisten); gsub(/\{\{RUN_DIR\}\}/, run); print }' nginx/ringchat.conf > "$RUN/nginx.conf"
     nginx -c "$RUN/nginx.conf" -e "$RUN/error.log"
     for _ in $(seq 1 50); do [ -s "$RUN/nginx.pid" ] && break; sleep 0.1; done
     echo "cluster: nginx on $SERVER_ADDR (pid $(cat "$RUN/nginx.pid")), nodes on ports $(( PORT + 1 )), $(( PORT + 2 ))"

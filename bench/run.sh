@@ -6,7 +6,11 @@
 #   2. rate sweep (direct, 2k connections, 10 s steps): highest rate with p99 < 50 ms
 #   3. group fan-out: 2k connections in groups of 10, 500 msgs/s, 20 s
 #   4. connect: 19k idle connections on a fresh server, RSS per connection
-# Results go to bench/results/<date>/ and one row is appended to bench/RESULTS.md.
+# Before the runs, the disk's own fdatasync latency is measured in the data
+# dir (bench/disk_floor.py): every latency row stands next to its floor.
+# Results go to bench/results/<date>/ (summary.md: per scenario CPU µs per
+# message, RSS per connection, latencies next to the fdatasync floor) and one
+# row is appended to bench/RESULTS.md.
 # Env: SKIP_BUILD=1, DIRECT_SECS, SWEEP_RATES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +33,9 @@ lg() { local name=$1; shift
 }
 
 provision "$WORK/data"
+FLOOR=$(python3 bench/disk_floor.py "$WORK/data" 300 --json)
+echo "disk floor: $(python3 bench/disk_floor.py "$WORK/data" 300)" | tee -a "$OUT/log.txt"
+echo "$FLOOR" > "$OUT/disk_floor.json"
 start_server "$BIN/ringchat" "$WORK/data" "$OUT/server.log"
 curl -s "http://$METRICS_ADDR/metrics" > "$OUT/metrics-start.txt" || true
 
@@ -74,4 +81,27 @@ HDR
 fi
 echo "$row" >> bench/RESULTS.md
 echo "$row"
+# Per scenario: CPU per message and memory per connection, next to the floor.
+python3 - "$OUT" > "$OUT/summary.md" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+floor = json.load(open(os.path.join(out, "disk_floor.json")))
+print(f"disk fdatasync (4 KiB): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms\n")
+print("| scenario | conns | rate/s | ack p50/p99 ms | e2e p99 ms | p99 - fsync p99 ms | server cpu % | cpu µs/msg | RSS B/conn |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name in sorted(os.listdir(out)):
+    f = os.path.join(out, name, "report.json")
+    if not os.path.isfile(f):
+        continue
+    d = json.load(open(f))
+    rate = d.get("rate_per_s") or 0
+    cpu = d.get("server_cpu_percent")
+    per = f"{cpu / 100 * 1e6 / rate:.0f}" if cpu and rate else "-"
+    ack, e2e = d.get("ack_ms") or {}, d.get("e2e_ms") or {}
+    gap = f"{e2e['p99'] - floor['p99_ms']:.2f}" if e2e.get("p99") is not None else "-"
+    print(f"| {name} | {d.get('connections')} | {rate:.0f} | {ack.get('p50', '-')}/{ack.get('p99', '-')} | "
+          f"{e2e.get('p99', '-')} | {gap if rate else '-'} | {f'{cpu:.0f}' if cpu is not None else '-'} | {per} | "
+          f"{f'{rss:.0f}' if (rss := d.get('server_rss_per_conn_bytes')) else '-'} |")
+PY
+cat "$OUT/summary.md"
 exit $status

@@ -22,7 +22,9 @@ trap 'stop_server; rm -rf "$WORK"' EXIT
 "$BIN/ringchat" provision --data-dir "$WORK/data" --users 500 --prefix sm \
     --friends-pairs --groups 50 --group-size 10 --fast-hash $(insecure_fast_hash "$BIN/ringchat")
 LEGACY_ADDR=127.0.0.1:$(free_port)
-start_server "$BIN/ringchat" "$WORK/data" "$WORK/server.log" --legacy-listen "$LEGACY_ADDR"
+WS_ADDR=127.0.0.1:$(free_port)
+start_server "$BIN/ringchat" "$WORK/data" "$WORK/server.log" --legacy-listen "$LEGACY_ADDR" \
+    --ws-listen "$WS_ADDR"
 pass=0; fail=0
 run() {
     local name=$1; shift
@@ -39,6 +41,9 @@ run group --scenario group --connections 500 --group-size 10 --rate 100 --durati
 # At most 32 logins in flight: the legacy listener admits 64 unauthenticated
 # connections per source address (docs/SECURITY.md).
 SRV=$LEGACY_ADDR run legacy --protocol legacy --scenario direct --connections 500 --rate 250 --duration 5 --drain 10 --max-inflight 32
+# The same scenarios over WebSocket (one frame per binary message).
+SRV=$WS_ADDR run ws-direct --protocol ws --scenario direct --connections 500 --rate 500 --duration 5 --drain 10
+SRV=$WS_ADDR run ws-group --protocol ws --scenario group --connections 500 --group-size 10 --rate 100 --duration 5 --drain 10
 run storm --scenario login-storm --connections 500 --duration 2 --expect-connections 500
 if PROFILE=$PROFILE CONNS=300 RATE=300 DURATION=12 KILLS=2 bench/failover_smoke.sh >"$WORK/failover.out" 2>&1; then
     pass=$((pass + 1)); echo "ok   failover"

@@ -11,7 +11,7 @@
 //!   Other `RINGCHAT_*` variables (used by the test and cluster scripts) are
 //!   not settings and are ignored.
 //! - For optional settings (`metrics`, `redis`, `node-id`, `legacy-listen`,
-//!   `admin-token`, `admin-token-file`)
+//!   `ws-listen`, `ws-allowed-origin`, `admin-token`, `admin-token-file`)
 //!   an empty value means "off", so an environment variable or a flag can
 //!   turn off what the file turns on.
 //! - Every value from the environment or the file is parsed exactly like
@@ -156,6 +156,16 @@ pub struct ServeArgs {
     /// by default; see docs/MIGRATING.md).
     #[arg(long)]
     pub legacy_listen: Option<SocketAddr>,
+    /// Also serve WebSocket (`/ws`, the native protocol, one frame per
+    /// binary message) and the web client (`/`) on this address (off by
+    /// default; see docs/WEB.md).
+    #[arg(long)]
+    pub ws_listen: Option<SocketAddr>,
+    /// Browser origins allowed to open a WebSocket besides the server's own
+    /// address, comma-separated (`https://chat.example.com`); `*` allows
+    /// any. Requests without an Origin (non-browser clients) are allowed.
+    #[arg(long)]
+    pub ws_allowed_origin: Option<String>,
     /// Exit (status 70) when a shard makes no progress for this many
     /// seconds, so a supervisor restarts the node instead of it staying
     /// deaf; 0 disables the watchdog.
@@ -334,6 +344,14 @@ impl Effective {
             cluster: cluster_config(a)?
                 .map(|c| c as std::sync::Arc<dyn crate::server::router::RouterFactory>),
             legacy_listen: a.legacy_listen,
+            ws_listen: a.ws_listen,
+            ws_allowed_origins: a
+                .ws_allowed_origin
+                .iter()
+                .flat_map(|s| s.split(','))
+                .map(|s| s.trim().trim_end_matches('/').to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             watchdog: Duration::from_secs(a.watchdog_secs),
             fault: a.test_fault,
             hash_threads: a.hash_threads,
@@ -655,7 +673,7 @@ pub fn resolve(
              max_friend_requests_per_hour, max_sessions_per_user, max_groups_per_user,
              max_members_per_group, max_conns_per_addr, max_conns, min_password_len,
              session_ttl_secs, store_timeout_secs;
-        opt: metrics, redis, node_id, legacy_listen, redis_ca, cluster_key_file, admin_token,
+        opt: metrics, redis, node_id, legacy_listen, ws_listen, ws_allowed_origin, redis_ca, cluster_key_file, admin_token,
              admin_token_file
     );
     // Keep the file's order of options: same as `--help`.

@@ -25,7 +25,7 @@ pub mod wire;
 
 /// Runs a node: the server with every protocol this build speaks, as
 /// configured (the native one on `cfg.listen`; the old JSON one on
-/// `cfg.legacy_listen`). The server itself names no protocol: see
+/// `cfg.legacy_listen`; WebSocket and the web client on `cfg.ws_listen`). The server itself names no protocol: see
 /// `server::protocol`.
 pub fn serve(cfg: server::Config) -> Result<(), String> {
     let extra = protocols(&cfg);
@@ -46,6 +46,17 @@ fn protocols(cfg: &server::Config) -> Vec<server::protocol::Listen> {
             addr,
             proto: std::sync::Arc::new(legacy::conn::Legacy::new()),
             what: "legacy-listen",
+        });
+    }
+    if let Some(addr) = cfg.ws_listen {
+        extra.push(server::protocol::Listen {
+            addr,
+            proto: std::sync::Arc::new(server::conn::Native::websocket(
+                server::websocket::WsOptions {
+                    allowed_origins: cfg.ws_allowed_origins.clone(),
+                },
+            )),
+            what: "ws-listen",
         });
     }
     extra

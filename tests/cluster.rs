@@ -146,6 +146,8 @@ fn drain(
 struct Node {
     name: String,
     addr: SocketAddr,
+    /// `--ws-listen`: every node serves WebSocket too (nginx's http block).
+    ws: SocketAddr,
     /// `--metrics` (with `/admin`), when the cluster was started with admin.
     metrics: Option<SocketAddr>,
     child: Option<Child>,
@@ -154,6 +156,8 @@ struct Node {
 
 struct Nginx {
     addr: SocketAddr,
+    /// The http (WebSocket upgrade) listener.
+    ws: SocketAddr,
     child: Child,
     dir: PathBuf,
 }
@@ -382,6 +386,7 @@ impl Cluster {
             c.nodes.push(Node {
                 name: format!("n{}", i + 1),
                 addr: "127.0.0.1:0".parse().unwrap(),
+                ws: "127.0.0.1:0".parse().unwrap(),
                 metrics: None,
                 child: None,
                 log: Arc::new(Mutex::new(String::new())),
@@ -392,6 +397,7 @@ impl Cluster {
         let mut waiting = Vec::new();
         for i in 0..k {
             c.nodes[i].addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            c.nodes[i].ws = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             waiting.push((i, c.spawn_node(i)));
         }
         for (i, rx) in waiting {
@@ -400,6 +406,7 @@ impl Cluster {
                 let mut ok = false;
                 for _ in 0..3 {
                     c.nodes[i].addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                    c.nodes[i].ws = format!("127.0.0.1:{}", free_port()).parse().unwrap();
                     let rx = c.spawn_node(i);
                     if c.await_ready(i, rx).is_ok() {
                         ok = true;
@@ -426,6 +433,7 @@ impl Cluster {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringchat"));
         cmd.arg("serve")
             .args(["--listen", &node.addr.to_string()])
+            .args(["--ws-listen", &node.ws.to_string()])
             .args(["--shards", &self.shards.to_string()])
             .args(["--store", &store])
             .args(["--redis", &self.redis_url])
@@ -497,11 +505,16 @@ impl Cluster {
         let bin = nginx_binary().expect("nginx");
         for _ in 0..5 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let dir = self.dir.join("nginx");
             std::fs::create_dir_all(&dir).unwrap();
             let conf = dir.join("nginx.conf");
-            let nodes: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
-            std::fs::write(&conf, render_nginx(addr, &dir, &nodes)).unwrap();
+            let nodes: Vec<(String, String)> = self
+                .nodes
+                .iter()
+                .map(|n| (n.addr.to_string(), n.ws.to_string()))
+                .collect();
+            std::fs::write(&conf, render_nginx(addr, ws, &dir, &nodes)).unwrap();
             let log = dir.join("error.log");
             let mut child = Command::new(&bin)
                 .arg("-c")
@@ -516,8 +529,13 @@ impl Cluster {
                 .expect("spawn nginx");
             let deadline = Instant::now() + T;
             loop {
-                if port_open(&addr.to_string()).is_ok() {
-                    self.nginx = Some(Nginx { addr, child, dir });
+                if port_open(&addr.to_string()).is_ok() && port_open(&ws.to_string()).is_ok() {
+                    self.nginx = Some(Nginx {
+                        addr,
+                        ws,
+                        child,
+                        dir,
+                    });
                     return;
                 }
                 if let Ok(Some(_)) = child.try_wait() {
@@ -744,21 +762,28 @@ fn delete_keys(url: &str, pattern: &str) -> redis::RedisResult<()> {
 
 /// The nginx template with the placeholders filled in outside comments
 /// (`{{NODE}}` lines repeated per node), as `tools/cluster` renders it.
-fn render_nginx(listen: SocketAddr, dir: &Path, nodes: &[String]) -> String {
+/// `nodes`: (native address, `--ws-listen` address) of each node.
+fn render_nginx(
+    listen: SocketAddr,
+    ws: SocketAddr,
+    dir: &Path,
+    nodes: &[(String, String)],
+) -> String {
     let mut out = String::new();
     for line in NGINX_TEMPLATE.lines() {
         if line.trim_start().starts_with('#') {
             out.push_str(line);
             out.push('\n');
-        } else if line.contains("{{NODE}}") {
-            for n in nodes {
-                out.push_str(&line.replace("{{NODE}}", n));
+        } else if line.contains("{{NODE}}") || line.contains("{{WS_NODE}}") {
+            for (n, w) in nodes {
+                out.push_str(&line.replace("{{NODE}}", n).replace("{{WS_NODE}}", w));
                 out.push('\n');
             }
         } else {
             out.push_str(
                 &line
                     .replace("{{LISTEN}}", &listen.to_string())
+                    .replace("{{WS_LISTEN}}", &ws.to_string())
                     .replace("{{RUN_DIR}}", &dir.to_string_lossy()),
             );
             out.push('\n');
@@ -1847,6 +1872,69 @@ impl TlsFrames {
 /// nginx terminates TLS (nginx/ringchat-tls.conf, loaded by a reload) in
 /// front of the nodes: a TLS client registers, logs in, becomes friends
 /// with a plain-TCP user on another node and chats both ways.
+#[test]
+fn websocket_through_nginx_reaches_the_cluster() {
+    let test = "websocket_through_nginx_reaches_the_cluster";
+    let Some(c) = Cluster::start(test, 2, 1, true) else {
+        return;
+    };
+    let lb = c.nginx.as_ref().unwrap().ws;
+    // The web client's page, through the proxy.
+    let page = common::http(lb, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        page.starts_with("HTTP/1.1 200 OK\r\n") && page.contains("<html"),
+        "{page}"
+    );
+    // A browser page served through nginx upgrades with its own origin:
+    // nginx passes Host on, so the node's same-origin check holds.
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let upgrade = |origin: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {lb}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
+    };
+    let mut s = TcpStream::connect(lb).unwrap();
+    {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(upgrade(&format!("http://{lb}")).as_bytes())
+            .unwrap();
+        let mut head = [0u8; 512];
+        let n = s.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    }
+    let evil = common::http(lb, &upgrade("https://evil.example"));
+    assert!(evil.starts_with("HTTP/1.1 403 "), "{evil}");
+    // WebSocket users through nginx chat with a TCP user on a node directly,
+    // whichever node nginx picked for them.
+    let t = c.user(c.addr(1), "wt");
+    for n in 0..2 {
+        let w = c.client_with(lb, |o| o.websocket = true);
+        let name = uname(&format!("wn{n}"));
+        let id = w.register(&name, PASSWORD).unwrap();
+        let session = login_synced(&w, &name);
+        let w = User {
+            id,
+            name,
+            session,
+            c: w,
+        };
+        befriend(&w, &t);
+        w.send_direct(t.id, &format!("from ws {n}")).unwrap();
+        assert_eq!(
+            wait_msg(&t, "ws message via nginx").body,
+            format!("from ws {n}")
+        );
+        t.send_direct(w.id, &format!("to ws {n}")).unwrap();
+        assert_eq!(
+            wait_msg(&w, "tcp message via nginx").body,
+            format!("to ws {n}")
+        );
+    }
+}
+
 #[test]
 fn tls_through_nginx_reaches_the_cluster() {
     use ringchat::wire::fb::Body;

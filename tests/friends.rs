@@ -358,3 +358,45 @@ fn presence_goes_offline_when_killed_mid_frame() {
         .unwrap();
     assert!(hist.is_empty(), "{hist:?}");
 }
+
+/// A friendship accepted in the same write as the login (before the new
+/// session's friend list has loaded on its home shard) still tells both
+/// sides that the other is online. It used to be dropped on the floor for
+/// the new session: its home shard ignored the friendship change while the
+/// friend list was loading, and the list, once loaded, announced nothing.
+/// (A race: this fails without the fix only when the list loads slower than
+/// the accept is stored, as it did once in CI under load: `befriend` timed
+/// out waiting for presence. The fix is `Shard::announce_online` applying
+/// `UserState::early_friend_sets`.)
+#[test]
+fn accepting_right_at_login_still_shows_the_new_friend_online() {
+    use ringchat::wire::fb;
+    let s = TestServer::start();
+    for round in 0..8 {
+        let a = s.user(&uname(&format!("al{round}")));
+        let bname = uname(&format!("bl{round}"));
+        let bid = s.client().register(&bname, PASSWORD).unwrap();
+        a.friend_request(bid, "").unwrap();
+        let mut raw = Raw::hello(s.addr);
+        let mut bytes = raw.enc.login(2, &bname, PASSWORD).to_vec();
+        bytes.extend_from_slice(raw.enc.friend_respond(3, a.id, true));
+        raw.write(&bytes);
+        let mut saw = false;
+        while let Some(f) = raw.read() {
+            if f.body == fb::Body::Presence {
+                let env = ringchat::wire::decode(&f.bytes).unwrap();
+                let p = env.body_as_presence().unwrap();
+                if p.user_id() == a.id && p.online() {
+                    saw = true;
+                    break;
+                }
+            }
+        }
+        assert!(saw, "round {round}: the new friend's presence never came");
+        wait(
+            &a.c,
+            "presence of the new friend",
+            |e| matches!(e, Event::Presence { user_id, online: true } if *user_id == bid),
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub mod typing;
 pub use types::*;
 
 use crate::model::{ConvId, GroupId, Seq, UserId};
-use crate::wire::{Enc, FrameBuf};
+use crate::wire::{Enc, FrameBuf, ws};
 use decode::Incoming;
 use inbox::{Effect, Fill, Inbox};
 use std::collections::{HashMap, VecDeque};
@@ -66,6 +66,9 @@ pub struct ClientOptions {
     pub dedup: bool,
     /// Sent in `Hello` for the server's logs.
     pub client_name: String,
+    /// Speak WebSocket (`GET /ws` on a `--ws-listen` address) instead of
+    /// plain TCP: the same frames, one per binary message.
+    pub websocket: bool,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +79,7 @@ impl Default for ClientOptions {
             keepalive: true,
             dedup: true,
             client_name: concat!("ringchat-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            websocket: false,
         }
     }
 }
@@ -83,6 +87,8 @@ impl Default for ClientOptions {
 struct Writer {
     stream: TcpStream,
     enc: Enc,
+    /// WebSocket framing scratch; `None` on plain TCP.
+    ws: Option<Vec<u8>>,
 }
 
 /// State shared by the caller side and the reader thread.
@@ -124,9 +130,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn write_frame(&self, build: impl FnOnce(&mut Enc) -> &[u8]) -> std::io::Result<()> {
         let mut w = lock(&self.writer);
-        let Writer { stream, enc } = &mut *w;
+        let Writer { stream, enc, ws } = &mut *w;
         let frame = build(enc);
-        stream.write_all(frame)
+        match ws {
+            None => stream.write_all(frame),
+            Some(buf) => {
+                buf.clear();
+                ws::encode_binary(ws::Role::Client, frame, buf);
+                stream.write_all(buf)
+            }
+        }
     }
 
     /// Fails every waiting request: their replies can no longer arrive.
@@ -197,14 +210,25 @@ impl Client {
     }
 
     pub fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
-        let stream = TcpStream::connect(addr)?;
+        let mut stream = TcpStream::connect(addr)?;
         // Chat frames are small and latency-bound; Nagle would hold them back.
         stream.set_nodelay(true)?;
+        let ws_in = if options.websocket {
+            stream.set_read_timeout(Some(options.timeout))?;
+            let rest = ws_handshake(&mut stream)?;
+            stream.set_read_timeout(None)?;
+            let mut w = ws::WsIn::new(ws::Role::Client, CLIENT_MAX_FRAME);
+            w.push(&rest);
+            Some(w)
+        } else {
+            None
+        };
         let read_half = stream.try_clone()?;
         let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
                 stream,
                 enc: Enc::new(),
+                ws: options.websocket.then(Vec::new),
             }),
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
@@ -219,7 +243,7 @@ impl Client {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("ringchat-client-reader".into())
-                .spawn(move || reader_loop(read_half, shared, ev_tx))?
+                .spawn(move || reader_loop(read_half, ws_in, shared, ev_tx))?
         };
         let mut client = Client {
             shared,
@@ -858,14 +882,110 @@ impl Drop for Client {
     }
 }
 
-fn reader_loop(mut stream: TcpStream, shared: Arc<Shared>, events: Sender<Event>) {
+/// The client half of the WebSocket upgrade (`GET /ws`); returns the bytes
+/// read past the response (already WebSocket frames).
+fn ws_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let host = stream.peer_addr()?;
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(ClientError::Protocol(
+                "connection closed during the WebSocket upgrade".into(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(used)) => {
+                let accept = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+                    .map(|h| h.value.to_vec());
+                let want = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                if resp.code != Some(101) || accept.as_deref() != Some(want.as_bytes()) {
+                    let text = String::from_utf8_lossy(&buf[..used]).into_owned();
+                    return Err(ClientError::Protocol(format!(
+                        "WebSocket upgrade refused: {text}"
+                    )));
+                }
+                return Ok(buf[used..].to_vec());
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 16 << 10 => {}
+            _ => {
+                return Err(ClientError::Protocol(
+                    "bad WebSocket upgrade response".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Reads native frames into `buf`: straight from the socket, or out of
+/// WebSocket messages (answering pings; `false` once the peer closes).
+fn read_frames(
+    stream: &mut TcpStream,
+    ws_in: &mut Option<ws::WsIn>,
+    buf: &mut FrameBuf,
+    shared: &Shared,
+) -> bool {
+    let Some(w) = ws_in else {
+        return match stream.read(buf.spare(64 * 1024)) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.filled(n);
+                true
+            }
+        };
+    };
+    let mut control = Vec::new();
+    loop {
+        match w.step(buf, &mut control) {
+            ws::Step::Frame => break,
+            ws::Step::Close(c) => {
+                let close = ws::close_frame(ws::Role::Client, c.code, "");
+                let _ = lock(&shared.writer).stream.write_all(&close);
+                return false;
+            }
+            ws::Step::More => {
+                if !control.is_empty() {
+                    let _ = lock(&shared.writer).stream.write_all(&control);
+                    control.clear();
+                }
+                match stream.read(w.spare(64 * 1024)) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => w.filled(n),
+                }
+            }
+        }
+    }
+    if !control.is_empty() {
+        let _ = lock(&shared.writer).stream.write_all(&control);
+    }
+    true
+}
+
+fn reader_loop(
+    mut stream: TcpStream,
+    mut ws_in: Option<ws::WsIn>,
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+) {
     let mut buf = FrameBuf::new(CLIENT_MAX_FRAME);
     'read: loop {
-        let n = match stream.read(buf.spare(64 * 1024)) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        buf.filled(n);
+        if !read_frames(&mut stream, &mut ws_in, &mut buf, &shared) {
+            break;
+        }
         loop {
             let range = match buf.next_frame() {
                 Ok(Some(r)) => r,

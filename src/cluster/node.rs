@@ -83,6 +83,13 @@ pub struct ClusterShard {
     pub view_gen: Cell<u64>,
     /// Set when the node leaves: no more heartbeats or re-registration.
     leaving: Cell<bool>,
+    /// Until then the view does not shrink: our command connection was
+    /// re-made, maybe to a restarted Redis that holds no registrations
+    /// yet, so a node missing from it is one that has not re-registered,
+    /// not one that died. Shrinking meant two owners for its conversations
+    /// for ~1 s (bench/chaos.sh: `batch write failed ... already exists`,
+    /// thousands of `Internal` answers, sends waiting up to 5.7 s).
+    fresh_redis_until: Cell<Option<std::time::Instant>>,
     /// Requests forwarded to owners on other nodes, until answered.
     forwards: RefCell<Forwards<Forwarded>>,
     /// Nodes seen with a bus subscriber since our Redis connection was made:
@@ -124,6 +131,7 @@ impl ClusterShard {
             wake: Signal::default(),
             view_gen: Cell::new(0),
             leaving: Cell::new(false),
+            fresh_redis_until: Cell::new(None),
             forwards: RefCell::new(Forwards::new(FORWARD_TIMEOUT_MS)),
             subscribed: RefCell::new(AHashSet::new()),
             down: RefCell::new(AHashSet::new()),
@@ -428,6 +436,20 @@ impl ClusterShard {
                 subscribed.remove(d.as_str());
             }
             nodes.retain(|(n, _)| !down.contains(n));
+            if self
+                .fresh_redis_until
+                .get()
+                .is_some_and(|t| std::time::Instant::now() < t)
+            {
+                // Keep the nodes we knew (a death meanwhile is seen when
+                // the grace ends: the TTL, or the probe once subscribed).
+                for o in &self.view.borrow().nodes {
+                    if !nodes.iter().any(|(n, _)| n == &o.0) && !down.contains(&o.0) {
+                        nodes.push(o.clone());
+                    }
+                }
+                nodes.sort_by(|a, b| a.0.cmp(&b.0));
+            }
         }
         if self.shard == 0 {
             for d in &dead {
@@ -507,6 +529,36 @@ impl ClusterShard {
                 .borrow_mut()
                 .owner_gone(|n| view.contains(n) || !down.contains(n))
         };
+        self.resend_forwards(shard, gone);
+    }
+
+    /// After the bus came back (our subscription was re-made after a Redis
+    /// restart): any request forwarded before, or its reply, may have been
+    /// published while a subscriber was missing (PUBLISH to nobody is
+    /// dropped) or not published at all (`redis down: bus messages
+    /// dropped`). Without this the sender waited for the 10 s deadline, or
+    /// its own ~5 s resend (bench/chaos.sh measured 5.3 s). Every request
+    /// still waiting is sent again to its owner now, exactly as after an
+    /// owner's death (a send is repeatable: the owner's `client_msg_id`
+    /// dedup answers a stored one with its seq; a second answer is dropped
+    /// by `Forwards::answered`), other operations are answered `Internal`.
+    fn reroute_all(&self, shard: &Rc<Shard>) {
+        let all = self.forwards.borrow_mut().owner_gone(|_| false);
+        if !all.is_empty() {
+            tracing::info!(
+                shard = self.shard,
+                requests = all.len(),
+                "bus back: forwarded requests sent again"
+            );
+        }
+        self.resend_forwards(shard, all);
+    }
+
+    fn resend_forwards(
+        &self,
+        shard: &Rc<Shard>,
+        gone: Vec<(crate::core::forward::Key, Forwarded)>,
+    ) {
         for (_, (conv, origin, op)) in gone {
             match op {
                 Some(op) => {
@@ -834,6 +886,18 @@ async fn subscriber_loop(
                     // lost to us: make this shard's sessions resume, which
                     // replays everything after their cursors from the store.
                     resync_sessions(&sh2);
+                    // Forwarded requests (or their replies) may be lost
+                    // too: send them again once now and once more after
+                    // the other nodes had time to resubscribe and their
+                    // command connections to reconnect (each within ~1 s).
+                    let (sh3, c3) = (sh2.clone(), c2.clone());
+                    glommio::spawn_local(async move {
+                        for ms in [300, 1500] {
+                            glommio::timer::sleep(Duration::from_millis(ms)).await;
+                            c3.reroute_all(&sh3);
+                        }
+                    })
+                    .detach();
                 }
             },
         )
@@ -889,14 +953,16 @@ fn bus_goodbye(shard: &Shard, conn: &Conn) {
 }
 
 /// Every `PROBE_MS`: the subscription probe and forwarded-request
-/// deadlines; every second: reconnect, heartbeat and the full view refresh.
+/// deadlines, and a reconnect while the command connection is down (a
+/// restarted Redis is back within a tick, not a second: bus messages are
+/// dropped meanwhile); every second: heartbeat and the full view refresh.
 async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
     let mut tick = 0u64;
     loop {
         glommio::timer::sleep(Duration::from_millis(PROBE_MS)).await;
         tick += 1;
         c.expire_forwards(&shard);
-        if !tick.is_multiple_of(REFRESH_EVERY) {
+        if !tick.is_multiple_of(REFRESH_EVERY) && c.conn().is_some() {
             if c.probe(&shard).await {
                 c.refresh_view(&shard).await;
             }
@@ -908,11 +974,24 @@ async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                 Ok(conn) => {
                     tracing::info!(shard = c.shard, "redis reconnected");
                     *c.conn.borrow_mut() = Some(conn);
+                    // Every node re-registers within ~1 s of Redis being
+                    // back (200 ms retries, then its heartbeat).
+                    c.fresh_redis_until.set(Some(
+                        std::time::Instant::now() + Duration::from_millis(2500),
+                    ));
                     // A new Redis (or a restarted one) holds no subscription
                     // yet: a node counts as down by the probe only after it
                     // is seen subscribed again.
                     c.subscribed.borrow_mut().clear();
                     c.reregister(&shard);
+                    // What we published while it was down was dropped,
+                    // forwarded requests and their replies among them.
+                    let (sh, c2) = (shard.clone(), c.clone());
+                    glommio::spawn_local(async move {
+                        glommio::timer::sleep(Duration::from_millis(300)).await;
+                        c2.reroute_all(&sh);
+                    })
+                    .detach();
                 }
                 Err(_) => continue,
             }

@@ -12,11 +12,13 @@ use super::io::{self, Frame, Outbound, ReadHalf, SharedStream};
 use super::limits::ConnSlot;
 use super::session::{self, HOLD_CAP, NativeReplies, Session};
 use super::shard::{Conn, HandOff, Shard, ShardMsg};
+use super::websocket::{self, Http, WsOptions};
 use crate::core::Reject;
 use crate::core::request::Request;
 use crate::core::session::{Gate, Phase, gate};
 use crate::model::{ConvId, Seq, UserId};
 use crate::server::native::{self as native, Scratch};
+use crate::wire::ws::{self, Role, WsClose, WsIn};
 use crate::wire::{self, FrameBuf, FrameError, PROTOCOL_VERSION, fb};
 use ahash::AHashMap;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +57,101 @@ pub(crate) enum Filled {
     Closed,
     /// Nothing arrived within the idle timeout (the stream's read timeout).
     IdleTimeout,
+    /// A WebSocket connection ends: send this Close (see `wire::ws`).
+    WsClose(WsClose),
+}
+
+/// How native frames travel on a connection: as they are on TCP, or one
+/// per binary WebSocket message (`wire::ws`). Everything else about the
+/// connection is the same.
+pub(crate) enum Framing {
+    Plain,
+    Ws(Box<WsIn>),
+}
+
+impl Framing {
+    fn ws(max_frame: usize, pending: &[u8]) -> Framing {
+        let mut w = WsIn::new(Role::Server, max_frame);
+        w.push(pending);
+        Framing::Ws(Box::new(w))
+    }
+
+    fn role(&self) -> Option<Role> {
+        match self {
+            Framing::Plain => None,
+            Framing::Ws(_) => Some(Role::Server),
+        }
+    }
+
+    /// A native frame as this connection's peer reads it.
+    fn wrap(&self, frame: &[u8]) -> Vec<u8> {
+        match self {
+            Framing::Plain => frame.to_vec(),
+            Framing::Ws(_) => {
+                let mut v = Vec::with_capacity(frame.len() + 10);
+                ws::encode_binary(Role::Server, frame, &mut v);
+                v
+            }
+        }
+    }
+
+    /// Ends a connection that has not logged in after its last reply: on
+    /// WebSocket with a Close frame (1000; the native reply before it says
+    /// why), as the session's writer does for logged-in ones.
+    async fn close(&self, stream: &mut TcpStream) {
+        if let Framing::Ws(_) = self {
+            let _ = stream
+                .write_all(&ws::close_frame(Role::Server, ws::code::NORMAL, ""))
+                .await;
+        }
+    }
+
+    /// Bytes read but not yet made into frames, to travel with a
+    /// connection handed to another shard.
+    fn pending(&self, fbuf: &FrameBuf) -> Vec<u8> {
+        match self {
+            Framing::Plain => fbuf.pending().to_vec(),
+            // A WebSocket reader stops at each message, so the frame
+            // buffer is empty here and the rest is still WebSocket bytes.
+            Framing::Ws(w) => w.remaining().to_vec(),
+        }
+    }
+
+    /// Reads until `fbuf` holds at least one more whole frame (or the
+    /// connection ends). On WebSocket, control frames answered on the way
+    /// (pongs) are left in `control` for the caller to write; it returns
+    /// early so they are not held back behind a quiet peer.
+    async fn fill(
+        &mut self,
+        r: &mut (impl futures_lite::AsyncRead + Unpin),
+        fbuf: &mut FrameBuf,
+        control: &mut Vec<u8>,
+    ) -> Filled {
+        let w = match self {
+            Framing::Plain => return fill(r, fbuf).await,
+            Framing::Ws(w) => w,
+        };
+        loop {
+            match w.step(fbuf, control) {
+                ws::Step::Frame => return Filled::Data,
+                ws::Step::Close(c) => return Filled::WsClose(c),
+                ws::Step::More if !control.is_empty() => return Filled::Data,
+                ws::Step::More => {}
+            }
+            fbuf.shrink_if_idle();
+            match r.read(w.spare(1024)).await {
+                Ok(0) => return Filled::Closed,
+                Ok(n) => w.filled(n),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Filled::IdleTimeout,
+                Err(_) => return Filled::Closed,
+            }
+        }
+    }
+}
+
+/// The Close frame for a WebSocket connection ending with `c`.
+fn close_bytes(c: WsClose) -> Vec<u8> {
+    ws::close_frame(Role::Server, c.code, c.reason)
 }
 
 /// Reads more bytes into `fbuf` (which keeps its buffer small when idle).
@@ -99,7 +196,15 @@ async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>, sl
     let _ = stream.set_read_timeout(Some(shard.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let mut framing = match &me.ws {
+        None => Framing::Plain,
+        Some(opts) => match http_request(&shard, &mut stream, opts).await {
+            Some(f) => f,
+            None => return,
+        },
+    };
     let mut fbuf = FrameBuf::new(shard.cfg.max_frame);
+    let mut control = Vec::new();
     let mut phase = Phase::AwaitHello;
     loop {
         // Every complete frame already buffered, in order.
@@ -108,8 +213,9 @@ async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>, sl
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    let f = frame_error_reply(&shard, e);
+                    let f = framing.wrap(&frame_error_reply(&shard, e));
                     let _ = stream.write_all(&f).await;
+                    framing.close(&mut stream).await;
                     return;
                 }
             };
@@ -128,20 +234,23 @@ async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>, sl
                 }
             };
             if let Some(f) = reply
-                && stream.write_all(&f).await.is_err()
+                && stream.write_all(&framing.wrap(&f)).await.is_err()
             {
                 return;
             }
             if close {
+                framing.close(&mut stream).await;
                 return;
             }
             if let Some(login) = login {
-                let pending = fbuf.pending().to_vec();
+                let pending = framing.pending(&fbuf);
                 let home = shard.home(login.user);
                 if home == shard.id {
                     let mut fb2 = FrameBuf::new(shard.cfg.max_frame);
-                    fb2.push(&pending);
-                    run_session(shard, stream, fb2, login).await;
+                    if let Framing::Plain = framing {
+                        fb2.push(&pending);
+                    }
+                    run_session(shard, stream, fb2, framing, login).await;
                 } else {
                     let Some(fd) = detach_fd(stream) else { return };
                     shard.send(
@@ -162,13 +271,62 @@ async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>, sl
                 return;
             }
         }
-        match fill(&mut stream, &mut fbuf).await {
+        let filled = framing.fill(&mut stream, &mut fbuf, &mut control).await;
+        if !control.is_empty()
+            && stream
+                .write_all(&std::mem::take(&mut control))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        match filled {
             Filled::Data => {}
             Filled::Closed => return,
             Filled::IdleTimeout => {
-                let _ = stream.write_all(&idle_goodbye(&shard)).await;
+                let _ = stream.write_all(&framing.wrap(&idle_goodbye(&shard))).await;
+                framing.close(&mut stream).await;
                 return;
             }
+            Filled::WsClose(c) => {
+                let _ = stream.write_all(&close_bytes(c)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The HTTP request a WebSocket listener's connection starts with: an
+/// upgrade (the connection goes on as WebSocket) or a file of the web
+/// client, or an error (answered, then closed). See `server::websocket`.
+async fn http_request(shard: &Shard, stream: &mut TcpStream, opts: &WsOptions) -> Option<Framing> {
+    let mut buf = Vec::with_capacity(1024);
+    // The whole request head must arrive within one idle timeout, not each
+    // of its bytes: a client trickling a byte at a time cannot hold a
+    // connection for hours.
+    let deadline = std::time::Instant::now() + shard.cfg.idle_timeout;
+    loop {
+        match websocket::answer(&buf, opts) {
+            Http::Incomplete => {}
+            Http::Upgrade { response, consumed } => {
+                stream.set_read_timeout(Some(shard.cfg.idle_timeout)).ok()?;
+                stream.write_all(&response).await.ok()?;
+                return Some(Framing::ws(shard.cfg.max_frame, &buf[consumed..]));
+            }
+            Http::Respond(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                return None;
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return None;
+        }
+        let at = buf.len();
+        buf.resize(at + 1024, 0);
+        match stream.read(&mut buf[at..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.truncate(at + n),
         }
     }
 }
@@ -320,13 +478,33 @@ fn authenticated(
     }
 }
 
-/// The native protocol: length-prefixed FlatBuffers frames (docs/PROTOCOL.md).
+/// The native protocol: length-prefixed FlatBuffers frames (docs/PROTOCOL.md),
+/// on TCP as they are, or one per WebSocket message behind an HTTP upgrade
+/// (`--ws-listen`; the listener also serves the web client).
 #[derive(Debug)]
-pub struct Native;
+pub struct Native {
+    ws: Option<Arc<WsOptions>>,
+}
+
+impl Native {
+    pub fn tcp() -> Native {
+        Native { ws: None }
+    }
+
+    pub fn websocket(opts: WsOptions) -> Native {
+        Native {
+            ws: Some(Arc::new(opts)),
+        }
+    }
+}
 
 impl super::protocol::Protocol for Native {
     fn name(&self) -> &'static str {
-        "native"
+        if self.ws.is_some() {
+            "websocket"
+        } else {
+            "native"
+        }
     }
 
     fn serve(
@@ -339,25 +517,35 @@ impl super::protocol::Protocol for Native {
     }
 
     fn refusal(&self, why: &str) -> Vec<u8> {
+        if self.ws.is_some() {
+            // Refused before the upgrade: the client is still speaking HTTP.
+            return websocket::refusal(why);
+        }
         crate::wire::Enc::new()
             .error(0, fb::ErrorCode::LimitReached, why)
             .to_vec()
     }
 
     fn adopt(self: Arc<Self>, shard: Rc<Shard>, h: HandOff) {
-        accept_handoff(shard, h)
+        let ws = self.ws.is_some();
+        accept_handoff(shard, h, ws)
     }
 }
 
 /// A connection arriving from another shard after login.
-fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
+fn accept_handoff(shard: Rc<Shard>, h: HandOff, ws: bool) {
     use std::os::fd::IntoRawFd;
     // SAFETY: the OwnedFd is a valid socket descriptor we own.
     let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
     let _ = stream.set_read_timeout(Some(shard.cfg.idle_timeout));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
     let mut fbuf = FrameBuf::new(shard.cfg.max_frame);
-    fbuf.push(&h.pending);
+    let framing = if ws {
+        Framing::ws(shard.cfg.max_frame, &h.pending)
+    } else {
+        fbuf.push(&h.pending);
+        Framing::Plain
+    };
     let login = Login {
         user: h.user,
         name: h.name,
@@ -370,21 +558,27 @@ fn accept_handoff(shard: Rc<Shard>, h: HandOff) {
         let _slot = slot;
         let m = &shard.metrics;
         m.connections.set(m.connections.get() + 1);
-        run_session(shard.clone(), stream, fbuf, login).await;
+        run_session(shard.clone(), stream, fbuf, framing, login).await;
         let m = &shard.metrics;
         m.connections.set(m.connections.get() - 1);
     });
 }
 
 /// The logged-in life of a connection on its user's home shard.
-async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, login: Login) {
+async fn run_session(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    fbuf: FrameBuf,
+    framing: Framing,
+    login: Login,
+) {
     if let Some(why) = session::too_many_sessions(&shard, login.user) {
         let f = shard
             .enc
             .borrow_mut()
             .error(login.req_id, fb::ErrorCode::LimitReached, &why)
             .to_vec();
-        let _ = stream.write_all(&f).await;
+        let _ = stream.write_all(&framing.wrap(&f)).await;
         return;
     }
     let remote = stream.peer_addr().ok().map(tracing::field::display);
@@ -404,7 +598,11 @@ async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, lo
         .login_ok(login.req_id, login.user, &login.name, &login.token)
         .to_vec();
     conn.out.push(Frame::Own(ok));
-    let writer = glommio::spawn_local(io::writer_loop(conn.out.clone(), stream.clone()));
+    let writer = glommio::spawn_local(io::writer_loop_framed(
+        conn.out.clone(),
+        stream.clone(),
+        framing.role(),
+    ));
     session::register(&shard, &conn).await;
     {
         // A failed catch-up must not leave the session half-synced: close it
@@ -425,7 +623,7 @@ async fn run_session(shard: Rc<Shard>, mut stream: TcpStream, fbuf: FrameBuf, lo
             out,
         }),
     };
-    read_loop(&shard, &sess, &stream, fbuf).await;
+    read_loop(&shard, &sess, &stream, fbuf, framing).await;
     if conn.out.overflowed.get() {
         super::metrics::Metrics::inc(&shard.metrics.slow_consumers);
         tracing::info!(user = conn.user, "slow consumer cut off");
@@ -472,9 +670,16 @@ async fn replay(shard: Rc<Shard>, conn: Rc<Conn>, since: Vec<(ConvId, Seq)>) {
     }
 }
 
-async fn read_loop(shard: &Rc<Shard>, sess: &Session, stream: &SharedStream, mut fbuf: FrameBuf) {
+async fn read_loop(
+    shard: &Rc<Shard>,
+    sess: &Session,
+    stream: &SharedStream,
+    mut fbuf: FrameBuf,
+    mut framing: Framing,
+) {
     let conn = &sess.conn;
     let mut rd = ReadHalf(stream.clone());
+    let mut control = Vec::new();
     loop {
         loop {
             let range = match fbuf.next_frame() {
@@ -505,11 +710,19 @@ async fn read_loop(shard: &Rc<Shard>, sess: &Session, stream: &SharedStream, mut
         while shard.outbox_full() {
             shard.outbox_room.wait().await;
         }
-        match fill(&mut rd, &mut fbuf).await {
+        let filled = framing.fill(&mut rd, &mut fbuf, &mut control).await;
+        if !control.is_empty() {
+            conn.out.push(Frame::Raw(std::mem::take(&mut control)));
+        }
+        match filled {
             Filled::Data => {}
             Filled::Closed => return,
             Filled::IdleTimeout => {
                 conn.out.push(Frame::Own(idle_goodbye(shard)));
+                return;
+            }
+            Filled::WsClose(c) => {
+                conn.out.push(Frame::Raw(close_bytes(c)));
                 return;
             }
         }

@@ -1,6 +1,7 @@
 //! Small I/O building blocks for one executor: a single-waiter signal, the
 //! per-connection outbound queue, and read/write halves of one socket.
 
+use crate::wire::ws;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -136,17 +137,35 @@ impl Outbound {
     }
 
     /// Moves queued frames into `buf` (coalescing into one write) up to `max` bytes.
+    #[cfg(test)]
     fn drain_into(&self, buf: &mut Vec<u8>, max: usize) {
+        self.drain_framed(buf, max, None);
+    }
+
+    /// Like `drain_into`; on a WebSocket connection (`ws` is our role) each
+    /// native frame becomes one binary message, and `Raw` frames (control
+    /// frames, already WebSocket-framed) go as they are. Returns whether a
+    /// Close frame was among them.
+    fn drain_framed(&self, buf: &mut Vec<u8>, max: usize, ws: Option<ws::Role>) -> bool {
         let mut q = self.q.borrow_mut();
+        let mut closed = false;
         while let Some(f) = q.front() {
             let b = f.bytes();
             if !buf.is_empty() && buf.len() + b.len() > max {
                 break;
             }
-            buf.extend_from_slice(b);
+            match (ws, f) {
+                (Some(role), Frame::Own(_) | Frame::Shared(_)) => ws::encode_binary(role, b, buf),
+                (Some(_), Frame::Raw(_)) => {
+                    closed |= b.first() == Some(&ws::CLOSE_BYTE);
+                    buf.extend_from_slice(b);
+                }
+                (None, _) => buf.extend_from_slice(b),
+            }
             self.bytes.set(self.bytes.get() - b.len());
             q.pop_front();
         }
+        closed
     }
 
     /// Waits until fewer than `mark` bytes are queued (backpressure for
@@ -202,15 +221,36 @@ const MAX_WRITE: usize = 256 << 10;
 /// Drains `out` into the socket until the queue is closed and empty or the
 /// peer goes away. Many queued frames become one `write` call.
 pub async fn writer_loop(out: Rc<Outbound>, stream: SharedStream) {
+    writer_loop_framed(out, stream, None).await
+}
+
+/// [`writer_loop`] for a connection whose frames travel as WebSocket
+/// messages (`ws`: our role) or plain (`None`). A WebSocket connection
+/// ends with a Close frame: the one queued (a protocol error, the peer's
+/// close echoed), or else 1000, or 1008 for a slow consumer cut off.
+pub async fn writer_loop_framed(out: Rc<Outbound>, stream: SharedStream, ws: Option<ws::Role>) {
     use futures_lite::AsyncWriteExt;
     let mut w = WriteHalf(stream.clone());
     // Allocated on demand and released when the queue runs dry: 10k idle
     // connections must not each hold a write buffer.
     let mut buf = Vec::new();
+    let mut close_sent = false;
     loop {
         buf.clear();
-        out.drain_into(&mut buf, MAX_WRITE);
+        close_sent |= out.drain_framed(&mut buf, MAX_WRITE, ws);
         if buf.is_empty() {
+            if out.is_closing()
+                && !close_sent
+                && let Some(role) = ws
+            {
+                close_sent = true;
+                let (code, why) = if out.overflowed.get() {
+                    (ws::code::POLICY, "slow consumer")
+                } else {
+                    (ws::code::NORMAL, "")
+                };
+                let _ = w.write_all(&ws::close_frame(role, code, why)).await;
+            }
             buf = Vec::new();
             out.drained.notify();
             if out.is_closing() {

@@ -22,6 +22,7 @@ pub mod router;
 pub mod session;
 pub mod shard;
 pub mod watchdog;
+pub mod websocket;
 
 use crate::store::Store;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -55,6 +56,10 @@ pub struct Config {
     pub cluster: Option<Arc<dyn router::RouterFactory>>,
     /// Also serve the old cc_ChatServer JSON protocol here (`src/legacy`).
     pub legacy_listen: Option<SocketAddr>,
+    /// Also serve WebSocket and the web client here (`server::websocket`).
+    pub ws_listen: Option<SocketAddr>,
+    /// Browser origins allowed besides our own (`*`: any).
+    pub ws_allowed_origins: Vec<String>,
     /// Exit when a shard makes no progress for this long (`Duration::ZERO`:
     /// never). See `watchdog`.
     pub watchdog: Duration,
@@ -97,6 +102,8 @@ impl Default for Config {
             out_limit: 16 << 20,
             cluster: None,
             legacy_listen: None,
+            ws_listen: None,
+            ws_allowed_origins: Vec::new(),
             watchdog: Duration::from_secs(10),
             fault: None,
             hash_threads: 0,
@@ -621,7 +628,7 @@ async fn shard_main(
     watchdog::inject(cfg.fault, id);
     let accept: Vec<glommio::Task<()>> = std::iter::once((
         listener,
-        Arc::new(conn::Native) as Arc<dyn protocol::Protocol>,
+        Arc::new(conn::Native::tcp()) as Arc<dyn protocol::Protocol>,
     ))
     .chain(extra)
     .map(|(l, p)| accept_loop(shard.clone(), l, p))

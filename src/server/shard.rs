@@ -226,6 +226,10 @@ pub struct UserState {
     pub friends: Option<AHashSet<UserId>>,
     /// Whether friends were told this user is online.
     pub announced: bool,
+    /// Friendship changes that arrived while `friends` was loading: the
+    /// loaded list may predate them, so they are applied on top of it (and
+    /// a new friend already online is shown to the user then).
+    pub early_friend_sets: Vec<(UserId, bool)>,
     /// Read receipts announced (`ReadUpTo`), per conversation.
     pub read: crate::core::receipts::ReadMarks,
 }
@@ -537,7 +541,12 @@ impl Shard {
     /// The friendship of local user `user` with `friend` changed.
     pub fn friend_set(&self, user: UserId, friend: UserId, friends: bool) {
         let mut users = self.users.borrow_mut();
-        let Some(set) = users.get_mut(&user).and_then(|st| st.friends.as_mut()) else {
+        let Some(st) = users.get_mut(&user) else {
+            return; // not online here: nothing to keep
+        };
+        let Some(set) = st.friends.as_mut() else {
+            // The friend list is still loading: apply this once it is.
+            st.early_friend_sets.push((friend, friends));
             return;
         };
         let changed = if friends {
@@ -717,11 +726,24 @@ impl Shard {
 
     /// Called once the user's friend set is loaded after the first session:
     /// indexes it for presence and tells every shard the user is online.
-    pub fn announce_online(&self, user: UserId, friends: AHashSet<UserId>) {
+    pub fn announce_online(&self, user: UserId, mut friends: AHashSet<UserId>) {
         let mut users = self.users.borrow_mut();
         let Some(st) = users.get_mut(&user) else {
             return; // already gone again
         };
+        // Changes that came while the list loaded win over it (the list may
+        // or may not include them, depending on which the store saw first).
+        let early = std::mem::take(&mut st.early_friend_sets);
+        let mut new_friends = Vec::new();
+        for &(f, on) in &early {
+            if on {
+                friends.insert(f);
+                new_friends.push(f);
+            } else {
+                friends.remove(&f);
+                new_friends.retain(|x| *x != f);
+            }
+        }
         {
             let mut w = self.watchers.borrow_mut();
             for f in &friends {
@@ -733,6 +755,14 @@ impl Shard {
         drop(users);
         for s in 0..self.n {
             self.send(s, ShardMsg::Presence { user, online: true });
+        }
+        // A friendship that began meanwhile: show the new friend's presence,
+        // as `friend_set` would have had the list been loaded.
+        for f in new_friends {
+            if self.is_online(f) {
+                let p: Arc<[u8]> = self.enc.borrow_mut().presence(f, true).into();
+                self.deliver_local(&[user], &p, 0, None);
+            }
         }
     }
 

@@ -31,6 +31,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The `--legacy-listen` address as bound, if one was asked for.
     pub legacy: Option<SocketAddr>,
+    /// The `--ws-listen` address as bound, if one was asked for.
+    pub ws: Option<SocketAddr>,
     pub data_dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
@@ -89,6 +91,7 @@ impl TestServer {
         let mut s = TestServer {
             addr: "127.0.0.1:0".parse().unwrap(),
             legacy: None,
+            ws: None,
             data_dir: fresh_dir(),
             child: None,
             extra,
@@ -111,6 +114,32 @@ impl TestServer {
         (s, legacy)
     }
 
+    /// Starts with WebSocket and the web client also served (`--ws-listen`)
+    /// on a port of its own.
+    pub fn start_ws(extra: &[&str]) -> TestServer {
+        let mut args = vec!["--ws-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let s = TestServer::start_with(&args);
+        assert!(s.ws.is_some(), "the server reports its websocket address");
+        s
+    }
+
+    /// A connected WebSocket client (Hello done) on the `--ws-listen` address.
+    pub fn ws_client(&self) -> Client {
+        self.ws_client_with(|_| {})
+    }
+
+    pub fn ws_client_with(&self, f: impl FnOnce(&mut ClientOptions)) -> Client {
+        let mut o = ClientOptions {
+            websocket: true,
+            ..ClientOptions::default()
+        };
+        f(&mut o);
+        let addr = self.ws.expect("started with start_ws");
+        Client::connect_with(addr, o)
+            .unwrap_or_else(|e| panic!("ws connect {addr}: {e}; server stderr:\n{}", self.stderr()))
+    }
+
     /// Spawns the binary and waits for its `listening on` line.
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringchat"));
@@ -130,16 +159,21 @@ impl TestServer {
         let stderr = child.stderr.take().unwrap();
         *self.stderr.lock().unwrap() = String::new();
         let sink = self.stderr.clone();
-        let (ltx, lrx) = mpsc::channel::<SocketAddr>();
+        let (ltx, lrx) = mpsc::channel::<(bool, SocketAddr)>();
         // Both pipes are drained for the server's whole life so it never
         // blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 // "legacy JSON protocol on ADDR": the bound legacy address.
-                if let Some(a) = line.split("legacy JSON protocol on ").nth(1)
-                    && let Ok(a) = a.trim().parse()
-                {
-                    let _ = ltx.send(a);
+                for (ws, banner) in [
+                    (false, "legacy JSON protocol on "),
+                    (true, "websocket protocol on "),
+                ] {
+                    if let Some(a) = line.split(banner).nth(1)
+                        && let Ok(a) = a.trim().parse()
+                    {
+                        let _ = ltx.send((ws, a));
+                    }
                 }
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
@@ -165,10 +199,23 @@ impl TestServer {
                     self.child = Some(child);
                     // Later restarts keep the same addresses.
                     self.addr = addr;
-                    let wants_legacy = self.extra.iter().any(|a| a == "--legacy-listen");
-                    if wants_legacy && let Ok(l) = lrx.recv_timeout(STARTUP) {
-                        self.legacy = Some(l);
-                        if let Some(i) = self.extra.iter().position(|a| a == "--legacy-listen") {
+                    // The extra listeners' bound addresses (printed before
+                    // `listening on`); restarts reuse them.
+                    let wanted = ["--legacy-listen", "--ws-listen"]
+                        .iter()
+                        .filter(|f| self.extra.iter().any(|a| a == *f))
+                        .count();
+                    for _ in 0..wanted {
+                        let Ok((ws, l)) = lrx.recv_timeout(STARTUP) else {
+                            break;
+                        };
+                        let flag = if ws { "--ws-listen" } else { "--legacy-listen" };
+                        if ws {
+                            self.ws = Some(l);
+                        } else {
+                            self.legacy = Some(l);
+                        }
+                        if let Some(i) = self.extra.iter().position(|a| a == flag) {
                             self.extra[i + 1] = l.to_string();
                         }
                     }
@@ -429,6 +476,17 @@ pub fn assert_code<T: std::fmt::Debug>(
 }
 
 // ---------------------------------------------------------------- raw sockets
+
+/// Sends one HTTP request and returns the whole response (the server
+/// closes after answering).
+pub fn http(addr: SocketAddr, req: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// A bare connection for protocol tests: frames are built with [`Enc`] (or
 /// deliberately broken by hand) and replies decoded with `wire::decode`.

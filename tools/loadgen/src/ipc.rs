@@ -61,6 +61,15 @@ pub struct WorkerResult {
     pub login_failures: Vec<(String, u64)>,
     /// (µs since GO, kind, count).
     pub events: Vec<(i64, String, u64)>,
+    /// Sends answered `Internal` and retried (same client_msg_id).
+    #[serde(default)]
+    pub internal_retries: u64,
+    /// Per reconnect: (loss, µs since GO; loss → SyncDone, µs).
+    #[serde(default)]
+    pub resumes: Vec<(i64, u64)>,
+    /// Per second of scheduled send time: [acked, slow, longest wait µs].
+    #[serde(default)]
+    pub ack_slow: Vec<[u64; 3]>,
     #[serde(skip, default = "new_hist")]
     pub ack: Histogram<u64>,
     #[serde(skip, default = "new_hist")]

@@ -50,6 +50,9 @@ pub enum Protocol {
     /// logged in by numeric id (--id-base / --id-map). Scenarios: connect,
     /// direct, group, mixed.
     Legacy,
+    /// The native protocol over WebSocket (`ringchat serve --ws-listen`,
+    /// `GET /ws`): one frame per binary message; every native scenario.
+    Ws,
 }
 
 #[derive(Parser, Clone, Debug)]
@@ -198,7 +201,7 @@ pub fn mono_us() -> u64 {
 impl Args {
     pub fn reconnect_on(&self) -> bool {
         self.reconnect.unwrap_or(
-            self.protocol == Protocol::Native
+            self.protocol != Protocol::Legacy
                 && matches!(
                     self.scenario,
                     Scenario::Direct | Scenario::Group | Scenario::Mixed
@@ -351,6 +354,7 @@ fn parent(args: Args) -> i32 {
     let mut cpu_prev: Option<(Instant, f64)> = None;
     let mut cpu_pid: Option<u32> = None;
     let mut go_mono: Option<u64> = None;
+    let mut go_unix: Option<f64> = None;
     let mut sec_seen = vec![false; k];
     let mut ready = vec![None::<u64>; k];
     let mut results: Vec<Option<WorkerResult>> = (0..k).map(|_| None).collect();
@@ -440,6 +444,10 @@ fn parent(args: Args) -> i32 {
             cpu_go = pid.and_then(proc_cpu_s);
             let t0 = mono_us() + 200_000;
             go_mono = Some(t0);
+            go_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| (d.as_secs_f64() * 1000.0 + 200.0).round() / 1000.0);
             for p in &mut procs {
                 let _ = writeln!(p.stdin, "GO {t0}");
                 let _ = p.stdin.flush();
@@ -550,6 +558,7 @@ fn parent(args: Args) -> i32 {
         latency: lat_series,
         server: srv_series,
         login_failures: merge_counts(&login_fail),
+        go_unix_s: go_unix,
     };
     let mut rep = report::build(&args, &results, missing, server, series);
     report::print_summary(&rep);

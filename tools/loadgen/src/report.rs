@@ -54,6 +54,8 @@ pub struct Series {
     pub latency: Vec<LatPoint>,
     pub server: Vec<SrvPoint>,
     pub login_failures: Vec<(String, u64)>,
+    /// Wall clock (Unix s) of GO, the `t_s = 0` of every series.
+    pub go_unix_s: Option<f64>,
 }
 
 pub struct Report {
@@ -135,6 +137,36 @@ pub fn build(
             }
         }
     }
+    // SendOk waits by the second the send was scheduled in (all workers).
+    let mut slow: Vec<[u64; 3]> = Vec::new();
+    for r in rs {
+        if slow.len() < r.ack_slow.len() {
+            slow.resize(r.ack_slow.len(), [0; 3]);
+        }
+        for (d, s) in slow.iter_mut().zip(&r.ack_slow) {
+            d[0] += s[0];
+            d[1] += s[1];
+            d[2] = d[2].max(s[2]);
+        }
+    }
+    let ack_slow_timeline: Vec<Value> = slow
+        .iter()
+        .enumerate()
+        .map(
+            |(t, s)| json!({"t_s": t, "acked": s[0], "slow": s[1], "max_ms": s[2] as f64 / 1000.0}),
+        )
+        .collect();
+    let mut resumes: Vec<(i64, u64)> = rs.iter().flat_map(|r| r.resumes.iter().copied()).collect();
+    resumes.sort();
+    let resumes: Vec<Value> = resumes
+        .iter()
+        .map(|(t, d)| {
+            json!([
+                (*t as f64 / 1e3).round() / 1e3,
+                (*d as f64 / 1e2).round() / 10.0
+            ])
+        })
+        .collect();
     let connections = sum(|r| r.connections);
     let ramp_s = rs.iter().map(|r| r.ramp_us).max().unwrap_or(0) as f64 / 1e6;
     let storm_s = rs.iter().map(|r| r.storm_us).max().unwrap_or(0) as f64 / 1e6;
@@ -197,6 +229,11 @@ pub fn build(
         "unacked": sum(|r| r.unacked),
         "unacked_delivered": sum(|r| r.unacked_delivered),
         "send_errors": sum(|r| r.send_errors),
+        "internal_retries": sum(|r| r.internal_retries),
+        "go_unix_s": series.go_unix_s,
+        "slow_ack_ms": crate::worker::SLOW_ACK_US as f64 / 1000.0,
+        "ack_slow_timeline": ack_slow_timeline,
+        "resumes": resumes,
         "stale_ignored": sum(|r| r.stale),
         "missing_workers": missing_workers,
         "rate_per_s": done as f64 / dur,
@@ -295,6 +332,13 @@ pub fn print_summary(r: &Report) {
             j["resend_deduped"],
             j["resume_ms"]["p99"],
             j["unavailable_ms"]
+        );
+    }
+    if j["internal_retries"].as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            s,
+            "internal_retries             {} (sends answered Internal, retried with the same client_msg_id)",
+            j["internal_retries"]
         );
     }
     if let Some(e) = j["login_failures"].as_object()

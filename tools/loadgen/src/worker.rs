@@ -22,7 +22,7 @@ use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringchat::model::{ConvId, Seq, UserId, conv_kind};
-use ringchat::wire::{self, Enc, FrameBuf, fb};
+use ringchat::wire::{self, Enc, FrameBuf, fb, ws};
 use std::cell::{Cell, RefCell};
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -106,6 +106,8 @@ struct Sent {
     cmid: u64,
     /// When it was last written (mono µs; 0: not yet, queued while down).
     tx_us: u64,
+    /// Times it was answered `Internal` and retried (the back-off exponent).
+    retries: u32,
 }
 
 /// What a received message is to the accounting.
@@ -177,11 +179,17 @@ struct Conn {
     auth_retries: Cell<u32>,
     /// LoginOk received on this connection.
     authed: Cell<bool>,
+    /// `--protocol ws`: every frame goes out as one WebSocket message.
+    ws: Cell<bool>,
 }
 
 impl Conn {
     fn push(&self, f: &[u8]) {
-        self.out.borrow_mut().extend_from_slice(f);
+        if self.ws.get() {
+            ws::encode_binary(ws::Role::Client, f, &mut self.out.borrow_mut());
+        } else {
+            self.out.borrow_mut().extend_from_slice(f);
+        }
         self.ready.notify();
     }
     fn req(&self) -> u64 {
@@ -238,7 +246,19 @@ struct Stats {
     unavailable_max_us: u64,
     /// (mono µs, kind, count), coalesced per 100 ms and kind.
     events: Vec<(u64, &'static str, u64)>,
+    /// Sends answered `Internal` (retryable, e.g. the store is down) and
+    /// written again after a back-off with the same client_msg_id.
+    internal_retries: u64,
+    /// Per reconnect: (mono µs of the loss, loss → SyncDone µs).
+    resumes: Vec<(u64, u64)>,
+    /// Per second of *scheduled* send time since GO: [acked, acked after
+    /// more than SLOW_ACK_US, longest wait µs] — what a user who pressed
+    /// send in that second waited for the SendOk.
+    ack_slow: Vec<[u64; 3]>,
 }
+
+/// A SendOk later than this counts as delayed in `ack_slow_timeline`.
+pub(crate) const SLOW_ACK_US: u64 = 250_000;
 
 struct Worker {
     args: Args,
@@ -301,6 +321,23 @@ impl Worker {
         if st.events.len() < 5000 {
             st.events.push((now, kind, 1));
         }
+    }
+
+    /// Records one SendOk wait under the second its send was scheduled in.
+    fn slow_tick(&self, sched: u64, wait: u64) {
+        let go = self.go_us.get();
+        if go == 0 || sched < go {
+            return;
+        }
+        let sec = ((sched - go) / 1_000_000) as usize;
+        let mut st = self.stats.borrow_mut();
+        if st.ack_slow.len() <= sec {
+            st.ack_slow.resize(sec + 1, [0; 3]);
+        }
+        let b = &mut st.ack_slow[sec];
+        b[0] += 1;
+        b[1] += (wait > SLOW_ACK_US) as u64;
+        b[2] = b[2].max(wait);
     }
 
     fn expected_recipients(&self, conv: ConvId) -> u32 {
@@ -440,6 +477,35 @@ enum Auth {
     Resume,
 }
 
+/// The WebSocket upgrade (`GET /ws`) on a fresh connection; returns bytes
+/// read past the response (already frames).
+async fn ws_upgrade(s: &mut TcpStream, server: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed during the upgrade"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 101 ") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                return Err(std::io::Error::other(format!("refused: {head}")));
+            }
+            return Ok(buf[end + 4..].to_vec());
+        }
+        if buf.len() > 16 << 10 {
+            return Err(std::io::Error::other("response head too large"));
+        }
+    }
+}
+
 /// Connects, authenticates, syncs, then processes frames until closed.
 async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
     let conn = w.conns[idx].clone();
@@ -470,6 +536,23 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
         drop(permit);
         fail(&w, idx, &format!("connect: {e}"));
         return;
+    }
+    let mut stream = stream;
+    conn.ws.set(w.args.protocol == Protocol::Ws);
+    let mut ws_in = None;
+    if conn.ws.get() {
+        match ws_upgrade(&mut stream, w.server).await {
+            Ok(rest) => {
+                let mut r = ws::WsIn::new(ws::Role::Client, 1 << 20);
+                r.push(&rest);
+                ws_in = Some(r);
+            }
+            Err(e) => {
+                drop(permit);
+                fail(&w, idx, &format!("websocket upgrade: {e}"));
+                return;
+            }
+        }
     }
     let stream = Rc::new(RefCell::new(stream));
     *conn.out.borrow_mut() = Vec::new();
@@ -545,12 +628,41 @@ async fn conn_task(w: Rc<Worker>, idx: usize, auth: Auth) {
                 let lost = conn.lost_at.replace(0);
                 if lost != 0 {
                     w.resume.borrow_mut().saturating_record((now - lost).max(1));
-                    w.stats.borrow_mut().reconnects += 1;
+                    let mut st = w.stats.borrow_mut();
+                    st.reconnects += 1;
+                    if st.resumes.len() < 200_000 {
+                        st.resumes.push((lost, now - lost));
+                    }
+                    drop(st);
                     w.event("reconnected");
                 } else {
                     w.login.borrow_mut().record(now - t0).ok();
                 }
             }
+        }
+        if let Some(r) = &mut ws_in {
+            // Take WebSocket messages apart into native frames, reading
+            // until at least one is whole (pongs answered on the way).
+            let mut control = Vec::new();
+            loop {
+                match r.step(&mut fbuf, &mut control) {
+                    ws::Step::Frame => break,
+                    ws::Step::Close(_) => break 'outer,
+                    ws::Step::More => {}
+                }
+                match rd.read(r.spare(8192)).await {
+                    Ok(0) | Err(_) => break 'outer,
+                    Ok(n) => {
+                        conn.rx_us.set(mono_us());
+                        r.filled(n)
+                    }
+                }
+            }
+            if !control.is_empty() {
+                conn.out.borrow_mut().extend_from_slice(&control);
+                conn.ready.notify();
+            }
+            continue;
         }
         let buf = fbuf.spare(8192);
         match rd.read(buf).await {
@@ -831,10 +943,10 @@ fn handle(
             }
             return true;
         };
-        w.ack
-            .borrow_mut()
-            .saturating_record(now.saturating_sub(s.sched_us).max(1));
+        let wait = now.saturating_sub(s.sched_us).max(1);
+        w.ack.borrow_mut().saturating_record(wait);
         w.stats.borrow_mut().acked += 1;
+        w.slow_tick(s.sched_us, wait);
         if ok.duplicate() {
             w.stats.borrow_mut().resend_deduped += 1;
         }
@@ -980,8 +1092,12 @@ fn handle(
             }
             return false;
         }
-        if take_sent(conn, env.req_id()).is_some() {
-            w.stats.borrow_mut().send_errors += 1;
+        if let Some(s) = take_sent(conn, env.req_id()) {
+            if w.reconnect && er.code() == fb::ErrorCode::Internal {
+                retry_internal(w, conn, s);
+            } else {
+                w.stats.borrow_mut().send_errors += 1;
+            }
         }
         match conn.history.borrow_mut().remove(&env.req_id()) {
             Some(Hist::Fill(conv)) => {
@@ -1004,6 +1120,43 @@ fn handle(
     }
     true
 }
+
+/// A send answered `Internal` (retryable: the store is unreachable, or a
+/// forwarded request's owner died) is written again, with the same
+/// client_msg_id, after 100 ms, 200 ms, ... (up to 1 s, with jitter), as
+/// the protocol tells a client to. Meanwhile it stays in `conn.sent` under a
+/// parking key with `tx_us` 0, so it still counts as unacknowledged, the
+/// timeout resender leaves it alone, and a reconnect in between resends it
+/// from there (the timer then finds it gone and does nothing).
+fn retry_internal(w: &Rc<Worker>, conn: &Rc<Conn>, mut s: Sent) {
+    let n = s.retries;
+    s.retries += 1;
+    s.tx_us = 0;
+    let key = PARKED | conn.req();
+    conn.sent.borrow_mut().insert(key, s);
+    w.stats.borrow_mut().internal_retries += 1;
+    w.event("internal_retry");
+    let top = (100u64 << n.min(4)).min(1000);
+    let ms = top / 2 + jitter(key ^ ((n as u64) << 40)) % (top / 2 + 1);
+    let (w, conn) = (w.clone(), conn.clone());
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(Duration::from_millis(ms)).await;
+        if !conn.authed.get() || conn.closing.get() {
+            // The next session's LoginOk resends it.
+            return;
+        }
+        let Some(mut s) = conn.sent.borrow_mut().remove(&key) else {
+            return;
+        };
+        s.tx_us = mono_us();
+        w.transmit(&conn, s);
+    })
+    .detach();
+}
+
+/// Key bit of a send parked in `conn.sent` between an `Internal` answer
+/// and its retry (real req_ids count up from 1 and never reach it).
+const PARKED: u64 = 1 << 62;
 
 /// Login/Resume attempts refused with `RateLimited` that are retried (the
 /// back-off reaches 1 s after 6, so this is about 45 s of trying).
@@ -1137,6 +1290,7 @@ async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
                 gid,
                 cmid,
                 tx_us: 0,
+                retries: 0,
             };
             // A connection that is down keeps the send; its next session
             // sends it (see `handle`, LoginOk).
@@ -1170,6 +1324,7 @@ async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
                     gid,
                     cmid: c2,
                     tx_us: mono_us(),
+                    retries: 0,
                 };
                 conn.sent.borrow_mut().insert(r2, s2);
             }
@@ -1512,6 +1667,13 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
             .map(|(t, k, n)| (*t as i64 - go as i64, k.to_string(), *n))
             .collect(),
         send_errors: st.send_errors,
+        internal_retries: st.internal_retries,
+        resumes: st
+            .resumes
+            .iter()
+            .map(|(t, d)| (*t as i64 - go as i64, *d))
+            .collect(),
+        ack_slow: st.ack_slow.clone(),
         stale: st.stale,
         elapsed_us,
         errors: st.errors.clone().into_iter().collect(),
@@ -1591,6 +1753,7 @@ mod tests {
             gid: 0,
             cmid: 100 + i,
             tx_us: 1,
+            retries: 0,
         }
     }
 
