@@ -84,23 +84,6 @@ struct WebServer {
 impl WebServer {
     fn start() -> WebServer {
         let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        // DEV ONLY (removed once --ws-listen is on main): bridge via node.
-        if std::env::var_os("RINGCHAT_DEV_BRIDGE").is_some() {
-            let srv = TestServer::start();
-            let bridge = Command::new("node")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dev/bridge.mjs"))
-                .arg(ws.to_string())
-                .arg(srv.addr.to_string())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            std::mem::forget(bridge);
-            std::thread::sleep(Duration::from_millis(300));
-            return WebServer {
-                srv,
-                url: format!("http://{ws}/"),
-            };
-        }
         let srv = TestServer::start_with(&["--ws-listen", &ws.to_string()]);
         WebServer {
             srv,
@@ -203,12 +186,41 @@ fn http(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
+    // chromedriver keeps the connection open despite `Connection: close`:
+    // read the header, then exactly Content-Length bytes (or to EOF).
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let mut buf = [0u8; 16384];
+    let split = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("no HTTP header end"));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let len = String::from_utf8_lossy(&raw[..split])
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        });
+    match len {
+        Some(len) => {
+            while raw.len() < split + 4 + len {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+        None => {
+            s.read_to_end(&mut raw)?;
+        }
+    }
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut payload = raw[split + 4..].to_vec();
     let status: u16 = head
@@ -216,7 +228,10 @@ fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         payload = dechunk(&payload);
     }
     let v = if payload.is_empty() {
@@ -289,9 +304,8 @@ impl Browser {
         let script = format!("try {{ return ({expr}); }} catch (e) {{ return null; }}");
         loop {
             let v = self.js(&script);
-            let truthy = !matches!(&v, Value::Null | Value::Bool(false))
-                && v != json!("")
-                && v != json!(0);
+            let truthy =
+                !matches!(&v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
             if truthy {
                 return v;
             }
@@ -382,7 +396,10 @@ impl Browser {
         self.go(url);
         self.type_into("#login-user", name);
         self.type_into("#login-pass", PASSWORD);
-        self.wait("connected", "document.getElementById('login-status').textContent === ''");
+        self.wait(
+            "connected",
+            "document.getElementById('login-status').textContent === ''",
+        );
         self.click("#register-btn");
         self.wait_online();
     }
@@ -391,7 +408,10 @@ impl Browser {
         self.go(url);
         self.type_into("#login-user", name);
         self.type_into("#login-pass", PASSWORD);
-        self.wait("connected", "document.getElementById('login-status').textContent === ''");
+        self.wait(
+            "connected",
+            "document.getElementById('login-status').textContent === ''",
+        );
         self.click("#login-btn");
         self.wait_online();
     }
@@ -475,7 +495,10 @@ impl Drop for Browser {
 fn assert_all_once(b: &Browser, n: u64, who: &str) {
     let seqs: Vec<u64> = b.messages().iter().map(|m| m.0).collect();
     let want: Vec<u64> = (1..=n).collect();
-    assert_eq!(seqs, want, "{who}: every message shown exactly once, in order");
+    assert_eq!(
+        seqs, want,
+        "{who}: every message shown exactly once, in order"
+    );
 }
 
 /// A befriends B through the page: search, Add, Accept.
@@ -483,8 +506,14 @@ fn befriend_in_pages(a: &Browser, b: &Browser, b_name: &str, a_name: &str) {
     a.type_into("#search-input", b_name);
     a.click("#search-form button");
     a.click(".add-friend");
-    a.wait("request shown as sent", "document.querySelector('#requests .outgoing')");
-    b.click(&format!(".req.incoming[data-name={}] .accept", json!(a_name)));
+    a.wait(
+        "request shown as sent",
+        "document.querySelector('#requests .outgoing')",
+    );
+    b.click(&format!(
+        ".req.incoming[data-name={}] .accept",
+        json!(a_name)
+    ));
     a.find(&Browser::conv_css(b_name));
     b.find(&Browser::conv_css(a_name));
 }
@@ -512,11 +541,17 @@ fn two_browsers_befriend_chat_see_presence_typing_receipts_and_resume() {
     befriend_in_pages(&a, &b, &bn, &an);
     a.wait(
         "bob shown online",
-        &format!("document.querySelector('{} .dot.online')", Browser::conv_css(&bn).replace('\'', "\\'")),
+        &format!(
+            "document.querySelector('{} .dot.online')",
+            Browser::conv_css(&bn).replace('\'', "\\'")
+        ),
     );
     b.wait(
         "alice shown online",
-        &format!("document.querySelector('{} .dot.online')", Browser::conv_css(&an).replace('\'', "\\'")),
+        &format!(
+            "document.querySelector('{} .dot.online')",
+            Browser::conv_css(&an).replace('\'', "\\'")
+        ),
     );
 
     // Alice types: Bob, in the chat with her, sees it.
@@ -533,7 +568,10 @@ fn two_browsers_befriend_chat_see_presence_typing_receipts_and_resume() {
     a.type_into("#composer-input", "lo bob");
     a.click("#send-btn");
     b.wait_message("hello bob");
-    b.wait("typing cleared by the message", "document.getElementById('typing').textContent === ''");
+    b.wait(
+        "typing cleared by the message",
+        "document.getElementById('typing').textContent === ''",
+    );
     // Bob has the chat open, so he read it: Alice sees the receipt.
     a.wait(
         "read receipt ✓✓",
@@ -624,21 +662,28 @@ fn a_browser_user_and_a_terminal_client_user_talk() {
     // The terminal user asks; the browser user accepts.
     let wid = t.search_users(&wn, 0, 0).unwrap().0[0].user_id;
     t.friend_request(wid, "from the terminal").unwrap();
-    w.click(&format!(".req.incoming[data-name={}] .accept", json!(t.name)));
+    w.click(&format!(
+        ".req.incoming[data-name={}] .accept",
+        json!(t.name)
+    ));
     wait(&t.c, "accepted", |e| matches!(e, Event::Friend { .. }));
 
     t.send_direct(wid, "hello from the terminal").unwrap();
     w.open_chat(&t.name);
     w.wait_message("hello from the terminal");
     // The browser shows it with the chat open: the terminal gets the receipt.
-    wait(&t.c, "read receipt from the browser", |e| {
-        matches!(e, Event::ReadUpTo { reader, seq: 1, .. } if *reader == wid)
-    });
+    wait(
+        &t.c,
+        "read receipt from the browser",
+        |e| matches!(e, Event::ReadUpTo { reader, seq: 1, .. } if *reader == wid),
+    );
     // Typing in the browser reaches the terminal client.
     w.type_into("#composer-input", "hi termi");
-    wait(&t.c, "typing from the browser", |e| {
-        matches!(e, Event::Typing { user_id, stopped: false, .. } if *user_id == wid)
-    });
+    wait(
+        &t.c,
+        "typing from the browser",
+        |e| matches!(e, Event::Typing { user_id, stopped: false, .. } if *user_id == wid),
+    );
     w.type_into("#composer-input", "nal");
     w.click("#send-btn");
     let m = wait_msg(&t.c, "the browser's message");
@@ -669,7 +714,10 @@ fn a_group_of_three_and_the_offline_member_sees_everything() {
     a.click("#group-tools summary");
     a.type_into("#create-group-name", "team");
     a.click("#create-group-form button");
-    a.wait("group chat open", "document.getElementById('chat-name').textContent === 'team'");
+    a.wait(
+        "group chat open",
+        "document.getElementById('chat-name').textContent === 'team'",
+    );
     let gid: u64 = a
         .text("#chat-presence")
         .trim_start_matches("group #")
@@ -679,7 +727,10 @@ fn a_group_of_three_and_the_offline_member_sees_everything() {
     b.click("#group-tools summary");
     b.type_into("#join-group-id", &gid.to_string());
     b.click("#join-group-form button");
-    b.wait("group chat open", "document.getElementById('chat-name').textContent === 'team'");
+    b.wait(
+        "group chat open",
+        "document.getElementById('chat-name').textContent === 'team'",
+    );
     let carol = ws.srv.user(&uname("gcarol"));
     carol.join_group(gid).unwrap();
     let carol_name = carol.name.clone();
@@ -693,7 +744,10 @@ fn a_group_of_three_and_the_offline_member_sees_everything() {
     a.send("carol is away");
     b.wait_message("carol is away");
     a.click("#members-btn");
-    a.wait("three members listed", "document.querySelectorAll('#members li').length === 3");
+    a.wait(
+        "three members listed",
+        "document.querySelectorAll('#members li').length === 3",
+    );
     a.wait(
         "bob's read cursor",
         "[...document.querySelectorAll('#msg-list li.mine .receipt')].some(r => r.textContent.startsWith('✓✓'))",
