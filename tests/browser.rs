@@ -393,18 +393,15 @@ impl Browser {
     // ------------------------------------------------ the page, as a person uses it
 
     fn register(&self, url: &str, name: &str) {
-        self.go(url);
-        self.type_into("#login-user", name);
-        self.type_into("#login-pass", PASSWORD);
-        self.wait(
-            "connected",
-            "document.getElementById('login-status').textContent === ''",
-        );
-        self.click("#register-btn");
-        self.wait_online();
+        self.sign_in(url, name, "#register-btn");
     }
 
     fn login(&self, url: &str, name: &str) {
+        self.sign_in(url, name, "#login-btn");
+    }
+
+    /// Fills the login form and presses `button` (register or log in).
+    fn sign_in(&self, url: &str, name: &str, button: &str) {
         self.go(url);
         self.type_into("#login-user", name);
         self.type_into("#login-pass", PASSWORD);
@@ -412,7 +409,7 @@ impl Browser {
             "connected",
             "document.getElementById('login-status').textContent === ''",
         );
-        self.click("#login-btn");
+        self.click(button);
         self.wait_online();
     }
 
