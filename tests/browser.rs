@@ -335,19 +335,34 @@ impl Browser {
         v[ELEMENT].as_str().unwrap().to_string()
     }
 
+    /// `action` on the element `css` names. The page re-renders lists as
+    /// pushes arrive, so an element found a moment ago may be replaced
+    /// ("stale element reference"): like a person, find it again and retry.
+    fn on_element(&self, css: &str, action: &str, body: Value) {
+        for _ in 0..20 {
+            let e = self.find(css);
+            let path = format!("/session/{}/element/{e}/{action}", self.id);
+            let (status, v) = http(self.driver, "POST", &path, Some(body.clone()))
+                .unwrap_or_else(|err| panic!("webdriver {path}: {err}"));
+            if status == 200 {
+                return;
+            }
+            assert!(
+                v["value"]["error"] == "stale element reference",
+                "webdriver POST {path}: {status} {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{css}: still replaced after 20 tries");
+    }
+
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+        self.on_element(css, "click", json!({}));
     }
 
     /// Types `text` into the element, as key presses.
     fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.cmd(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
-        );
+        self.on_element(css, "value", json!({ "text": text }));
     }
 
     fn text(&self, css: &str) -> String {
