@@ -554,6 +554,19 @@ impl ClusterShard {
         self.resend_forwards(shard, all);
     }
 
+    /// [`Self::reroute_all`] after each of `delays_ms` (from now, one
+    /// after another), in the background.
+    fn reroute_later(self: &Rc<Self>, shard: &Rc<Shard>, delays_ms: &'static [u64]) {
+        let (shard, c) = (shard.clone(), self.clone());
+        glommio::spawn_local(async move {
+            for &ms in delays_ms {
+                glommio::timer::sleep(Duration::from_millis(ms)).await;
+                c.reroute_all(&shard);
+            }
+        })
+        .detach();
+    }
+
     fn resend_forwards(
         &self,
         shard: &Rc<Shard>,
@@ -890,14 +903,7 @@ async fn subscriber_loop(
                     // too: send them again once now and once more after
                     // the other nodes had time to resubscribe and their
                     // command connections to reconnect (each within ~1 s).
-                    let (sh3, c3) = (sh2.clone(), c2.clone());
-                    glommio::spawn_local(async move {
-                        for ms in [300, 1500] {
-                            glommio::timer::sleep(Duration::from_millis(ms)).await;
-                            c3.reroute_all(&sh3);
-                        }
-                    })
-                    .detach();
+                    c2.reroute_later(&sh2, &[300, 1500]);
                 }
             },
         )
@@ -986,12 +992,7 @@ async fn refresh_loop(shard: Rc<Shard>, c: Rc<ClusterShard>) {
                     c.reregister(&shard);
                     // What we published while it was down was dropped,
                     // forwarded requests and their replies among them.
-                    let (sh, c2) = (shard.clone(), c.clone());
-                    glommio::spawn_local(async move {
-                        glommio::timer::sleep(Duration::from_millis(300)).await;
-                        c2.reroute_all(&sh);
-                    })
-                    .detach();
+                    c.reroute_later(&shard, &[300]);
                 }
                 Err(_) => continue,
             }

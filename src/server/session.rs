@@ -306,15 +306,25 @@ pub async fn replay_native(
     since: &[(ConvId, Seq)],
     replayed: &mut AHashMap<ConvId, Seq>,
 ) -> crate::store::Result<u64> {
-    let n = catch_up(
+    let n = catch_up_native(shard, conn, since, replayed).await?;
+    Ok(n + go_live(shard, conn, since, replayed).await?)
+}
+
+/// [`catch_up`] queuing each page on the connection as a `Messages` frame.
+async fn catch_up_native(
+    shard: &Rc<Shard>,
+    conn: &Conn,
+    since: &[(ConvId, Seq)],
+    replayed: &mut AHashMap<ConvId, Seq>,
+) -> crate::store::Result<u64> {
+    catch_up(
         shard,
         conn,
         since,
         replayed,
         async |m: &[StoredMessage]| queue_page(shard, conn, m).await,
     )
-    .await?;
-    Ok(n + go_live(shard, conn, since, replayed).await?)
+    .await
 }
 
 /// Switches a session that has caught up to `replayed` to live delivery:
@@ -340,14 +350,7 @@ pub async fn go_live(
             }
             return Ok(count);
         }
-        count += catch_up(
-            shard,
-            conn,
-            since,
-            replayed,
-            async |m: &[StoredMessage]| queue_page(shard, conn, m).await,
-        )
-        .await?;
+        count += catch_up_native(shard, conn, since, replayed).await?;
         if conn.out.is_closing() {
             return Ok(count);
         }

@@ -568,7 +568,15 @@ impl Shard {
             }
         }
         drop(w);
-        if friends && self.is_online(friend) {
+        if friends {
+            self.show_online(user, friend);
+        }
+    }
+
+    /// Tells local user `user` that `friend` is online, if they are (for a
+    /// friendship that just began: no presence transition will say it).
+    fn show_online(&self, user: UserId, friend: UserId) {
+        if self.is_online(friend) {
             let f: Arc<[u8]> = self.enc.borrow_mut().presence(friend, true).into();
             self.deliver_local(&[user], &f, 0, None);
         }
@@ -759,10 +767,7 @@ impl Shard {
         // A friendship that began meanwhile: show the new friend's presence,
         // as `friend_set` would have had the list been loaded.
         for f in new_friends {
-            if self.is_online(f) {
-                let p: Arc<[u8]> = self.enc.borrow_mut().presence(f, true).into();
-                self.deliver_local(&[user], &p, 0, None);
-            }
+            self.show_online(user, f);
         }
     }
 
