@@ -885,14 +885,9 @@ impl Drop for Client {
 /// The client half of the WebSocket upgrade (`GET /ws`); returns the bytes
 /// read past the response (already WebSocket frames).
 fn ws_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
-    use base64::Engine;
-    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-    let host = stream.peer_addr()?;
-    write!(
-        stream,
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
-    )?;
+    let key = ws::new_key();
+    let host = stream.peer_addr()?.to_string();
+    stream.write_all(ws::upgrade_request(&host, &key).as_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -903,30 +898,10 @@ fn ws_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
             ));
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(used)) => {
-                let accept = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
-                    .map(|h| h.value.to_vec());
-                let want = tungstenite::handshake::derive_accept_key(key.as_bytes());
-                if resp.code != Some(101) || accept.as_deref() != Some(want.as_bytes()) {
-                    let text = String::from_utf8_lossy(&buf[..used]).into_owned();
-                    return Err(ClientError::Protocol(format!(
-                        "WebSocket upgrade refused: {text}"
-                    )));
-                }
-                return Ok(buf[used..].to_vec());
-            }
-            Ok(httparse::Status::Partial) if buf.len() < 16 << 10 => {}
-            _ => {
-                return Err(ClientError::Protocol(
-                    "bad WebSocket upgrade response".into(),
-                ));
-            }
+        match ws::upgrade_response(&buf, &key) {
+            Ok(Some(used)) => return Ok(buf[used..].to_vec()),
+            Ok(None) => {}
+            Err(why) => return Err(ClientError::Protocol(why)),
         }
     }
 }

@@ -349,6 +349,47 @@ pub fn close_frame(role: Role, code: u16, reason: &str) -> Vec<u8> {
     out
 }
 
+/// The client half of the upgrade, sans-IO: a fresh `Sec-WebSocket-Key`.
+pub fn new_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
+}
+
+/// The upgrade request for the native protocol's endpoint (`GET /ws`).
+pub fn upgrade_request(host: &str, key: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    )
+}
+
+/// Checks the server's answer to [`upgrade_request`] with `key`:
+/// `Ok(None)` while the response head is incomplete, `Ok(Some(n))` for a
+/// 101 with the right `Sec-WebSocket-Accept` (the head used `n` bytes; what
+/// follows is already frames), else why the upgrade failed.
+pub fn upgrade_response(buf: &[u8], key: &str) -> Result<Option<usize>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(used)) => {
+            let accept = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+                .map(|h| h.value);
+            let want = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            if resp.code == Some(101) && accept == Some(want.as_bytes()) {
+                Ok(Some(used))
+            } else {
+                let head = String::from_utf8_lossy(&buf[..used]).into_owned();
+                Err(format!("WebSocket upgrade refused: {head}"))
+            }
+        }
+        Ok(httparse::Status::Partial) if buf.len() < 16 << 10 => Ok(None),
+        _ => Err("bad WebSocket upgrade response".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,6 +566,22 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_upgrade_response_must_carry_the_accept_for_our_key() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x82";
+        assert_eq!(upgrade_response(ok, key), Ok(Some(ok.len() - 1)));
+        assert_eq!(upgrade_response(&ok[..20], key), Ok(None));
+        assert!(
+            upgrade_response(ok, &new_key()).is_err(),
+            "another key's accept"
+        );
+        let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        assert!(upgrade_response(refused, key).is_err());
+        assert!(upgrade_request("h:1", key).contains("Sec-WebSocket-Key: dGhl"));
     }
 
     #[test]

@@ -480,11 +480,9 @@ enum Auth {
 /// The WebSocket upgrade (`GET /ws`) on a fresh connection; returns bytes
 /// read past the response (already frames).
 async fn ws_upgrade(s: &mut TcpStream, server: SocketAddr) -> std::io::Result<Vec<u8>> {
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
+    let key = ws::new_key();
+    s.write_all(ws::upgrade_request(&server.to_string(), &key).as_bytes())
+        .await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -493,15 +491,10 @@ async fn ws_upgrade(s: &mut TcpStream, server: SocketAddr) -> std::io::Result<Ve
             return Err(std::io::Error::other("closed during the upgrade"));
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            if !buf.starts_with(b"HTTP/1.1 101 ") {
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                return Err(std::io::Error::other(format!("refused: {head}")));
-            }
-            return Ok(buf[end + 4..].to_vec());
-        }
-        if buf.len() > 16 << 10 {
-            return Err(std::io::Error::other("response head too large"));
+        match ws::upgrade_response(&buf, &key) {
+            Ok(Some(used)) => return Ok(buf[used..].to_vec()),
+            Ok(None) => {}
+            Err(why) => return Err(std::io::Error::other(why)),
         }
     }
 }
