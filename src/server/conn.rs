@@ -84,13 +84,13 @@ impl Framing {
     }
 
     /// A native frame as this connection's peer reads it.
-    fn wrap(&self, frame: &[u8]) -> Vec<u8> {
+    fn wrap<'a>(&self, frame: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         match self {
-            Framing::Plain => frame.to_vec(),
+            Framing::Plain => frame.into(),
             Framing::Ws(_) => {
                 let mut v = Vec::with_capacity(frame.len() + 10);
                 ws::encode_binary(Role::Server, frame, &mut v);
-                v
+                v.into()
             }
         }
     }
@@ -213,8 +213,8 @@ async fn handle_new(shard: Rc<Shard>, mut stream: TcpStream, me: Arc<Native>, sl
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    let f = framing.wrap(&frame_error_reply(&shard, e));
-                    let _ = stream.write_all(&f).await;
+                    let f = frame_error_reply(&shard, e);
+                    let _ = stream.write_all(&framing.wrap(&f)).await;
                     framing.close(&mut stream).await;
                     return;
                 }

@@ -136,13 +136,8 @@ impl Outbound {
         self.drained.notify();
     }
 
-    /// Moves queued frames into `buf` (coalescing into one write) up to `max` bytes.
-    #[cfg(test)]
-    fn drain_into(&self, buf: &mut Vec<u8>, max: usize) {
-        self.drain_framed(buf, max, None);
-    }
-
-    /// Like `drain_into`; on a WebSocket connection (`ws` is our role) each
+    /// Moves queued frames into `buf` (coalescing into one write) up to
+    /// `max` bytes. On a WebSocket connection (`ws` is our role) each
     /// native frame becomes one binary message, and `Raw` frames (control
     /// frames, already WebSocket-framed) go as they are. Returns whether a
     /// Close frame was among them.
@@ -304,7 +299,7 @@ mod tests {
         );
         // What was queued before still drains, coalesced into one buffer.
         let mut buf = Vec::new();
-        out.drain_into(&mut buf, 1 << 20);
+        out.drain_framed(&mut buf, 1 << 20, None);
         assert_eq!(buf.len(), 80);
         assert_eq!((buf[0], buf[79]), (1, 2));
         assert_eq!(out.queued_bytes(), 0);
@@ -328,10 +323,10 @@ mod tests {
             out.push_own(&[i; 100]);
         }
         let mut buf = Vec::new();
-        out.drain_into(&mut buf, 250);
+        out.drain_framed(&mut buf, 250, None);
         assert_eq!(buf.len(), 200, "whole frames only, up to the limit");
         buf.clear();
-        out.drain_into(&mut buf, 1 << 20);
+        out.drain_framed(&mut buf, 1 << 20, None);
         assert_eq!(buf.len(), 800);
         assert_eq!(buf[0], 2);
     }
