@@ -306,6 +306,15 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ringchat patch 2 (RINGCHAT-PATCH.md): the producer half of the
+        // Dekker handshake with `Reactor::sleep`. Every producer published
+        // its item (channel slot, blocking result, foreign waker) before
+        // calling this; the fence orders that store before the load of
+        // `should_notify`, as the sleeper's fence orders its store of
+        // `should_notify` before its re-check of the queues. Replaces the
+        // sleeper's `membarrier(PRIVATE_EXPEDITED)`, an IPI to every CPU
+        // running a thread of the process on every park.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
