@@ -928,9 +928,7 @@ impl Shard {
             let done = std::mem::take(&mut *self.writer.done.borrow_mut());
             let n = ops.len();
             let started = std::time::Instant::now();
-            let committer = self.committer.clone();
-            let job = glommio::executor().spawn_blocking(move || committer.write(ops));
-            let res = self.bounded(job).await;
+            let res = self.bounded(self.committer.write_async(ops)).await;
             self.metrics.record_batch(n, started.elapsed());
             match res {
                 Ok(()) => {

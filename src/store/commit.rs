@@ -16,7 +16,15 @@ use std::sync::Arc;
 
 struct Job {
     ops: Vec<WriteOp>,
-    done: crossbeam_channel::Sender<Result<()>>,
+    /// A flume channel because both kinds of waiter take it: a thread
+    /// (`write`) blocks on it, a glommio task (`submit`) awaits it, and the
+    /// committer's send wakes that task directly (glommio queues a waker
+    /// woken on another thread and writes the executor's eventfd).
+    done: flume::Sender<Result<()>>,
+}
+
+fn stopped() -> super::StoreError {
+    super::StoreError::Backend("group committer stopped".into())
 }
 
 #[derive(Clone)]
@@ -43,12 +51,25 @@ impl GroupCommitter {
 
     /// Writes `ops` atomically (blocking until durable).
     pub fn write(&self, ops: Vec<WriteOp>) -> Result<()> {
-        let (done, wait) = crossbeam_channel::bounded(1);
-        self.tx
-            .send(Job { ops, done })
-            .map_err(|_| super::StoreError::Backend("group committer stopped".into()))?;
-        wait.recv()
-            .unwrap_or_else(|_| Err(super::StoreError::Backend("group committer stopped".into())))
+        self.submit(ops)?.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Queues `ops` for the next combined transaction and returns where
+    /// its outcome will arrive, for an executor to await without a thread
+    /// of its own in between: a shard's writer used to hand each batch to
+    /// a blocking-pool thread that only sat waiting on the committer (two
+    /// extra thread wake-ups per batch, which dominated the CPU per message
+    /// at low load; bench/RESULTS.md, issue 14).
+    pub fn submit(&self, ops: Vec<WriteOp>) -> Result<flume::Receiver<Result<()>>> {
+        let (done, wait) = flume::bounded(1);
+        self.tx.send(Job { ops, done }).map_err(|_| stopped())?;
+        Ok(wait)
+    }
+
+    /// `submit`, awaited: resolves when the batch is durable or failed.
+    pub async fn write_async(&self, ops: Vec<WriteOp>) -> Result<()> {
+        let wait = self.submit(ops)?;
+        wait.recv_async().await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
