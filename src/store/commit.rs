@@ -17,9 +17,10 @@ use std::sync::Arc;
 struct Job {
     ops: Vec<WriteOp>,
     /// A flume channel because both kinds of waiter take it: a thread
-    /// (`write`) blocks on it, a glommio task (`submit`) awaits it, and the
-    /// committer's send wakes that task directly (glommio queues a waker
-    /// woken on another thread and writes the executor's eventfd).
+    /// (`write`, the tests) blocks on it, a shard's writer (`write_async`)
+    /// awaits it, and the committer's send wakes that task directly
+    /// (glommio queues a waker woken on another thread and writes the
+    /// executor's eventfd).
     done: flume::Sender<Result<()>>,
 }
 
@@ -49,7 +50,9 @@ impl GroupCommitter {
         GroupCommitter { tx }
     }
 
-    /// Writes `ops` atomically (blocking until durable).
+    /// Writes `ops` atomically (blocking until durable): the tests' way in,
+    /// from plain threads.
+    #[cfg(test)]
     pub fn write(&self, ops: Vec<WriteOp>) -> Result<()> {
         self.submit(ops)?.recv().unwrap_or_else(|_| Err(stopped()))
     }
@@ -60,7 +63,7 @@ impl GroupCommitter {
     /// a blocking-pool thread that only sat waiting on the committer (two
     /// extra thread wake-ups per batch, which dominated the CPU per message
     /// at low load; bench/RESULTS.md, issue 14).
-    pub fn submit(&self, ops: Vec<WriteOp>) -> Result<flume::Receiver<Result<()>>> {
+    fn submit(&self, ops: Vec<WriteOp>) -> Result<flume::Receiver<Result<()>>> {
         let (done, wait) = flume::bounded(1);
         self.tx.send(Job { ops, done }).map_err(|_| stopped())?;
         Ok(wait)
