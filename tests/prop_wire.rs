@@ -73,7 +73,7 @@ fn reference(stream: &[u8], max: usize) -> (Vec<Vec<u8>>, End) {
 }
 
 /// One socket read: up to `size` bytes into `spare(min)`, or a `push` (the
-/// hand-over path); `shrink` calls `shrink_if_idle` first, as `fill` does.
+/// hand-over path); `shrink` calls `release_if_idle` first, as `fill` does when a read waits.
 #[derive(Debug, Clone)]
 struct Read {
     size: usize,
@@ -112,7 +112,7 @@ fn drive(stream: &[u8], max: usize, cap: usize, plan: &[Read]) -> (Vec<Vec<u8>>,
         let r = &plan[i % plan.len()];
         i += 1;
         if r.shrink {
-            fb.shrink_if_idle();
+            fb.release_if_idle();
         }
         let want = r.size.min(stream.len() - at);
         let n = if r.push {
@@ -130,8 +130,11 @@ fn drive(stream: &[u8], max: usize, cap: usize, plan: &[Read]) -> (Vec<Vec<u8>>,
             );
             biggest_min = biggest_min.max(r.min);
             // The buffer holds at most one frame being assembled plus one
-            // read: it must not grow with traffic.
-            let bound = (max + PREFIX + biggest_min).max(cap).max(1024);
+            // read (or it is a pooled buffer, lent after a release): it
+            // must not grow with traffic.
+            let bound = (max + PREFIX + biggest_min)
+                .max(cap)
+                .max(ringchat::wire::pool::BUF);
             assert!(
                 dst.len() + held <= bound,
                 "buffer grew to at least {} (bound {bound})",

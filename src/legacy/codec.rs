@@ -94,11 +94,10 @@ impl Splitter {
         !self.buf.is_empty()
     }
 
-    /// Releases the buffer's memory after a large object, once nothing is
-    /// buffered, so an idle connection does not keep its largest object's
-    /// worth of capacity.
+    /// Releases the buffer's memory once nothing is buffered, so an idle
+    /// connection holds none (the next object allocates what it needs).
     pub fn shrink_if_idle(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 16 << 10 {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = Vec::new();
         }
     }

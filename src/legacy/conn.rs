@@ -20,7 +20,7 @@ use crate::server::cmd::account::{self, LoginError};
 use crate::server::cmd::friend::MAX_NOTE_CHARS;
 use crate::server::cmd::{self};
 use crate::server::hasher::Denied;
-use crate::server::io::{Frame, Outbound, ReadHalf, SharedStream, WriteHalf, shutdown_now};
+use crate::server::io::{self, Frame, Outbound, ReadHalf, SharedStream, WriteHalf, shutdown_now};
 use crate::server::limits::{ConnSlot, source_key};
 use crate::server::protocol::Protocol;
 use crate::server::router::LocalFut;
@@ -31,7 +31,7 @@ use crate::server::shard::{Conn, HandOff, Shard, ShardMsg};
 use crate::store::{FriendKind, FriendRow, GroupRecord, Role, StoredMessage};
 use crate::wire::{self, fb};
 use ahash::AHashMap;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
@@ -261,7 +261,6 @@ async fn pre_login(
     let deadline = Instant::now() + window;
     let mut sp = Splitter::new(MAX_PRELOGIN_OBJECT);
     sp.push(&pending);
-    let mut rbuf = vec![0u8; 4096];
     loop {
         loop {
             let o = match sp.next_object() {
@@ -321,9 +320,10 @@ async fn pre_login(
             return None;
         }
         let _ = stream.set_read_timeout(Some(left.min(idle)));
-        match stream.read(&mut rbuf).await {
+        sp.shrink_if_idle();
+        match io::read_pooled(&mut stream, |b| sp.push(b)).await {
             Ok(0) => return None,
-            Ok(n) => sp.push(&rbuf[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 let why = if Instant::now() >= deadline {
                     format!("not logged in within {} s", window.as_secs())
@@ -778,7 +778,6 @@ async fn read_loop(
 ) -> bool {
     let conn = &sess.conn;
     let mut rd = ReadHalf(stream.clone());
-    let mut rbuf = vec![0u8; 4096];
     let idle = shard.cfg.idle_timeout;
     // When the object now buffered in part began (after the last complete one).
     let mut partial_since: Option<Instant> = None;
@@ -823,9 +822,9 @@ async fn read_loop(
             None
         };
         let _ = stream.borrow().set_read_timeout(timeout);
-        match rd.read(&mut rbuf).await {
+        match io::read_pooled(&mut rd, |b| sp.push(b)).await {
             Ok(0) => return false,
-            Ok(n) => sp.push(&rbuf[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 conn.out.push(Frame::Raw(incomplete_object(idle)));
                 return false;
@@ -968,7 +967,9 @@ async fn request(shard: &Rc<Shard>, sess: &Session, ctx: &Ctx, r: Request) {
 async fn writer_loop(shard: Rc<Shard>, sess: Rc<Session>, ctx: Rc<Ctx>, stream: SharedStream) {
     let conn = sess.conn.clone();
     let mut w = WriteHalf(stream.clone());
-    let mut buf = Vec::with_capacity(16 << 10);
+    // Allocated while there is something to write: an idle connection
+    // holds no write buffer.
+    let mut buf = Vec::new();
     let mut delivered: Vec<(ConvId, Seq)> = Vec::new();
     // Object boundaries in `buf`.
     let mut cuts: Vec<usize> = Vec::new();
@@ -1002,6 +1003,8 @@ async fn writer_loop(shard: Rc<Shard>, sess: Rc<Session>, ctx: Rc<Ctx>, stream: 
             if conn.out.is_closing() {
                 break;
             }
+            buf = Vec::new();
+            conn.out.release_if_empty();
             conn.out.ready.wait().await;
             continue;
         }
@@ -1030,7 +1033,7 @@ async fn writer_loop(shard: Rc<Shard>, sess: Rc<Session>, ctx: Rc<Ctx>, stream: 
         advance(&shard, ctx.user, delivered.drain(..));
         conn.out.drained.notify();
         if buf.capacity() > 1 << 20 {
-            buf = Vec::with_capacity(16 << 10);
+            buf = Vec::new();
         }
     }
     conn.out.discard();

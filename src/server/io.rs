@@ -129,6 +129,15 @@ impl Outbound {
         Some(f)
     }
 
+    /// Frees the queue's memory while nothing is queued (the writer goes
+    /// idle): an idle connection holds no queue slots.
+    pub fn release_if_empty(&self) {
+        let mut q = self.q.borrow_mut();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+    }
+
     /// Drops everything queued (the writer is gone).
     pub fn discard(&self) {
         self.q.borrow_mut().clear();
@@ -210,6 +219,52 @@ impl futures_lite::AsyncWrite for WriteHalf {
     }
 }
 
+/// One read into a buffer that `b` holds only while bytes are in it:
+/// `spare` lends room (taking a buffer from `wire::pool` if `b` has none),
+/// and when the read has to wait, `release` gives an empty buffer back, so
+/// a connection waiting for its peer holds no read buffer.
+///
+/// Sound because glommio's `TcpStream` reads readiness-first: a pending
+/// read has copied nothing into the slice (it polls for readability and
+/// makes a fresh non-blocking `recv` with the next poll's slice).
+pub async fn read_lent<R, B>(
+    r: &mut R,
+    b: &mut B,
+    spare: fn(&mut B) -> &mut [u8],
+    release: fn(&mut B),
+) -> io::Result<usize>
+where
+    R: futures_lite::AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| match Pin::new(&mut *r).poll_read(cx, spare(b)) {
+        Poll::Pending => {
+            release(b);
+            Poll::Pending
+        }
+        ready => ready,
+    })
+    .await
+}
+
+/// One read into a buffer lent from `wire::pool` for that poll only, the
+/// bytes handed to `sink` (for readers that copy anyway, such as the old
+/// protocol's JSON splitter).
+pub async fn read_pooled<R>(r: &mut R, mut sink: impl FnMut(&[u8])) -> io::Result<usize>
+where
+    R: futures_lite::AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        let mut buf = crate::wire::pool::take();
+        let res = Pin::new(&mut *r).poll_read(cx, &mut buf);
+        if let Poll::Ready(Ok(n)) = res {
+            sink(&buf[..n]);
+        }
+        crate::wire::pool::give(buf);
+        res
+    })
+    .await
+}
+
 /// Largest single coalesced write.
 const MAX_WRITE: usize = 256 << 10;
 
@@ -247,6 +302,7 @@ pub async fn writer_loop_framed(out: Rc<Outbound>, stream: SharedStream, ws: Opt
                 let _ = w.write_all(&ws::close_frame(role, code, why)).await;
             }
             buf = Vec::new();
+            out.release_if_empty();
             out.drained.notify();
             if out.is_closing() {
                 break;

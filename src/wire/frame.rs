@@ -32,18 +32,31 @@ pub struct FrameBuf {
 }
 
 impl FrameBuf {
+    /// An empty splitter: it holds no buffer until bytes arrive (one is
+    /// lent from [`crate::wire::pool`] then).
     pub fn new(max_frame: usize) -> FrameBuf {
-        FrameBuf::with_capacity(max_frame, 1024)
+        FrameBuf {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max_frame,
+        }
     }
 
-    /// Gives back a large buffer once everything in it was consumed, so an
-    /// idle connection that once received a big frame costs 1 KiB again.
-    pub fn shrink_if_idle(&mut self) {
-        if self.start == self.end && self.buf.len() > 16 << 10 {
-            self.buf = vec![0; 1024];
+    /// Gives the buffer back once everything in it was consumed, so an idle
+    /// connection holds none (see [`crate::wire::pool`]); a buffer grown for
+    /// a large frame is freed.
+    pub fn release_if_idle(&mut self) {
+        if self.start == self.end && !self.buf.is_empty() {
+            super::pool::give(std::mem::take(&mut self.buf));
             self.start = 0;
             self.end = 0;
         }
+    }
+
+    /// Whether a buffer is held (bytes are in flight).
+    pub fn holds_buffer(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     pub fn with_capacity(max_frame: usize, cap: usize) -> FrameBuf {
@@ -60,6 +73,9 @@ impl FrameBuf {
     /// Moves pending bytes to the front first, so the buffer stays as small
     /// as the largest frame in flight instead of growing with traffic.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = super::pool::take();
+        }
         if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < min) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -200,5 +216,28 @@ mod tests {
             assert_eq!(drain(&mut fb), vec![p.clone()]);
         }
         assert!(fb.buf.len() <= 100_000 + PREFIX + 4096 * 2);
+    }
+
+    #[test]
+    fn an_idle_splitter_holds_no_buffer() {
+        let mut fb = FrameBuf::new(1 << 20);
+        assert!(!fb.holds_buffer());
+        let f = frame(b"hello");
+        fb.push(&f[..3]);
+        fb.release_if_idle();
+        assert!(fb.holds_buffer(), "a partial frame keeps its bytes");
+        fb.push(&f[3..]);
+        assert_eq!(drain(&mut fb), vec![b"hello".to_vec()]);
+        fb.release_if_idle();
+        assert!(!fb.holds_buffer());
+        // A large frame grows the buffer; consumed, it is freed, not kept.
+        let big = frame(&vec![1u8; 100_000]);
+        fb.push(&big);
+        assert_eq!(drain(&mut fb).len(), 1);
+        fb.release_if_idle();
+        assert!(!fb.holds_buffer());
+        assert!(crate::wire::pool::free() <= 1);
+        fb.push(&f);
+        assert_eq!(drain(&mut fb), vec![b"hello".to_vec()]);
     }
 }

@@ -19,6 +19,7 @@ mod ringchat_generated;
 
 pub mod enc;
 pub mod frame;
+pub mod pool;
 pub mod ws;
 
 pub use enc::{Enc, PROTOCOL_VERSION};

@@ -102,7 +102,8 @@ impl WsIn {
     /// `max_frame` is the native frame limit (payload, without prefix).
     pub fn new(role: Role, max_frame: usize) -> WsIn {
         WsIn {
-            raw: vec![0; 1024],
+            // Lent from `wire::pool` while bytes are in it.
+            raw: Vec::new(),
             start: 0,
             end: 0,
             role,
@@ -116,11 +117,8 @@ impl WsIn {
     /// Room to read into: at least `min` bytes, more if a frame of known
     /// size is waiting (it is never longer than one max message + header).
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
-        if self.start == self.end && self.raw.len() > 16 << 10 {
-            // Idle after a big message: give the memory back.
-            self.raw = vec![0; 1024];
-            self.start = 0;
-            self.end = 0;
+        if self.raw.is_empty() {
+            self.raw = super::pool::take();
         }
         if self.start > 0 {
             self.raw.copy_within(self.start..self.end, 0);
@@ -132,6 +130,16 @@ impl WsIn {
             self.raw.resize(need.next_power_of_two().max(need), 0);
         }
         &mut self.raw[self.end..]
+    }
+
+    /// Gives the buffer back once every byte was taken apart (an idle
+    /// connection holds none; see `wire::pool`).
+    pub fn release_if_idle(&mut self) {
+        if self.start == self.end && !self.raw.is_empty() {
+            super::pool::give(std::mem::take(&mut self.raw));
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
     /// Commits `n` bytes written into [`WsIn::spare`].

@@ -34,6 +34,12 @@ pub enum Next {
 
 /// Handles one request of a logged-in session (already through the phase
 /// gate, `core::session::gate`).
+///
+/// The requests that wait (store reads, password hashing) run boxed: a
+/// session's reader keeps this future inside its own for its whole life,
+/// so unboxed, every idle connection would hold the largest of them (the
+/// size test in `server::conn`). Send, Ack and Ping never wait and stay
+/// allocation-free.
 pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Request<'_>) -> Next {
     match req {
         Request::Send {
@@ -46,16 +52,35 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
             conversation,
             before_seq,
             limit,
-        } => message::history(shard, sess, req_id, conversation, before_seq, limit).await,
+        } => {
+            Box::pin(message::history(
+                shard,
+                sess,
+                req_id,
+                conversation,
+                before_seq,
+                limit,
+            ))
+            .await
+        }
         Request::Ping { nonce } => sess.reply.pong(req_id, nonce),
-        Request::Logout => return account::logout(shard, sess, req_id).await,
-        Request::LogoutAll => return account::logout_all(shard, sess, req_id).await,
+        Request::Logout => return Box::pin(account::logout(shard, sess, req_id)).await,
+        Request::LogoutAll => return Box::pin(account::logout_all(shard, sess, req_id)).await,
         Request::ChangePassword {
             old_password,
             new_password,
-        } => account::change_password(shard, sess, req_id, old_password, new_password).await,
+        } => {
+            Box::pin(account::change_password(
+                shard,
+                sess,
+                req_id,
+                old_password,
+                new_password,
+            ))
+            .await
+        }
         Request::Register { username, password } => {
-            match account::register(shard, username, password).await {
+            match Box::pin(account::register(shard, username, password)).await {
                 Ok(id) => sess.reply.register_ok(req_id, id),
                 Err(r) => sess.reply.error(req_id, r.code, &r.text),
             }
@@ -64,7 +89,7 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
             prefix,
             after,
             limit,
-        } => account::search(shard, sess, req_id, prefix, after, limit).await,
+        } => Box::pin(account::search(shard, sess, req_id, prefix, after, limit)).await,
         Request::FriendRequest { user, note } => friend::request(shard, sess, req_id, user, note),
         Request::FriendRespond { user, accept } => {
             friend::respond(shard, sess, req_id, user, accept)
@@ -73,14 +98,25 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
         Request::FriendBlock { user, block } => friend::block(shard, sess, req_id, user, block),
         Request::FriendAdd { user, .. } => friend::respond(shard, sess, req_id, user, true),
         Request::ListFriends { after, limit } => {
-            friend::list(shard, sess, req_id, after, limit).await
+            Box::pin(friend::list(shard, sess, req_id, after, limit)).await
         }
         Request::CreateGroup {
             name,
             desc,
             private,
             full_history,
-        } => group::create(shard, sess, req_id, name, desc, private, full_history).await,
+        } => {
+            Box::pin(group::create(
+                shard,
+                sess,
+                req_id,
+                name,
+                desc,
+                private,
+                full_history,
+            ))
+            .await
+        }
         Request::JoinGroup { group: g } => group::join(shard, sess, req_id, g),
         Request::LeaveGroup { group: g } => group::leave(shard, sess, req_id, g),
         Request::DissolveGroup { group: g } => group::dissolve(shard, sess, req_id, g),
@@ -101,18 +137,28 @@ pub async fn dispatch(shard: &Rc<Shard>, sess: &Session, req_id: u64, req: Reque
             user,
             accept,
         } => group::respond(shard, sess, req_id, g, user, accept),
-        Request::GroupInfo { group: g } => group::info(shard, sess, req_id, g).await,
+        Request::GroupInfo { group: g } => Box::pin(group::info(shard, sess, req_id, g)).await,
         Request::ListGroups { after, limit } => {
-            group::list(shard, sess, req_id, after, limit).await
+            Box::pin(group::list(shard, sess, req_id, after, limit)).await
         }
         Request::ListConversations { after, limit } => {
-            state::list(shard, sess, req_id, after, limit).await
+            Box::pin(state::list(shard, sess, req_id, after, limit)).await
         }
         Request::ReadCursors {
             conversation,
             after,
             limit,
-        } => state::read_cursors(shard, sess, req_id, conversation, after, limit).await,
+        } => {
+            Box::pin(state::read_cursors(
+                shard,
+                sess,
+                req_id,
+                conversation,
+                after,
+                limit,
+            ))
+            .await
+        }
         Request::Typing {
             conversation,
             stopped,

@@ -158,6 +158,13 @@ pub struct Args {
     /// only a reconnect resends).
     #[arg(long, default_value_t = 5000)]
     pub send_timeout_ms: u64,
+    /// Closed loop instead of open loop (direct scenario, legacy protocol):
+    /// every connection keeps N messages in flight to its partner and sends
+    /// the next one when its partner receives one, so the rate is whatever
+    /// the server sustains (`--rate` is ignored). Latency is measured from
+    /// the actual write.
+    #[arg(long)]
+    pub closed_loop: Option<usize>,
     /// Goal shown in the report header: acked messages per second (the
     /// project floor). Informational: it does not change the exit status
     /// (use --expect-rate for that).
@@ -260,6 +267,12 @@ fn main() {
     }
     if args.protocol == Protocol::Legacy && args.reconnect == Some(true) {
         eprintln!("loadgen: the legacy protocol has no resume; --reconnect is native only");
+        std::process::exit(2);
+    }
+    if args.closed_loop.is_some()
+        && (args.protocol != Protocol::Legacy || args.scenario != Scenario::Direct)
+    {
+        eprintln!("loadgen: --closed-loop is for --protocol legacy --scenario direct");
         std::process::exit(2);
     }
     let u = unit(&args);

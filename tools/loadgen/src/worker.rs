@@ -285,6 +285,8 @@ struct Worker {
     /// Limits connects+logins in flight (the ramp).
     gate: glommio::sync::Semaphore,
     go_us: Cell<u64>,
+    /// `--closed-loop`: no new sends after this instant (µs).
+    closed_end: Cell<u64>,
     src_ip: Ipv4Addr,
     server: SocketAddr,
     /// `--id-map`: legacy user ids by user index.
@@ -1478,6 +1480,7 @@ async fn run_async(args: Args, widx: usize, base: usize, n: usize) -> WorkerResu
         stopping: Cell::new(false),
         reconnect,
         go_us: Cell::new(0),
+        closed_end: Cell::new(0),
         src_ip,
         server,
         id_map,

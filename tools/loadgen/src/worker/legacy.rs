@@ -286,10 +286,22 @@ fn handle(w: &Rc<Worker>, conn: &Rc<Conn>, idx: usize, o: &Map<String, Value>) -
                     *last = n;
                 }
             }
-            let mut ledger = w.ledger.borrow_mut();
-            let es = &mut ledger.entries;
-            let e = es.entry((stream, n)).or_default();
-            e.delivered += 1;
+            {
+                let mut ledger = w.ledger.borrow_mut();
+                let e = ledger.entries.entry((stream, n)).or_default();
+                e.delivered += 1;
+            }
+            // Closed loop: a direct message from a connection of this
+            // worker arrived, so its sender may send the next one.
+            let from = (stream / 2) as usize;
+            if w.args.closed_loop.is_some()
+                && stream % 2 == 0
+                && from < w.conns.len()
+                && w.conns[from].live.get()
+                && now < w.closed_end.get()
+            {
+                send_one(w, from, false, mono_us());
+            }
             true
         }
         _ => true,
@@ -298,8 +310,24 @@ fn handle(w: &Rc<Worker>, conn: &Rc<Conn>, idx: usize, o: &Map<String, Value>) -
 
 /// Open-loop sender (as the native one): message `i` is scheduled at
 /// `go + i/rate` on the next live connection, round robin; each connection
-/// writes its objects one per write, in order.
+/// writes its objects one per write, in order. With `--closed-loop N` every
+/// live connection starts N messages instead, and each delivery makes its
+/// sender send the next (see `handle`) until `end`.
 pub(super) async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
+    if let Some(depth) = w.args.closed_loop {
+        w.closed_end.set(end);
+        for idx in 0..w.conns.len() {
+            if w.conns[idx].live.get() {
+                for _ in 0..depth {
+                    send_one(&w, idx, false, mono_us());
+                }
+            }
+        }
+        while mono_us() < end {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        return;
+    }
     if rate <= 0.0 || w.conns.is_empty() {
         return;
     }
@@ -326,50 +354,56 @@ pub(super) async fn sender(w: Rc<Worker>, rate: f64, go: u64, end: u64) {
                     break c;
                 }
             };
-            let conn = &w.conns[idx];
             let group = match w.args.scenario {
                 Scenario::Group => true,
                 Scenario::Mixed => i % 5 == 4,
                 _ => false,
             };
-            let stream = (idx as u64) * 2 + group as u64;
-            let k = group as usize;
-            let mut seqs = conn.legacy_seq.get();
-            seqs[k] += 1;
-            conn.legacy_seq.set(seqs);
-            let seq = seqs[k];
-            let mut body = format!("lg {} {} {} {} ", w.run, sched, stream, seq);
-            while body.len() < w.args.body_size {
-                body.push('x');
-            }
-            let me = conn.user_id.get();
-            let time = format_time(ringchat::model::now_ms());
-            let sendname = name(&w, idx);
-            let (obj, exp) = if group {
-                (
-                    json!({"msgid": 9, "id": me, "from": me, "groupid": conn.group_id.get(),
-                           "msg": body, "sendname": sendname, "time": time}),
-                    w.args.group_size.saturating_sub(1) as u32,
-                )
-            } else {
-                (
-                    json!({"msgid": 5, "from": me, "to": conn.partner_id.get(),
-                           "msg": body, "sendname": sendname, "time": time}),
-                    1,
-                )
-            };
-            {
-                let mut ledger = w.ledger.borrow_mut();
-                let es = &mut ledger.entries;
-                let e = es.entry((stream, seq)).or_default();
-                e.expected = exp;
-                e.acked = true;
-            }
-            push(conn, frame(&obj));
-            w.stats.borrow_mut().sent += 1;
-            w.tick(0);
+            send_one(&w, idx, group, sched);
             i += 1;
         }
         glommio::timer::sleep(Duration::from_micros(500)).await;
     }
+}
+
+/// Queues one chat message from connection `idx` (to its partner, or to its
+/// group), stamped with `sched` (µs, the latency's start).
+fn send_one(w: &Worker, idx: usize, group: bool, sched: u64) {
+    let conn = &w.conns[idx];
+    let stream = (idx as u64) * 2 + group as u64;
+    let k = group as usize;
+    let mut seqs = conn.legacy_seq.get();
+    seqs[k] += 1;
+    conn.legacy_seq.set(seqs);
+    let seq = seqs[k];
+    let mut body = format!("lg {} {} {} {} ", w.run, sched, stream, seq);
+    while body.len() < w.args.body_size {
+        body.push('x');
+    }
+    let me = conn.user_id.get();
+    let time = format_time(ringchat::model::now_ms());
+    let sendname = name(w, idx);
+    let (obj, exp) = if group {
+        (
+            json!({"msgid": 9, "id": me, "from": me, "groupid": conn.group_id.get(),
+                   "msg": body, "sendname": sendname, "time": time}),
+            w.args.group_size.saturating_sub(1) as u32,
+        )
+    } else {
+        (
+            json!({"msgid": 5, "from": me, "to": conn.partner_id.get(),
+                   "msg": body, "sendname": sendname, "time": time}),
+            1,
+        )
+    };
+    {
+        let mut ledger = w.ledger.borrow_mut();
+        let es = &mut ledger.entries;
+        let e = es.entry((stream, seq)).or_default();
+        e.expected = exp;
+        e.acked = true;
+    }
+    push(conn, frame(&obj));
+    w.stats.borrow_mut().sent += 1;
+    w.tick(0);
 }

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Every row of issue 14's table, measured on one release build, each next to
+# the disk's own fdatasync floor measured at the start (bench/disk_floor.py):
+#   direct      native, 10k connections x 5k msgs/s, 2 shards
+#   legacy-1k   old JSON protocol (--legacy-listen), 500 pairs, open loop 1k msgs/s
+#   legacy-5k   the same at 5k msgs/s (the CPU per message to compare 1k/s with)
+#   legacy-closed  500 pairs, closed loop (--closed-loop DEPTH messages in flight per connection)
+#   idle        19k idle logged-in connections, RSS per connection
+#   group100    2k users in groups of 100, GROUP_RATE posts/s (x99 deliveries), loadgen spread
+#               over GROUP_PROCS processes
+#   storm       10k connections drop at once and resume with their tokens
+# Output: bench/results/<stamp>-issue14/ (one loadgen report per row, summary.md).
+# Env: SKIP_BUILD=1, SECS (default 20), DEPTH (8), GROUP_RATE (3000), GROUP_PROCS (2),
+#      ONLY="direct legacy idle group storm" (a subset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p ringchat -p loadgen
+BIN=${BIN:-target/release}
+SECS=${SECS:-20}; DEPTH=${DEPTH:-8}; GROUP_RATE=${GROUP_RATE:-3000}; GROUP_PROCS=${GROUP_PROCS:-2}
+ONLY=${ONLY:-direct legacy idle group storm}
+OUT=bench/results/$(date +%Y-%m-%d-%H%M%S)-issue14
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/ringchat-i14.XXXXXX)
+LEGACY_PORT=
+trap 'stop_server; rm -rf "$WORK"' EXIT
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+FAST=$(insecure_fast_hash "$BIN/ringchat")
+provision() { local dir=$1; shift
+    "$BIN/ringchat" provision --data-dir "$dir" --prefix lg --fast-hash $FAST "$@" >/dev/null; }
+lg() { local name=$1 addr=$2; shift 2
+    echo "== $name: $*" | tee -a "$OUT/log.txt"
+    "$BIN/loadgen" --server "$addr" --server-pid "$SERVER_PID" --report "$OUT/$name" "$@" \
+        > "$OUT/$name.txt" 2> "$OUT/$name.stderr" || echo "   (loadgen exit $?)" | tee -a "$OUT/log.txt"
+    tail -n 25 "$OUT/$name.txt" | grep -E "rate|ack_ms|e2e_ms|login_ms|resume|lost|cpu|rss" | head -8 || true
+}
+fresh() { # fresh DIR [provision args...] -> server on a fresh store, with a legacy listener
+    local dir=$1; shift
+    stop_server; rm -rf "$dir"
+    provision "$dir" "$@"
+    LEGACY_PORT=$(free_port)
+    start_server "$BIN/ringchat" "$dir" "$OUT/server-$(basename "$dir").log" \
+        --legacy-listen "127.0.0.1:$LEGACY_PORT"
+    sleep 1
+}
+
+mkdir -p "$WORK/floor"
+python3 bench/disk_floor.py "$WORK/floor" 300 --json > "$OUT/disk_floor.json"
+echo "disk floor: $(python3 bench/disk_floor.py "$WORK/floor" 300)" | tee -a "$OUT/log.txt"
+
+if want direct; then
+    fresh "$WORK/d" --users 20000 --friends-pairs
+    lg direct "$SERVER_ADDR" --scenario direct --connections 10000 --rate 5000 --duration "$SECS" --drain 15
+fi
+if want legacy; then
+    for r in 1000 5000; do
+        fresh "$WORK/l$r" --users 1000 --friends-pairs
+        lg "legacy-${r%000}k" "127.0.0.1:$LEGACY_PORT" --protocol legacy --scenario direct \
+            --connections 1000 --rate "$r" --duration "$SECS" --drain 10
+    done
+    fresh "$WORK/lc" --users 1000 --friends-pairs
+    lg legacy-closed "127.0.0.1:$LEGACY_PORT" --protocol legacy --scenario direct \
+        --connections 1000 --closed-loop "$DEPTH" --duration "$SECS" --drain 10
+fi
+if want idle; then
+    fresh "$WORK/i" --users 20000 --friends-pairs --groups 2000 --group-size 10
+    lg idle "$SERVER_ADDR" --scenario connect --connections 19000 --duration 10 --procs 2 \
+        --expect-connections 19000
+fi
+if want group; then
+    fresh "$WORK/g" --users 2000 --groups 20 --group-size 100
+    lg group100 "$SERVER_ADDR" --scenario group --group-size 100 --connections 2000 \
+        --rate "$GROUP_RATE" --duration "$SECS" --drain 15 --procs "$GROUP_PROCS"
+fi
+if want storm; then
+    fresh "$WORK/s" --users 10000 --friends-pairs
+    lg storm "$SERVER_ADDR" --scenario login-storm --connections 10000 --duration 30 \
+        --max-inflight 10000 --procs 2
+fi
+stop_server
+
+python3 - "$OUT" > "$OUT/summary.md" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+floor = json.load(open(os.path.join(out, "disk_floor.json")))
+print(f"disk fdatasync (4 KiB): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms\n")
+print("| row | conns | msgs/s | deliveries/s | ack p50/p99 ms | e2e p50/p99 ms | e2e p99 - fsync p99 | "
+      "server cpu % | cpu µs/msg | RSS B/conn | lost/dup/ooo | resumes/s, resume p99 ms |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for name in sorted(os.listdir(out)):
+    f = os.path.join(out, name, "report.json")
+    if not os.path.isfile(f):
+        continue
+    d = json.load(open(f))
+    rate = d.get("rate_per_s") or 0
+    dur = d.get("duration_s") or 0
+    deliv = d.get("delivered") or 0
+    cpu = d.get("server_cpu_percent")
+    per = f"{cpu / 100 * 1e6 / rate:.0f}" if cpu and rate else "-"
+    ack, e2e = d.get("ack_ms") or {}, d.get("e2e_ms") or {}
+    gap = f"{e2e['p99'] - floor['p99_ms']:.2f}" if e2e.get("p99") is not None and rate else "-"
+    rss = d.get("server_rss_per_conn_bytes")
+    storm = "-"
+    if d.get("resume_rate_per_s"):
+        storm = f"{d['resume_rate_per_s']:.0f}, {(d.get('login_ms') or {}).get('p99', '-')}"
+    print(f"| {name} | {d.get('connections')} | {rate:.0f} | {deliv / dur if dur else 0:.0f} | "
+          f"{ack.get('p50', '-')}/{ack.get('p99', '-')} | {e2e.get('p50', '-')}/{e2e.get('p99', '-')} | {gap} | "
+          f"{f'{cpu:.0f}' if cpu is not None else '-'} | {per} | {f'{rss:.0f}' if rss else '-'} | "
+          f"{d.get('lost')}/{d.get('duplicated')}/{d.get('out_of_order')} | {storm} |")
+PY
+cat "$OUT/summary.md"
