@@ -286,6 +286,10 @@ pub fn check_session_expiry_and_revocation(s: &dyn Store) {
     // Used within the TTL: valid, and the use starts the time again.
     assert_eq!(s.use_session(&t(1), base + 900, 1000).unwrap(), Some(a));
     assert_eq!(s.use_session(&t(1), base + 1800, 1000).unwrap(), Some(a));
+    // A use right after another is a read only: the stored time stays
+    // +1800, so the token expires 1000 after that, not after this use.
+    assert_eq!(s.use_session(&t(1), base + 1850, 1000).unwrap(), Some(a));
+    assert_eq!(s.use_session(&t(1), base + 2790, 1000).unwrap(), Some(a));
     // Not used for the TTL: refused and deleted.
     assert_eq!(s.use_session(&t(2), base + 1000, 1000).unwrap(), None);
     assert_eq!(s.session_user(&t(2)).unwrap(), None);

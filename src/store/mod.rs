@@ -69,8 +69,9 @@ pub trait Store: Send + Sync + 'static {
     fn session_user(&self, token_hash: &[u8]) -> Result<Option<UserId>>;
     /// Resuming with a token: its user if it exists and was last used less
     /// than `ttl_ms` before `now_ms` (`ttl_ms == 0`: tokens never expire).
-    /// A live token is marked used at `now_ms` (sliding expiry); an expired
-    /// one is deleted and `None` returned.
+    /// A live token is marked used at `now_ms` (sliding expiry) when its
+    /// stored time is at least [`session_touch_ms`] old, so most uses are a
+    /// read only; an expired one is deleted and `None` returned.
     fn use_session(&self, token_hash: &[u8], now_ms: u64, ttl_ms: u64) -> Result<Option<UserId>>;
     fn delete_session(&self, token_hash: &[u8]) -> Result<()>;
     /// Revokes every session token of `user`; returns how many there were.
@@ -250,6 +251,30 @@ pub trait Store: Send + Sync + 'static {
 
 /// A stored message's sender name: the user's, or "system" for an
 /// operator's broadcast (sender `SYSTEM_USER`, no user row).
+/// How stale a session's `last_used_ms` may be before a use of its token
+/// writes it again: a tenth of the TTL, at most a minute. A resume is then
+/// one read (no commit, no fsync) unless the token was last written longer
+/// ago than that, so a reconnect storm (every client of a restarted node at
+/// once) does not queue one synchronous commit per client behind the
+/// writer: that held a 10k-client storm to ~2k resumes/s (bench/RESULTS.md).
+/// The price: a session may expire up to this much before `ttl` after its
+/// true last use.
+pub fn session_touch_ms(ttl_ms: u64) -> u64 {
+    if ttl_ms == 0 {
+        60_000
+    } else {
+        (ttl_ms / 10).clamp(1, 60_000)
+    }
+}
+
+/// Whether a token last written at `last` is still valid at `now`, and
+/// whether this use must write the new time (see [`session_touch_ms`]).
+pub fn session_use(last: u64, now: u64, ttl_ms: u64) -> (bool, bool) {
+    let valid = ttl_ms == 0 || last.saturating_add(ttl_ms) > now;
+    let touch = valid && now.saturating_sub(last) >= session_touch_ms(ttl_ms);
+    (valid, touch)
+}
+
 pub fn sender_name(sender: UserId, joined: String) -> String {
     if sender == crate::model::SYSTEM_USER {
         crate::model::SYSTEM_NAME.to_string()
@@ -275,4 +300,26 @@ pub fn open(spec: &str, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn
         }
     };
     sqlite::open_store(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_use_writes_only_when_the_stored_time_is_stale() {
+        let day = 86_400_000;
+        // Valid, written a minute ago or more: write.
+        assert_eq!(session_use(0, 60_000, 30 * day), (true, true));
+        // Valid, written seconds ago: read only.
+        assert_eq!(session_use(0, 59_999, 30 * day), (true, false));
+        // Expired: not valid (the caller deletes it).
+        assert_eq!(session_use(0, 30 * day, 30 * day), (false, false));
+        // Short TTLs touch at a tenth of the TTL.
+        assert_eq!(session_use(0, 99, 1000), (true, false));
+        assert_eq!(session_use(0, 100, 1000), (true, true));
+        // No expiry: always valid, written once a minute.
+        assert_eq!(session_use(0, u64::MAX, 0), (true, true));
+        assert_eq!(session_use(5, 4, 0), (true, false));
+    }
 }

@@ -671,6 +671,20 @@ impl Store for MysqlStore {
     }
 
     fn use_session(&self, token_hash: &[u8], now_ms: u64, ttl_ms: u64) -> Result<Option<UserId>> {
+        // A read first: most uses need no write (`session_touch_ms`).
+        let row: Option<(u64, u64)> = first(
+            &mut self.conn()?,
+            "SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ?",
+            (token_hash,),
+        )?;
+        match row {
+            None => return Ok(None),
+            Some((user, last)) => {
+                if let (true, false) = super::session_use(last, now_ms, ttl_ms) {
+                    return Ok(Some(user));
+                }
+            }
+        }
         self.write(|tx| {
             let row: Option<(u64, u64)> = first(
                 tx,

@@ -487,6 +487,20 @@ impl Store for SqliteStore {
     }
 
     fn use_session(&self, token_hash: &[u8], now_ms: u64, ttl_ms: u64) -> Result<Option<UserId>> {
+        // A read first: most uses need no write (`session_touch_ms`).
+        let row: Option<(i64, i64)> = self
+            .reader()
+            .prepare_cached("SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ?1")?
+            .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match row {
+            None => return Ok(None),
+            Some((user, last)) => {
+                if let (true, false) = super::session_use(last as u64, now_ms, ttl_ms) {
+                    return Ok(Some(user as u64));
+                }
+            }
+        }
         self.write(|tx| {
             let row: Option<(i64, i64)> = tx
                 .prepare_cached("SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ?1")?
