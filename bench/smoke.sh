@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI smoke test for loadgen + server: 500 connections, 10 s of direct and
 # 5 s of group messages at a modest rate, 5 s of direct over the legacy JSON
-# protocol, a login storm, and the failover smoke (bench/failover_smoke.sh:
+# protocol (open and closed loop), a login storm, and the failover smoke (bench/failover_smoke.sh:
 # the server is killed with SIGKILL and restarted mid-run; loadgen
 # --reconnect must end with every message acked exactly once, in order);
 # fails on any lost, duplicated or out-of-order message (no latency
@@ -24,7 +24,7 @@ trap 'stop_server; rm -rf "$WORK"' EXIT
 LEGACY_ADDR=127.0.0.1:$(free_port)
 WS_ADDR=127.0.0.1:$(free_port)
 start_server "$BIN/ringchat" "$WORK/data" "$WORK/server.log" --legacy-listen "$LEGACY_ADDR" \
-    --ws-listen "$WS_ADDR"
+    --ws-listen "$WS_ADDR" --max-send-rate 0
 pass=0; fail=0
 run() {
     local name=$1; shift
@@ -41,6 +41,9 @@ run group --scenario group --connections 500 --group-size 10 --rate 100 --durati
 # At most 32 logins in flight: the legacy listener admits 64 unauthenticated
 # connections per source address (docs/SECURITY.md).
 SRV=$LEGACY_ADDR run legacy --protocol legacy --scenario direct --connections 500 --rate 250 --duration 5 --drain 10 --max-inflight 32
+# Closed loop (2 in flight per connection, as fast as the server goes; the
+# per-user send limit is off on this server so that it measures the path).
+SRV=$LEGACY_ADDR run legacy-closed --protocol legacy --scenario direct --connections 500 --closed-loop 2 --duration 5 --drain 10 --max-inflight 32
 # The same scenarios over WebSocket (one frame per binary message).
 SRV=$WS_ADDR run ws-direct --protocol ws --scenario direct --connections 500 --rate 500 --duration 5 --drain 10
 SRV=$WS_ADDR run ws-group --protocol ws --scenario group --connections 500 --group-size 10 --rate 100 --duration 5 --drain 10
