@@ -2,8 +2,21 @@
 # Starts servers on free loopback ports and cleans up only the processes
 # these scripts started (by pid).
 
+# free_port: a loopback port nothing listens on, never one this script was
+# already given: the kernel may hand the same just-released port to two calls
+# in a row, and a server given it for two listeners refuses to start (CI saw
+# "ws-listen address ... is already in use"). The list lives in a file named
+# after this shell's pid ($$ is the same in $(...) subshells).
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    local seen=${TMPDIR:-/tmp}/ringchat-free-ports.$$ p
+    while :; do
+        p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        if ! grep -qx "$p" "$seen" 2>/dev/null; then
+            echo "$p" >> "$seen"
+            echo "$p"
+            return
+        fi
+    done
 }
 
 # insecure_fast_hash BIN: prints --insecure-fast-hash-for-tests if BIN knows it
