@@ -9,7 +9,8 @@
 #   group100    2k users in groups of 100, GROUP_RATE posts/s (x99 deliveries), loadgen spread
 #               over GROUP_PROCS processes
 #   storm       10k connections drop at once and resume with their tokens
-# Output: bench/results/<stamp>-issue14/ (one loadgen report per row, summary.md).
+# Output: bench/results/<stamp>-issue14/ (one loadgen report per row, summary.md by
+# bench/summary.py; server logs in raw/, which git ignores).
 # Env: SKIP_BUILD=1, SECS (default 20), DEPTH (8), GROUP_RATE (3000), GROUP_PROCS (2),
 #      ONLY="direct legacy idle group storm" (a subset).
 set -euo pipefail
@@ -20,7 +21,7 @@ BIN=${BIN:-target/release}
 SECS=${SECS:-20}; DEPTH=${DEPTH:-8}; GROUP_RATE=${GROUP_RATE:-3000}; GROUP_PROCS=${GROUP_PROCS:-2}
 ONLY=${ONLY:-direct legacy idle group storm}
 OUT=bench/results/$(date +%Y-%m-%d-%H%M%S)-issue14
-mkdir -p "$OUT"
+mkdir -p "$OUT/raw" # raw/: server logs, not committed (.gitignore)
 WORK=$(mktemp -d /tmp/ringchat-i14.XXXXXX)
 LEGACY_PORT=
 trap 'stop_server; rm -rf "$WORK"' EXIT
@@ -40,7 +41,7 @@ fresh() { # fresh DIR [provision args...] -> server on a fresh store, with a leg
     provision "$dir" "$@"
     LEGACY_PORT=$(free_port)
     # shellcheck disable=SC2086 # SERVE_EXTRA: words
-    start_server "$BIN/ringchat" "$dir" "$OUT/server-$(basename "$dir").log" \
+    start_server "$BIN/ringchat" "$dir" "$OUT/raw/server-$(basename "$dir").log" \
         --legacy-listen "127.0.0.1:$LEGACY_PORT" ${SERVE_EXTRA:-}
     sleep 1
 }
@@ -86,33 +87,5 @@ if want storm; then
 fi
 stop_server
 
-python3 - "$OUT" > "$OUT/summary.md" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-floor = json.load(open(os.path.join(out, "disk_floor.json")))
-print(f"disk fdatasync (4 KiB): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms\n")
-print("| row | conns | msgs/s | deliveries/s | ack p50/p99 ms | e2e p50/p99 ms | e2e p99 - fsync p99 | "
-      "server cpu % | cpu µs/msg | RSS B/conn | lost/dup/ooo | resumes/s, resume p99 ms |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for name in sorted(os.listdir(out)):
-    f = os.path.join(out, name, "report.json")
-    if not os.path.isfile(f):
-        continue
-    d = json.load(open(f))
-    rate = d.get("rate_per_s") or 0
-    dur = d.get("duration_s") or 0
-    deliv = d.get("delivered") or 0
-    cpu = d.get("server_cpu_percent")
-    per = f"{cpu / 100 * 1e6 / rate:.0f}" if cpu and rate else "-"
-    ack, e2e = d.get("ack_ms") or {}, d.get("e2e_ms") or {}
-    gap = f"{e2e['p99'] - floor['p99_ms']:.2f}" if e2e.get("p99") is not None and rate else "-"
-    rss = d.get("server_rss_per_conn_bytes")
-    storm = "-"
-    if d.get("resume_rate_per_s"):
-        storm = f"{d['resume_rate_per_s']:.0f}, {(d.get('login_ms') or {}).get('p99', '-')}"
-    print(f"| {name} | {d.get('connections')} | {rate:.0f} | {deliv / dur if dur else 0:.0f} | "
-          f"{ack.get('p50', '-')}/{ack.get('p99', '-')} | {e2e.get('p50', '-')}/{e2e.get('p99', '-')} | {gap} | "
-          f"{f'{cpu:.0f}' if cpu is not None else '-'} | {per} | {f'{rss:.0f}' if rss else '-'} | "
-          f"{d.get('lost')}/{d.get('duplicated')}/{d.get('out_of_order')} | {storm} |")
-PY
+python3 bench/summary.py "$OUT" > "$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -82,26 +82,6 @@ fi
 echo "$row" >> bench/RESULTS.md
 echo "$row"
 # Per scenario: CPU per message and memory per connection, next to the floor.
-python3 - "$OUT" > "$OUT/summary.md" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-floor = json.load(open(os.path.join(out, "disk_floor.json")))
-print(f"disk fdatasync (4 KiB): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms\n")
-print("| scenario | conns | rate/s | ack p50/p99 ms | e2e p99 ms | p99 - fsync p99 ms | server cpu % | cpu µs/msg | RSS B/conn |")
-print("|---|---|---|---|---|---|---|---|---|")
-for name in sorted(os.listdir(out)):
-    f = os.path.join(out, name, "report.json")
-    if not os.path.isfile(f):
-        continue
-    d = json.load(open(f))
-    rate = d.get("rate_per_s") or 0
-    cpu = d.get("server_cpu_percent")
-    per = f"{cpu / 100 * 1e6 / rate:.0f}" if cpu and rate else "-"
-    ack, e2e = d.get("ack_ms") or {}, d.get("e2e_ms") or {}
-    gap = f"{e2e['p99'] - floor['p99_ms']:.2f}" if e2e.get("p99") is not None else "-"
-    print(f"| {name} | {d.get('connections')} | {rate:.0f} | {ack.get('p50', '-')}/{ack.get('p99', '-')} | "
-          f"{e2e.get('p99', '-')} | {gap if rate else '-'} | {f'{cpu:.0f}' if cpu is not None else '-'} | {per} | "
-          f"{f'{rss:.0f}' if (rss := d.get('server_rss_per_conn_bytes')) else '-'} |")
-PY
+python3 bench/summary.py "$OUT" > "$OUT/summary.md"
 cat "$OUT/summary.md"
 exit $status
