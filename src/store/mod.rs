@@ -249,8 +249,6 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// A stored message's sender name: the user's, or "system" for an
-/// operator's broadcast (sender `SYSTEM_USER`, no user row).
 /// How stale a session's `last_used_ms` may be before a use of its token
 /// writes it again: a tenth of the TTL, at most a minute. A resume is then
 /// one read (no commit, no fsync) unless the token was last written longer
@@ -275,6 +273,8 @@ pub fn session_use(last: u64, now: u64, ttl_ms: u64) -> (bool, bool) {
     (valid, touch)
 }
 
+/// A stored message's sender name: the user's, or "system" for an
+/// operator's broadcast (sender `SYSTEM_USER`, no user row).
 pub fn sender_name(sender: UserId, joined: String) -> String {
     if sender == crate::model::SYSTEM_USER {
         crate::model::SYSTEM_NAME.to_string()

@@ -677,13 +677,11 @@ impl Store for MysqlStore {
             "SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ?",
             (token_hash,),
         )?;
-        match row {
-            None => return Ok(None),
-            Some((user, last)) => {
-                if let (true, false) = super::session_use(last, now_ms, ttl_ms) {
-                    return Ok(Some(user));
-                }
-            }
+        let Some((user, last)) = row else {
+            return Ok(None);
+        };
+        if super::session_use(last, now_ms, ttl_ms) == (true, false) {
+            return Ok(Some(user));
         }
         self.write(|tx| {
             let row: Option<(u64, u64)> = first(
@@ -694,7 +692,7 @@ impl Store for MysqlStore {
             let Some((user, last)) = row else {
                 return Ok(None);
             };
-            if ttl_ms > 0 && last.saturating_add(ttl_ms) <= now_ms {
+            if !super::session_use(last, now_ms, ttl_ms).0 {
                 tx.exec_drop("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))?;
                 return Ok(None);
             }

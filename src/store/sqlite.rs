@@ -493,13 +493,11 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT user_id, last_used_ms FROM sessions WHERE token_hash = ?1")?
             .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        match row {
-            None => return Ok(None),
-            Some((user, last)) => {
-                if let (true, false) = super::session_use(last as u64, now_ms, ttl_ms) {
-                    return Ok(Some(user as u64));
-                }
-            }
+        let Some((user, last)) = row else {
+            return Ok(None);
+        };
+        if super::session_use(last as u64, now_ms, ttl_ms) == (true, false) {
+            return Ok(Some(user as u64));
         }
         self.write(|tx| {
             let row: Option<(i64, i64)> = tx
@@ -509,7 +507,7 @@ impl Store for SqliteStore {
             let Some((user, last)) = row else {
                 return Ok(None);
             };
-            if ttl_ms > 0 && (last as u64).saturating_add(ttl_ms) <= now_ms {
+            if !super::session_use(last as u64, now_ms, ttl_ms).0 {
                 tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
                     .execute([token_hash])?;
                 return Ok(None);

@@ -150,6 +150,9 @@ impl FrameBuf {
 
     /// Appends raw bytes (used to seed a buffer with a handed-over remainder).
     pub fn push(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return; // no buffer for nothing (a hand-off with no remainder)
+        }
         let dst = self.spare(bytes.len());
         dst[..bytes.len()].copy_from_slice(bytes);
         self.filled(bytes.len());
@@ -222,6 +225,8 @@ mod tests {
     fn an_idle_splitter_holds_no_buffer() {
         let mut fb = FrameBuf::new(1 << 20);
         assert!(!fb.holds_buffer());
+        fb.push(&[]);
+        assert!(!fb.holds_buffer(), "nothing handed over: no buffer");
         let f = frame(b"hello");
         fb.push(&f[..3]);
         fb.release_if_idle();

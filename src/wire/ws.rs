@@ -149,6 +149,9 @@ impl WsIn {
 
     /// Appends bytes (a handed-over remainder, or tests).
     pub fn push(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return; // no buffer for nothing (a hand-off with no remainder)
+        }
         let dst = self.spare(bytes.len());
         dst[..bytes.len()].copy_from_slice(bytes);
         self.filled(bytes.len());
