@@ -2497,3 +2497,101 @@ fn mysql_partition_answers_sends_within_the_store_timeout() {
     );
     common::assert_quiet(&b.c, "a second copy", |e| matches!(e, Event::Message(_)));
 }
+
+/// A node's counter summed over its shards, from its `/metrics`.
+fn node_metric(c: &Cluster, i: usize, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = c.nodes[i].metrics.expect("started with admin");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Issue 10/14: a node's death moves only its own conversations. The
+/// survivors keep the owner state of the conversations they still own
+/// (rendezvous ownership), so after a kill -9 they load from the store just
+/// the dead node's conversations, once each — not every conversation they
+/// hold, which made every view change a store query storm on the nodes that
+/// were also taking over the dead node's clients. Counted by
+/// `ringchat_conv_loads_total`; every message of the second round still gets
+/// the next seq (state carried over is current).
+#[test]
+fn a_kill_reloads_only_the_dead_nodes_conversations() {
+    let test = "a_kill_reloads_only_the_dead_nodes_conversations";
+    let Some(mut c) = Cluster::start_admin(test, 3, 1) else {
+        return;
+    };
+    let view = ringchat::cluster::NodeView {
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str().into(), 1))
+            .collect(),
+    };
+    let victim = 2;
+    let reg = c.client(c.addr(0));
+    let mut pairs: Vec<(String, UserId, String, UserId)> = Vec::new();
+    let (mut on_victim, mut elsewhere) = (0, 0);
+    while on_victim < 2 || elsewhere < 2 {
+        assert!(pairs.len() < 60, "no spread of owners over 60 pairs");
+        let (an, bn) = (uname("kl"), uname("kl"));
+        let a = reg.register(&an, PASSWORD).unwrap();
+        let b = reg.register(&bn, PASSWORD).unwrap();
+        let conv = ringchat::model::direct_conv(a, b);
+        if c.index_of(&view.owner(conv).unwrap().0) == victim {
+            on_victim += 1;
+        } else {
+            elsewhere += 1;
+        }
+        pairs.push((an, a, bn, b));
+    }
+    drop(reg);
+    // Everyone on a survivor; one message per conversation loads its owner.
+    let users: Vec<(User, User)> = pairs
+        .into_iter()
+        .map(|(an, a, bn, b)| {
+            let ua = c.client(c.addr(0));
+            let sa = login_synced(&ua, &an);
+            let ub = c.client(c.addr(1));
+            let sb = login_synced(&ub, &bn);
+            let ua = User { id: a, name: an, session: sa, c: ua };
+            let ub = User { id: b, name: bn, session: sb, c: ub };
+            befriend(&ua, &ub);
+            (ua, ub)
+        })
+        .collect();
+    let mut last = Vec::new();
+    for (a, b) in &users {
+        let s = a.send_direct(b.id, "before").unwrap();
+        assert_eq!(wait_msg(&b.c, "message before the kill").seq, s.seq);
+        last.push(s.seq);
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // metrics published each second
+    let loads = |c: &Cluster| {
+        node_metric(c, 0, "ringchat_conv_loads_total")
+            + node_metric(c, 1, "ringchat_conv_loads_total")
+    };
+    let before = loads(&c);
+    c.kill9(victim);
+    let deadline = Instant::now() + T;
+    for ((a, b), prev) in users.iter().zip(&last) {
+        let (s, _) = send_retrying(&a.c, b.id, "after", deadline);
+        assert_eq!(s.seq, prev + 1, "the next seq after the kill");
+        assert_eq!(wait_msg(&b.c, "message after the kill").seq, s.seq);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let reloaded = loads(&c) - before;
+    assert!(
+        (1..=on_victim).contains(&reloaded),
+        "{reloaded} conversations loaded on the survivors after the kill; the dead node owned \
+         {on_victim} of {} (the survivors' own should stay loaded); logs:\n{}",
+        on_victim + elsewhere,
+        c.logs()
+    );
+}

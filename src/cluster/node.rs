@@ -463,7 +463,12 @@ impl ClusterShard {
         }
         tracing::info!(shard = self.shard, nodes = ?new.nodes, "cluster view changed");
         *self.view.borrow_mut() = new.clone();
-        self.view_gen.set(self.view_gen.get() + 1);
+        let from = self.view_gen.get();
+        self.view_gen.set(from + 1);
+        let kept = shard.carry_owned_convs(from, from + 1, |conv| {
+            new.owner(conv).is_some_and(|(n, _)| *n == self.me)
+        });
+        tracing::debug!(shard = self.shard, kept, "owner state kept across the view change");
         self.reroute(shard);
         // Nodes that left: their users are offline unless seen elsewhere.
         let gone: AHashSet<&str> = old

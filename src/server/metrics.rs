@@ -45,6 +45,9 @@ pub struct Metrics {
     pub forwards_late: Cell<u64>,
     /// Nodes taken out of the view because their bus subscription vanished.
     pub nodes_down: Cell<u64>,
+    /// Conversations whose owner state was loaded from the store (first
+    /// use, after an eviction, or taken over from a node that left).
+    pub conv_loads: Cell<u64>,
     /// Owner shard: message sequenced → its SendOk issued (durable).
     pub send_ack: Histogram,
     /// One group-commit batch: handed to the committer → committed.
@@ -203,6 +206,11 @@ const FIELDS: &[(&str, &str, &str)] = &[
         "nodes taken out of the view because their bus subscription vanished (before their liveness key expired)",
         "counter",
     ),
+    (
+        "ringchat_conv_loads_total",
+        "conversations whose owner state was loaded from the store: first use, after an idle eviction, or taken over from a node that left the view",
+        "counter",
+    ),
 ];
 
 impl Metrics {
@@ -229,6 +237,7 @@ impl Metrics {
             forwards_expired: Cell::new(0),
             forwards_late: Cell::new(0),
             nodes_down: Cell::new(0),
+            conv_loads: Cell::new(0),
             send_ack: Histogram::default(),
             store_batch: Histogram::default(),
             bus_lag: Histogram::default(),
@@ -270,6 +279,7 @@ impl Metrics {
             self.forwards_expired.get(),
             self.forwards_late.get(),
             self.nodes_down.get(),
+            self.conv_loads.get(),
         ]
     }
 

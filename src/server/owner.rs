@@ -80,6 +80,7 @@ pub fn submit(shard: &Rc<Shard>, origin: Origin, op: OwnerOp) {
 }
 
 fn spawn_load(shard: Rc<Shard>, conv: ConvId) {
+    super::metrics::Metrics::inc(&shard.metrics.conv_loads);
     glommio::spawn_local(async move {
         let view_gen = shard.view_gen();
         let loaded = shard

@@ -1000,6 +1000,33 @@ impl Shard {
         }
     }
 
+    /// After the cluster view changed from generation `from` to `to`:
+    /// owner state valid under `from` whose conversation this node still
+    /// owns (`still_mine`) is valid under `to` as well, so it is kept.
+    /// Rendezvous ownership moves only the conversations of the nodes that
+    /// left or joined; without this, every view change (a node killed,
+    /// restarted, drained) made every node reload every conversation it
+    /// owns, a store query storm (~4 queries and a 256-row tail each) at the
+    /// moment the survivors also take over the dead node's conversations
+    /// and resume its clients. The rest keeps its old generation and is
+    /// reloaded on next use (it may have moved away and back). Called for
+    /// every change, in order, so "valid under the current generation"
+    /// means "owned here continuously since loaded". Returns how many
+    /// states were kept.
+    pub fn carry_owned_convs(&self, from: u64, to: u64, still_mine: impl Fn(ConvId) -> bool) -> usize {
+        let mut kept = 0;
+        for (conv, e) in self.convs.borrow_mut().iter_mut() {
+            if let ConvEntry::Ready(st) = e
+                && st.view_gen == from
+                && still_mine(*conv)
+            {
+                st.view_gen = to;
+                kept += 1;
+            }
+        }
+        kept
+    }
+
     /// Bounds the owner cache: conversations unused for `idle_s` seconds
     /// are dropped, and past `max` conversations any idle ones (they reload
     /// from the store in one query when used again). Each costs ~25 KiB
