@@ -42,7 +42,8 @@
 # Usage: bench/chaos.sh
 # Env: CONNS (3000), RATE (1500), DURATION (300), KILL_EVERY (45), DOWN (10),
 #      MYSQL_DOWN (10), PROCS (2), SEED (random; picks the victims), OUT,
-#      KEEP=1 (leave the cluster and private services running at the end).
+#      KEEP=1 (leave the cluster and private services running at the end),
+#      SERVE_EXTRA (more `serve` arguments for every node, split on spaces).
 # A short run: CONNS=400 RATE=300 DURATION=110 KILL_EVERY=30 bench/chaos.sh
 # Prerequisites: a release build (built if missing), nginx with the stream
 # module, redis-server, redis-cli, the mysql client, python3; the shared
@@ -176,7 +177,7 @@ FAST=$(insecure_fast_hash "$BIN/ringchat")
 RINGCHAT_BIN=$BIN/ringchat \
 RINGCHAT_MYSQL="mysql://root@127.0.0.1:$PROXY_PORT?prefer_socket=false" \
 RINGCHAT_REDIS=redis://127.0.0.1:$REDIS_PORT \
-RINGCHAT_SERVE_EXTRA=$FAST \
+RINGCHAT_SERVE_EXTRA="$FAST ${SERVE_EXTRA:-}" \
 NGINX_WORKER_CONNECTIONS=16384 \
     tools/cluster up "$NODES" --port "$PORT" --name "$NAME" --shards 1
 cluster() {

@@ -2560,8 +2560,18 @@ fn a_kill_reloads_only_the_dead_nodes_conversations() {
             let sa = login_synced(&ua, &an);
             let ub = c.client(c.addr(1));
             let sb = login_synced(&ub, &bn);
-            let ua = User { id: a, name: an, session: sa, c: ua };
-            let ub = User { id: b, name: bn, session: sb, c: ub };
+            let ua = User {
+                id: a,
+                name: an,
+                session: sa,
+                c: ua,
+            };
+            let ub = User {
+                id: b,
+                name: bn,
+                session: sb,
+                c: ub,
+            };
             befriend(&ua, &ub);
             (ua, ub)
         })

@@ -468,7 +468,11 @@ impl ClusterShard {
         let kept = shard.carry_owned_convs(from, from + 1, |conv| {
             new.owner(conv).is_some_and(|(n, _)| *n == self.me)
         });
-        tracing::debug!(shard = self.shard, kept, "owner state kept across the view change");
+        tracing::debug!(
+            shard = self.shard,
+            kept,
+            "owner state kept across the view change"
+        );
         self.reroute(shard);
         // Nodes that left: their users are offline unless seen elsewhere.
         let gone: AHashSet<&str> = old

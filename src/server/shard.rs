@@ -1013,7 +1013,12 @@ impl Shard {
     /// every change, in order, so "valid under the current generation"
     /// means "owned here continuously since loaded". Returns how many
     /// states were kept.
-    pub fn carry_owned_convs(&self, from: u64, to: u64, still_mine: impl Fn(ConvId) -> bool) -> usize {
+    pub fn carry_owned_convs(
+        &self,
+        from: u64,
+        to: u64,
+        still_mine: impl Fn(ConvId) -> bool,
+    ) -> usize {
         let mut kept = 0;
         for (conv, e) in self.convs.borrow_mut().iter_mut() {
             if let ConvEntry::Ready(st) = e
