@@ -5,7 +5,7 @@
 # What it runs (all on this machine):
 #   - a PRIVATE redis-server on a free port, started (and restarted) by this
 #     script: the machine's shared Redis (6379) is never touched;
-#   - bench/chaos_proxy.py, a TCP proxy in front of the machine's shared
+#   - faultproxy (tools/loadgen/src/bin/faultproxy.rs), a TCP proxy in front of the machine's shared
 #     MariaDB (3306), which is NEVER stopped: the nodes reach the store only
 #     through the proxy (`?prefer_socket=false`, so the driver cannot switch
 #     to the Unix socket), and "MariaDB stops for 10 s" is the proxy closing
@@ -68,7 +68,7 @@ export NO_COLOR=1
 for c in nginx redis-server redis-cli mysql python3; do
     command -v "$c" >/dev/null || { echo "chaos: $c not found (see the prerequisites in $0)" >&2; exit 2; }
 done
-if [ ! -x "$BIN/ringchat" ] || [ ! -x "$BIN/loadgen" ]; then
+if [ ! -x "$BIN/ringchat" ] || [ ! -x "$BIN/loadgen" ] || [ ! -x "$BIN/faultproxy" ]; then
     cargo build --release -p ringchat -p loadgen
 fi
 OUT=${OUT:-bench/results/chaos-$(date -u +%Y%m%d-%H%M%S)}
@@ -165,7 +165,7 @@ done
 [ "$k" = 3 ] || echo "chaos: note: DURATION too short for every one-off fault (only $k of 3 scheduled)"
 
 start_redis
-python3 bench/chaos_proxy.py "$PROXY_PORT" 127.0.0.1 3306 2> "$OUT/logs/proxy.log" &
+"$BIN/faultproxy" "$PROXY_PORT" 127.0.0.1 3306 2> "$OUT/logs/proxy.log" &
 PROXY_PID=$!
 for _ in $(seq 1 50); do grep -q listening "$OUT/logs/proxy.log" 2>/dev/null && break; sleep 0.1; done
 
