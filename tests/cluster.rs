@@ -704,6 +704,30 @@ impl Cluster {
         )
     }
 
+    /// The view every node has with all of them up (one shard each, as the
+    /// tests that compute owners start them).
+    fn view(&self) -> ringchat::cluster::NodeView {
+        ringchat::cluster::NodeView {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| (n.name.as_str().into(), 1))
+                .collect(),
+        }
+    }
+
+    /// Logs the registered user `name` (`id`) in on node `i`.
+    fn login_at(&self, i: usize, name: String, id: UserId) -> User {
+        let c = self.client(self.addr(i));
+        let session = login_synced(&c, &name);
+        User {
+            id,
+            name,
+            session,
+            c,
+        }
+    }
+
     fn index_of(&self, node: &str) -> usize {
         self.nodes.iter().position(|n| n.name == node).unwrap()
     }
@@ -1022,13 +1046,7 @@ fn three_nodes_behind_nginx_kill9_then_resume_loses_nothing() {
     // *and* owns (sequences) their conversation, so sends in flight to it
     // are lost and must be retried, and the conversation moves.
     let conv = ringchat::model::direct_conv(r_id, s_id);
-    let view = ringchat::cluster::NodeView {
-        nodes: c
-            .nodes
-            .iter()
-            .map(|n| (n.name.as_str().into(), 1))
-            .collect(),
-    };
+    let view = c.view();
     let victim = view.owner(conv).unwrap().0.to_string();
     let r = c.login_via_nginx(&r_name, r_id, |n| n == victim);
     let s = c.login_via_nginx(&s_name, s_id, |n| n != victim);
@@ -1317,13 +1335,7 @@ fn redis_restart_nodes_reconnect_and_keep_delivering() {
         reg.register(&bn, PASSWORD).unwrap(),
     );
     drop(reg);
-    let view = ringchat::cluster::NodeView {
-        nodes: c
-            .nodes
-            .iter()
-            .map(|n| (n.name.as_str().into(), 1))
-            .collect(),
-    };
+    let view = c.view();
     let a_at = c.index_of(
         &view
             .owner(ringchat::model::direct_conv(a_id, b_id))
@@ -1519,13 +1531,7 @@ fn graceful_stop_of_owner(test: &str, window: Option<Duration>) {
     // Both users on the node that stays; their conversation owned by the
     // node that stops.
     let conv = ringchat::model::direct_conv(a_id, b_id);
-    let view = ringchat::cluster::NodeView {
-        nodes: c
-            .nodes
-            .iter()
-            .map(|n| (n.name.as_str().into(), 1))
-            .collect(),
-    };
+    let view = c.view();
     let owner = c.index_of(&view.owner(conv).unwrap().0);
     let stay = 1 - owner;
     let a = c.client(c.addr(stay));
@@ -2286,34 +2292,14 @@ fn pair_owned_elsewhere(test: &str) -> Option<(Cluster, User, User, usize)> {
     let a_id = reg.register(&an, PASSWORD).unwrap();
     let b_id = reg.register(&bn, PASSWORD).unwrap();
     drop(reg);
-    let view = ringchat::cluster::NodeView {
-        nodes: c
-            .nodes
-            .iter()
-            .map(|n| (n.name.as_str().into(), 1))
-            .collect(),
-    };
+    let view = c.view();
     let conv = ringchat::model::direct_conv(a_id, b_id);
     let owner = c.index_of(&view.owner(conv).unwrap().0);
     let stay = 1 - owner;
-    let a = c.client(c.addr(stay));
-    let a_s = login_synced(&a, &an);
-    let b = c.client(c.addr(stay));
-    let b_s = login_synced(&b, &bn);
+    let a = c.login_at(stay, an, a_id);
+    let b = c.login_at(stay, bn, b_id);
     a.friend_request(b_id, "").unwrap();
     b.friend_respond(a_id, true).unwrap();
-    let a = User {
-        c: a,
-        id: a_id,
-        name: an,
-        session: a_s,
-    };
-    let b = User {
-        c: b,
-        id: b_id,
-        name: bn,
-        session: b_s,
-    };
     Some((c, a, b, owner))
 }
 
@@ -2527,13 +2513,7 @@ fn a_kill_reloads_only_the_dead_nodes_conversations() {
     let Some(mut c) = Cluster::start_admin(test, 3, 1) else {
         return;
     };
-    let view = ringchat::cluster::NodeView {
-        nodes: c
-            .nodes
-            .iter()
-            .map(|n| (n.name.as_str().into(), 1))
-            .collect(),
-    };
+    let view = c.view();
     let victim = 2;
     let reg = c.client(c.addr(0));
     let mut pairs: Vec<(String, UserId, String, UserId)> = Vec::new();
@@ -2556,22 +2536,8 @@ fn a_kill_reloads_only_the_dead_nodes_conversations() {
     let users: Vec<(User, User)> = pairs
         .into_iter()
         .map(|(an, a, bn, b)| {
-            let ua = c.client(c.addr(0));
-            let sa = login_synced(&ua, &an);
-            let ub = c.client(c.addr(1));
-            let sb = login_synced(&ub, &bn);
-            let ua = User {
-                id: a,
-                name: an,
-                session: sa,
-                c: ua,
-            };
-            let ub = User {
-                id: b,
-                name: bn,
-                session: sb,
-                c: ub,
-            };
+            let ua = c.login_at(0, an, a);
+            let ub = c.login_at(1, bn, b);
             befriend(&ua, &ub);
             (ua, ub)
         })
