@@ -685,6 +685,16 @@ impl Cluster {
 
     /// An admin request to node `i`; the status and the JSON reply.
     fn admin_http(&self, i: usize, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.http(i, method, path);
+        (
+            status,
+            serde_json::from_str(body.trim()).unwrap_or_default(),
+        )
+    }
+
+    /// A request to node `i`'s metrics address (with the admin token); the
+    /// status and the body.
+    fn http(&self, i: usize, method: &str, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let addr = self.nodes[i].metrics.expect("started with admin");
         let mut s = TcpStream::connect(addr).unwrap();
@@ -698,10 +708,7 @@ impl Cluster {
         s.read_to_string(&mut out).unwrap();
         let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP reply");
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (
-            status,
-            serde_json::from_str(body.trim()).unwrap_or_default(),
-        )
+        (status, body.to_string())
     }
 
     /// The view every node has with all of them up (one shard each, as the
@@ -2486,14 +2493,8 @@ fn mysql_partition_answers_sends_within_the_store_timeout() {
 
 /// A node's counter summed over its shards, from its `/metrics`.
 fn node_metric(c: &Cluster, i: usize, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let addr = c.nodes[i].metrics.expect("started with admin");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.lines()
+    let (_, body) = c.http(i, "GET", "/metrics");
+    body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()

@@ -241,8 +241,10 @@ pub enum ConvEntry {
 }
 
 pub struct ConvState {
-    /// Cluster view generation this state was loaded under (a changed
-    /// view may have moved ownership away and back: reload then).
+    /// Latest cluster view generation under which this state is known
+    /// valid: the one it was loaded under, advanced by
+    /// `Shard::carry_owned_convs` while this node keeps owning it. An older
+    /// one means ownership may have moved away and back: reload then.
     pub view_gen: u64,
     /// The decisions: seqs, dedup, who may send, who receives (sans IO).
     pub conv: ConvCore<Origin>,
